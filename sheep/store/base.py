@@ -1,0 +1,142 @@
+"""The object store interface used by the sheep daemon.
+
+A store owns one node's base directory (PROTOCOL §16): the cluster config,
+the epoch logs (§15) and the object files. Every method is synchronous,
+blocking and thread-safe: the daemon calls them from an executor and
+sometimes inline. Failures that have a Sheepdog result code are raised as
+:class:`sheep.errors.SdError` subclasses (NO_OBJ, EIO, INVALID_PARMS,
+NO_SPACE, ...), so the code can go straight into a reply header.
+"""
+
+from __future__ import annotations
+
+import abc
+
+
+class StoreLockedError(Exception):
+    """Another process (a second sheep daemon) holds the base directory lock."""
+
+
+class Store(abc.ABC):
+    """One node's persistent state: config, epoch log and objects.
+
+    Object ids are 64-bit unsigned integers. Objects have a fixed size set at
+    creation; a range never written reads as zeros.
+    """
+
+    # -- life cycle ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Create missing directories, take the daemon lock and clean up.
+
+        Raises :class:`StoreLockedError` if another process holds the lock.
+        Leftovers of interrupted creates (``*.tmp``) are deleted. Must be
+        called before any other method.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the daemon lock and every cached resource. Idempotent."""
+
+    # -- cluster config -----------------------------------------------------
+
+    @abc.abstractmethod
+    def load_config(self) -> bytes | None:
+        """The raw ``sheepdog_config`` bytes, or None if never saved."""
+
+    @abc.abstractmethod
+    def save_config(self, raw: bytes) -> None:
+        """Replace the config atomically: a reader sees the old or the new
+        content, never a mix; durable on return unless the store is nosync."""
+
+    # -- epoch log ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def write_epoch(self, epoch: int, nodes: bytes, timestamp: int | None = None) -> None:
+        """Write the log of ``epoch`` (node records + LE time_t, default now)
+        atomically, replacing an existing one; durable unless nosync."""
+
+    @abc.abstractmethod
+    def read_epoch(self, epoch: int) -> tuple[bytes, int] | None:
+        """``(nodes, timestamp)`` of an epoch log, None if there is none.
+        EIO if the file is too short to hold the timestamp."""
+
+    @abc.abstractmethod
+    def epochs(self) -> list[int]:
+        """Epoch numbers that have a log, ascending."""
+
+    @abc.abstractmethod
+    def latest_epoch(self) -> int:
+        """The largest epoch with a log, 0 if there is none."""
+
+    @abc.abstractmethod
+    def remove_epochs(self) -> None:
+        """Delete every epoch log (format)."""
+
+    # -- objects ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def create_and_write(self, oid: int, size: int, data=b"", offset: int = 0,
+                         sparse: bool = False) -> None:
+        """Create object ``oid`` of ``size`` bytes, zero filled, with ``data``
+        at ``offset``, replacing an existing object.
+
+        Atomic: readers see either the previous state (absent or the old
+        object) or the complete new object. Durable on return unless nosync.
+        INVALID_PARMS if the data does not fit, NO_SPACE if the disk is full,
+        EIO on other I/O failures.
+        """
+
+    @abc.abstractmethod
+    def write(self, oid: int, data, offset: int) -> None:
+        """Overwrite ``data`` at ``offset`` of an existing object.
+
+        NO_OBJ if absent, INVALID_PARMS if the range exceeds the object.
+        Durable (data and checksums) on return unless nosync. Not atomic with
+        respect to crashes: a torn write is detected (EIO) by later reads.
+        """
+
+    @abc.abstractmethod
+    def read(self, oid: int, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset`` of the object.
+
+        NO_OBJ if absent, INVALID_PARMS if the range exceeds the object, EIO
+        if the stored data fails its integrity check. Corrupt data is never
+        returned.
+        """
+
+    @abc.abstractmethod
+    def remove(self, oid: int) -> None:
+        """Delete an object and its metadata. NO_OBJ if absent."""
+
+    @abc.abstractmethod
+    def exists(self, oid: int) -> bool:
+        """Whether the object exists."""
+
+    @abc.abstractmethod
+    def object_size(self, oid: int) -> int | None:
+        """Size of the object in bytes, None if absent."""
+
+    @abc.abstractmethod
+    def list_oids(self) -> list[int]:
+        """Every stored object id, ascending, without duplicates."""
+
+    @abc.abstractmethod
+    def wipe(self) -> None:
+        """Delete every object, its metadata and every stale copy (format)."""
+
+    @abc.abstractmethod
+    def verify(self, oid: int) -> list[int]:
+        """Check the whole object against its integrity data from disk.
+
+        Returns the indices of bad blocks ([] if all good); NO_OBJ if absent.
+        """
+
+    @abc.abstractmethod
+    def capacity(self) -> int:
+        """Total bytes of the filesystems holding the objects (each once)."""
+
+    @abc.abstractmethod
+    def used(self) -> int:
+        """Sum of the object sizes in bytes."""

@@ -114,8 +114,8 @@ def auto_vnodes(spaces: Sequence[int]) -> list[int]:
         if not s:
             out.append(0)
             continue
-        factor = np.float32(np.float64(int(s)) / np.float64(avg))
-        out.append(int(np.rint(factor*128)))
+        factor = np.float32(np.float32(int(s)) / avg)
+        out.append(int(np.rint(np.float32(factor * np.float32(DEFAULT_VNODES)))))
     return out
 
 

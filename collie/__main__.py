@@ -1,0 +1,150 @@
+"""collie (alias dog): the Sheepdog administration CLI.
+
+Usage mirrors Sheepdog 1.0's ``dog <command> <subcommand> [options] args``;
+the common options (-a/--address, -p/--port, -r/--raw where dog has it,
+-v/--verbose, -h/--help) are given after the subcommand.  ``main(argv)``
+returns the exit status (0 success, 1 failure, 2 system failure, 3 exists,
+5 missing, 64 usage) instead of exiting, so tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+from collie import cluster, node, vdi
+from collie.client import EXIT_USAGE, Client, CollieError
+from collie.output import Out
+
+
+def prog_name() -> str:
+    base = os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "")
+    return "dog" if base == "dog" else "collie"
+
+
+class UsageExit(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports errors like dog and never calls sys.exit."""
+
+    def error(self, message):  # noqa: D401
+        sys.stderr.write(f"{self.prog}: {message}\n")
+        sys.stderr.write(f"Try '{prog_name()} --help' for more information.\n")
+        raise UsageExit(EXIT_USAGE)
+
+    def exit(self, status=0, message=None):
+        if message:
+            sys.stderr.write(message)
+        raise UsageExit(status)
+
+
+def _port(text: str) -> int:
+    try:
+        p = int(text, 10)
+    except ValueError:
+        p = -1
+    if not 1 <= p <= 65535:
+        raise argparse.ArgumentTypeError(f"Invalid port number '{text}'")
+    return p
+
+
+def _address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if text != "localhost":
+            raise argparse.ArgumentTypeError(f"Invalid ip address {text}") from None
+        return "127.0.0.1"
+    return text
+
+
+def common_options(raw: bool = True) -> argparse.ArgumentParser:
+    """The options every dog subcommand accepts (after the subcommand)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-a", "--address", type=_address, default="127.0.0.1",
+                   help="specify the daemon address (default: localhost)")
+    p.add_argument("-p", "--port", type=_port, default=7000,
+                   help="specify the daemon port")
+    if raw:
+        p.add_argument("-r", "--raw", action="store_true",
+                       help="raw output mode: omit headers, separate fields with "
+                            "single spaces and print all sizes in decimal bytes")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print more information than default")
+    return p
+
+
+class Registry:
+    """Helper handed to each noun module to declare its subcommands."""
+
+    def __init__(self, subparsers):
+        self.subparsers = subparsers
+
+    def add(self, name: str, func, help: str, raw: bool = False,
+            subparsers=None) -> argparse.ArgumentParser:
+        sp = (subparsers or self.subparsers).add_parser(
+            name, help=help, description=help, parents=[common_options(raw)])
+        sp.set_defaults(func=func)
+        return sp
+
+    def group(self, name: str, help: str):
+        sp = self.subparsers.add_parser(name, help=help, description=help)
+        sub = sp.add_subparsers(dest=f"{name}_cmd", metavar="<subcommand>",
+                                parser_class=Parser, prog=f"{prog_name()} {name}")
+        sub.required = True
+        return sp, sub
+
+
+def build_parser() -> Parser:
+    prog = prog_name()
+    top = Parser(prog=prog, description="Sheepdog administrator utility",
+                 usage=f"{prog} <command> <subcommand> [options]",
+                 epilog=f"For more information, run "
+                        f"'{prog} <command> <subcommand> --help'.")
+    cmds = top.add_subparsers(dest="command", metavar="<command>", parser_class=Parser,
+                              prog=prog)
+    cmds.required = True
+    reg = Registry(cmds)
+    for mod in (vdi, node, cluster):
+        mod.register(reg)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageExit as e:
+        return e.code
+    out = Out(raw=getattr(args, "raw", False))
+    client = Client(args.address, args.port)
+    try:
+        ret = args.func(args, client, out)
+    except CollieError as e:
+        for m in e.messages:
+            out.err(m)
+        ret = e.code
+    except UsageExit as e:
+        ret = e.code
+    except KeyboardInterrupt:
+        ret = 130
+    except BrokenPipeError:
+        ret = 0
+    finally:
+        client.close()
+        try:
+            out.stdout.flush()
+        except (OSError, ValueError):
+            pass
+    return int(ret or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

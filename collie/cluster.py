@@ -1,0 +1,260 @@
+"""``collie cluster``: format, info, shutdown (dog/cluster.c)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from sheep import proto
+from sheep.errors import CODES, strerror
+from sheep.proto import Op, Request
+
+from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
+                           Client, CollieError, bitmap_bits)
+from collie.output import Out, ctime_str, strftime_local
+
+DEFAULT_STORE = "plain"
+SD_MAX_COPIES = 31
+
+FORMAT_PRINT = ("    __\n"
+                "   ()'`;\n"
+                "   /\\|`\n"
+                "  /  |   Caution! The cluster is not empty.\n"
+                "(/_)_|_  Are you sure you want to continue? [yes/no]: ")
+
+
+def confirm(out: Out, message: str) -> None:
+    """Ask; anything but "yes" ends the command successfully (as dog)."""
+    out.write(message)
+    out.stdout.flush()
+    answer = sys.stdin.readline()
+    if not answer.strip().lower().startswith("yes"):
+        raise CollieError(code=EXIT_SUCCESS)
+
+
+def parse_copy(text: str) -> tuple[int, int]:
+    """``-c``: "N" replicas or "D:P" erasure code -> (copies, copy_policy)."""
+    if ":" in text:
+        d_s, p_s = text.split(":", 1)
+        try:
+            d, p = int(d_s), int(p_s)
+        except ValueError:
+            d = p = -1
+        if d not in (2, 4, 8, 16) or not 1 <= p <= 15 or p >= d:
+            raise CollieError("Invalid redundancy level " + text,
+                              "Only 2, 4, 8, 16 data strips and 1 to 15 parity "
+                              "strips (less than data) are supported",
+                              code=EXIT_USAGE)
+        return d + p, (d // 2) << 4 | p
+    try:
+        copies = int(text)
+    except ValueError:
+        copies = -1
+    if not 1 <= copies <= SD_MAX_COPIES:
+        raise CollieError(f"Invalid copies number, must be an integer between "
+                          f"1 and {SD_MAX_COPIES}", code=EXIT_USAGE)
+    return copies, 0
+
+
+def parse_shift(text: str) -> int:
+    try:
+        shift = int(text)
+    except ValueError:
+        shift = -1
+    if not 20 <= shift <= 31:
+        raise CollieError("Object Size is limited to 2^20 ~ 2^31", code=EXIT_USAGE)
+    return shift
+
+
+def redundancy(copies: int, policy: int) -> str:
+    if policy:
+        return f"{(policy >> 4) * 2}:{policy & 0xF}"
+    return str(copies)
+
+
+# ---------------------------------------------------------------------------
+
+
+def cluster_format(args, client: Client, out: Out) -> int:
+    copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
+    shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0
+    store = args.store or DEFAULT_STORE
+    if len(store.encode()) >= proto.SD_STORE_NAME_LEN:
+        raise CollieError(f"Store name too long: {store}", code=EXIT_USAGE)
+    nodes = client.update_node_list()
+
+    for n in nodes:
+        rsp, data = client.node_exec(n, Request(Op.CLUSTER_INFO,
+                                                data_length=proto.CLUSTER_INFO_SIZE))
+        if rsp.result != 0:
+            raise CollieError(strerror(rsp.result), code=EXIT_FAILURE)
+        cinfo = proto.ClusterInfoHeader.unpack(data.ljust(48, b"\0"))
+        if n.nr_vnodes:
+            auto = bool(cinfo.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES)
+            if auto and args.fixed_vnodes:
+                raise CollieError("Can not apply the option of '-V', because there "
+                                  "are vnode strategy of sheep is auto in the cluster")
+            if not auto and not args.fixed_vnodes:
+                raise CollieError("Need to specify the option of '-V', because there "
+                                  "are vnode strategy of sheep is fixed in the cluster")
+
+    if copies > len(nodes) and not args.force:
+        confirm(out, f"Number of copies ({copies}) is larger than number of nodes "
+                     f"({len(nodes)}).\nAre you sure you want to continue? [yes/no]: ")
+
+    inuse = client.read_vdis()
+    if next(bitmap_bits(inuse), None) is not None and not args.force:
+        confirm(out, FORMAT_PRINT)
+
+    flags = 0
+    if args.strict:
+        flags |= proto.SD_CLUSTER_FLAG_STRICT
+    if not args.fixed_vnodes:
+        flags |= proto.SD_CLUSTER_FLAG_AUTO_VNODES
+    if args.lock:
+        flags |= proto.SD_CLUSTER_FLAG_USE_LOCK
+    if args.recycle_vid:
+        flags |= proto.SD_CLUSTER_FLAG_RECYCLE_VID
+    if args.avoid_diskfull:
+        flags |= proto.SD_CLUSTER_FLAG_AVOID_DISKFULL
+    payload = store.encode() + b"\0"
+    req = Request(Op.MAKE_FS, flags=proto.SD_FLAG_CMD_WRITE, data_length=len(payload))
+    a = req.args
+    a.ctime = proto.sd_time(time.time())
+    a.copies, a.copy_policy, a.flags, a.block_size_shift = copies, policy, flags, shift
+
+    out.line(f"using backend {store} store")
+    rsp, _ = client.exec(req, payload)
+    if rsp.result != 0:
+        out.err(f"Format failed: {strerror(rsp.result)}")
+        if rsp.result == CODES["NO_STORE"]:
+            return list_store(client, out)
+        return EXIT_SYSFAIL
+    return EXIT_SUCCESS
+
+
+def list_store(client: Client, out: Out) -> int:
+    rsp, data = client.exec(Request(Op.GET_STORE_LIST, data_length=512))
+    if rsp.result != 0:
+        raise CollieError(f"Restore failed: {strerror(rsp.result)}", code=EXIT_FAILURE)
+    out.line("Available stores:")
+    out.line("---------------------------------------")
+    out.line(proto.cstr(data))
+    return EXIT_SYSFAIL
+
+
+def stat_cluster(client: Client):
+    """STAT_CLUSTER sized for every epoch; doubles nodes_nr on BUFFER_SMALL."""
+    nodes_nr = len(client.nodes)
+    epoch = max(client.epoch, 1)
+    while True:
+        length = epoch * (proto.EpochLogHeader.SIZE + nodes_nr * proto.SD_NODE_SIZE)
+        req = Request(Op.STAT_CLUSTER, data_length=length)
+        req.args.nodes_nr = nodes_nr
+        rsp, data = client.exec(req)
+        if rsp.result == CODES["BUFFER_SMALL"]:
+            nodes_nr = max(nodes_nr * 2, 1)
+            continue
+        return rsp, proto.unpack_epoch_logs(data, nodes_nr)
+
+
+def _nodes_text(nodes) -> str:
+    return ", ".join(f"{n.host}:{n.port}:{n.nr_vnodes}" for n in nodes)
+
+
+def cluster_info(args, client: Client, out: Out) -> int:
+    client.update_node_list()
+    rsp, logs = stat_cluster(client)
+    first = logs[0][0] if logs else proto.EpochLogHeader()
+    ok = rsp.result == 0
+    if ok:
+        status = "running, auto-recovery " + ("disabled" if first.disable_recovery
+                                              else "enabled")
+    else:
+        status = strerror(rsp.result)
+
+    if args.json:
+        out.json({
+            "status": status,
+            "result": rsp.result,
+            "created": first.ctime >> 32 if logs else 0,
+            "disable_recovery": bool(first.disable_recovery),
+            "store": proto.cstr(first.drv_name),
+            "copies": first.nr_copies,
+            "copy_policy": first.copy_policy,
+            "redundancy": redundancy(first.nr_copies, first.copy_policy),
+            "flags": first.flags,
+            "epochs": [{"epoch": h.epoch, "time": h.time,
+                        "nodes": [{"host": n.host, "port": n.port,
+                                   "nr_vnodes": n.nr_vnodes, "zone": n.zone}
+                                  for n in members]}
+                       for h, members in logs],
+        })
+        return EXIT_SUCCESS
+
+    out.line(("" if out.raw else "Cluster status: ") + status)
+    if args.verbose:
+        prefix = "" if out.raw else "Cluster store: "
+        if ok:
+            out.line(f"{prefix}{proto.cstr(first.drv_name)} with "
+                     f"{redundancy(first.nr_copies, first.copy_policy)} "
+                     f"redundancy policy")
+            auto = first.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES
+            out.line(("" if out.raw else "Cluster vnodes strategy: ")
+                     + ("auto" if auto else "fixed"))
+        else:
+            out.line(prefix + strerror(rsp.result))
+        out.line(("" if out.raw else "Cluster vnode mode: ")
+                 + ("disk" if first.flags & proto.SD_CLUSTER_FLAG_DISKMODE else "node"))
+    else:
+        out.line()
+
+    if not out.raw and logs:
+        out.line(f"Cluster created at {ctime_str(first.ctime >> 32)}")
+        out.line()
+        out.line("Epoch Time           Version [Host:Port:V-Nodes,,,]")
+    for hdr, members in logs:
+        if out.raw:
+            out.line(f"{hdr.time} {hdr.epoch} [{_nodes_text(members)}]")
+        else:
+            t = strftime_local("%Y-%m-%d %H:%M:%S", hdr.time)
+            out.line(f"{t} {hdr.epoch:6d} [{_nodes_text(members)}]")
+    return EXIT_SUCCESS
+
+
+def cluster_shutdown(args, client: Client, out: Out) -> int:
+    rsp, _ = client.exec(Request(Op.SHUTDOWN))
+    if rsp.result != 0:
+        raise CollieError(f"Response's result: {strerror(rsp.result)}",
+                          "failed to execute request", code=EXIT_FAILURE)
+    return EXIT_SUCCESS
+
+
+def register(reg) -> None:
+    _, sub = reg.group("cluster", "cluster management (format, info, shutdown)")
+    p = reg.add("format", cluster_format, "create a Sheepdog store", subparsers=sub)
+    p.add_argument("-b", "--store", metavar="STORE", help="specify backend store")
+    p.add_argument("-c", "--copies", metavar="COPIES",
+                   help="specify the default data redundancy (number of copies, "
+                        "or DATA:PARITY for erasure coding)")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="do not prompt for confirmation")
+    p.add_argument("-l", "--lock", action="store_true",
+                   help="enforce VDI locking (SD_CLUSTER_FLAG_USE_LOCK)")
+    p.add_argument("-t", "--strict", action="store_true",
+                   help="do not serve write request if number of nodes is not "
+                        "sufficient")
+    p.add_argument("-z", "--block_size_shift", metavar="SHIFT",
+                   help="specify the shift num of default data object size")
+    p.add_argument("-V", "--fixedvnodes", dest="fixed_vnodes", action="store_true",
+                   help="disable automatic vnodes calculation")
+    p.add_argument("-R", "--recycle-vid", dest="recycle_vid", action="store_true",
+                   help="reuse the vids of fully deleted VDI families")
+    p.add_argument("-F", "--avoid-diskfull", dest="avoid_diskfull",
+                   action="store_true", help="avoid disk full")
+
+    p = reg.add("info", cluster_info, "show cluster information", raw=True,
+                subparsers=sub)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    reg.add("shutdown", cluster_shutdown, "stop Sheepdog", subparsers=sub)

@@ -1,0 +1,164 @@
+"""``collie node``: list, info, recovery, kill (dog/node.c)."""
+
+from __future__ import annotations
+
+import time
+
+from sheep import proto
+from sheep.errors import strerror
+from sheep.proto import Op, Request
+
+from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
+                           Client, CollieError)
+from collie.output import Out
+
+
+def node_list(args, client: Client, out: Out) -> int:
+    nodes = client.update_node_list()
+    if args.json:
+        out.json([{"id": i, "host": n.host, "port": n.port,
+                   "nr_vnodes": n.nr_vnodes, "zone": n.zone, "space": n.space,
+                   "io_port": n.io_port}
+                  for i, n in enumerate(nodes)])
+        return EXIT_SUCCESS
+    if not out.raw:
+        out.line("  Id   Host:Port         V-Nodes       Zone")
+    for i, n in enumerate(nodes):
+        host = f"{n.host}:{n.port}"
+        if out.raw:
+            out.line(f"{i} {host} {n.nr_vnodes} {n.zone}")
+        else:
+            out.line(f"{i:4d}   {host:<20s}\t{n.nr_vnodes:2d}{n.zone:11d}")
+    return EXIT_SUCCESS
+
+
+def _ratio(used: int, size: int) -> int:
+    return int(used / size * 100) if size else 0
+
+
+def node_info(args, client: Client, out: Out) -> int:
+    nodes = client.update_node_list()
+    if not out.raw:
+        out.line("Id\tSize\tUsed\tAvail\tUse%")
+    total_size = total_avail = 0
+    success = 0
+    for i, n in enumerate(nodes):
+        try:
+            rsp, _ = client.node_exec(n, Request(Op.STAT_SHEEP))
+        except CollieError as e:
+            for m in e.messages:
+                out.err(m)
+            continue
+        size, free = rsp.args.store_size, rsp.args.store_free
+        if rsp.result == 0:
+            used = size - free
+            if out.raw:
+                out.line(f"{i} {out.size(size)} {out.size(used)} {out.size(free)} "
+                         f"{_ratio(used, size)}%")
+            else:
+                out.line(f"{i:2d}\t{out.size(size)}\t{out.size(used)}\t"
+                         f"{out.size(free)}\t{_ratio(used, size):3d}%")
+            success += 1
+        else:
+            out.err(f"Response's result: {strerror(rsp.result)}")
+        total_size += size
+        total_avail += free
+    if not success:
+        raise CollieError("Cannot get information from any nodes", code=EXIT_SYSFAIL)
+
+    total_vdi_size = sum(e.inode.vdi_size
+                         for e in client.parse_vdi(with_index=False)
+                         if not e.inode.is_snapshot)
+    used = total_size - total_avail
+    if out.raw:
+        out.line(f"Total {out.size(total_size)} {out.size(used)} "
+                 f"{out.size(total_avail)} {_ratio(used, total_size)}% "
+                 f"{out.size(total_vdi_size)}")
+    else:
+        out.line(f"Total\t{out.size(total_size)}\t{out.size(used)}\t"
+                 f"{out.size(total_avail)}\t{_ratio(used, total_size):3d}%")
+        out.line()
+        out.line(f"Total virtual image size\t{out.size(total_vdi_size)}")
+    return EXIT_SUCCESS
+
+
+def _recovery_state(client: Client, n: proto.SdNode | None) -> proto.RecoveryState:
+    req = Request(Op.STAT_RECOVERY, data_length=proto.RecoveryState.SIZE)
+    rsp, data = client.exec(req) if n is None else client.node_exec(n, req)
+    if rsp.result != 0:
+        raise CollieError(f"Failed to get recovery state: {strerror(rsp.result)}",
+                          code=EXIT_SYSFAIL)
+    return proto.RecoveryState.unpack(data.ljust(proto.RecoveryState.SIZE, b"\0"))
+
+
+def _recovery_progress(client: Client, out: Out) -> int:
+    st = _recovery_state(client, None)
+    if not st.in_recovery:
+        return EXIT_SUCCESS
+    while True:
+        prev_total = st.nr_total
+        st = _recovery_state(client, None)
+        if not st.in_recovery:
+            out.line(f"\r{100.0:5.1f} % {prev_total} / {prev_total}")
+            break
+        if st.state == 0:
+            out.write("\rpreparing a checked object list...")
+        elif st.state == 2:
+            out.write("\rnotifying a completion of recovery...")
+        else:
+            pct = 100.0 * st.nr_finished / st.nr_total if st.nr_total else 0.0
+            out.write(f"\r{pct:5.1f} % {st.nr_finished} / {st.nr_total}")
+        out.stdout.flush()
+        time.sleep(1)
+    return EXIT_SUCCESS
+
+
+def node_recovery(args, client: Client, out: Out) -> int:
+    nodes = client.update_node_list()
+    if args.progress:
+        return _recovery_progress(client, out)
+    if not out.raw:
+        out.line("Nodes In Recovery:")
+        out.line("  Id   Host:Port         V-Nodes       Zone       Progress")
+    for i, n in enumerate(nodes):
+        st = _recovery_state(client, n)
+        if not st.in_recovery:
+            continue
+        host = f"{n.host}:{n.port}"
+        if out.raw:
+            out.line(f"{i} {host} {n.nr_vnodes} {n.zone} {st.nr_finished} "
+                     f"{st.nr_total}")
+        else:
+            pct = 100.0 * st.nr_finished / st.nr_total if st.nr_total else 0.0
+            out.line(f"{i:4d}   {host:<20s}{n.nr_vnodes:5d}{n.zone:11d}{pct:11.1f}%")
+    return EXIT_SUCCESS
+
+
+def node_kill(args, client: Client, out: Out) -> int:
+    nodes = client.update_node_list()
+    text = args.node_id
+    if not text.isdigit():
+        raise CollieError(f"Invalid node id '{text}', please specify a numeric value",
+                          code=EXIT_USAGE)
+    nid = int(text, 10)
+    if nid >= len(nodes):
+        raise CollieError(f"Invalid node id '{nid}'", code=EXIT_USAGE)
+    rsp, _ = client.node_exec(nodes[nid], Request(Op.KILL_NODE))
+    if rsp.result != 0:
+        raise CollieError(f"Response's result: {strerror(rsp.result)}",
+                          "Failed to execute request", code=EXIT_FAILURE)
+    return EXIT_SUCCESS
+
+
+def register(reg) -> None:
+    _, sub = reg.group("node", "node management (list, info, recovery, kill)")
+    p = reg.add("kill", node_kill, "kill node", raw=True, subparsers=sub)
+    p.add_argument("node_id", metavar="<node id>")
+    p = reg.add("list", node_list, "list nodes", raw=True, subparsers=sub)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    reg.add("info", node_info, "show information about each node", raw=True,
+            subparsers=sub)
+    p = reg.add("recovery", node_recovery, "show recovery information of nodes",
+                raw=True, subparsers=sub)
+    p.add_argument("-P", "--progress", action="store_true",
+                   help="show progress of recovery in the node")

@@ -1,0 +1,139 @@
+"""``sheep`` command: argv → config → (daemonize) → run a node.
+
+Daemonizes by default: the launching process exits 0 once the daemon has
+locked its store, is listening and has joined the cluster (or after 10 s of
+trying to join); it exits 1 with the reason on stderr if the daemon could not
+start.  ``-f`` stays in the foreground.  SIGTERM and SIGINT stop the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from sheep import config
+from sheep.store.base import StoreLockedError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+
+
+def _setup_logging(cfg, to_stderr: bool) -> None:
+    os.makedirs(os.path.dirname(cfg.log_path), exist_ok=True)
+    root = logging.getLogger()
+    root.handlers.clear()
+    fh = logging.FileHandler(cfg.log_path)
+    fh.setFormatter(logging.Formatter(LOG_FORMAT, "%b %d %H:%M:%S"))
+    root.addHandler(fh)
+    if to_stderr:
+        sh = logging.StreamHandler()
+        sh.setFormatter(logging.Formatter(LOG_FORMAT, "%b %d %H:%M:%S"))
+        root.addHandler(sh)
+    from sheep.daemon import LEVELS
+
+    root.setLevel(LEVELS[cfg.log_level])
+
+
+def _daemonize() -> int:
+    """Fork; the parent waits for the child's verdict on a pipe and exits."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        chunks = []
+        while True:
+            data = os.read(r, 4096)
+            if not data:
+                break
+            chunks.append(data)
+        msg = b"".join(chunks).decode(errors="replace")
+        if msg.startswith("ok"):
+            os._exit(0)
+        sys.stderr.write((msg or "sheep: the daemon exited during start-up; see sheep.log") + "\n")
+        os._exit(1)
+    os.close(r)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    return w
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = config.parse(argv)
+    except config.ConfigError as e:
+        sys.stderr.write(f"sheep: {e}\n")
+        return 1
+    for d in cfg.stores:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except OSError as e:
+            sys.stderr.write(f"sheep: cannot create store directory {d}: {e.strerror}\n")
+            return 1
+    from sheep.daemon import Sheep
+
+    sheep = Sheep(cfg)
+    try:
+        sheep.open_store()
+    except StoreLockedError as e:
+        sys.stderr.write(f"sheep: {e}\n")
+        return 1
+    except OSError as e:
+        sys.stderr.write(f"sheep: cannot open store {cfg.base_dir}: {e}\n")
+        return 1
+
+    pipe_w = None
+    if not cfg.foreground:
+        # lockf locks are per process and not inherited: the launcher checked
+        # the store can be locked; the daemon takes the lock for itself.
+        sheep.store.close()
+        pipe_w = _daemonize()
+        try:
+            sheep.open_store()
+        except (StoreLockedError, OSError) as e:
+            os.write(pipe_w, f"sheep: {e}".encode())
+            os._exit(1)
+    _setup_logging(cfg, to_stderr=cfg.foreground)
+    if cfg.pidfile:
+        with open(cfg.pidfile, "w") as f:
+            f.write(f"{os.getpid()}\n")
+
+    def ready(error):
+        nonlocal pipe_w
+        if pipe_w is not None:
+            os.write(pipe_w, b"ok" if error is None else f"sheep: {error}".encode())
+            os.close(pipe_w)
+            pipe_w = None
+        elif error:
+            sys.stderr.write(f"sheep: {error}\n")
+
+    async def amain():
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, sheep.request_exit)
+        if pipe_w is not None:
+            loop.call_later(10.0, lambda: pipe_w is not None and ready(None))
+        return await sheep.run(ready)
+
+    try:
+        import uvloop
+
+        code = uvloop.run(amain())
+    except ImportError:
+        code = asyncio.run(amain())
+    finally:
+        if cfg.pidfile:
+            try:
+                os.unlink(cfg.pidfile)
+            except OSError:
+                pass
+    logging.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Command line of the ``sheep`` daemon → a validated :class:`Config`.
+
+Options follow Sheepdog 1.0's ``sheep`` (same letters, same meaning).  Invalid
+values raise :class:`ConfigError` with the message to print; nothing here
+touches the disk or the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from sheep import __version__
+
+DEFAULT_STORE = "/tmp"
+DEFAULT_NBD_PORT = 10809
+LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
+              "notice": 5, "info": 6, "debug": 7}
+
+
+class ConfigError(Exception):
+    """A bad option value; ``str()`` is the message for the user."""
+
+
+@dataclass
+class Config:
+    stores: list[str]
+    port: int = 7000
+    zone: int | None = None
+    cluster: str = "local"
+    myaddr: str = "127.0.0.1"
+    bindaddr: str = "0.0.0.0"
+    nosync: bool = False
+    log_dir: str | None = None
+    log_level: int = 6
+    foreground: bool = False
+    gateway: bool = False
+    vnodes: int | None = None  # -V: fixed vnode count (None = automatic)
+    pidfile: str | None = None
+    nbd: tuple[str, int] | None = None
+    unsupported: list[str] = field(default_factory=list)
+
+    @property
+    def base_dir(self) -> str:
+        return self.stores[0]
+
+    @property
+    def log_path(self) -> str:
+        return os.path.join(self.log_dir or self.base_dir, "sheep.log")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sheep",
+        description="pysheepdog daemon: stores objects, serves clients, takes part "
+                    "in cluster membership. STORE[,STORE...]: the base directory "
+                    "(config, epoch log, obj/) followed by optional extra object "
+                    "directories.",
+        epilog="Example: sheep -c local -z 0 -p 7000 /var/lib/sheepdog/0")
+    p.add_argument("store", nargs="?", default=DEFAULT_STORE, metavar="STORE[,STORE...]")
+    p.add_argument("-p", "--port", default="7000", help="TCP port (default 7000)")
+    p.add_argument("-z", "--zone", help="failure domain (default: derived from the address)")
+    p.add_argument("-c", "--cluster", default="local",
+                   help="cluster driver: local[:PATH] (default local)")
+    p.add_argument("-y", "--myaddr", default=None,
+                   help="address advertised to the cluster (default 127.0.0.1)")
+    p.add_argument("-b", "--bindaddr", default=None,
+                   help="address to listen on (default: all addresses)")
+    p.add_argument("-n", "--nosync", action="store_true",
+                   help="do not fdatasync object writes (data may be lost on power loss)")
+    p.add_argument("-l", "--log", default=None,
+                   help="log options: dir=PATH,level=LEVEL (e.g. level=debug)")
+    p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize")
+    p.add_argument("-g", "--gateway", action="store_true",
+                   help="gateway only: store no objects (0 vnodes)")
+    p.add_argument("-V", "--vnodes", default=None,
+                   help="fixed number of vnodes (disables automatic weighting)")
+    p.add_argument("-P", "--pidfile", default=None, help="write the daemon's pid here")
+    p.add_argument("--nbd", nargs="?", const=str(DEFAULT_NBD_PORT), default=None,
+                   metavar="[HOST:]PORT", help="also export VDIs over NBD (default port 10809)")
+    for opt, long in (("-j", "--journal"), ("-D", "--directio"), ("-w", "--cache"),
+                      ("-R", "--recovery")):
+        p.add_argument(opt, long, dest=long[2:], default=None, nargs="?", const="",
+                       help=f"accepted for Sheepdog 1.0 compatibility ({long[2:]}); "
+                            "not implemented yet, ignored with a log line")
+    p.add_argument("-v", "--version", action="version", version=f"sheep (pysheepdog) {__version__}")
+    return p
+
+
+def _int(value: str, what: str, lo: int, hi: int) -> int:
+    try:
+        n = int(value, 0)
+    except ValueError:
+        raise ConfigError(f"Invalid {what} '{value}'") from None
+    if not lo <= n <= hi:
+        raise ConfigError(f"Invalid {what} '{value}' (must be {lo}..{hi})")
+    return n
+
+
+def _addr(value: str, what: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"Invalid {what} '{value}': not an IP address") from None
+    return value
+
+
+def parse(argv: list[str]) -> Config:
+    """Parse and validate ``argv`` (without the program name)."""
+    p = _parser()
+    try:
+        ns = p.parse_args(argv)
+    except SystemExit as e:  # argparse already printed usage / help
+        raise
+    stores = [s for s in ns.store.split(",") if s]
+    if not stores:
+        raise ConfigError("no store directory given")
+    cfg = Config(stores=[os.path.abspath(s) for s in stores])
+    cfg.port = _int(ns.port, "port number", 1, 65535)
+    if ns.zone is not None:
+        cfg.zone = _int(ns.zone, "zone id", 0, 0xFFFFFFFF)
+    drv = ns.cluster.split(":", 1)[0]
+    if drv not in ("local",):
+        raise ConfigError(f"Invalid cluster driver '{ns.cluster}': supported drivers: local[:PATH]")
+    cfg.cluster = ns.cluster
+    if ns.myaddr:
+        cfg.myaddr = _addr(ns.myaddr, "address")
+    if ns.bindaddr:
+        cfg.bindaddr = _addr(ns.bindaddr, "bind address")
+    cfg.nosync = ns.nosync
+    if ns.log:
+        for item in ns.log.split(","):
+            key, _, val = item.partition("=")
+            if key == "dir" and val:
+                cfg.log_dir = os.path.abspath(val)
+            elif key == "level" and val:
+                if val in LOG_LEVELS:
+                    cfg.log_level = LOG_LEVELS[val]
+                else:
+                    cfg.log_level = _int(val, "log level", 0, 7)
+            elif key in ("format", "dst"):
+                pass
+            else:
+                raise ConfigError(f"Invalid log option '{item}' (use dir=PATH,level=LEVEL)")
+    cfg.foreground = ns.foreground
+    cfg.gateway = ns.gateway
+    if ns.vnodes is not None:
+        cfg.vnodes = _int(ns.vnodes, "number of vnodes", 1, 65535)
+    cfg.pidfile = os.path.abspath(ns.pidfile) if ns.pidfile else None
+    if ns.nbd is not None:
+        host, _, port = ns.nbd.rpartition(":")
+        cfg.nbd = (_addr(host, "NBD address") if host else "127.0.0.1",
+                   _int(port, "NBD port number", 1, 65535))
+    for name in ("journal", "directio", "cache", "recovery"):
+        if getattr(ns, name) is not None:
+            cfg.unsupported.append(name)
+    return cfg

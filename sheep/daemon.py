@@ -1,0 +1,108 @@
+"""One sheep node: wires the store, membership, VDI table, gateway and server.
+
+Guarantees: the store is locked before anything listens; the node listens
+before it joins (so peers can reach it as soon as they see it); blocking
+disk calls go through :meth:`Sheep.io`; :meth:`request_exit` stops serving,
+leaves the cluster and releases the port within about a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from sheep import __version__, ops, proto
+from sheep.gateway import Gateway
+from sheep.group import Group
+from sheep.server import start_servers
+from sheep.store.plain import PlainStore
+from sheep.vdi import VdiTable
+
+log = logging.getLogger("sheep")
+
+LEVELS = [logging.CRITICAL, logging.CRITICAL, logging.CRITICAL, logging.ERROR,
+          logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG]
+
+
+class Sheep:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.store = PlainStore(cfg.base_dir, cfg.stores[1:], nosync=cfg.nosync)
+        self.connections: set = set()
+        self.recovery_throttle = proto.RecoveryThrottling()
+        self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sheep-io")
+        self._exit: asyncio.Event | None = None
+        self.exit_code = 0
+
+    def open_store(self) -> None:
+        """Lock and prepare the store; raises StoreLockedError / OSError."""
+        self.store.open()
+
+    async def io(self, fn, *args):
+        """Run a blocking store call.  With ``-n`` (no sync) store calls only touch
+        the page cache and run inline; otherwise they run on the I/O threads."""
+        if self.cfg.nosync:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def apply_main(self, msg: dict):
+        return ops.apply_main(self, msg)
+
+    def set_log_level(self, level: int) -> None:
+        self.cfg.log_level = level
+        logging.getLogger().setLevel(LEVELS[level])
+
+    def request_exit(self, delay: float = 0.0, code: int = 0) -> None:
+        """Stop the daemon after ``delay`` seconds (lets pending replies go out)."""
+        self.exit_code = code
+        loop = asyncio.get_running_loop()
+        if self._exit is not None:
+            loop.call_later(delay, self._exit.set)
+
+    async def run(self, ready) -> int:
+        """Serve until asked to exit; ``ready(error_or_None)`` is called once."""
+        self._exit = asyncio.Event()
+        cfg = self.cfg
+        space = 0 if cfg.gateway else self.store.capacity()
+        vnodes = 0 if cfg.gateway else (cfg.vnodes or proto.SD_DEFAULT_VNODES)
+        self.me = proto.SdNode.make(cfg.myaddr, cfg.port, vnodes, cfg.zone, space)
+        self.vdis = VdiTable(self)
+        self.group = Group(self)
+        self.gateway = Gateway(self)
+        self.vdis.merge(self.vdis.local_snapshot())
+        try:
+            servers = await start_servers(self)
+        except OSError as e:
+            ready(f"cannot listen on {cfg.bindaddr}:{cfg.port}: {e.strerror or e}")
+            return 1
+        for name in cfg.unsupported:
+            log.warning("option --%s is accepted for compatibility but not implemented", name)
+        try:
+            await asyncio.wait_for(self.group.start(), 30)
+        except Exception as e:  # JoinRejected, timeout, driver errors
+            reason = getattr(e, "reply", b"") or str(e).encode()
+            msg = f"failed to join the cluster: {reason.decode(errors='replace')}"
+            log.error(msg)
+            ready(msg)
+            for s in servers:
+                s.close()
+            return 1
+        log.info("sheepdog daemon (version %s) started: %s, zone %d, vnodes %d, driver %s, "
+                 "store %s%s", __version__, self.me, self.me.zone, self.me.nr_vnodes,
+                 cfg.cluster, ",".join(cfg.stores), " (nosync)" if cfg.nosync else "")
+        ready(None)
+        await self._exit.wait()
+        log.info("exiting")
+        for s in servers:
+            s.close()
+        for conn in list(self.connections):
+            conn.close()
+        self.gateway.peers.close()
+        try:
+            await asyncio.wait_for(self.group.stop(), 1.0)
+        except Exception:
+            log.debug("leaving the cluster failed", exc_info=True)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        return self.exit_code

@@ -1,0 +1,359 @@
+"""Membership views, epochs, the epoch log and cluster-operation ordering.
+
+Theory of operation
+-------------------
+The cluster driver (``sheep.cluster``) delivers joins, leaves and notify
+messages to every member in one total order.  :class:`Group` turns that stream
+into the node's cluster state:
+
+* **View → nodes → ring.**  Each view is a list of members (oldest first, the
+  oldest is the master).  The node list is the members' ``SdNode`` records in
+  node order, with vnodes recomputed when the cluster uses automatic vnodes;
+  the ring is a frozen :class:`sheep.ring.Ring` of that list.
+* **Epochs.**  Once the cluster is formatted, every view change while it is
+  running increments the epoch and appends ``epoch/NNNNNNNN`` to the store.
+  All members apply the same changes in the same order, so epochs and epoch
+  logs agree everywhere.
+* **Cluster operations** (format, VDI create/delete, attributes, shutdown)
+  use block/unblock built on notify: the origin sends BLOCK; when that BLOCK is
+  the oldest outstanding one, the origin runs the op's ``work`` step (nobody
+  else runs a work step meanwhile) and sends UNBLOCK carrying the result; on
+  delivery every member applies the op's ``main`` step.  A member that leaves
+  while holding or waiting for the block loses its turn.
+* **Joining.**  The master validates a joiner (cluster creation time) and
+  replies with a snapshot of the cluster state, which the joiner adopts; the
+  VDIs the joiner found on its own disk are merged by every member.
+* **Restart.**  A node that restarts with a formatted store waits
+  (WAIT_FOR_JOIN) until every node of the latest epoch is back, then runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+
+from sheep import proto
+from sheep.cluster.base import JoinRejected, Member, create_driver
+from sheep.errors import CODES, SdError, error_for
+from sheep.ring import Ring, auto_vnodes
+
+log = logging.getLogger("sheep.group")
+
+# internal cluster status (mirrors cluster_info.status plus "never formatted")
+WAIT_FOR_FORMAT = "wait_for_format"
+WAIT_FOR_JOIN = "wait_for_join"
+OK = "ok"
+SHUTDOWN = "shutdown"
+KILLED = "killed"
+
+STATUS_CODE = {OK: proto.SD_STATUS_OK, WAIT_FOR_FORMAT: proto.SD_STATUS_WAIT,
+               WAIT_FOR_JOIN: proto.SD_STATUS_WAIT, SHUTDOWN: proto.SD_STATUS_SHUTDOWN,
+               KILLED: proto.SD_STATUS_KILLED}
+
+
+def _node_key(node: proto.SdNode) -> str:
+    return f"{node.host}:{node.port}"
+
+
+class Group:
+    """This node's view of the cluster; all state changes run on the loop."""
+
+    def __init__(self, sheep):
+        self.sheep = sheep
+        self.store = sheep.store
+        self.me: proto.SdNode = sheep.me
+        raw = self.store.load_config()
+        self.config = proto.SheepdogConfig.unpack(raw) if raw else proto.SheepdogConfig()
+        self.epoch = self.store.latest_epoch() if self.config.ctime else 0
+        if not self.config.ctime:
+            self.status = WAIT_FOR_FORMAT
+        else:
+            self.status = WAIT_FOR_JOIN
+        self.members: list[Member] = []
+        self.nodes: list[proto.SdNode] = []
+        self.ring = Ring([])
+        self.disable_recovery = False
+        self._epoch_changed = asyncio.Event()
+        self._blocks: list[tuple[str, str]] = []  # (block id, sender ident) in delivery order
+        self._turns: dict[str, asyncio.Future] = {}
+        self._done: dict[str, asyncio.Future] = {}
+        self._running_block: str | None = None
+        self.member: Member | None = None
+        self.driver = create_driver(sheep.cfg.cluster, self)
+
+    # ------------------------------------------------------------------
+    # lifecycle
+
+    async def start(self) -> None:
+        """Join the cluster; returns once this node is a member."""
+        self.member = Member(self.me.wire(),
+                             f"{self.me.host}:{self.me.port}/{os.getpid()}/{uuid.uuid4().hex[:12]}")
+        opaque = json.dumps({
+            "ctime": self.config.ctime, "epoch": self.epoch,
+            "fixed_vnodes": self.sheep.cfg.vnodes is not None,
+            "vdis": self.sheep.vdis.local_snapshot(),
+        }).encode()
+        await self.driver.join(self.member, opaque)
+
+    async def stop(self) -> None:
+        try:
+            await self.driver.leave()
+        except Exception:  # leaving is best effort; others detect the exit anyway
+            log.debug("leave failed", exc_info=True)
+        await self.driver.close()
+
+    # ------------------------------------------------------------------
+    # derived state
+
+    @property
+    def formatted(self) -> bool:
+        return self.config.ctime != 0
+
+    def _rebuild_nodes(self) -> None:
+        nodes = [proto.SdNode.unpack(m.node) for m in self.members]
+        if self.formatted and self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:
+            weights = auto_vnodes([n.space if n.nr_vnodes else 0 for n in nodes])
+            nodes = [n.replace(nr_vnodes=w) for n, w in zip(nodes, weights)]
+        self.nodes = proto.sort_nodes(nodes)
+        self.ring = Ring(self.nodes)
+
+    def node_by_key(self, key: str) -> proto.SdNode | None:
+        for n in self.nodes:
+            if _node_key(n) == key:
+                return n
+        return None
+
+    def is_me(self, node: proto.SdNode) -> bool:
+        return node.addr == self.me.addr and node.port == self.me.port
+
+    def epoch_nodes(self, epoch: int) -> list[proto.SdNode]:
+        rec = self.store.read_epoch(epoch)
+        return proto.unpack_nodes(rec[0]) if rec else []
+
+    def _bump_epoch(self) -> None:
+        self.epoch += 1
+        self.store.write_epoch(self.epoch, proto.pack_nodes(self.nodes))
+        log.info("epoch %d: %s", self.epoch, ", ".join(str(n) for n in self.nodes))
+        self._notify_epoch()
+
+    def _notify_epoch(self) -> None:
+        """Wake everyone waiting for a view/epoch/status change."""
+        self._epoch_changed.set()
+        self._epoch_changed = asyncio.Event()
+
+    async def _wait_until(self, pred, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not pred():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._epoch_changed.wait(), left)
+            except asyncio.TimeoutError:
+                return pred()
+        return True
+
+    async def wait_epoch_change(self, seen: int, timeout: float) -> bool:
+        """Wait until the epoch differs from ``seen``; False on timeout."""
+        return await self._wait_until(lambda: self.epoch != seen, timeout)
+
+    async def wait_epoch_at_least(self, epoch: int, timeout: float) -> bool:
+        return await self._wait_until(lambda: self.epoch >= epoch, timeout)
+
+    # ------------------------------------------------------------------
+    # ClusterEvents (called by the driver, in total order)
+
+    def check_join(self, joiner: Member, opaque: bytes) -> tuple[bool, bytes]:
+        info = json.loads(opaque or b"{}")
+        jnode = proto.SdNode.unpack(joiner.node)
+        if joiner.ident == (self.member.ident if self.member else None):
+            # first member: accept ourselves; our own state is the cluster state
+            return True, json.dumps({"self": True, "vdis": info.get("vdis", [])}).encode()
+        if self.formatted and info.get("ctime") and info["ctime"] != self.config.ctime:
+            msg = (f"node {jnode} rejected: its cluster creation time differs "
+                   f"(it was formatted for another cluster)")
+            log.warning(msg)
+            return False, json.dumps({"error": msg, "code": CODES["INVALID_CTIME"]}).encode()
+        if self.formatted and self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES \
+                and info.get("fixed_vnodes") and jnode.nr_vnodes:
+            msg = f"node {jnode} rejected: it uses fixed vnodes (-V) but the cluster uses automatic vnodes"
+            log.warning(msg)
+            return False, json.dumps({"error": msg,
+                                      "code": CODES["INVALID_VNODES_STRATEGY"]}).encode()
+        snap = {
+            "config": self.config.pack().hex(),
+            "status": self.status,
+            "epoch": self.epoch,
+            "disable_recovery": self.disable_recovery,
+            "epochs": [(e, *self._epoch_hex(e)) for e in self.store.epochs()],
+            "vdis": info.get("vdis", []),
+            "state": self.sheep.vdis.snapshot(),
+        }
+        return True, json.dumps(snap).encode()
+
+    def _epoch_hex(self, e: int) -> tuple[str, int]:
+        rec = self.store.read_epoch(e)
+        return (rec[0].hex(), rec[1]) if rec else ("", 0)
+
+    # The driver delivers events synchronously and in total order; each is
+    # applied completely before the next one (and before check_join runs), so
+    # a joiner's snapshot is exactly the state at its join point.
+
+    def on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
+        info = json.loads(reply or b"{}")
+        if self.member and joined.ident == self.member.ident and not info.get("self"):
+            self._adopt(info)
+        self.sheep.vdis.merge(info.get("vdis", []))
+        self.members = list(members)
+        self._rebuild_nodes()
+        log.info("%s joined; %d members", proto.SdNode.unpack(joined.node), len(members))
+        if self.status == OK:
+            self._bump_epoch()
+        elif self.status == WAIT_FOR_JOIN:
+            self._maybe_start_after_restart()
+        else:
+            self._notify_epoch()
+
+    def _adopt(self, info: dict) -> None:
+        """Take the master's snapshot of the cluster state (joiner only)."""
+        cfg = proto.SheepdogConfig.unpack(bytes.fromhex(info["config"]))
+        if cfg.ctime:
+            cfg.space = self.me.space
+            cfg.shutdown = 0
+            self.store.save_config(cfg.pack())
+            have = set(self.store.epochs())
+            for e, nodes_hex, ts in info["epochs"]:
+                if e not in have and nodes_hex:
+                    self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
+        self.config = cfg
+        self.status = info["status"]
+        self.epoch = info["epoch"]
+        self.disable_recovery = info.get("disable_recovery", False)
+        self.sheep.vdis.restore(info["state"])
+
+    def _maybe_start_after_restart(self) -> None:
+        last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
+        present = {_node_key(n) for n in self.nodes}
+        if last and last <= present:
+            self.status = OK
+            log.info("all nodes of epoch %d are back; cluster is running", self.epoch)
+            if last != present:
+                self._bump_epoch()
+            else:
+                self._notify_epoch()
+
+    def on_leave(self, left: Member, members: list[Member]) -> None:
+        self.members = list(members)
+        self._rebuild_nodes()
+        log.info("%s left; %d members", proto.SdNode.unpack(left.node), len(members))
+        lost = [b for b in self._blocks if b[1] == left.ident]
+        if lost:
+            head = self._blocks[0] if self._blocks else None
+            self._blocks = [b for b in self._blocks if b[1] != left.ident]
+            if head in lost:
+                self._running_block = None
+                self._grant_next()
+        if self.status == OK:
+            self._bump_epoch()
+        else:
+            self._notify_epoch()
+
+    def on_notify(self, sender: Member, msg: bytes) -> None:
+        m = json.loads(msg)
+        if m["t"] == "block":
+            self._blocks.append((m["id"], sender.ident))
+            self._grant_next()
+        elif m["t"] == "unblock":
+            if self._blocks and self._blocks[0][0] == m["id"]:
+                self._blocks.pop(0)
+            self._running_block = None
+            result = None
+            try:
+                result = self.sheep.apply_main(m["msg"])
+                outcome = (True, result)
+            except SdError as e:
+                outcome = (False, e)
+            except Exception as e:  # a bug in a main step must not stop the node
+                log.exception("main step failed")
+                outcome = (False, error_for(CODES["SYSTEM_ERROR"], str(e)))
+            fut = self._done.pop(m["id"], None)
+            if fut is not None and not fut.done():
+                if outcome[0]:
+                    fut.set_result(outcome[1])
+                else:
+                    fut.set_exception(outcome[1])
+            self._grant_next()
+
+    def _grant_next(self) -> None:
+        if self._running_block is not None or not self._blocks:
+            return
+        bid, ident = self._blocks[0]
+        self._running_block = bid
+        fut = self._turns.pop(bid, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # ------------------------------------------------------------------
+    # cluster operations
+
+    async def cluster_op(self, work):
+        """Run ``work()`` exclusively cluster-wide, then apply its result everywhere.
+
+        ``work`` is an async callable returning a JSON-able "main" message (or
+        raising SdError).  Returns what the main step returned on this node.
+        """
+        bid = uuid.uuid4().hex
+        loop = asyncio.get_running_loop()
+        turn = self._turns[bid] = loop.create_future()
+        done = self._done[bid] = loop.create_future()
+        await self.driver.notify(json.dumps({"t": "block", "id": bid}).encode())
+        await turn
+        try:
+            msg = await work()
+        except SdError as e:
+            msg = {"op": "error", "code": e.code, "message": e.message}
+        except Exception as e:
+            log.exception("work step failed")
+            msg = {"op": "error", "code": CODES["SYSTEM_ERROR"], "message": str(e)}
+        await self.driver.notify(json.dumps({"t": "unblock", "id": bid, "msg": msg}).encode())
+        return await done
+
+    # ------------------------------------------------------------------
+    # main steps owned by the group
+
+    def apply_format(self, msg: dict) -> None:
+        """MAKE_FS main step: wipe, set the config, epoch 1 with current members."""
+        cfg = proto.SheepdogConfig(
+            ctime=msg["ctime"], flags=msg["flags"], copies=msg["copies"],
+            default_store=proto.pad(msg["store"], 16), shutdown=0,
+            copy_policy=msg["copy_policy"], block_size_shift=msg["block_size_shift"],
+            version=6, space=self.me.space)
+        self.store.wipe()  # inline on purpose: a format must finish before the next event
+        self.store.remove_epochs()
+        self.store.save_config(cfg.pack())
+        self.config = cfg
+        self.sheep.vdis.clear()
+        self.status = OK
+        self.epoch = 0
+        self._rebuild_nodes()
+        self._bump_epoch()
+        log.info("cluster formatted: copies %d, flags %#x, store %s",
+                 cfg.copies, cfg.flags, msg["store"])
+
+    def apply_shutdown(self) -> None:
+        self.status = SHUTDOWN
+        self.config.shutdown = 1
+        self.store.save_config(self.config.pack())
+        log.info("cluster shutdown requested")
+        self.sheep.request_exit(0.2)
+
+    def save_config(self) -> None:
+        self.store.save_config(self.config.pack())
+
+    def now(self) -> int:
+        return int(time.time())

@@ -1,0 +1,169 @@
+"""Client connections speaking the Sheepdog protocol.
+
+Two flavours over the same codec (``sheep.proto``):
+
+* :class:`AsyncConnection` — asyncio, many requests in flight on one TCP
+  connection, replies matched to requests by ``id`` (replies may arrive in any
+  order).  Used by the gateway to talk to peers, by qemu_client and the bench.
+* :class:`BlockingConnection` — a plain socket, one request at a time.  Used
+  by collie.
+
+Guarantees: a request's payload is sent iff the WRITE flag is set (PROTOCOL
+§1); the reply payload returned is exactly ``rsp.data_length`` bytes; if the
+connection breaks, every outstanding request fails with
+:class:`ConnectionError` (never hangs, never gets another request's reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import struct
+
+from sheep import proto
+
+_RSP_DLEN = struct.Struct("<I")  # data_length at offset 12
+_RSP_ID = struct.Struct("<I")  # id at offset 8
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self, conn: "AsyncConnection"):
+        self.conn = conn
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        pending = self.conn._pending
+        while len(buf) >= proto.HDR_SIZE:
+            dlen = _RSP_DLEN.unpack_from(buf, 12)[0]
+            end = proto.HDR_SIZE + dlen
+            if len(buf) < end:
+                break
+            rid = _RSP_ID.unpack_from(buf, 8)[0]
+            hdr = bytes(buf[:proto.HDR_SIZE])
+            body = bytes(buf[proto.HDR_SIZE:end])
+            del buf[:end]
+            fut = pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                fut.set_result((hdr, body))
+
+    def connection_lost(self, exc):
+        self.conn._fail_all(exc or ConnectionError("connection closed by peer"))
+
+
+class AsyncConnection:
+    """One pipelined connection to a sheep (see module docstring)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self._proto: _ClientProtocol | None = None
+        self.closed = False
+
+    @classmethod
+    async def open(cls, host: str, port: int, timeout: float = 5.0) -> "AsyncConnection":
+        self = cls(host, port)
+        loop = asyncio.get_running_loop()
+        _t, self._proto = await asyncio.wait_for(
+            loop.create_connection(lambda: _ClientProtocol(self), host, port), timeout)
+        return self
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.closed = True
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError(f"{self.host}:{self.port}: {exc}"))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    async def request(self, req: proto.Request, payload=b"",
+                      timeout: float | None = None) -> tuple[proto.Response, bytes]:
+        """Send ``req`` (+ payload when WRITE) and wait for its reply.
+
+        ``req.id`` is overwritten with a connection-unique id.
+        """
+        if self.closed or self._proto is None or self._proto.transport is None:
+            raise ConnectionError(f"{self.host}:{self.port}: connection closed")
+        rid = next(self._ids) & 0xFFFFFFFF
+        req.id = rid
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        tr = self._proto.transport
+        if req.flags & proto.SD_FLAG_CMD_WRITE and payload:
+            tr.writelines((req.pack(), payload))
+        else:
+            tr.write(req.pack())
+        try:
+            if timeout is None:
+                hdr, body = await fut
+            else:
+                hdr, body = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(rid, None)
+        return proto.Response.unpack(hdr), body
+
+    def close(self) -> None:
+        self.closed = True
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._fail_all(ConnectionError("connection closed"))
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise ConnectionError("connection closed by peer")
+        got += k
+    return bytes(buf)
+
+
+class BlockingConnection:
+    """A simple blocking connection: one request, then its reply."""
+
+    def __init__(self, host: str, port: int, timeout: float | None = 30.0):
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._ids = itertools.count(1)
+
+    def request(self, req: proto.Request, payload=b"") -> tuple[proto.Response, bytes]:
+        req.id = next(self._ids) & 0xFFFFFFFF
+        data = req.pack()
+        if req.flags & proto.SD_FLAG_CMD_WRITE:
+            data += bytes(payload)
+        self.sock.sendall(data)
+        rsp = proto.Response.unpack(_recv_exact(self.sock, proto.HDR_SIZE))
+        body = _recv_exact(self.sock, rsp.data_length) if rsp.data_length else b""
+        return rsp, body
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

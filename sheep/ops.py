@@ -1,0 +1,416 @@
+"""The op table: one entry per opcode, and request admission (PROTOCOL §4, §7).
+
+Each :class:`OpSpec` names the op, its class (gateway, peer, local,
+cluster), whether it is a *force* op (allowed before format and while
+waiting for nodes), and its handler ``handler(sheep, req, payload)`` which
+returns ``(rsp_args | None, body)`` or ``(rsp_args, body, result)`` and raises
+:class:`SdError` on failure.  Cluster ops go through ``group.cluster_op``
+with a work step (this node, exclusive) and a main step (every node, in
+order) — the main steps are listed in ``MAIN``.
+
+:func:`dispatch` guarantees: every request gets exactly one reply header
+echoing ``opcode`` and ``id`` with the current epoch; a reply payload never
+exceeds what the client said it can receive; unknown opcodes get
+INVALID_PARMS; failures inside a handler become their result code, never a
+dropped connection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from sheep import group as G
+from sheep import peer, proto
+from sheep.errors import CODES, SdError, error_for
+
+log = logging.getLogger("sheep.ops")
+Op = proto.Op
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    kind: str  # gateway | peer | local | cluster
+    force: bool
+    handler: Callable[..., Awaitable]
+
+
+def _err(name: str, msg: str | None = None) -> SdError:
+    return error_for(CODES[name], msg)
+
+
+def _name_tag(payload: bytes, allow_tag: bool = True) -> tuple[bytes, bytes]:
+    if len(payload) == proto.SD_MAX_VDI_LEN:
+        return payload, b""
+    if allow_tag and len(payload) == proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN:
+        return payload[:256], payload[256:]
+    raise _err("INVALID_PARMS", f"VDI name payload must be 256 or 512 bytes, got {len(payload)}")
+
+
+# ---------------------------------------------------------------------------
+# local ops
+
+
+async def get_node_list(sheep, req, payload):
+    nodes = sheep.group.nodes
+    return proto.NodeRsp(nr_nodes=len(nodes)), proto.pack_nodes(nodes)
+
+
+async def stat_cluster(sheep, req, payload):
+    g = sheep.group
+    k = req.args.nodes_nr
+    size = proto.EpochLogHeader.SIZE + k * proto.SD_NODE_SIZE
+    result = {G.OK: 0, G.WAIT_FOR_FORMAT: CODES["WAIT_FOR_FORMAT"],
+              G.WAIT_FOR_JOIN: CODES["WAIT_FOR_JOIN"],
+              G.SHUTDOWN: CODES["SHUTDOWN"]}.get(g.status, CODES["SYSTEM_ERROR"])
+    if not g.formatted:
+        return None, b"", result
+    out = []
+    for i, epoch in enumerate(range(g.epoch, 0, -1)):
+        if (len(out) + 1) * size > req.data_length:
+            break
+        hdr = proto.EpochLogHeader(epoch=epoch)
+        nodes = []
+        if i == 0:
+            c = g.config
+            hdr.ctime, hdr.disable_recovery = c.ctime, int(g.disable_recovery)
+            hdr.nr_copies, hdr.copy_policy, hdr.flags = c.copies, c.copy_policy, c.flags
+            hdr.drv_name = c.default_store
+        if k:
+            rec = sheep.store.read_epoch(epoch)
+            if rec:
+                nodes = proto.unpack_nodes(rec[0])
+                hdr.time = rec[1]
+            if len(nodes) > k:
+                return None, b"", CODES["BUFFER_SMALL"]
+            hdr.nr_nodes = len(nodes)
+        out.append(proto.pack_epoch_log(hdr, nodes, k))
+    return None, b"".join(out), result
+
+
+async def cluster_info(sheep, req, payload):
+    g = sheep.group
+    c = g.config
+    hdr = proto.ClusterInfoHeader(
+        disable_recovery=int(g.disable_recovery), nr_nodes=len(g.nodes), epoch=g.epoch,
+        ctime=c.ctime, flags=c.flags if g.formatted else proto.SD_CLUSTER_FLAG_AUTO_VNODES,
+        nr_copies=c.copies, copy_policy=c.copy_policy, status=G.STATUS_CODE[g.status],
+        block_size_shift=c.block_size_shift, default_store=c.default_store)
+    return None, proto.pack_cluster_info(hdr, g.nodes)
+
+
+async def stat_sheep(sheep, req, payload):
+    if sheep.cfg.gateway:
+        return proto.NodeRsp(), b""
+    cap = await sheep.io(sheep.store.capacity)
+    used = await sheep.io(sheep.store.used)
+    return proto.NodeRsp(store_size=cap, store_free=max(cap - used, 0)), b""
+
+
+async def stat_recovery(sheep, req, payload):
+    return None, proto.RecoveryState().pack()
+
+
+async def get_cluster_default(sheep, req, payload):
+    c = sheep.group.config
+    return proto.ClusterDefaultRsp(nr_copies=c.copies, copy_policy=c.copy_policy,
+                                   block_size_shift=c.block_size_shift), b""
+
+
+def _bitmap(attr):
+    async def handler(sheep, req, payload):
+        if req.data_length != proto.VDI_BITMAP_SIZE:
+            raise _err("INVALID_PARMS", "the VDI bitmap reply needs a 2097152-byte buffer")
+        return None, bytes(getattr(sheep.vdis, attr))
+    return handler
+
+
+async def get_vdi_copies(sheep, req, payload):
+    body = sheep.vdis.copies_records()
+    if len(body) > req.data_length:
+        return None, b"", CODES["BUFFER_SMALL"]
+    return None, body
+
+
+async def get_store_list(sheep, req, payload):
+    return None, b"plain \0"
+
+
+async def kill_node(sheep, req, payload):
+    sheep.group.status = G.KILLED
+    log.info("killed by KILL_NODE request")
+    sheep.request_exit(0.1)
+    return None, b""
+
+
+async def invalid(sheep, req, payload):
+    raise _err("INVALID_PARMS", f"opcode {req.opcode:#x} is not supported")
+
+
+async def success(sheep, req, payload):
+    return None, b""
+
+
+async def get_epoch(sheep, req, payload):
+    rec = sheep.store.read_epoch(req.args.tgt_epoch)
+    if rec is None:
+        raise _err("NO_TAG", f"no epoch {req.args.tgt_epoch}")
+    body = rec[0] + struct.pack("<Q", rec[1])
+    if len(body) > req.data_length:
+        return None, b"", CODES["BUFFER_SMALL"]
+    return None, body
+
+
+async def get_obj_list(sheep, req, payload):
+    oids = await sheep.io(sheep.store.list_oids)
+    body = struct.pack(f"<{len(oids)}Q", *oids)
+    if len(body) > req.data_length:
+        return None, b"", CODES["BUFFER_SMALL"]
+    return None, body
+
+
+async def exist(sheep, req, payload):
+    if not await sheep.io(sheep.store.exists, req.args.oid):
+        raise _err("NO_OBJ")
+    return None, b""
+
+
+async def get_hash(sheep, req, payload):
+    oid = req.args.oid
+    size = await sheep.io(sheep.store.object_size, oid)
+    if size is None:
+        raise _err("NO_OBJ")
+    data = await sheep.io(sheep.store.read, oid, 0, size)
+    return proto.HashRsp(digest=hashlib.sha1(data).digest()), b""
+
+
+async def stat(sheep, req, payload):
+    return None, proto.SdStat().pack()
+
+
+async def get_loglevel(sheep, req, payload):
+    return None, struct.pack("<i", sheep.cfg.log_level)
+
+
+async def set_loglevel(sheep, req, payload):
+    if len(payload) != 4:
+        raise _err("INVALID_PARMS")
+    level = struct.unpack("<i", payload)[0]
+    if not 0 <= level <= 7:
+        raise _err("INVALID_PARMS", "log level must be 0..7")
+    sheep.set_log_level(level)
+    return None, b""
+
+
+async def get_vnodes(sheep, req, payload):
+    return None, struct.pack("<i", sheep.me.nr_vnodes)
+
+
+async def get_recovery(sheep, req, payload):
+    return None, sheep.recovery_throttle.pack()
+
+
+async def set_recovery(sheep, req, payload):
+    if len(payload) != proto.RecoveryThrottling.SIZE:
+        raise _err("INVALID_PARMS")
+    sheep.recovery_throttle = proto.RecoveryThrottling.unpack(payload)
+    return None, b""
+
+
+# ---------------------------------------------------------------------------
+# VDI lookups (local) and cluster ops
+
+
+async def get_vdi_info(sheep, req, payload):
+    name, tag = _name_tag(payload)
+    vid = await sheep.vdis.find(name, tag, req.args.snapid)
+    st = sheep.vdis.state(vid)
+    return proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
+                        block_size_shift=sheep.vdis.shift_of(vid)), b""
+
+
+async def new_vdi(sheep, req, payload):
+    if len(payload) != proto.SD_MAX_VDI_LEN:
+        raise _err("INVALID_PARMS", "NEW_VDI needs a 256-byte name")
+    return await sheep.group.cluster_op(lambda: sheep.vdis.new_vdi_work(payload, req.args)), b""
+
+
+async def del_vdi(sheep, req, payload):
+    name, tag = _name_tag(payload)
+    return await sheep.group.cluster_op(
+        lambda: sheep.vdis.del_vdi_work(name, tag, req.args.snapid)), b""
+
+
+async def get_vdi_attr(sheep, req, payload):
+    return await sheep.group.cluster_op(lambda: sheep.vdis.attr_work(req, payload)), b""
+
+
+async def make_fs(sheep, req, payload):
+    store = proto.cstr(payload) or "plain"
+    if store != "plain":
+        raise _err("NO_STORE", f"unknown store '{store}' (available: plain)")
+    a = req.args
+    if a.copy_policy:
+        raise _err("INVALID_PARMS", "erasure coding is not supported")
+    shift = a.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
+    if not 20 <= shift <= 31:
+        raise _err("INVALID_PARMS", f"invalid block size shift {shift}")
+    msg = {"op": "format", "ctime": a.ctime, "flags": a.flags,
+           "copies": a.copies or proto.SD_DEFAULT_COPIES, "copy_policy": 0,
+           "block_size_shift": shift, "store": store}
+
+    async def work():
+        return msg
+    await sheep.group.cluster_op(work)
+    return None, b""
+
+
+async def shutdown(sheep, req, payload):
+    async def work():
+        return {"op": "shutdown"}
+    await sheep.group.cluster_op(work)
+    return None, b""
+
+
+def _main_attr(sheep, msg):
+    return proto.VdiRsp(vdi_id=msg["vid"], attr_id=msg["attr_id"], copies=msg["copies"])
+
+
+def _main_error(sheep, msg):
+    raise error_for(msg["code"], msg.get("message"))
+
+
+def _main_format(sheep, msg):
+    sheep.group.apply_format(msg)
+
+
+def _main_shutdown(sheep, msg):
+    sheep.group.apply_shutdown()
+
+
+def _main_new_vdi(sheep, msg):
+    return sheep.vdis.apply_new_vdi(msg)
+
+
+def _main_del_vdi(sheep, msg):
+    return sheep.vdis.apply_del_vdi(msg)
+
+
+MAIN = {"format": _main_format, "shutdown": _main_shutdown, "new_vdi": _main_new_vdi,
+        "del_vdi": _main_del_vdi, "attr": _main_attr, "error": _main_error}
+
+
+# ---------------------------------------------------------------------------
+# the table
+
+
+def _gw(method):
+    async def handler(sheep, req, payload):
+        return await getattr(sheep.gateway, method)(req, payload)
+    return handler
+
+
+_TABLE = [
+    # opcode, kind, force, handler
+    (Op.CREATE_AND_WRITE_OBJ, "gateway", False, _gw("handle_create")),
+    (Op.READ_OBJ, "gateway", False, _gw("handle_read")),
+    (Op.WRITE_OBJ, "gateway", False, _gw("handle_write")),
+    (Op.REMOVE_OBJ, "gateway", False, _gw("handle_remove")),
+    (Op.DISCARD_OBJ, "local", False, _gw("handle_discard")),
+    (Op.NEW_VDI, "cluster", False, new_vdi),
+    (Op.LOCK_VDI, "cluster", False, get_vdi_info),
+    (Op.RELEASE_VDI, "cluster", False, success),
+    (Op.GET_VDI_INFO, "cluster", False, get_vdi_info),
+    (Op.READ_VDIS, "local", True, _bitmap("inuse")),
+    (Op.FLUSH_VDI, "local", False, invalid),
+    (Op.DEL_VDI, "cluster", False, del_vdi),
+    (Op.GET_CLUSTER_DEFAULT, "local", True, get_cluster_default),
+    (Op.GET_NODE_LIST, "local", True, get_node_list),
+    (Op.MAKE_FS, "cluster", True, make_fs),
+    (Op.SHUTDOWN, "cluster", True, shutdown),
+    (Op.STAT_SHEEP, "local", False, stat_sheep),
+    (Op.STAT_CLUSTER, "local", True, stat_cluster),
+    (Op.GET_VDI_ATTR, "cluster", False, get_vdi_attr),
+    (Op.GET_STORE_LIST, "local", True, get_store_list),
+    (Op.STAT_RECOVERY, "local", False, stat_recovery),
+    (Op.FLUSH_DEL_CACHE, "local", False, success),
+    (Op.KILL_NODE, "local", True, kill_node),
+    (Op.GET_OBJ_LIST, "local", False, get_obj_list),
+    (Op.GET_EPOCH, "local", False, get_epoch),
+    (Op.CREATE_AND_WRITE_PEER, "peer", False, peer.handle_create),
+    (Op.READ_PEER, "peer", False, peer.handle_read),
+    (Op.WRITE_PEER, "peer", False, peer.handle_write),
+    (Op.REMOVE_PEER, "peer", False, peer.handle_remove),
+    (Op.GET_VDI_COPIES, "local", True, get_vdi_copies),
+    (Op.DELETE_CACHE, "cluster", False, success),
+    (Op.GET_HASH, "local", False, get_hash),
+    (Op.STAT, "local", False, stat),
+    (Op.GET_LOGLEVEL, "local", True, get_loglevel),
+    (Op.SET_LOGLEVEL, "local", True, set_loglevel),
+    (Op.EXIST, "local", True, exist),
+    (Op.CLUSTER_INFO, "local", True, cluster_info),
+    (Op.READ_DEL_VDIS, "local", True, _bitmap("deleted")),
+    (Op.GET_RECOVERY, "local", True, get_recovery),
+    (Op.SET_RECOVERY, "local", True, set_recovery),
+    (Op.GET_VNODES, "local", False, get_vnodes),
+]
+
+OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h) for op, kind, force, h in _TABLE}
+
+
+def apply_main(sheep, msg: dict):
+    """Apply one cluster op's main step on this node (called in total order)."""
+    return MAIN[msg["op"]](sheep, msg)
+
+
+def admit(sheep, req: proto.Request) -> OpSpec:
+    """Admission rules of §4, in order; raises the refusal as SdError."""
+    if not proto.version_ok(req.opcode, req.proto_ver):
+        raise _err("VER_MISMATCH")
+    spec = OPS.get(req.opcode)
+    if spec is None:
+        raise _err("INVALID_PARMS", f"unknown opcode {req.opcode:#x}")
+    status = sheep.group.status
+    if status == G.KILLED:
+        raise _err("KILLED")
+    if status == G.SHUTDOWN:
+        raise _err("SHUTDOWN")
+    if status != G.OK and not spec.force:
+        raise _err("WAIT_FOR_FORMAT" if status == G.WAIT_FOR_FORMAT else "WAIT_FOR_JOIN")
+    return spec
+
+
+async def dispatch(sheep, req: proto.Request, payload: bytes) -> tuple[proto.Response, bytes]:
+    """Run one request to completion; always returns a reply."""
+    rsp = proto.Response(req.opcode, id=req.id)
+    body = b""
+    try:
+        spec = admit(sheep, req)
+        out = await spec.handler(sheep, req, payload)
+        if len(out) == 3:
+            args, body, rsp.result = out
+        else:
+            args, body = out
+        if args is not None:
+            rsp.args = args
+    except SdError as e:
+        rsp.result = e.code
+        body = b""
+        if e.code not in (CODES["NO_OBJ"], CODES["NO_VDI"], CODES["OLD_NODE_VER"]):
+            log.info("%s failed: %s", proto.Op(req.opcode).name if req.opcode in OPS
+                     else hex(req.opcode), e.message)
+    except Exception as e:  # a bug must cost one request, never the daemon
+        log.exception("request %#x failed", req.opcode)
+        rsp.result = CODES["SYSTEM_ERROR"]
+        body = b""
+    cap = req.reply_capacity
+    if len(body) > cap:
+        log.warning("reply to %#x truncated from %d to %d bytes", req.opcode, len(body), cap)
+        body = body[:cap]
+    rsp.epoch = sheep.group.epoch
+    rsp.data_length = len(body)
+    return rsp, body

@@ -1,0 +1,105 @@
+"""TCP (and UNIX socket) server: framing of the Sheepdog protocol.
+
+Guarantees: requests on one connection are processed concurrently (many in
+flight) and each reply is written as one unit, so replies never interleave;
+the payload of a request is read iff its WRITE flag is set; a request that
+announces a payload larger than ``MAX_PAYLOAD`` gets INVALID_PARMS and the
+connection is closed (the stream cannot be resynchronised); a connection that
+closes mid-request just ends — nothing half-received is executed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+
+from sheep import ops, proto
+from sheep.errors import CODES
+
+log = logging.getLogger("sheep.server")
+
+MAX_PAYLOAD = proto.SD_INODE_SIZE + (1 << 20)
+_FLAGS_DLEN = struct.Struct("<H")
+
+
+class SheepProtocol(asyncio.Protocol):
+    def __init__(self, sheep):
+        self.sheep = sheep
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.closed = False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.sheep.connections.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.sheep.connections.discard(self)
+
+    def data_received(self, data):
+        buf = self.buf
+        buf += data
+        while len(buf) >= proto.HDR_SIZE:
+            flags = _FLAGS_DLEN.unpack_from(buf, 2)[0]
+            dlen = struct.unpack_from("<I", buf, 12)[0]
+            need = dlen if flags & proto.SD_FLAG_CMD_WRITE else 0
+            if need > MAX_PAYLOAD:
+                self._refuse(bytes(buf[:proto.HDR_SIZE]), need)
+                return
+            end = proto.HDR_SIZE + need
+            if len(buf) < end:
+                break
+            req = proto.Request.unpack(buf)
+            payload = bytes(buf[proto.HDR_SIZE:end])
+            del buf[:end]
+            task = asyncio.get_running_loop().create_task(self._serve(req, payload))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def _refuse(self, hdr: bytes, need: int) -> None:
+        req = proto.Request.unpack(hdr)
+        log.warning("closing connection: request %#x announces a %d-byte payload", req.opcode, need)
+        rsp = proto.Response(req.opcode, result=CODES["INVALID_PARMS"], id=req.id,
+                             epoch=self.sheep.group.epoch)
+        self.transport.write(rsp.pack())
+        self.transport.close()
+        self.buf.clear()
+
+    async def _serve(self, req: proto.Request, payload: bytes) -> None:
+        rsp, body = await ops.dispatch(self.sheep, req, payload)
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        if body:
+            self.transport.writelines((rsp.pack(), body))
+        else:
+            self.transport.write(rsp.pack())
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def start_servers(sheep) -> list[asyncio.base_events.Server]:
+    """Listen on TCP ``bindaddr:port`` and on ``BASE/sock``; raise OSError if taken."""
+    loop = asyncio.get_running_loop()
+    cfg = sheep.cfg
+    tcp = await loop.create_server(lambda: SheepProtocol(sheep), cfg.bindaddr, cfg.port,
+                                   reuse_address=True, backlog=1024)
+    servers = [tcp]
+    path = f"{cfg.base_dir}/sock"
+    try:
+        import os
+
+        if os.path.exists(path):
+            os.unlink(path)
+        servers.append(await loop.create_unix_server(lambda: SheepProtocol(sheep), path))
+    except OSError as e:  # the UNIX socket is a convenience; TCP is what matters
+        log.warning("cannot listen on %s: %s", path, e)
+    return servers

@@ -14,7 +14,7 @@ from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 
 from collie import vdi_extra
-from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS, EXIT_SYSFAIL,
+from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_USAGE, Client, CollieError, VdiEntry,
                            count_data_objs, unpack_vids)
 from collie.cluster import confirm, parse_copy, redundancy

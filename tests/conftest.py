@@ -2,10 +2,14 @@
 
 import json
 import pathlib
+import sys
 
 import pytest
 
 DATA = pathlib.Path(__file__).parent / "data"
+# tests/ holds shared helpers (harness.py); test modules are imported with
+# --import-mode=importlib, so put it on the path explicitly.
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 
 def load_wire():

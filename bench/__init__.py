@@ -1,0 +1,1 @@
+"""Benchmarks for pysheepdog (DESIGN §10): ``python -m bench``."""

@@ -1,0 +1,161 @@
+"""Start, stop and inspect a local development cluster (the README's main job).
+
+``python -m sheep.localcluster start`` runs N sheep daemons on this machine
+(ports BASE..BASE+N-1, zones 0..N-1, the ``local`` cluster driver), each with
+its store under DIR/N, and formats the cluster with 3 copies the first time.
+Started again later, the same stores come back with their data (no
+re-format).  ``stop`` shuts the cluster down cleanly (SHUTDOWN, so every node
+keeps the same epoch); ``status`` lists the nodes.
+
+DIR defaults to ``$PYSHEEPDOG_DIR`` or ``/tmp/pysheepdog``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from sheep import proto
+from sheep.net import BlockingConnection
+
+DEFAULT_DIR = os.environ.get("PYSHEEPDOG_DIR", "/tmp/pysheepdog")
+
+
+def _call(port, op, args=None, payload=b"", data_length=0):
+    with BlockingConnection("127.0.0.1", port, timeout=30) as c:
+        flags = proto.SD_FLAG_CMD_WRITE if payload else 0
+        return c.request(proto.Request(op, args, flags=flags,
+                                       data_length=len(payload) or data_length), payload)
+
+
+def _info(port):
+    rsp, body = _call(port, proto.Op.CLUSTER_INFO, data_length=proto.CLUSTER_INFO_SIZE)
+    return proto.unpack_cluster_info(body)
+
+
+def _pid(path):
+    try:
+        pid = int(open(path).read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return None
+
+
+def _wait(pred, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if pred():
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"localcluster: timed out waiting for {what}")
+
+
+def start(args) -> int:
+    os.makedirs(args.dir, exist_ok=True)
+    ports = [args.base_port + i for i in range(args.nodes)]
+    for i, port in enumerate(ports):
+        pidfile = os.path.join(args.dir, f"sheep{i}.pid")
+        if _pid(pidfile):
+            print(f"node {i} (port {port}) is already running")
+            continue
+        cmd = [sys.executable, "-m", "sheep", "-c", f"local:{os.path.join(args.dir, 'cluster')}",
+               "-p", str(port), "-z", str(i), "-P", pidfile, *(["-n"] if args.nosync else []),
+               os.path.join(args.dir, str(i))]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            sys.stderr.write(f"localcluster: node {i} failed to start: {r.stderr.strip()}\n")
+            return 1
+        print(f"started node {i}: 127.0.0.1:{port} zone {i}, store {os.path.join(args.dir, str(i))}")
+    _wait(lambda: _info(ports[0])[0].nr_nodes == len(ports), 20, "all nodes to join")
+    hdr, _ = _info(ports[0])
+    if hdr.ctime == 0:
+        rsp, _ = _call(ports[0], proto.Op.MAKE_FS,
+                       proto.ClusterArgs(ctime=proto.sd_time(time.time()), copies=args.copies,
+                                         flags=proto.SD_CLUSTER_FLAG_AUTO_VNODES), b"plain\0")
+        if rsp.result:
+            sys.stderr.write(f"localcluster: format failed: result {rsp.result:#x}\n")
+            return 1
+        print(f"formatted the cluster with {args.copies} copies")
+    _wait(lambda: _info(ports[0])[0].status == proto.SD_STATUS_OK, 30, "the cluster to run")
+    p = ports[0]
+    print(f"""
+The cluster is running ({len(ports)} nodes, data under {args.dir}). Try:
+  collie node list -p {p}
+  collie cluster info -p {p}
+  collie vdi create -p {p} demo 1G
+  echo hello | collie vdi write -p {p} demo 0 6
+  collie vdi read -p {p} demo 0 6
+  collie vdi list -p {p}
+  python -c "import qemu_client; v = qemu_client.open('demo', port={p}); print(v.pread(0, 6)); v.close()"
+Stop it with: ./run.sh stop   (or: python -m sheep.localcluster stop)""")
+    return 0
+
+
+def stop(args) -> int:
+    pids = []
+    for i in range(args.nodes):
+        pid = _pid(os.path.join(args.dir, f"sheep{i}.pid"))
+        if pid:
+            pids.append(pid)
+    if not pids:
+        print("no node is running")
+        return 0
+    try:
+        _call(args.base_port, proto.Op.SHUTDOWN)
+    except OSError:
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+
+    def gone():
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        return not alive
+    try:
+        _wait(gone, 10, "the daemons to exit")
+    except SystemExit:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        _wait(gone, 5, "the daemons to exit after SIGTERM")
+    print(f"stopped {len(pids)} node(s); data kept under {args.dir}")
+    return 0
+
+
+def status(args) -> int:
+    for i in range(args.nodes):
+        pid = _pid(os.path.join(args.dir, f"sheep{i}.pid"))
+        print(f"node {i}: port {args.base_port + i}: " + (f"running (pid {pid})" if pid else "stopped"))
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m sheep.localcluster",
+                                 description="Run a pysheepdog cluster on this machine.")
+    ap.add_argument("action", choices=["start", "stop", "status"], nargs="?", default="start")
+    ap.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
+    ap.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
+    ap.add_argument("--base-port", type=int, default=7000, help="port of node 0 (default 7000)")
+    ap.add_argument("--copies", type=int, default=3, help="copies when formatting (default 3)")
+    ap.add_argument("-n", "--nosync", action="store_true", help="start the daemons with -n")
+    args = ap.parse_args(argv)
+    args.dir = os.path.abspath(args.dir)
+    return {"start": start, "stop": stop, "status": status}[args.action](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

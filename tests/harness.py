@@ -1,0 +1,216 @@
+"""Real sheep clusters for tests: start, kill -9, wait on conditions, clean up.
+
+``Cluster`` starts real ``sheep`` daemons (the installed console program's
+module, daemonizing like a user would run it) on free loopback ports in the
+7000+ range, each with its own store under a temporary directory and a
+private ``local:`` cluster directory, and kills every process it started in
+``close()``.  Nothing here sleeps a fixed time: ``wait_for`` polls a condition
+until a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from sheep import proto
+from sheep.errors import error_for
+from sheep.net import BlockingConnection
+
+_used_ports: set[int] = set()
+
+
+def free_port(lo: int = 7000, hi: int = 7999) -> int:
+    """A currently free TCP port on 127.0.0.1 in [lo, hi], not handed out before."""
+    start = random.randrange(lo, hi)
+    for k in range(hi - lo):
+        port = lo + (start - lo + k) % (hi - lo)
+        if port in _used_ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _used_ports.add(port)
+        return port
+    raise RuntimeError("no free port")
+
+
+def wait_for(pred, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):
+    """Poll ``pred()`` until it returns a truthy value; return it or fail."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+            last_exc = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+class Client:
+    """Blocking protocol client with helpers for tests."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1"):
+        self.conn = BlockingConnection(host, port, timeout=60)
+
+    def call(self, op, args=None, payload=b"", data_length=0, flags=0, check=True):
+        if payload:
+            flags |= proto.SD_FLAG_CMD_WRITE
+            data_length = len(payload)
+        rsp, body = self.conn.request(
+            proto.Request(op, args, flags=flags, data_length=data_length), payload)
+        if check and rsp.result:
+            raise error_for(rsp.result)
+        return rsp, body
+
+    def nodes(self) -> list[proto.SdNode]:
+        rsp, body = self.call(proto.Op.GET_NODE_LIST, data_length=proto.SD_MAX_NODES * 80)
+        return proto.unpack_nodes(body, rsp.args.nr_nodes)
+
+    def cluster_info(self) -> proto.ClusterInfoHeader:
+        _, body = self.call(proto.Op.CLUSTER_INFO, data_length=proto.CLUSTER_INFO_SIZE)
+        return proto.unpack_cluster_info(body)[0]
+
+    def format(self, copies: int = 3, flags: int = proto.SD_CLUSTER_FLAG_AUTO_VNODES):
+        self.call(proto.Op.MAKE_FS, proto.ClusterArgs(ctime=proto.sd_time(time.time()),
+                                                      copies=copies, flags=flags), b"plain\0")
+
+    def new_vdi(self, name: str, size: int, copies: int = 0) -> int:
+        rsp, _ = self.call(proto.Op.NEW_VDI, proto.VdiArgs(vdi_size=size, copies=copies),
+                           proto.vdi_name_payload(name))
+        return rsp.args.vdi_id
+
+    def read_obj(self, oid: int, offset: int, length: int) -> bytes:
+        return self.call(proto.Op.READ_OBJ, proto.ObjArgs(oid=oid, offset=offset),
+                         data_length=length)[1]
+
+    def close(self):
+        self.conn.close()
+
+
+class Node:
+    def __init__(self, cluster: "Cluster", idx: int, port: int, store: str, zone: int,
+                 extra: list[str]):
+        self.cluster, self.idx, self.port, self.store, self.zone = cluster, idx, port, store, zone
+        self.extra = extra
+        self.pid: int | None = None
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.cluster.root, f"sheep{self.idx}.pid")
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "sheep", "-c", f"local:{self.cluster.cdir}",
+                "-p", str(self.port), "-z", str(self.zone), "-P", self.pidfile,
+                *self.extra, self.store]
+
+    def start(self) -> None:
+        r = subprocess.run(self.argv(), capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"sheep {self.idx} failed to start: {r.stderr.strip()}")
+        self.pid = int(wait_for(lambda: open(self.pidfile).read().strip(), 10, what="pidfile"))
+
+    def alive(self) -> bool:
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        try:  # a zombie is not alive
+            with open(f"/proc/{self.pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def client(self) -> Client:
+        return Client(self.port)
+
+    @property
+    def obj_dir(self) -> str:
+        return os.path.join(self.store, "obj")
+
+    def log(self) -> str:
+        try:
+            with open(os.path.join(self.store, "sheep.log")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+
+class Cluster:
+    """``n`` sheep daemons in zones 0..n-1 sharing one private local cluster."""
+
+    def __init__(self, root: str, n: int = 3, nosync: bool = True, extra: list[str] | None = None):
+        self.root = str(root)
+        self.cdir = os.path.join(self.root, "cluster")
+        self.nodes: list[Node] = []
+        self.extra = (["-n"] if nosync else []) + (extra or [])
+        for _ in range(n):
+            self.add_node()
+
+    def add_node(self, start: bool = True, zone: int | None = None) -> Node:
+        idx = len(self.nodes)
+        node = Node(self, idx, free_port(), os.path.join(self.root, f"store{idx}"),
+                    idx if zone is None else zone, list(self.extra))
+        self.nodes.append(node)
+        if start:
+            node.start()
+        return node
+
+    def live(self) -> list[Node]:
+        return [n for n in self.nodes if n.alive()]
+
+    def wait_members(self, count: int | None = None, timeout: float = 10.0) -> None:
+        """Wait until every live node sees exactly the live nodes."""
+        def ok():
+            live = self.live()
+            want = sorted(n.port for n in live)
+            if count is not None and len(want) != count:
+                return False
+            for n in live:
+                c = n.client()
+                try:
+                    if sorted(x.port for x in c.nodes()) != want:
+                        return False
+                finally:
+                    c.close()
+            return True
+        wait_for(ok, timeout, what=f"{count} members")
+
+    def format(self, copies: int = 3) -> None:
+        self.wait_members(len(self.live()))
+        c = self.live()[0].client()
+        try:
+            c.format(copies)
+        finally:
+            c.close()
+        wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
+                             for n in self.live()), 10, what="cluster running")
+
+    def close(self) -> None:
+        for n in self.nodes:
+            n.kill(signal.SIGKILL)
+        for n in self.nodes:
+            if n.pid is not None:
+                wait_for(lambda: not n.alive(), 10, what=f"sheep {n.idx} to die")
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -20,6 +20,7 @@ import random
 import resource
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 
 from sheep import proto
@@ -188,7 +189,7 @@ class SheepTarget:
         return await self._run(wl, seconds)
 
     async def _run(self, wl: Workload, seconds: float) -> Result:
-        offs = Offsets(wl, self.size, seed=hash(wl.name) & 0xFFFF)
+        offs = Offsets(wl, self.size, seed=zlib.crc32(wl.name.encode()))
         bufs = payloads(wl.bs) if wl.op == "write" else None
         vid = self.vid
         write = wl.op == "write"
@@ -262,7 +263,7 @@ class FileTarget:
         return self._run(wl, seconds)
 
     def _run(self, wl: Workload, seconds: float) -> Result:
-        offs = Offsets(wl, self.size, seed=hash(wl.name) & 0xFFFF)
+        offs = Offsets(wl, self.size, seed=zlib.crc32(wl.name.encode()))
         lock = threading.Lock()  # the sequential cursor / RNG are shared
         bufs = payloads(wl.bs) if wl.op == "write" else None
         fd, bs, write = self.fd, wl.bs, wl.op == "write"

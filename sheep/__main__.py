@@ -99,8 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)
     _setup_logging(cfg, to_stderr=cfg.foreground)
     if cfg.pidfile:
-        with open(cfg.pidfile, "w") as f:
-            f.write(f"{os.getpid()}\n")
+        try:
+            with open(cfg.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as e:
+            msg = f"sheep: cannot write pid file {cfg.pidfile}: {e.strerror or e}"
+            logging.getLogger("sheep").error(msg)
+            if pipe_w is not None:
+                os.write(pipe_w, msg.encode())
+                os._exit(1)
+            sys.stderr.write(msg + "\n")
+            return 1
 
     def ready(error):
         nonlocal pipe_w

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,8 +87,11 @@ def start(args) -> int:
         print(f"formatted the cluster with {args.copies} copies")
     _wait(lambda: _info(ports[0])[0].status == proto.SD_STATUS_OK, 30, "the cluster to run")
     p = ports[0]
+    bindir = os.path.dirname(sys.executable)
+    hint = "" if shutil.which("collie") == os.path.join(bindir, "collie") else \
+        f"\n(first put the tools on your PATH: source {os.path.dirname(bindir)}/bin/activate)"
     print(f"""
-The cluster is running ({len(ports)} nodes, data under {args.dir}). Try:
+The cluster is running ({len(ports)} nodes, data under {args.dir}).{hint} Try:
   collie node list -p {p}
   collie cluster info -p {p}
   collie vdi create -p {p} demo 1G

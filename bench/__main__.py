@@ -1,0 +1,240 @@
+"""``python -m bench``: pysheepdog over the Sheepdog protocol vs. a local file.
+
+Starts a throw-away cluster of real ``sheep -n`` daemons, formats it (copies 3
+by default), creates a VDI, writes the whole working set once, then runs each
+workload for ``--seconds`` against the cluster and against a plain local file
+(same block sizes and queue depths, no sync).  Prints a Markdown table and
+writes the JSON results (default ``bench/results/<timestamp>.json``).  The
+daemons are killed and their directories removed at the end, also on errors
+and Ctrl-C.  Exit status: 0 on success, 1 if the cluster failed, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import platform
+import signal
+import sys
+import time
+
+from bench import workloads as W
+from bench.cluster import BenchCluster
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+TARGETS = {  # DESIGN goals on the 2-core reference machine
+    "seq-write-1m-qd8": ("mib_s", 250.0),
+    "rand-read-4k-qd16": ("iops", 10_000.0),
+    "rand-write-4k-qd16": ("iops", 3_000.0),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="workloads: " + ", ".join(w.name for w in W.WORKLOADS))
+    p.add_argument("--seconds", type=float, default=5.0,
+                   help="duration of each workload (default: %(default)s)")
+    p.add_argument("--warmup", type=float, default=0.5,
+                   help="untimed warm-up before each workload (default: %(default)s)")
+    p.add_argument("--nodes", type=int, default=3, help="sheep daemons (default: %(default)s)")
+    p.add_argument("--copies", type=int, default=3, help="replicas (default: %(default)s)")
+    p.add_argument("--size-mib", type=int, default=1024,
+                   help="VDI size = working set, MiB (default: %(default)s)")
+    p.add_argument("--conns-per-node", type=int, default=2,
+                   help="client connections to each node (default: %(default)s)")
+    p.add_argument("--only", metavar="NAME[,NAME]",
+                   help="run only these workloads (comma-separated names)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the local-file baseline")
+    p.add_argument("--json", metavar="PATH",
+                   help="write results here (default: bench/results/<timestamp>.json)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after running, print the daemons' PIDs and wait for Enter "
+                        "(for attaching a profiler) before tearing down")
+    ns = p.parse_args(argv)
+    if ns.seconds <= 0 or ns.nodes < 1 or ns.copies < 1 or ns.size_mib < 4:
+        p.error("--seconds must be > 0, --nodes/--copies >= 1, --size-mib >= 4")
+    ns.workloads = W.WORKLOADS
+    if ns.only:
+        names = ns.only.split(",")
+        unknown = set(names) - {w.name for w in W.WORKLOADS}
+        if unknown:
+            p.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
+        ns.workloads = [w for w in W.WORKLOADS if w.name in names]
+    return ns
+
+
+def _fmt(wl: W.Workload, r: W.Result | None) -> str:
+    if r is None:
+        return "—"
+    if wl.bs >= W.MiB:
+        return f"{r.mib_s:,.1f} MiB/s"
+    return f"{r.iops:,.0f} IOPS ({r.mib_s:,.1f} MiB/s)"
+
+
+def _metric(wl: W.Workload, r: W.Result) -> float:
+    return r.mib_s if wl.bs >= W.MiB else r.iops
+
+
+def table(rows) -> str:
+    out = ["| workload | pysheepdog | baseline (local file) | ratio |",
+           "|---|---:|---:|---:|"]
+    for wl, rs, rb in rows:
+        ratio = (f"{_metric(wl, rs) / _metric(wl, rb):.3f}"
+                 if rs is not None and rb is not None and _metric(wl, rb) else "—")
+        out.append(f"| {wl.label} | {_fmt(wl, rs)} | {_fmt(wl, rb)} | {ratio} |")
+    return "\n".join(out)
+
+
+def cpu_table(rows) -> str:
+    out = ["| workload | p50 / p99 latency | client CPU (cores) | daemons CPU (cores) |",
+           "|---|---:|---:|---:|"]
+    for wl, rs, _rb in rows:
+        if rs is None:
+            continue
+        out.append(f"| {wl.label} | {rs.lat_p50_us:,.0f} / {rs.lat_p99_us:,.0f} µs | "
+                   f"{rs.client_cpu / rs.seconds:.2f} | {rs.server_cpu / rs.seconds:.2f} |")
+    return "\n".join(out)
+
+
+def targets(rows) -> list[dict]:
+    out = []
+    for wl, rs, _rb in rows:
+        if wl.name in TARGETS and rs is not None:
+            key, want = TARGETS[wl.name]
+            got = getattr(rs, key)
+            out.append({"workload": wl.name, "metric": key, "target": want,
+                        "measured": round(got, 1), "met": got >= want})
+    return out
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[bench] {msg}\n")
+    sys.stderr.flush()
+
+
+async def run_cluster(ns, bc: BenchCluster, vid: int, size: int) -> dict:
+    target = W.SheepTarget(bc.ports, vid, size, ns.conns_per_node)
+    await target.open()
+    try:
+        t0 = time.perf_counter()
+        last = [0.0]
+
+        def progress(done, total):
+            now = time.perf_counter()
+            if now - last[0] > 2 or done == total:
+                last[0] = now
+                log(f"  prepared {done}/{total} objects")
+        await target.prepare(progress=progress)
+        log(f"preparation: {size // W.MiB} MiB x {ns.copies} copies in "
+            f"{time.perf_counter() - t0:.1f} s")
+        bc.check_alive()
+        out = {}
+        hz = os.sysconf("SC_CLK_TCK")
+        for wl in ns.workloads:
+            if ns.warmup > 0:
+                await target._run(wl, ns.warmup)
+            ticks0 = bc.cpu_ticks()
+            r = await target._run(wl, ns.seconds)
+            r.server_cpu = (bc.cpu_ticks() - ticks0) / hz
+            bc.check_alive()
+            log(f"pysheepdog {wl.name}: {_fmt(wl, r)}, client {r.client_cpu / r.seconds:.2f} "
+                f"cores, daemons {r.server_cpu / r.seconds:.2f} cores")
+            out[wl.name] = r
+        return out
+    finally:
+        target.close()
+
+
+def run_baseline(ns, root: str, size: int) -> dict:
+    ft = W.FileTarget(os.path.join(root, "baseline.img"), size)
+    try:
+        ft.prepare()
+        out = {}
+        for wl in ns.workloads:
+            r = ft.run(wl, ns.seconds, ns.warmup)
+            log(f"baseline   {wl.name}: {_fmt(wl, r)}")
+            out[wl.name] = r
+        return out
+    finally:
+        ft.close()
+
+
+def _sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main(argv=None) -> int:
+    ns = parse_args(argv)
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    size = ns.size_mib * W.MiB
+    started = time.strftime("%Y%m%dT%H%M%S")
+    sheep_res: dict = {}
+    base_res: dict = {}
+    error = None
+    try:
+        log(f"starting {ns.nodes} sheep daemons (-n), copies {ns.copies}")
+        with BenchCluster(ns.nodes, ns.copies) as bc:
+            log(f"cluster up in {bc.root}, ports {bc.ports}")
+            vid = bc.new_vdi("bench", size)
+            try:
+                sheep_res = runner(run_cluster(ns, bc, vid, size))
+            except (W.SheepError, ConnectionError, OSError, asyncio.TimeoutError,
+                    RuntimeError) as e:
+                error = f"cluster failed: {e}"
+                log(error)
+                log(bc.log_tail())
+            if ns.keep_going:
+                log(f"daemon pids: {bc.pids}; press Enter to tear down")
+                sys.stdin.readline()
+            if not ns.no_baseline:
+                base_res = run_baseline(ns, bc.root, size)
+    except KeyboardInterrupt:
+        log("interrupted; daemons killed, directories removed")
+        return 130
+    except (RuntimeError, AssertionError, OSError) as e:
+        log(f"cluster failed: {e}")
+        return 1
+    rows = [(wl, sheep_res.get(wl.name), base_res.get(wl.name)) for wl in ns.workloads]
+    print(table(rows))
+    print()
+    print(cpu_table(rows))
+    tg = targets(rows)
+    if tg:
+        print()
+        for t in tg:
+            unit = "MiB/s" if t["metric"] == "mib_s" else "IOPS"
+            print(f"- target {t['workload']}: >= {t['target']:,.0f} {unit}: measured "
+                  f"{t['measured']:,.1f} — {'met' if t['met'] else 'NOT met'}")
+    doc = {
+        "started": started, "host": platform.node(), "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "config": {"seconds": ns.seconds, "warmup": ns.warmup, "nodes": ns.nodes,
+                   "copies": ns.copies, "size_mib": ns.size_mib,
+                   "conns_per_node": ns.conns_per_node, "nosync": True},
+        "workloads": {wl.name: {"label": wl.label, "op": wl.op, "bs": wl.bs, "qd": wl.qd,
+                                "seq": wl.seq,
+                                "pysheepdog": rs.as_dict() if rs else None,
+                                "baseline_file": rb.as_dict() if rb else None,
+                                "ratio": round(_metric(wl, rs) / _metric(wl, rb), 4)
+                                if rs and rb and _metric(wl, rb) else None}
+                      for wl, rs, rb in rows},
+        "targets": tg, "error": error,
+    }
+    path = pathlib.Path(ns.json) if ns.json else RESULTS / f"{started}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    log(f"results written to {path}")
+    return 1 if error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

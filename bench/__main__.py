@@ -51,9 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="skip the local-file baseline")
     p.add_argument("--json", metavar="PATH",
                    help="write results here (default: bench/results/<timestamp>.json)")
-    p.add_argument("--keep-going", action="store_true",
-                   help="after running, print the daemons' PIDs and wait for Enter "
-                        "(for attaching a profiler) before tearing down")
+    p.add_argument("--profile", metavar="DIR",
+                   help="sample every daemon with py-spy during each timed workload and "
+                        "write collapsed stacks to DIR/<workload>-sheep<i>.txt "
+                        "(needs py-spy; sampling costs some throughput)")
     ns = p.parse_args(argv)
     if ns.seconds <= 0 or ns.nodes < 1 or ns.copies < 1 or ns.size_mib < 4:
         p.error("--seconds must be > 0, --nodes/--copies >= 1, --size-mib >= 4")
@@ -137,9 +138,14 @@ async def run_cluster(ns, bc: BenchCluster, vid: int, size: int) -> dict:
         for wl in ns.workloads:
             if ns.warmup > 0:
                 await target._run(wl, ns.warmup)
+            spies = start_profilers(ns, bc, wl)
             ticks0 = bc.cpu_ticks()
-            r = await target._run(wl, ns.seconds)
-            r.server_cpu = (bc.cpu_ticks() - ticks0) / hz
+            try:
+                r = await target._run(wl, ns.seconds)
+                r.server_cpu = (bc.cpu_ticks() - ticks0) / hz
+            finally:
+                for sp in spies:
+                    sp.wait()
             bc.check_alive()
             log(f"pysheepdog {wl.name}: {_fmt(wl, r)}, client {r.client_cpu / r.seconds:.2f} "
                 f"cores, daemons {r.server_cpu / r.seconds:.2f} cores")
@@ -147,6 +153,27 @@ async def run_cluster(ns, bc: BenchCluster, vid: int, size: int) -> dict:
         return out
     finally:
         target.close()
+
+
+def start_profilers(ns, bc: BenchCluster, wl: W.Workload) -> list:
+    if not ns.profile:
+        return []
+    import shutil
+    import subprocess
+
+    exe = shutil.which("py-spy")
+    if exe is None:
+        raise SystemExit("bench: --profile needs py-spy (pip install py-spy)")
+    os.makedirs(ns.profile, exist_ok=True)
+    procs = []
+    for i, pid in enumerate(bc.pids):
+        out = os.path.join(ns.profile, f"{wl.name}-sheep{i}.txt")
+        procs.append(subprocess.Popen(
+            [exe, "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", out,
+             "-d", str(max(1, int(ns.seconds))), "--pid", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.3)  # let py-spy attach
+    return procs
 
 
 def run_baseline(ns, root: str, size: int) -> dict:
@@ -192,9 +219,6 @@ def main(argv=None) -> int:
                 error = f"cluster failed: {e}"
                 log(error)
                 log(bc.log_tail())
-            if ns.keep_going:
-                log(f"daemon pids: {bc.pids}; press Enter to tear down")
-                sys.stdin.readline()
             if not ns.no_baseline:
                 base_res = run_baseline(ns, bc.root, size)
     except KeyboardInterrupt:

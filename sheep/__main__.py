@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(f"{os.getpid()}\n")
         except OSError as e:
             msg = f"sheep: cannot write pid file {cfg.pidfile}: {e.strerror or e}"
-            logging.getLogger("sheep").error(msg)
             if pipe_w is not None:
+                logging.getLogger("sheep").error(msg)
                 os.write(pipe_w, msg.encode())
                 os._exit(1)
             sys.stderr.write(msg + "\n")

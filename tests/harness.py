@@ -11,7 +11,9 @@ until a deadline.
 from __future__ import annotations
 
 import os
+import pathlib
 import random
+import shlex
 import shutil
 import signal
 import socket
@@ -24,6 +26,24 @@ from sheep.errors import error_for
 from sheep.net import BlockingConnection
 
 _used_ports: set[int] = set()
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def cli_sections() -> dict[str, dict]:
+    """label -> {"cmd": argv after 'dog', "out": expected text, "exit": code, "raw": text}
+    for every ``### label`` section of tests/data/cli.txt (the captured dog session)."""
+    text = (DATA / "cli.txt").read_text()
+    out = {}
+    for block in text.split("### ")[1:]:
+        label, rest = block.split("\n", 1)
+        cmd_line, body = rest.split("\n", 1)
+        assert cmd_line.startswith("$ dog ")
+        cmd = cmd_line[len("$ dog "):].split("|")[0]
+        idx = body.index("[exit ")
+        code = int(body[idx + 6:body.index("]", idx)])
+        out[label.strip()] = {"cmd": shlex.split(cmd), "out": body[:idx],
+                              "exit": code, "raw": body}
+    return out
 
 
 def free_port(lo: int = 7000, hi: int = 7999) -> int:
@@ -165,12 +185,14 @@ class Cluster:
         self.cdir = os.path.join(self.root, "cluster")
         self.nodes: list[Node] = []
         self.extra = (["-n"] if nosync else []) + (extra or [])
-        for _ in range(n):
-            self.add_node()
+        # ascending ports, so node order (address, port) matches index and zone order
+        for port in sorted(free_port() for _ in range(n)):
+            self.add_node(port=port)
 
-    def add_node(self, start: bool = True, zone: int | None = None) -> Node:
+    def add_node(self, start: bool = True, zone: int | None = None,
+                 port: int | None = None) -> Node:
         idx = len(self.nodes)
-        node = Node(self, idx, free_port(), os.path.join(self.root, f"store{idx}"),
+        node = Node(self, idx, port or free_port(), os.path.join(self.root, f"store{idx}"),
                     idx if zone is None else zone, list(self.extra))
         self.nodes.append(node)
         if start:

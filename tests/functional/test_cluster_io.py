@@ -68,3 +68,37 @@ def test_single_node_copies_one(make_cluster, data8k):
     _write_vdi(cl, vid, OFF, data8k)
     assert _read_vdi(cl, vid, OFF, len(data8k)) == data8k
     assert _read_vdi(cl, vid, 0, 4096) == bytes(4096)  # never written → zeros
+
+
+def test_epoch_history_and_shutdown_restart(make_cluster, data8k):
+    import subprocess
+    import sys
+
+    from harness import wait_for
+
+    c = make_cluster(3)
+    c.format(copies=3)
+    cl = c.nodes[0].client()
+    vid = cl.new_vdi("keep", 8 * 1024 * 1024)
+    _write_vdi(cl, vid, OFF, data8k)
+    c.nodes[2].kill(signal.SIGKILL)
+    c.wait_members(2)
+    out = subprocess.run([sys.executable, "-m", "collie", "cluster", "info", "-p", str(c.nodes[0].port)],
+                         capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in out.splitlines() if ln[:4].isdigit()]
+    assert len(lines) == 2, out
+    assert lines[0].split()[2] == "2" and lines[0].count(":128") == 2  # newest first
+    assert lines[1].split()[2] == "1" and lines[1].count(":128") == 3
+    # clean shutdown of the survivors, then restart them from disk
+    r = subprocess.run([sys.executable, "-m", "collie", "cluster", "shutdown", "-p", str(c.nodes[0].port)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for n in c.nodes[:2]:
+        wait_for(lambda: not n.alive(), 10, what="shutdown")
+    for n in c.nodes[:2]:
+        n.start()
+    wait_for(lambda: c.nodes[0].client().cluster_info().status == proto.SD_STATUS_OK, 15,
+             what="restarted cluster running")
+    info = c.nodes[1].client().cluster_info()
+    assert info.epoch == 2 and info.nr_nodes == 2
+    assert _read_vdi(c.nodes[1].client(), vid, OFF, len(data8k)) == data8k

@@ -312,3 +312,13 @@ def test_gateway_node_stores_nothing(make_cluster):
             f"{proto.vid_to_data_oid(vid, 5):016x}"}
     for n in c.nodes[:2]:
         assert want <= set(_objects(n.store)), n.store
+
+
+def test_unwritable_pidfile_is_reported(sheeps):
+    store = sheeps.new_store()
+    bad = os.path.join(sheeps.root, "no-such-dir", "sheep.pid")
+    for fg in ([], ["-f"]):
+        r = sheeps.run(sheeps.node_argv(store, free_port(), *fg, pidfile=bad), timeout=30)
+        assert r.returncode != 0
+        assert "pid file" in r.stderr and bad in r.stderr, r.stderr
+        wait_for(lambda: _store_unlocked(store), 5, what="store lock released")

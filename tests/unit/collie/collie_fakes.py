@@ -14,6 +14,8 @@ import json
 import pathlib
 import shlex
 import socket
+
+from harness import cli_sections  # noqa: F401  (re-exported for the tests)
 import struct
 import threading
 
@@ -61,22 +63,6 @@ def wire_pairs(label: str) -> list[tuple[bytes, bytes, bytes, bytes]]:
         assert q["dir"] == "req" and a["dir"] == "rsp"
         out.append((bytes.fromhex(q["header"]), _payload(q),
                     bytes.fromhex(a["header"]), _payload(a)))
-    return out
-
-
-def cli_sections() -> dict[str, dict]:
-    """label -> {"cmd": argv after 'dog', "out": expected text, "exit": code, "raw": text}."""
-    text = (DATA / "cli.txt").read_text()
-    out = {}
-    for block in text.split("### ")[1:]:
-        label, rest = block.split("\n", 1)
-        cmd_line, body = rest.split("\n", 1)
-        assert cmd_line.startswith("$ dog ")
-        cmd = cmd_line[len("$ dog "):].split("|")[0]
-        idx = body.index("[exit ")
-        code = int(body[idx + 6:body.index("]", idx)])
-        out[label.strip()] = {"cmd": shlex.split(cmd), "out": body[:idx],
-                              "exit": code, "raw": body}
     return out
 
 

@@ -112,7 +112,7 @@ def parse(argv: list[str]) -> Config:
     p = _parser()
     try:
         ns = p.parse_args(argv)
-    except SystemExit as e:  # argparse already printed usage / help
+    except SystemExit:  # argparse already printed usage / help
         raise
     stores = [s for s in ns.store.split(",") if s]
     if not stores:

@@ -37,7 +37,7 @@ import time
 import uuid
 
 from sheep import proto
-from sheep.cluster.base import JoinRejected, Member, create_driver
+from sheep.cluster.base import Member, create_driver
 from sheep.errors import CODES, SdError, error_for
 from sheep.ring import Ring, auto_vnodes
 

@@ -403,7 +403,7 @@ async def dispatch(sheep, req: proto.Request, payload: bytes) -> tuple[proto.Res
         if e.code not in (CODES["NO_OBJ"], CODES["NO_VDI"], CODES["OLD_NODE_VER"]):
             log.info("%s failed: %s", proto.Op(req.opcode).name if req.opcode in OPS
                      else hex(req.opcode), e.message)
-    except Exception as e:  # a bug must cost one request, never the daemon
+    except Exception:  # a bug must cost one request, never the daemon
         log.exception("request %#x failed", req.opcode)
         rsp.result = CODES["SYSTEM_ERROR"]
         body = b""

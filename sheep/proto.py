@@ -26,7 +26,7 @@ def fnv1a64(data: bytes, h: int = FNV1A_64_INIT) -> int:
 # The result-code table lives in the leaf module sheep.errors (it imports
 # nothing); it is re-exported here so the codec is complete on its own.
 import struct  # noqa: E402
-from dataclasses import dataclass, field, fields  # noqa: E402
+from dataclasses import dataclass, fields  # noqa: E402
 from enum import IntEnum  # noqa: E402
 
 from sheep.errors import CODES, RESULTS, result_name, strerror  # noqa: E402,F401

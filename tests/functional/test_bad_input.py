@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from harness import Cluster, Client, wait_for
+from harness import Cluster, wait_for
 from sheep import proto
 
 pytestmark = pytest.mark.cluster

@@ -74,7 +74,6 @@ def test_epoch_history_and_shutdown_restart(make_cluster, data8k):
     import subprocess
     import sys
 
-    from harness import wait_for
 
     c = make_cluster(3)
     c.format(copies=3)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import shlex
 import socket
 
 from harness import cli_sections  # noqa: F401  (re-exported for the tests)

@@ -84,7 +84,16 @@ from sheep.proto import fnv1a64
 from sheep.store.base import Store, StoreLockedError
 
 BLOCK = 4096
-_crc32c = crcmod.predefined.mkCrcFun("crc-32c")
+# CRC32C (Castagnoli).  crcmod is the reference implementation and the
+# fallback; the ``crc32c`` package computes the same function with the CPU's
+# CRC32 instruction (~20x faster), which the 250 MiB/s write budget needs —
+# every replica checksums every byte it stores.  tests/unit/store checks that
+# both agree.
+crcmod_crc32c = crcmod.predefined.mkCrcFun("crc-32c")
+try:
+    from crc32c import crc32c as _crc32c
+except ImportError:  # pragma: no cover - the package is a declared dependency
+    _crc32c = crcmod_crc32c
 ZERO_CRC = _crc32c(bytes(BLOCK))
 SIDECAR_MAGIC = b"SDCK"
 SIDECAR_VERSION = 1

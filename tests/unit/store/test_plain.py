@@ -485,3 +485,14 @@ def test_reads_during_writes_never_fail_or_tear_a_block(store):
     assert errors == []
     assert seen  # reads happened
     assert store.verify(OID) == []
+
+
+def test_fast_crc32c_agrees_with_crcmod():
+    import os as _os
+
+    from sheep.store import plain
+
+    for n in (0, 1, 511, 4096, 65536 + 3):
+        data = _os.urandom(n)
+        assert plain._crc32c(data) == plain.crcmod_crc32c(data)
+    assert plain.crcmod_crc32c(b"123456789") == 0xE3069283  # the CRC32C check value

@@ -12,8 +12,8 @@ import socket
 import struct
 
 import pytest
-
 from harness import Cluster, wait_for
+
 from sheep import proto
 
 pytestmark = pytest.mark.cluster
@@ -160,6 +160,9 @@ def env(tmp_path_factory):
     try:
         c.format(copies=3)
         yield Env(c)
+        # bad input must cost one request, never hit an unexpected exception
+        for n in c.nodes:
+            assert "Traceback" not in n.log(), f"sheep {n.idx} logged an internal error"
     finally:
         c.close()
 
@@ -459,6 +462,53 @@ def test_pipelined_requests_matched_by_id(env):
         finally:
             cl.close()
     env.assert_intact(node)
+
+
+def test_requests_split_into_tiny_fragments(env):
+    node = env.nodes[2]
+    vid = env.new_vdi("fragments")
+    oid = proto.vid_to_data_oid(vid, 0)
+    data = os.urandom(3000)
+    stream = (write_req(oid, 123, data, id=1, op=proto.Op.CREATE_AND_WRITE_OBJ)
+              + read_req(oid, 100, 3100, id=2))
+    rnd = random.Random(7)
+    with connect(node) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pos = 0
+        while pos < len(stream):
+            n = rnd.randint(1, 7)
+            s.sendall(stream[pos:pos + n])
+            pos += n
+        got = {}
+        for _ in range(2):
+            rsp = recv_reply(s)
+            assert rsp is not None
+            got[rsp.id] = rsp
+    assert got[1].result == SUCCESS, got[1]
+    # the read may have been served before or after the create finished
+    if got[2].result == SUCCESS:
+        assert got[2].body == bytes(23) + data + bytes(77)
+    else:
+        assert got[2].result == NO_OBJ, got[2]
+    cl = node.client()
+    try:
+        assert cl.read_obj(oid, 100, 3100) == bytes(23) + data + bytes(77)
+    finally:
+        cl.close()
+    env.assert_intact(node)
+
+
+def test_client_vanishes_with_requests_in_flight(env):
+    node = env.nodes[0]
+    oid = proto.vid_to_data_oid(env.vid, 0)
+    with connect(node) as s:
+        s.sendall(b"".join(read_req(oid, 0, 1 << 20, id=i) for i in range(32)))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # closed with RST before reading any reply; the server must just drop them
+    env.assert_intact(node)
+    with connect(node) as s:  # and keeps serving big replies to others
+        rsp = call(s, read_req(oid, 0, 1 << 20, id=99))
+        assert rsp.id == 99 and rsp.body == env.data[0] + bytes((1 << 20) - len(env.data[0]))
 
 
 # ---------------------------------------------------------------------------

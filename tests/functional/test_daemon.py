@@ -17,8 +17,8 @@ import sys
 import time
 
 import pytest
-
 from harness import Client, free_port, wait_for
+
 from sheep import proto
 
 pytestmark = pytest.mark.cluster
@@ -35,6 +35,11 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 def _serves(port: int) -> bool:
@@ -90,7 +95,8 @@ class Sheeps:
     def run(self, argv, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run the launcher to completion; remember the daemon's pid if it wrote one."""
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(argv, check=False, capture_output=True, text=True,
+                                  timeout=timeout)
         finally:
             self._collect()
 
@@ -106,8 +112,8 @@ class Sheeps:
         argv = self.node_argv(store, port, *extra)
         r = self.run(argv)
         assert r.returncode == 0, r.stderr
-        pid = int(wait_for(lambda: open(argv[argv.index("-P") + 1]).read().strip(), 10,
-                           what="pid file"))
+        pidfile = argv[argv.index("-P") + 1]
+        pid = int(wait_for(lambda: _read(pidfile), 10, what="pid file"))
         self.pids.add(pid)
         return pid
 
@@ -131,7 +137,7 @@ class Sheeps:
                 p.kill()
             p.wait(10)
         for pid in self.pids:
-            wait_for(lambda: not _alive(pid), 10, what=f"pid {pid} to die")
+            wait_for(lambda pid=pid: not _alive(pid), 10, what=f"pid {pid} to die")
 
 
 @pytest.fixture
@@ -152,14 +158,14 @@ def test_daemonizes_by_default(sheeps):
     argv = sheeps.node_argv(store, port, pidfile=pidfile)
     launcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        out, err = launcher.communicate(timeout=60)
+        _, err = launcher.communicate(timeout=60)
     finally:
         sheeps._collect()
     assert launcher.returncode == 0, err
     # The launcher only returns once the daemon is up: serving right away,
     # pid file written, the start-up line logged.
     assert _serves(port)
-    pid = int(open(pidfile).read().strip())
+    pid = int(_read(pidfile))
     assert pid != launcher.pid
     assert _alive(pid)
     with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -202,6 +208,29 @@ def test_second_sheep_on_same_store_refused(sheeps):
         assert [n.port for n in c.nodes()] == [port]
     finally:
         c.close()
+
+
+def test_concurrent_launches_on_one_store(sheeps):
+    """Two launchers racing for one store: exactly one daemon wins."""
+    store = sheeps.new_store()
+    ports = [free_port(), free_port()]
+    launchers = [subprocess.Popen(sheeps.node_argv(store, p), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for p in ports]
+    try:
+        results = [(lp.wait(60), lp.stderr.read()) for lp in launchers]
+    finally:
+        for lp in launchers:
+            if lp.poll() is None:
+                lp.kill()
+                lp.wait()
+            lp.stderr.close()
+        sheeps._collect()
+    assert sorted(rc == 0 for rc, _ in results) == [False, True], results
+    winner = ports[[rc for rc, _ in results].index(0)]
+    loser_err = next(err for rc, err in results if rc != 0)
+    assert "lock" in loser_err, loser_err
+    assert _serves(winner)
+    assert len(sheeps.pids) == 1 and all(_alive(pid) for pid in sheeps.pids)
 
 
 @pytest.mark.parametrize("opt,value", [

@@ -22,7 +22,7 @@ import sys
 import time
 
 from bench import workloads as W
-from bench.cluster import BenchCluster
+from bench.cluster import BenchCluster, machine_busy_ticks
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TARGETS = {  # DESIGN goals on the 2-core reference machine
@@ -91,13 +91,14 @@ def table(rows) -> str:
 
 
 def cpu_table(rows) -> str:
-    out = ["| workload | p50 / p99 latency | client CPU (cores) | daemons CPU (cores) |",
-           "|---|---:|---:|---:|"]
+    out = [("| workload | p50 / p99 latency | client CPU (cores) | daemons CPU (cores) "
+            "| other CPU (cores) |"), "|---|---:|---:|---:|---:|"]
     for wl, rs, _rb in rows:
         if rs is None:
             continue
         out.append(f"| {wl.label} | {rs.lat_p50_us:,.0f} / {rs.lat_p99_us:,.0f} µs | "
-                   f"{rs.client_cpu / rs.seconds:.2f} | {rs.server_cpu / rs.seconds:.2f} |")
+                   f"{rs.client_cpu / rs.seconds:.2f} | {rs.server_cpu / rs.seconds:.2f} | "
+                   f"{(rs.machine_cpu - rs.server_cpu - rs.client_cpu) / rs.seconds:.2f} |")
     return "\n".join(out)
 
 
@@ -139,16 +140,19 @@ async def run_cluster(ns, bc: BenchCluster, vid: int, size: int) -> dict:
             if ns.warmup > 0:
                 await target._run(wl, ns.warmup)
             spies = start_profilers(ns, bc, wl)
-            ticks0 = bc.cpu_ticks()
+            ticks0, busy0 = bc.cpu_ticks(), machine_busy_ticks()
             try:
                 r = await target._run(wl, ns.seconds)
                 r.server_cpu = (bc.cpu_ticks() - ticks0) / hz
+                r.machine_cpu = (machine_busy_ticks() - busy0) / hz
             finally:
                 for sp in spies:
                     sp.wait()
             bc.check_alive()
+            other = (r.machine_cpu - r.server_cpu - r.client_cpu) / r.seconds
             log(f"pysheepdog {wl.name}: {_fmt(wl, r)}, client {r.client_cpu / r.seconds:.2f} "
-                f"cores, daemons {r.server_cpu / r.seconds:.2f} cores")
+                f"cores, daemons {r.server_cpu / r.seconds:.2f} cores, rest of the machine "
+                f"{other:.2f} cores" + (" (other load: results are noisy)" if other > 0.25 else ""))
             out[wl.name] = r
         return out
     finally:
@@ -190,13 +194,20 @@ def run_baseline(ns, root: str, size: int) -> dict:
         ft.close()
 
 
-def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)
+_signalled = 0
+
+
+def _on_signal(signum, frame):
+    """SIGINT/SIGTERM: unwind through the ``with BenchCluster`` (kills the daemons)."""
+    global _signalled
+    _signalled = signum
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
     ns = parse_args(argv)
-    signal.signal(signal.SIGTERM, _sigterm)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also if started with SIGINT ignored
+        signal.signal(sig, _on_signal)
     try:
         import uvloop
         runner = uvloop.run
@@ -214,8 +225,9 @@ def main(argv=None) -> int:
             vid = bc.new_vdi("bench", size)
             try:
                 sheep_res = runner(run_cluster(ns, bc, vid, size))
-            except (W.SheepError, ConnectionError, OSError, asyncio.TimeoutError,
-                    RuntimeError) as e:
+            except (TimeoutError, W.SheepError, ConnectionError, OSError, RuntimeError) as e:
+                if _signalled:  # the loop was stopped by our signal handler
+                    raise KeyboardInterrupt from None
                 error = f"cluster failed: {e}"
                 log(error)
                 log(bc.log_tail())
@@ -223,7 +235,7 @@ def main(argv=None) -> int:
                 base_res = run_baseline(ns, bc.root, size)
     except KeyboardInterrupt:
         log("interrupted; daemons killed, directories removed")
-        return 130
+        return 128 + (_signalled or signal.SIGINT)
     except (RuntimeError, AssertionError, OSError) as e:
         log(f"cluster failed: {e}")
         return 1

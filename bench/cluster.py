@@ -18,7 +18,7 @@ _TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from harness import Client, Cluster  # noqa: E402
+from harness import Client, Cluster
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -26,6 +26,13 @@ def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def machine_busy_ticks() -> int:
+    """Busy (non-idle, non-iowait) clock ticks of the whole machine, all CPUs."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v[:8]) - v[3] - v[4]  # user..steal minus idle and iowait
 
 
 class BenchCluster:
@@ -36,7 +43,7 @@ class BenchCluster:
 
     # -- life cycle ---------------------------------------------------------
 
-    def __enter__(self) -> "BenchCluster":
+    def __enter__(self):
         try:
             self.start()
         except BaseException:

@@ -86,6 +86,7 @@ class Result:
     lat_p50_us: float
     lat_p99_us: float
     server_cpu: float = 0.0  # CPU seconds used by the daemons (sheep only)
+    machine_cpu: float = 0.0  # CPU seconds used by the whole machine (sheep only)
 
     @property
     def iops(self) -> float:
@@ -102,7 +103,8 @@ class Result:
                 "client_cpu_s": round(self.client_cpu, 3),
                 "client_cores": round(self.client_cpu / self.seconds, 3) if self.seconds else 0,
                 "server_cpu_s": round(self.server_cpu, 3),
-                "server_cores": round(self.server_cpu / self.seconds, 3) if self.seconds else 0}
+                "server_cores": round(self.server_cpu / self.seconds, 3) if self.seconds else 0,
+                "machine_cores": round(self.machine_cpu / self.seconds, 3) if self.seconds else 0}
 
 
 def _cpu_self() -> float:

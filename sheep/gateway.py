@@ -55,7 +55,9 @@ class PeerPool:
     async def request(self, node: proto.SdNode, req: proto.Request, payload=b""):
         try:
             conn = await self.get(node.host, node.port)
-            rsp, body = await conn.request(req, payload, timeout=60.0)
+            # No per-request timer (it costs a task per request): a peer that
+            # dies closes the connection and fails every request in flight.
+            rsp, body = await conn.request(req, payload)
         except (OSError, ConnectionError, asyncio.TimeoutError) as e:
             raise error_for(CODES["NETWORK_ERROR"], f"{node}: {e}") from None
         if rsp.result:

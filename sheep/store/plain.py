@@ -128,8 +128,9 @@ def _block_crcs(buf) -> np.ndarray:
     n = len(mv)
     full, rem = divmod(n, BLOCK)
     out = np.empty(full + (1 if rem else 0), dtype="<u4")
-    if full >= 4:
-        # Skip the CRC of all-zero blocks (sparse objects, fresh data).
+    if full >= 4 and _crc32c is crcmod_crc32c:
+        # Without the hardware CRC, skip the CRC of all-zero blocks (sparse
+        # objects, fresh data); with it, checking for zeros costs more.
         words = np.frombuffer(mv, dtype=np.uint64, count=full * (BLOCK // 8))
         nonzero = words.reshape(full, BLOCK // 8).any(axis=1)
         out[:full] = ZERO_CRC

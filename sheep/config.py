@@ -121,9 +121,12 @@ def parse(argv: list[str]) -> Config:
     cfg.port = _int(ns.port, "port number", 1, 65535)
     if ns.zone is not None:
         cfg.zone = _int(ns.zone, "zone id", 0, 0xFFFFFFFF)
+    from sheep.cluster.base import DRIVERS  # the registry; drivers import lazily
+
     drv = ns.cluster.split(":", 1)[0]
-    if drv not in ("local",):
-        raise ConfigError(f"Invalid cluster driver '{ns.cluster}': supported drivers: local[:PATH]")
+    if drv not in DRIVERS:
+        raise ConfigError(f"Invalid cluster driver '{ns.cluster}': supported drivers: "
+                          + ", ".join(sorted(DRIVERS)))
     cfg.cluster = ns.cluster
     if ns.myaddr:
         cfg.myaddr = _addr(ns.myaddr, "address")

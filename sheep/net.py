@@ -27,10 +27,63 @@ _RSP_DLEN = struct.Struct("<I")  # data_length at offset 12
 _RSP_ID = struct.Struct("<I")  # id at offset 8
 
 
+class Framer:
+    """Split a byte stream into (48-byte header, payload) frames.
+
+    ``payload_len(header) -> int`` says how many payload bytes follow a
+    header.  Each payload is assembled in a buffer of exactly its size (one
+    copy, however the stream is chunked); ``on_frame(header, payload)`` gets
+    ``bytes`` for the header and a ``bytearray`` (or ``b""``) for the payload.
+    """
+
+    __slots__ = ("payload_len", "on_frame", "_hdr", "_hbuf", "_payload", "_got")
+
+    def __init__(self, payload_len, on_frame):
+        self.payload_len = payload_len
+        self.on_frame = on_frame
+        self._hdr: bytes | None = None
+        self._hbuf = bytearray()
+        self._payload: bytearray | None = None
+        self._got = 0
+
+    def feed(self, data) -> None:
+        mv = memoryview(data)
+        pos, end = 0, len(mv)
+        HDR = proto.HDR_SIZE
+        while pos < end:
+            if self._hdr is None:
+                if not self._hbuf and end - pos >= HDR:
+                    hdr = bytes(mv[pos:pos + HDR])
+                    pos += HDR
+                else:
+                    take = min(HDR - len(self._hbuf), end - pos)
+                    self._hbuf += mv[pos:pos + take]
+                    pos += take
+                    if len(self._hbuf) < HDR:
+                        return
+                    hdr = bytes(self._hbuf)
+                    self._hbuf.clear()
+                need = self.payload_len(hdr)
+                if need is None:  # the consumer refused the frame and stops reading
+                    return
+                if need == 0:
+                    self.on_frame(hdr, b"")
+                    continue
+                self._hdr, self._payload, self._got = hdr, bytearray(need), 0
+            take = min(len(self._payload) - self._got, end - pos)
+            self._payload[self._got:self._got + take] = mv[pos:pos + take]
+            self._got += take
+            pos += take
+            if self._got == len(self._payload):
+                hdr, payload = self._hdr, self._payload
+                self._hdr, self._payload = None, None
+                self.on_frame(hdr, payload)
+
+
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, conn: "AsyncConnection"):
         self.conn = conn
-        self.buf = bytearray()
+        self.framer = Framer(lambda hdr: _RSP_DLEN.unpack_from(hdr, 12)[0], self._frame)
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport):
@@ -43,21 +96,12 @@ class _ClientProtocol(asyncio.Protocol):
                 pass
 
     def data_received(self, data):
-        buf = self.buf
-        buf += data
-        pending = self.conn._pending
-        while len(buf) >= proto.HDR_SIZE:
-            dlen = _RSP_DLEN.unpack_from(buf, 12)[0]
-            end = proto.HDR_SIZE + dlen
-            if len(buf) < end:
-                break
-            rid = _RSP_ID.unpack_from(buf, 8)[0]
-            hdr = bytes(buf[:proto.HDR_SIZE])
-            body = bytes(buf[proto.HDR_SIZE:end])
-            del buf[:end]
-            fut = pending.pop(rid, None)
-            if fut is not None and not fut.done():
-                fut.set_result((hdr, body))
+        self.framer.feed(data)
+
+    def _frame(self, hdr: bytes, body) -> None:
+        fut = self.conn._pending.pop(_RSP_ID.unpack_from(hdr, 8)[0], None)
+        if fut is not None and not fut.done():
+            fut.set_result((hdr, body))
 
     def connection_lost(self, exc):
         self.conn._fail_all(exc or ConnectionError("connection closed by peer"))

@@ -17,17 +17,19 @@ import struct
 
 from sheep import ops, proto
 from sheep.errors import CODES
+from sheep.net import Framer
 
 log = logging.getLogger("sheep.server")
 
 MAX_PAYLOAD = proto.SD_INODE_SIZE + (1 << 20)
-_FLAGS_DLEN = struct.Struct("<H")
+_FLAGS = struct.Struct("<H")
+_DLEN = struct.Struct("<I")
 
 
 class SheepProtocol(asyncio.Protocol):
     def __init__(self, sheep):
         self.sheep = sheep
-        self.buf = bytearray()
+        self.framer = Framer(self._payload_len, self._frame)
         self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
@@ -44,24 +46,24 @@ class SheepProtocol(asyncio.Protocol):
         self.sheep.connections.discard(self)
 
     def data_received(self, data):
-        buf = self.buf
-        buf += data
-        while len(buf) >= proto.HDR_SIZE:
-            flags = _FLAGS_DLEN.unpack_from(buf, 2)[0]
-            dlen = struct.unpack_from("<I", buf, 12)[0]
-            need = dlen if flags & proto.SD_FLAG_CMD_WRITE else 0
-            if need > MAX_PAYLOAD:
-                self._refuse(bytes(buf[:proto.HDR_SIZE]), need)
-                return
-            end = proto.HDR_SIZE + need
-            if len(buf) < end:
-                break
-            req = proto.Request.unpack(buf)
-            payload = bytes(buf[proto.HDR_SIZE:end])
-            del buf[:end]
-            task = asyncio.get_running_loop().create_task(self._serve(req, payload))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        if not self.closed:
+            self.framer.feed(data)
+
+    def _payload_len(self, hdr: bytes) -> int | None:
+        flags = _FLAGS.unpack_from(hdr, 2)[0]
+        if not flags & proto.SD_FLAG_CMD_WRITE:
+            return 0
+        need = _DLEN.unpack_from(hdr, 12)[0]
+        if need > MAX_PAYLOAD:
+            self._refuse(hdr, need)
+            return None
+        return need
+
+    def _frame(self, hdr: bytes, payload) -> None:
+        req = proto.Request.unpack(hdr)
+        task = asyncio.get_running_loop().create_task(self._serve(req, payload))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _refuse(self, hdr: bytes, need: int) -> None:
         req = proto.Request.unpack(hdr)
@@ -70,7 +72,7 @@ class SheepProtocol(asyncio.Protocol):
                              epoch=self.sheep.group.epoch)
         self.transport.write(rsp.pack())
         self.transport.close()
-        self.buf.clear()
+        self.closed = True
 
     async def _serve(self, req: proto.Request, payload: bytes) -> None:
         rsp, body = await ops.dispatch(self.sheep, req, payload)

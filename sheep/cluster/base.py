@@ -94,6 +94,13 @@ class ClusterEvents(Protocol):
         the view it was sent in, including the sender, in the same total
         order as joins and leaves."""
 
+    def on_quorum(self, has_quorum: bool) -> None:
+        """Optional.  Drivers with a primary-partition rule (zmq) call this with
+        False when this member is cut off in a minority — it must stop serving
+        I/O and say so — and with True once it is back in the primary partition.
+        Drivers without such a rule never call it.  Called on the loop thread,
+        ordered with the other events."""
+
 
 class ClusterDriver(abc.ABC):
     """One process's connection to the membership service.

@@ -230,8 +230,41 @@ def cluster_shutdown(args, client: Client, out: Out) -> int:
     return EXIT_SUCCESS
 
 
+def _simple(args, client: Client, opcode: int, what: str, payload: bytes = b""):
+    flags = proto.SD_FLAG_CMD_WRITE if payload else 0
+    rsp, body = client.exec(Request(opcode, flags=flags, data_length=len(payload)), payload)
+    if rsp.result != 0:
+        raise CollieError(f"failed to {what}: {strerror(rsp.result)}", code=EXIT_FAILURE)
+    return body
+
+
+def cluster_recover(args, client: Client, out: Out) -> int:
+    if args.action == "force":
+        if not args.force:
+            sys.stdout.write("Caution! Please make sure all the nodes of the last epoch that "
+                             "are still alive have joined: they will be left out.\n"
+                             "Are you sure you want to continue? [yes/no]: ")
+            sys.stdout.flush()
+            if sys.stdin.readline().strip() != "yes":
+                return EXIT_FAILURE
+        _simple(args, client, Op.FORCE_RECOVER, "force recover")
+        print("The cluster is recovered.") if not args.raw else None
+    elif args.action == "enable":
+        _simple(args, client, Op.ENABLE_RECOVER, "enable recovery")
+        print("Cluster recovery: enable")
+    else:
+        _simple(args, client, Op.DISABLE_RECOVER, "disable recovery")
+        print("Cluster recovery: disable")
+    return EXIT_SUCCESS
+
+
+def cluster_reweight(args, client: Client, out: Out) -> int:
+    _simple(args, client, Op.REWEIGHT, "reweight the cluster")
+    return EXIT_SUCCESS
+
+
 def register(reg) -> None:
-    _, sub = reg.group("cluster", "cluster management (format, info, shutdown)")
+    _, sub = reg.group("cluster", "cluster management (format, info, shutdown, recover, reweight)")
     p = reg.add("format", cluster_format, "create a Sheepdog store", subparsers=sub)
     p.add_argument("-b", "--store", metavar="STORE", help="specify backend store")
     p.add_argument("-c", "--copies", metavar="COPIES",
@@ -258,3 +291,10 @@ def register(reg) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     reg.add("shutdown", cluster_shutdown, "stop Sheepdog", subparsers=sub)
+    p = reg.add("recover", cluster_recover,
+                "force: start the cluster with the nodes present (when nodes of the last "
+                "epoch are lost); enable/disable: automatic recovery", raw=True, subparsers=sub)
+    p.add_argument("action", choices=["force", "enable", "disable"])
+    p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
+    reg.add("reweight", cluster_reweight, "re-measure node capacities and update node weights",
+            subparsers=sub)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import time
 
 from sheep import proto
@@ -150,6 +152,23 @@ def node_kill(args, client: Client, out: Out) -> int:
     return EXIT_SUCCESS
 
 
+def node_vnodes(args, client: Client, out: Out) -> int:
+    if args.action == "get":
+        rsp, body = client.exec(Request(Op.GET_VNODES, data_length=4))
+        if rsp.result:
+            raise CollieError(f"failed to get vnodes: {strerror(rsp.result)}", code=EXIT_FAILURE)
+        print(struct.unpack("<i", body[:4])[0])
+        return EXIT_SUCCESS
+    if args.count is None:
+        raise CollieError("usage: node vnodes set <count>", code=EXIT_USAGE)
+    payload = struct.pack("<i", args.count)
+    rsp, _ = client.exec(Request(Op.SET_VNODES, flags=proto.SD_FLAG_CMD_WRITE,
+                                 data_length=4), payload)
+    if rsp.result:
+        raise CollieError(f"failed to set vnodes: {strerror(rsp.result)}", code=EXIT_FAILURE)
+    return EXIT_SUCCESS
+
+
 def register(reg) -> None:
     _, sub = reg.group("node", "node management (list, info, recovery, kill)")
     p = reg.add("kill", node_kill, "kill node", raw=True, subparsers=sub)
@@ -158,6 +177,10 @@ def register(reg) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     reg.add("info", node_info, "show information about each node", raw=True,
             subparsers=sub)
+    p = reg.add("vnodes", node_vnodes, "get or set the vnode count of the node given by -a/-p",
+                subparsers=sub)
+    p.add_argument("action", choices=["get", "set"])
+    p.add_argument("count", nargs="?", type=int)
     p = reg.add("recovery", node_recovery, "show recovery information of nodes",
                 raw=True, subparsers=sub)
     p.add_argument("-P", "--progress", action="store_true",

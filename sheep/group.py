@@ -77,6 +77,10 @@ class Group:
         self.nodes: list[proto.SdNode] = []
         self.ring = Ring([])
         self.disable_recovery = False
+        # per-node overrides of (nr_vnodes, space) set by "node vnodes set" and
+        # "cluster reweight"; keyed "addr:port", replicated like all state
+        self.weights: dict[str, list[int]] = {}
+        self.quorum = True
         self._epoch_changed = asyncio.Event()
         self._blocks: list[tuple[str, str]] = []  # (block id, sender ident) in delivery order
         self._turns: dict[str, asyncio.Future] = {}
@@ -93,7 +97,7 @@ class Group:
         self.member = Member(self.me.wire(),
                              f"{self.me.host}:{self.me.port}/{os.getpid()}/{uuid.uuid4().hex[:12]}")
         opaque = json.dumps({
-            "ctime": self.config.ctime, "epoch": self.epoch,
+            "ctime": self.config.ctime, "epoch": self.epoch, "history": self._history(),
             "fixed_vnodes": self.sheep.cfg.vnodes is not None,
             "vdis": self.sheep.vdis.local_snapshot(),
         }).encode()
@@ -114,7 +118,13 @@ class Group:
         return self.config.ctime != 0
 
     def _rebuild_nodes(self) -> None:
-        nodes = [proto.SdNode.unpack(m.node) for m in self.members]
+        nodes = []
+        for m in self.members:
+            n = proto.SdNode.unpack(m.node)
+            w = self.weights.get(_node_key(n))
+            if w is not None:
+                n = n.replace(nr_vnodes=w[0] if n.nr_vnodes else 0, space=w[1])
+            nodes.append(n)
         if self.formatted and self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:
             weights = auto_vnodes([n.space if n.nr_vnodes else 0 for n in nodes])
             nodes = [n.replace(nr_vnodes=w) for n, w in zip(nodes, weights)]
@@ -168,37 +178,86 @@ class Group:
     # ------------------------------------------------------------------
     # ClusterEvents (called by the driver, in total order)
 
+    def _reject(self, code: str, msg: str) -> tuple[bool, bytes]:
+        log.warning(msg)
+        return False, json.dumps({"error": msg, "code": CODES[code]}).encode()
+
     def check_join(self, joiner: Member, opaque: bytes) -> tuple[bool, bytes]:
+        """Master only: the join rules (see module docstring), then the snapshot.
+
+        * a node formatted for another cluster (ctime differs) is rejected;
+        * a fixed-vnodes (-V) node cannot join an automatic-vnodes cluster,
+          nor the other way round (gateways, with 0 vnodes, are exempt);
+        * while the cluster waits for the nodes of its last epoch
+          (restart), a node with a wiped store or an older epoch is rejected
+          — it may join once the cluster runs; a node with a newer epoch is
+          accepted and its epoch history becomes the cluster's;
+        * a running cluster rejects a node whose epoch is newer than its own
+          (it comes from a history the cluster does not have).
+        """
         info = json.loads(opaque or b"{}")
         jnode = proto.SdNode.unpack(joiner.node)
+        jctime, jepoch = info.get("ctime", 0), info.get("epoch", 0)
         if joiner.ident == (self.member.ident if self.member else None):
             # first member: accept ourselves; our own state is the cluster state
             return True, json.dumps({"self": True, "vdis": info.get("vdis", [])}).encode()
-        if self.formatted and info.get("ctime") and info["ctime"] != self.config.ctime:
-            msg = (f"node {jnode} rejected: its cluster creation time differs "
-                   f"(it was formatted for another cluster)")
-            log.warning(msg)
-            return False, json.dumps({"error": msg, "code": CODES["INVALID_CTIME"]}).encode()
-        if self.formatted and self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES \
-                and info.get("fixed_vnodes") and jnode.nr_vnodes:
-            msg = f"node {jnode} rejected: it uses fixed vnodes (-V) but the cluster uses automatic vnodes"
-            log.warning(msg)
-            return False, json.dumps({"error": msg,
-                                      "code": CODES["INVALID_VNODES_STRATEGY"]}).encode()
+        if not self.formatted and jctime:
+            return self._reject("INVALID_CTIME",
+                                f"node {jnode} rejected: it belongs to a formatted cluster but this "
+                                f"cluster is not formatted (start the nodes of its cluster first)")
+        if self.formatted and jctime and jctime != self.config.ctime:
+            return self._reject("INVALID_CTIME",
+                                f"node {jnode} rejected: its cluster creation time differs "
+                                f"(it was formatted for another cluster)")
+        if self.formatted and jnode.nr_vnodes:
+            auto = bool(self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES)
+            if auto and info.get("fixed_vnodes"):
+                return self._reject("INVALID_VNODES_STRATEGY",
+                                    f"node {jnode} rejected: it uses fixed vnodes (-V) but the "
+                                    f"cluster uses automatic vnodes")
+            if not auto and not info.get("fixed_vnodes"):
+                return self._reject("INVALID_VNODES_STRATEGY",
+                                    f"node {jnode} rejected: the cluster uses fixed vnodes "
+                                    f"(formatted with -V); start the node with -V")
+        adopt = None
+        if self.status == WAIT_FOR_JOIN:
+            if not jctime:
+                return self._reject("INVALID_CTIME",
+                                    f"node {jnode} rejected: its store is empty (wiped?) while the "
+                                    f"cluster waits for the nodes of epoch {self.epoch} with their "
+                                    f"data; it may join once the cluster runs")
+            if jepoch < self.epoch:
+                return self._reject("OLD_NODE_VER",
+                                    f"node {jnode} rejected: stale epoch {jepoch}, the cluster is at "
+                                    f"epoch {self.epoch} and waits for that epoch's nodes; start it "
+                                    f"again once the cluster runs")
+            if jepoch > self.epoch:
+                adopt = info.get("history", [])
+        elif self.status == OK and jctime and jepoch > self.epoch:
+            return self._reject("NEW_NODE_VER",
+                                f"node {jnode} rejected: its epoch {jepoch} is newer than the "
+                                f"cluster's {self.epoch}")
         snap = {
             "config": self.config.pack().hex(),
             "status": self.status,
             "epoch": self.epoch,
             "disable_recovery": self.disable_recovery,
-            "epochs": [(e, *self._epoch_hex(e)) for e in self.store.epochs()],
+            "epochs": self._history(),
+            "weights": self.weights,
             "vdis": info.get("vdis", []),
             "state": self.sheep.vdis.snapshot(),
+            "adopt": adopt,
         }
         return True, json.dumps(snap).encode()
 
-    def _epoch_hex(self, e: int) -> tuple[str, int]:
-        rec = self.store.read_epoch(e)
-        return (rec[0].hex(), rec[1]) if rec else ("", 0)
+    def _history(self) -> list:
+        """This node's epoch log as [epoch, nodes hex, timestamp] records."""
+        out = []
+        for e in self.store.epochs():
+            rec = self.store.read_epoch(e)
+            if rec:
+                out.append([e, rec[0].hex(), rec[1]])
+        return out
 
     # The driver delivers events synchronously and in total order; each is
     # applied completely before the next one (and before check_join runs), so
@@ -206,8 +265,16 @@ class Group:
 
     def on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
         info = json.loads(reply or b"{}")
-        if self.member and joined.ident == self.member.ident and not info.get("self"):
+        me = self.member is not None and joined.ident == self.member.ident
+        if me and not info.get("self"):
             self._adopt(info)
+        if info.get("adopt"):  # a restarting node brought a newer epoch history
+            hist = info["adopt"]
+            for e, nodes_hex, ts in hist:
+                self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
+            self.epoch = max(e for e, _, _ in hist)
+            log.info("adopted the epoch history of %s (epoch %d)",
+                     proto.SdNode.unpack(joined.node), self.epoch)
         self.sheep.vdis.merge(info.get("vdis", []))
         self.members = list(members)
         self._rebuild_nodes()
@@ -226,13 +293,19 @@ class Group:
             cfg.space = self.me.space
             cfg.shutdown = 0
             self.store.save_config(cfg.pack())
-            have = set(self.store.epochs())
-            for e, nodes_hex, ts in info["epochs"]:
-                if e not in have and nodes_hex:
-                    self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
+            if not info.get("adopt"):  # our own history is newer otherwise
+                mine = {e: self.store.read_epoch(e) for e in self.store.epochs()}
+                for e, nodes_hex, ts in info["epochs"]:
+                    rec = mine.get(e)
+                    if rec is None or rec[0].hex() != nodes_hex:
+                        self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
+                for e in mine:  # epochs the cluster never had (a diverged past)
+                    if e > info["epoch"]:
+                        self.store.remove_epoch(e)
         self.config = cfg
         self.status = info["status"]
         self.epoch = info["epoch"]
+        self.weights = dict(info.get("weights", {}))
         self.disable_recovery = info.get("disable_recovery", False)
         self.sheep.vdis.restore(info["state"])
 
@@ -240,12 +313,17 @@ class Group:
         last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
         present = {_node_key(n) for n in self.nodes}
         if last and last <= present:
-            self.status = OK
-            log.info("all nodes of epoch %d are back; cluster is running", self.epoch)
-            if last != present:
-                self._bump_epoch()
-            else:
-                self._notify_epoch()
+            self._start_running(f"all nodes of epoch {self.epoch} are back")
+
+    def _start_running(self, why: str) -> None:
+        last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
+        present = {_node_key(n) for n in self.nodes}
+        self.status = OK
+        log.info("%s; cluster is running", why)
+        if last != present:
+            self._bump_epoch()
+        else:
+            self._notify_epoch()
 
     def on_leave(self, left: Member, members: list[Member]) -> None:
         self.members = list(members)
@@ -351,6 +429,37 @@ class Group:
         self.store.save_config(self.config.pack())
         log.info("cluster shutdown requested")
         self.sheep.request_exit(0.2)
+
+    def apply_force_recover(self) -> list[proto.SdNode]:
+        """FORCE_RECOVER main step: run with the nodes present (every node)."""
+        if self.status != WAIT_FOR_JOIN:
+            raise error_for(CODES["FORCE_RECOVER"])
+        last = self.epoch_nodes(self.epoch)
+        self._start_running(f"recovery forced with {len(self.nodes)} of {len(last)} nodes")
+        return last
+
+    def apply_weights(self, weights: dict) -> None:
+        """Set (nr_vnodes, space) of some nodes; a running cluster moves to a new epoch."""
+        changed = False
+        for key, w in weights.items():
+            if self.weights.get(key) != list(w):
+                self.weights[key] = list(w)
+                changed = True
+        if changed:
+            self._rebuild_nodes()
+            if self.status == OK:
+                self._bump_epoch()
+
+    def on_quorum(self, has_quorum: bool) -> None:
+        """Driver: this member is (not) in the primary partition."""
+        if has_quorum != self.quorum:
+            self.quorum = has_quorum
+            if has_quorum:
+                log.warning("back in the primary partition: serving I/O again")
+            else:
+                log.error("cut off from the majority of the cluster (minority partition): "
+                          "I/O is halted until the partition heals")
+            self._notify_epoch()
 
     def save_config(self) -> None:
         self.store.save_config(self.config.pack())

@@ -67,6 +67,8 @@ async def stat_cluster(sheep, req, payload):
     result = {G.OK: 0, G.WAIT_FOR_FORMAT: CODES["WAIT_FOR_FORMAT"],
               G.WAIT_FOR_JOIN: CODES["WAIT_FOR_JOIN"],
               G.SHUTDOWN: CODES["SHUTDOWN"]}.get(g.status, CODES["SYSTEM_ERROR"])
+    if not g.quorum:
+        result = CODES["HALT"]
     if not g.formatted:
         return None, b"", result
     out = []
@@ -97,7 +99,10 @@ async def cluster_info(sheep, req, payload):
     c = g.config
     hdr = proto.ClusterInfoHeader(
         disable_recovery=int(g.disable_recovery), nr_nodes=len(g.nodes), epoch=g.epoch,
-        ctime=c.ctime, flags=c.flags if g.formatted else proto.SD_CLUSTER_FLAG_AUTO_VNODES,
+        ctime=c.ctime,
+        # before format, dog reads the vnode strategy of each node from here
+        flags=c.flags if g.formatted else (
+            0 if sheep.cfg.vnodes is not None else proto.SD_CLUSTER_FLAG_AUTO_VNODES),
         nr_copies=c.copies, copy_policy=c.copy_policy, status=G.STATUS_CODE[g.status],
         block_size_shift=c.block_size_shift, default_store=c.default_store)
     return None, proto.pack_cluster_info(hdr, g.nodes)
@@ -207,7 +212,8 @@ async def set_loglevel(sheep, req, payload):
 
 
 async def get_vnodes(sheep, req, payload):
-    return None, struct.pack("<i", sheep.me.nr_vnodes)
+    me = sheep.group.node_by_key(f"{sheep.me.host}:{sheep.me.port}") or sheep.me
+    return None, struct.pack("<i", me.nr_vnodes)
 
 
 async def get_recovery(sheep, req, payload):
@@ -276,6 +282,70 @@ async def shutdown(sheep, req, payload):
     return None, b""
 
 
+async def force_recover(sheep, req, payload):
+    async def work():
+        return {"op": "force_recover"}
+    nodes = await sheep.group.cluster_op(work)
+    return None, proto.pack_nodes(nodes)
+
+
+async def set_vnodes(sheep, req, payload):
+    if len(payload) != 4:
+        raise _err("INVALID_PARMS", "SET_VNODES needs a 4-byte vnode count")
+    count = struct.unpack("<i", payload)[0]
+    g = sheep.group
+    if g.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:
+        raise _err("INVALID_PARMS", "the cluster uses automatic vnodes; format it with -V "
+                                    "to set vnode counts by hand")
+    if not 1 <= count <= 65535 or sheep.cfg.gateway:
+        raise _err("INVALID_PARMS", "vnode count must be 1..65535 (and not on a gateway)")
+    key = f"{sheep.me.host}:{sheep.me.port}"
+
+    async def work():
+        return {"op": "weights", "weights": {key: [count, sheep.me.space]}}
+    await g.cluster_op(work)
+    return None, b""
+
+
+async def reweight(sheep, req, payload):
+    """Re-measure every node's capacity; vnodes follow when they are automatic."""
+    async def work():
+        weights = {}
+        for n in sheep.group.nodes:
+            if not n.nr_vnodes:
+                continue
+            if sheep.group.is_me(n):
+                space = sheep.store.capacity()
+            else:
+                rsp, _ = await sheep.gateway.peers.request(n, proto.Request(proto.Op.STAT_SHEEP))
+                space = rsp.args.store_size
+            weights[f"{n.host}:{n.port}"] = [n.nr_vnodes, space]
+        return {"op": "weights", "weights": weights}
+    await sheep.group.cluster_op(work)
+    return None, b""
+
+
+async def set_auto_recovery(sheep, req, payload):
+    disable = req.opcode == Op.DISABLE_RECOVER
+
+    async def work():
+        return {"op": "recovery", "disable": disable}
+    await sheep.group.cluster_op(work)
+    return None, b""
+
+
+def _main_recovery(sheep, msg):
+    sheep.group.disable_recovery = msg["disable"]
+
+
+def _main_force_recover(sheep, msg):
+    return sheep.group.apply_force_recover()
+
+
+def _main_weights(sheep, msg):
+    sheep.group.apply_weights(msg["weights"])
+
+
 def _main_attr(sheep, msg):
     return proto.VdiRsp(vdi_id=msg["vid"], attr_id=msg["attr_id"], copies=msg["copies"])
 
@@ -300,7 +370,8 @@ def _main_del_vdi(sheep, msg):
     return sheep.vdis.apply_del_vdi(msg)
 
 
-MAIN = {"format": _main_format, "shutdown": _main_shutdown, "new_vdi": _main_new_vdi,
+MAIN = {"force_recover": _main_force_recover, "recovery": _main_recovery, "weights": _main_weights,
+        "format": _main_format, "shutdown": _main_shutdown, "new_vdi": _main_new_vdi,
         "del_vdi": _main_del_vdi, "attr": _main_attr, "error": _main_error}
 
 
@@ -357,6 +428,11 @@ _TABLE = [
     (Op.GET_RECOVERY, "local", True, get_recovery),
     (Op.SET_RECOVERY, "local", True, set_recovery),
     (Op.GET_VNODES, "local", False, get_vnodes),
+    (Op.SET_VNODES, "local", False, set_vnodes),
+    (Op.FORCE_RECOVER, "cluster", True, force_recover),
+    (Op.REWEIGHT, "cluster", False, reweight),
+    (Op.ENABLE_RECOVER, "cluster", False, set_auto_recovery),
+    (Op.DISABLE_RECOVER, "cluster", False, set_auto_recovery),
 ]
 
 OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h) for op, kind, force, h in _TABLE}
@@ -379,6 +455,8 @@ def admit(sheep, req: proto.Request) -> OpSpec:
         raise _err("KILLED")
     if status == G.SHUTDOWN:
         raise _err("SHUTDOWN")
+    if not sheep.group.quorum and spec.kind in ("gateway", "peer", "cluster"):
+        raise _err("HALT", "this node is cut off from the majority of the cluster")
     if status != G.OK and not spec.force:
         raise _err("WAIT_FOR_FORMAT" if status == G.WAIT_FOR_FORMAT else "WAIT_FOR_JOIN")
     return spec

@@ -71,6 +71,10 @@ class Store(abc.ABC):
         """The largest epoch with a log, 0 if there is none."""
 
     @abc.abstractmethod
+    def remove_epoch(self, epoch: int) -> None:
+        """Delete the log of one epoch (absent is fine)."""
+
+    @abc.abstractmethod
     def remove_epochs(self) -> None:
         """Delete every epoch log (format)."""
 

@@ -334,6 +334,13 @@ class PlainStore(Store):
         eps = self.epochs()
         return eps[-1] if eps else 0
 
+    def remove_epoch(self, epoch: int) -> None:
+        """Delete the log of one epoch (absent is fine)."""
+        with self._meta_lock:
+            _unlink(os.path.join(self._epoch_dir, "%08d" % epoch))
+            if not self.nosync:
+                _fsync_dir(self._epoch_dir)
+
     def remove_epochs(self) -> None:
         """Delete every epoch log (and leftover temporaries)."""
         with self._meta_lock:

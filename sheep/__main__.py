@@ -125,8 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, sheep.request_exit)
         if pipe_w is not None:
-            loop.call_later(10.0, lambda: pipe_w is not None and ready(None))
-        return await sheep.run(ready)
+            def still_joining():
+                if pipe_w is not None:
+                    logging.getLogger("sheep").warning(
+                        "still joining the cluster after 10s; the launcher returns now")
+                    ready(None)
+            loop.call_later(10.0, still_joining)
+        try:
+            return await sheep.run(ready)
+        except Exception as e:  # a start-up bug: say it in the log and to the launcher
+            logging.getLogger("sheep").exception("daemon failed")
+            ready(f"daemon failed: {e!r} (see {cfg.log_path})")
+            return 1
 
     try:
         import uvloop

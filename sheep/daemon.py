@@ -21,6 +21,8 @@ from sheep.vdi import VdiTable
 
 log = logging.getLogger("sheep")
 
+JOIN_TIMEOUT = 30.0
+
 LEVELS = [logging.CRITICAL, logging.CRITICAL, logging.CRITICAL, logging.ERROR,
           logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG]
 
@@ -78,9 +80,28 @@ class Sheep:
             return 1
         for name in cfg.unsupported:
             log.warning("option --%s is accepted for compatibility but not implemented", name)
+        joining = asyncio.ensure_future(self.group.start())
+        stopping = asyncio.ensure_future(self._exit.wait())
+        await asyncio.wait({joining, stopping}, timeout=JOIN_TIMEOUT,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not joining.done():  # SIGTERM (or timeout) while still joining
+            joining.cancel()
+            stopping.cancel()
+            for s in servers:
+                s.close()
+            await self.group.driver.close()
+            if self._exit.is_set():
+                log.info("stopped while joining the cluster")
+                ready("stopped while joining the cluster")
+                return self.exit_code
+            msg = f"failed to join the cluster within {JOIN_TIMEOUT:.0f}s"
+            log.error(msg)
+            ready(msg)
+            return 1
+        stopping.cancel()
         try:
-            await asyncio.wait_for(self.group.start(), 30)
-        except Exception as e:  # JoinRejected, timeout, driver errors
+            joining.result()
+        except Exception as e:  # JoinRejected, driver errors
             reason = getattr(e, "reply", b"") or str(e).encode()
             msg = f"failed to join the cluster: {reason.decode(errors='replace')}"
             log.error(msg)

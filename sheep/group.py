@@ -50,6 +50,8 @@ OK = "ok"
 SHUTDOWN = "shutdown"
 KILLED = "killed"
 
+WORK_TIMEOUT = 60.0  # longest a cluster op may hold the cluster-wide turn
+
 STATUS_CODE = {OK: proto.SD_STATUS_OK, WAIT_FOR_FORMAT: proto.SD_STATUS_WAIT,
                WAIT_FOR_JOIN: proto.SD_STATUS_WAIT, SHUTDOWN: proto.SD_STATUS_SHUTDOWN,
                KILLED: proto.SD_STATUS_KILLED}
@@ -168,6 +170,10 @@ class Group:
                 return pred()
         return True
 
+    async def wait_until(self, pred, timeout: float) -> bool:
+        """Wait until ``pred()`` holds after some applied cluster event; False on timeout."""
+        return await self._wait_until(pred, timeout)
+
     async def wait_epoch_change(self, seen: int, timeout: float) -> bool:
         """Wait until the epoch differs from ``seen``; False on timeout."""
         return await self._wait_until(lambda: self.epoch != seen, timeout)
@@ -201,6 +207,8 @@ class Group:
         if joiner.ident == (self.member.ident if self.member else None):
             # first member: accept ourselves; our own state is the cluster state
             return True, json.dumps({"self": True, "vdis": info.get("vdis", [])}).encode()
+        if self.status in (SHUTDOWN, KILLED):
+            return self._reject("SHUTDOWN", f"node {jnode} rejected: the cluster is shutting down")
         if not self.formatted and jctime:
             return self._reject("INVALID_CTIME",
                                 f"node {jnode} rejected: it belongs to a formatted cluster but this "
@@ -240,6 +248,7 @@ class Group:
         snap = {
             "config": self.config.pack().hex(),
             "status": self.status,
+            "blocks": [list(b) for b in self._blocks],
             "epoch": self.epoch,
             "disable_recovery": self.disable_recovery,
             "epochs": self._history(),
@@ -304,6 +313,9 @@ class Group:
                         self.store.remove_epoch(e)
         self.config = cfg
         self.status = info["status"]
+        # the cluster-op queue as the master saw it: a foreign op may be running
+        self._blocks = [tuple(b) for b in info.get("blocks", [])]
+        self._running_block = self._blocks[0][0] if self._blocks else None
         self.epoch = info["epoch"]
         self.weights = dict(info.get("weights", {}))
         self.disable_recovery = info.get("disable_recovery", False)
@@ -349,16 +361,20 @@ class Group:
         elif m["t"] == "unblock":
             if self._blocks and self._blocks[0][0] == m["id"]:
                 self._blocks.pop(0)
-            self._running_block = None
-            result = None
+                self._running_block = None
+            else:
+                log.error("UNBLOCK %s from %s is not for the running cluster op (%s)",
+                          m["id"], sender.ident, self._blocks[:1])
             try:
-                result = self.sheep.apply_main(m["msg"])
-                outcome = (True, result)
-            except SdError as e:
+                outcome = (True, self.sheep.apply_main(m["msg"]))
+            except SdError as e:  # deterministic: the same on every node
                 outcome = (False, e)
-            except Exception as e:  # a bug in a main step must not stop the node
-                log.exception("main step failed")
+            except Exception as e:
+                # Anything else (a disk error, a bug) would leave this node's
+                # state behind the others': it must not go on serving.
+                self._fatal(f"cannot apply cluster operation {m['msg'].get('op')}: {e!r}")
                 outcome = (False, error_for(CODES["SYSTEM_ERROR"], str(e)))
+            self._notify_epoch()  # state changed: wake waiters (e.g. VdiTable.await_state)
             fut = self._done.pop(m["id"], None)
             if fut is not None and not fut.done():
                 if outcome[0]:
@@ -366,6 +382,12 @@ class Group:
                 else:
                     fut.set_exception(outcome[1])
             self._grant_next()
+
+    def _fatal(self, why: str) -> None:
+        """This node can no longer keep its state in step with the cluster: stop."""
+        log.critical("%s; leaving the cluster", why)
+        self.status = KILLED
+        self.sheep.request_exit(0.0, code=1)
 
     def _grant_next(self) -> None:
         if self._running_block is not None or not self._blocks:
@@ -389,17 +411,30 @@ class Group:
         loop = asyncio.get_running_loop()
         turn = self._turns[bid] = loop.create_future()
         done = self._done[bid] = loop.create_future()
-        await self.driver.notify(json.dumps({"t": "block", "id": bid}).encode())
-        await turn
         try:
-            msg = await work()
-        except SdError as e:
-            msg = {"op": "error", "code": e.code, "message": e.message}
-        except Exception as e:
-            log.exception("work step failed")
-            msg = {"op": "error", "code": CODES["SYSTEM_ERROR"], "message": str(e)}
-        await self.driver.notify(json.dumps({"t": "unblock", "id": bid, "msg": msg}).encode())
-        return await done
+            await self.driver.notify(json.dumps({"t": "block", "id": bid}).encode())
+            await turn
+            try:
+                msg = await asyncio.wait_for(work(), WORK_TIMEOUT)
+            except SdError as e:
+                msg = {"op": "error", "code": e.code, "message": e.message}
+            except asyncio.TimeoutError:
+                msg = {"op": "error", "code": CODES["NETWORK_ERROR"],
+                       "message": f"cluster operation took longer than {WORK_TIMEOUT}s"}
+            except Exception as e:
+                log.exception("work step failed")
+                msg = {"op": "error", "code": CODES["SYSTEM_ERROR"], "message": str(e)}
+            try:
+                await self.driver.notify(
+                    json.dumps({"t": "unblock", "id": bid, "msg": msg}).encode())
+            except Exception as e:
+                # every node waits for our UNBLOCK: leave, so they drop our turn
+                self._fatal(f"cannot send the end of a cluster operation: {e!r}")
+                raise error_for(CODES["CLUSTER_ERROR"], str(e)) from None
+            return await done
+        finally:
+            self._turns.pop(bid, None)
+            self._done.pop(bid, None)
 
     # ------------------------------------------------------------------
     # main steps owned by the group

@@ -110,19 +110,44 @@ class _ClientProtocol(asyncio.Protocol):
 class AsyncConnection:
     """One pipelined connection to a sheep (see module docstring)."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, stall_timeout: float | None = None):
         self.host, self.port = host, port
         self._pending: dict[int, asyncio.Future] = {}
+        self._sent: dict[int, float] = {}  # id -> loop time sent (only with a stall timeout)
         self._ids = itertools.count(1)
         self._proto: _ClientProtocol | None = None
         self.closed = False
+        self.stall_timeout = stall_timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    def _watch(self) -> None:
+        """Every second: if the oldest request waited longer than
+        ``stall_timeout``, the peer is hung — close the connection, which
+        fails every request in flight (one timer per connection, not per
+        request)."""
+        self._watchdog = None
+        if self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._sent and now - min(self._sent.values()) > self.stall_timeout:
+            self._fail_all(ConnectionError(f"no reply for {self.stall_timeout:.0f}s"))
+            if self._proto is not None and self._proto.transport is not None:
+                self._proto.transport.abort()
+            return
+        self._watchdog = loop.call_later(1.0, self._watch)
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float = 5.0) -> "AsyncConnection":
-        self = cls(host, port)
+    async def open(cls, host: str, port: int, timeout: float = 5.0,
+                   stall_timeout: float | None = None) -> "AsyncConnection":
+        """Connect; with ``stall_timeout`` a request unanswered for that long
+        breaks the connection (ConnectionError for everything in flight)."""
+        self = cls(host, port, stall_timeout)
         loop = asyncio.get_running_loop()
         _t, self._proto = await asyncio.wait_for(
             loop.create_connection(lambda: _ClientProtocol(self), host, port), timeout)
+        if stall_timeout:
+            self._watchdog = loop.call_later(1.0, self._watch)
         return self
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -148,6 +173,8 @@ class AsyncConnection:
         req.id = rid
         fut = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
+        if self.stall_timeout:
+            self._sent[rid] = fut.get_loop().time()
         tr = self._proto.transport
         if req.flags & proto.SD_FLAG_CMD_WRITE and payload:
             tr.writelines((req.pack(), payload))
@@ -160,10 +187,14 @@ class AsyncConnection:
                 hdr, body = await asyncio.wait_for(fut, timeout)
         finally:
             self._pending.pop(rid, None)
+            self._sent.pop(rid, None)
         return proto.Response.unpack(hdr), body
 
     def close(self) -> None:
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._proto is not None and self._proto.transport is not None:
             self._proto.transport.close()
         self._fail_all(ConnectionError("connection closed"))

@@ -28,6 +28,8 @@ async def _check_epoch(sheep, req: proto.Request) -> None:
 async def handle_create(sheep, req: proto.Request, payload: bytes):
     await _check_epoch(sheep, req)
     a = req.args
+    if proto.is_data_obj(a.oid):  # its size comes from the VDI: know the VDI first
+        await sheep.vdis.await_state(proto.oid_to_vid(a.oid))
     size = sheep.gateway.obj_size(a.oid)
     await sheep.io(sheep.store.create_and_write, a.oid, size, payload, a.offset,
                    proto.is_sparse_obj(a.oid))

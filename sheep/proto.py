@@ -66,6 +66,10 @@ SD_MAX_VDI_ATTR_KEY_LEN = 256
 SD_MAX_VDI_ATTR_VALUE_LEN = 65536
 SD_DEFAULT_COPIES = 3
 SD_DEFAULT_BLOCK_SIZE_SHIFT = 22
+# dog accepts 20..31; we cap objects at 64 MiB so that a whole object fits in
+# one request the daemon is willing to buffer (documented deviation)
+SD_MIN_BLOCK_SIZE_SHIFT = 20
+SD_MAX_BLOCK_SIZE_SHIFT = 26
 SD_DATA_OBJ_SIZE = 1 << SD_DEFAULT_BLOCK_SIZE_SHIFT
 SD_DEFAULT_VNODES = 128
 MAX_DATA_OBJS = 1 << 20

@@ -21,7 +21,8 @@ from sheep.net import Framer
 
 log = logging.getLogger("sheep.server")
 
-MAX_PAYLOAD = proto.SD_INODE_SIZE + (1 << 20)
+MAX_PAYLOAD = max(proto.SD_INODE_SIZE, 1 << proto.SD_MAX_BLOCK_SIZE_SHIFT) + (1 << 20)
+MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
 _FLAGS = struct.Struct("<H")
 _DLEN = struct.Struct("<I")
 
@@ -33,6 +34,8 @@ class SheepProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.tasks: set[asyncio.Task] = set()
         self.closed = False
+        self.read_paused = False
+        self.write_paused = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -63,7 +66,31 @@ class SheepProtocol(asyncio.Protocol):
         req = proto.Request.unpack(hdr)
         task = asyncio.get_running_loop().create_task(self._serve(req, payload))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+        self._throttle()
+
+    # Backpressure: a client may keep MAX_IN_FLIGHT requests in progress; past
+    # that, or while its replies are not being read, we stop reading from it.
+    def _throttle(self) -> None:
+        blocked = len(self.tasks) >= MAX_IN_FLIGHT or self.write_paused
+        if blocked != self.read_paused and self.transport is not None and not self.closed:
+            self.read_paused = blocked
+            if blocked:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _done(self, task) -> None:
+        self.tasks.discard(task)
+        self._throttle()
+
+    def pause_writing(self):
+        self.write_paused = True
+        self._throttle()
+
+    def resume_writing(self):
+        self.write_paused = False
+        self._throttle()
 
     def _refuse(self, hdr: bytes, need: int) -> None:
         req = proto.Request.unpack(hdr)

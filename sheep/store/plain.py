@@ -213,6 +213,7 @@ class PlainStore(Store):
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._meta_lock = threading.Lock()  # config and epoch files
+        self._stale: dict[int, dict[int, int]] | None = None  # see _stale_index
 
     # -- life cycle ---------------------------------------------------------
 
@@ -224,7 +225,7 @@ class PlainStore(Store):
         try:
             os.makedirs(self._epoch_dir, exist_ok=True)
             for d in self.obj_dirs:
-                os.makedirs(os.path.join(d, ".stale"), exist_ok=True)
+                os.makedirs(os.path.join(d, ".stale", ".crc"), exist_ok=True)
                 os.makedirs(os.path.join(d, ".crc"), exist_ok=True)
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
@@ -658,8 +659,10 @@ class PlainStore(Store):
         try:
             with self._cache_lock:
                 self._cache.clear()
+            self._stale = {}
             for d in self.obj_dirs:
-                for sub in (d, os.path.join(d, ".crc"), os.path.join(d, ".stale")):
+                for sub in (d, os.path.join(d, ".crc"), os.path.join(d, ".stale"),
+                            os.path.join(d, ".stale", ".crc")):
                     with os.scandir(sub) as it:
                         for ent in it:
                             if not ent.name.startswith(".") and ent.is_file(follow_symlinks=False):
@@ -669,6 +672,96 @@ class PlainStore(Store):
         finally:
             for lk in self._locks:
                 lk.release()
+
+    # -- stale copies (PROTOCOL §15/§16: .stale/<oid>.<epoch>) --------------
+
+    def _stale_paths(self, d: int, name: str, epoch: int) -> tuple[str, str]:
+        stale = os.path.join(self.obj_dirs[d], ".stale")
+        return (os.path.join(stale, f"{name}.{epoch}"),
+                os.path.join(stale, ".crc", f"{name}.{epoch}"))
+
+    def _stale_index(self) -> dict[int, dict[int, int]]:
+        """oid -> {epoch: dir index} of every stale copy (built on first use)."""
+        idx = self._stale
+        if idx is None:
+            idx = {}
+            for d, od in enumerate(self.obj_dirs):
+                try:
+                    names = os.listdir(os.path.join(od, ".stale"))
+                except FileNotFoundError:
+                    continue
+                for n in names:
+                    oid_s, _, ep = n.partition(".")
+                    if _OID_RE.fullmatch(oid_s) and ep.isdigit():
+                        idx.setdefault(int(oid_s, 16), {})[int(ep)] = d
+            self._stale = idx
+        return idx
+
+    def move_to_stale(self, oid: int, epoch: int) -> bool:
+        """Move the live object (and its checksums) to ``.stale/<oid>.<epoch>``.
+
+        Afterwards the object is absent for ``read``/``write``; the copy stays
+        readable with :meth:`read_stale` until :meth:`purge_stale`.  False if
+        there was no live object."""
+        name = self._check_oid(oid)
+        with self._lock_for(oid):
+            found = self._find(oid)
+            if found is None:
+                return False
+            d = found[0]
+            self._cache_drop(oid)
+            obj_path, crc_path = self._stale_paths(d, name, epoch)
+            try:
+                os.makedirs(os.path.dirname(crc_path), exist_ok=True)
+                os.replace(self._sidecar(d, name), crc_path)
+                os.replace(os.path.join(self.obj_dirs[d], name), obj_path)
+            except OSError as e:
+                raise _oserror(e, f"cannot move object {name} to .stale") from e
+            self._stale_index().setdefault(oid, {})[epoch] = d
+            return True
+
+    def stale_epochs(self, oid: int) -> list[int]:
+        """Epochs of the stale copies of ``oid``, newest first."""
+        return sorted(self._stale_index().get(oid, {}), reverse=True)
+
+    def list_stale(self) -> dict[int, list[int]]:
+        """oid -> epochs (newest first) of every stale copy."""
+        return {o: sorted(e, reverse=True) for o, e in self._stale_index().items()}
+
+    def read_stale(self, oid: int, epoch: int) -> bytes:
+        """The whole stale copy of ``oid`` from ``epoch``, checksum-verified
+        (NO_OBJ if absent, EIO if damaged)."""
+        name = self._check_oid(oid)
+        d = self._stale_index().get(oid, {}).get(epoch)
+        if d is None:
+            raise _err("NO_OBJ", f"no stale copy of {name} from epoch {epoch}")
+        obj_path, crc_path = self._stale_paths(d, name, epoch)
+        try:
+            with open(obj_path, "rb") as f:
+                data = f.read()
+            with open(crc_path, "rb") as f:
+                raw = f.read()
+        except OSError as e:
+            raise _oserror(e, f"cannot read stale copy {name}.{epoch}") from e
+        want = np.frombuffer(raw, dtype="<u4", offset=HDR_LEN) if len(raw) >= HDR_LEN else None
+        got = _block_crcs(data)
+        if want is None or len(want) != len(got) or not np.array_equal(want, got):
+            raise _err("EIO", f"stale copy {name}.{epoch} fails its checksum")
+        return data
+
+    def purge_stale(self) -> int:
+        """Delete every stale copy; returns how many were deleted."""
+        idx = self._stale_index()
+        n = 0
+        for oid, eps in list(idx.items()):
+            name = "%016x" % oid
+            with self._lock_for(oid):
+                for ep, d in list(eps.items()):
+                    for path in self._stale_paths(d, name, ep):
+                        _unlink(path)
+                    n += 1
+                idx.pop(oid, None)
+        return n
 
     def verify(self, oid: int) -> list[int]:
         """Indices of blocks whose data does not match the sidecar on disk

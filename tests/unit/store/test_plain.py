@@ -273,7 +273,8 @@ def test_remove_list_used_wipe(store, tmp_path):
     assert store.list_oids() == sorted(oids[1:])
     store.wipe()
     assert store.list_oids() == [] and store.used() == 0
-    assert os.listdir(objdir / ".stale") == [] and os.listdir(objdir / ".crc") == []
+    assert os.listdir(objdir / ".stale") == [".crc"] and os.listdir(objdir / ".crc") == []
+    assert os.listdir(objdir / ".stale" / ".crc") == []
     store.create_and_write(0x10, BLOCK, b"again")
     assert store.read(0x10, 0, 5) == b"again"
 
@@ -496,3 +497,35 @@ def test_fast_crc32c_agrees_with_crcmod():
         data = _os.urandom(n)
         assert plain._crc32c(data) == plain.crcmod_crc32c(data)
     assert plain.crcmod_crc32c(b"123456789") == 0xE3069283  # the CRC32C check value
+
+
+def test_stale_copies_move_read_purge(tmp_path):
+    from sheep.store.plain import PlainStore
+
+    st = PlainStore(str(tmp_path / "s"), nosync=True)
+    st.open()
+    oid = 0x007C2B2500000001
+    st.create_and_write(oid, 1 << 20, b"old data", 100)
+    assert st.move_to_stale(oid, 3)
+    assert not st.exists(oid) and st.stale_epochs(oid) == [3]
+    st.create_and_write(oid, 1 << 20, b"newer", 100)
+    st.move_to_stale(oid, 5)
+    assert st.stale_epochs(oid) == [5, 3]
+    assert st.read_stale(oid, 3)[100:108] == b"old data"
+    assert st.read_stale(oid, 5)[100:105] == b"newer"
+    assert st.move_to_stale(oid, 6) is False  # nothing live any more
+    # damage is detected, never returned
+    path = tmp_path / "s" / "obj" / ".stale" / f"{oid:016x}.3"
+    raw = bytearray(path.read_bytes())
+    raw[5000] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SdError) as e:
+        st.read_stale(oid, 3)
+    assert e.value.code == 0x03
+    # the index survives a restart, purge removes everything
+    st.close()
+    st2 = PlainStore(str(tmp_path / "s"), nosync=True)
+    st2.open()
+    assert st2.list_stale() == {oid: [5, 3]}
+    assert st2.purge_stale() == 2
+    assert st2.list_stale() == {} and not list((tmp_path / "s" / "obj" / ".stale").glob("0*"))

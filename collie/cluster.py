@@ -298,3 +298,5 @@ def register(reg) -> None:
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     reg.add("reweight", cluster_reweight, "re-measure node capacities and update node weights",
             subparsers=sub)
+    from collie import vdi_backup
+    vdi_backup.register_cluster(reg, sub)

@@ -13,7 +13,7 @@ from sheep import proto
 from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 
-from collie import vdi_extra
+from collie import vdi_backup, vdi_extra
 from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_USAGE, Client, CollieError, VdiEntry,
                            count_data_objs, unpack_vids)
@@ -497,3 +497,4 @@ def register(reg) -> None:
     p.add_argument("-w", "--writeback", action="store_true", help="use writeback mode")
 
     vdi_extra.register(reg, sub, cmd)
+    vdi_backup.register_vdi(cmd)

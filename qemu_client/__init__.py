@@ -10,4 +10,4 @@ Blocking use::
 ``qemu_client.block.AsyncVdi`` offers the same calls for asyncio code.
 """
 
-from qemu_client.sync import Vdi, open  # noqa: A004,F401
+from qemu_client.sync import Vdi, create, open  # noqa: A004,F401

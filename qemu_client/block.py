@@ -12,7 +12,12 @@ reads and writes into object I/O:
 * concurrent writes to an object that is still being created wait for the
   creation, so no write is lost to a second creation;
 * I/O of any size and alignment is split across objects and issued in
-  parallel; a write returns only when every replica acknowledged every part.
+  parallel; a write returns only when every replica acknowledged every part;
+* a write answered READONLY (the VDI was snapshotted under us, §8.1) re-reads
+  the inode of the name's new working VDI and is resent as a copy-on-write;
+* :func:`create` makes a VDI, or a clone when given a backing image, which
+  must be a snapshot (as QEMU's driver checks): a writable VDI is never
+  used as a backing image.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import asyncio
 
 from sheep import proto
-from sheep.errors import CODES, error_for
+from sheep.errors import CODES, SdError, error_for
 
 from qemu_client.connection import Connection
 
@@ -104,8 +109,19 @@ class AsyncVdi:
     async def pwrite(self, offset: int, data) -> None:
         data = bytes(data)
         self._check(offset, len(data))
-        await asyncio.gather(*(self._write_part(idx, o, data[pos:pos + n])
+        await asyncio.gather(*(self._write_retry(idx, o, data[pos:pos + n])
                                for idx, o, pos, n in self._split(offset, len(data))))
+
+    async def _write_retry(self, idx: int, o: int, chunk: bytes) -> None:
+        for attempt in range(3):
+            vid = self.vid
+            try:
+                return await self._write_part(idx, o, chunk)
+            except SdError as e:
+                if e.code != CODES["READONLY"] or attempt == 2:
+                    raise
+            if self.vid == vid:  # the first part to see READONLY reloads for all
+                await self._load()
 
     async def _write_part(self, idx: int, o: int, chunk: bytes) -> None:
         while idx in self._creating:
@@ -145,3 +161,40 @@ class AsyncVdi:
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+async def create(name: str, size: int = 0, host: str = "127.0.0.1", port: int = proto.SD_PORT,
+                 backing: str | None = None, snapshot: str | int | None = None) -> int:
+    """Create VDI ``name`` (``qemu-img create``); returns its vid.
+
+    With ``backing`` the new VDI is a clone of the snapshot ``snapshot`` (a tag
+    or a snapshot id) of that VDI, of the backing size unless ``size`` is
+    given.  A backing image that is not a snapshot is refused (INVALID_PARMS).
+    """
+    conn = Connection(host, port)
+    await conn.connect()
+    try:
+        args = proto.VdiArgs(vdi_size=size)
+        if backing is not None:
+            if snapshot is None or snapshot == "" or snapshot == 0:
+                raise error_for(CODES["INVALID_PARMS"],
+                                f"cannot clone from a non snapshot vdi ({backing})")
+            snapid, tag = (snapshot, "") if isinstance(snapshot, int) else (0, snapshot)
+            rsp, _ = await conn.call(proto.Op.GET_VDI_INFO, proto.VdiArgs(snapid=snapid),
+                                     payload=proto.vdi_name_payload(backing, tag))
+            base = rsp.args.vdi_id
+            _, hdr = await conn.call(proto.Op.READ_OBJ,
+                                     proto.ObjArgs(oid=proto.vid_to_vdi_oid(base)),
+                                     data_length=proto.SD_INODE_HEADER_SIZE)
+            bino = proto.InodeHeader.unpack(hdr)
+            if not bino.is_snapshot:
+                raise error_for(CODES["INVALID_PARMS"],
+                                f"cannot clone from a non snapshot vdi ({backing})")
+            args = proto.VdiArgs(vdi_size=size or bino.vdi_size, base_vdi_id=base,
+                                 copies=bino.nr_copies, block_size_shift=bino.block_size_shift)
+        elif not size:
+            raise error_for(CODES["INVALID_PARMS"], "a VDI without backing image needs a size")
+        rsp, _ = await conn.call(proto.Op.NEW_VDI, args, payload=proto.vdi_name_payload(name))
+        return rsp.args.vdi_id
+    finally:
+        conn.close()

@@ -13,6 +13,7 @@ import threading
 from sheep import proto
 
 from qemu_client.block import AsyncVdi
+from qemu_client.block import create as _create
 
 
 class Vdi:
@@ -69,3 +70,9 @@ class Vdi:
 def open(name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT) -> Vdi:  # noqa: A001
     """Open VDI ``name`` through the sheep at host:port (blocking API)."""
     return Vdi(name, host, port)
+
+
+def create(name: str, size: int = 0, host: str = "127.0.0.1", port: int = proto.SD_PORT,
+           backing: str | None = None, snapshot: str | int | None = None) -> int:
+    """Blocking :func:`qemu_client.block.create` (a clone needs a snapshot as backing)."""
+    return asyncio.run(_create(name, size, host, port, backing, snapshot))

@@ -6,8 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the daemon, tests and benchmarks use.
-APT_PACKAGES=(procps)
+# Debian packages the daemon, tests and benchmarks use (zookeeper: the
+# server the zookeeper cluster driver's tests start; it pulls a Java runtime).
+APT_PACKAGES=(procps zookeeper)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sheep import __version__, ops, proto
 from sheep.gateway import Gateway
 from sheep.group import Group
+from sheep.recovery import Recovery
 from sheep.server import start_servers
 from sheep.store.plain import PlainStore
 from sheep.vdi import VdiTable
@@ -72,6 +73,7 @@ class Sheep:
         self.vdis = VdiTable(self)
         self.group = Group(self)
         self.gateway = Gateway(self)
+        self.recovery = Recovery(self)
         self.vdis.merge(self.vdis.local_snapshot())
         try:
             servers = await start_servers(self)
@@ -115,6 +117,7 @@ class Sheep:
         ready(None)
         await self._exit.wait()
         log.info("exiting")
+        self.recovery.stop()
         for s in servers:
             s.close()
         for conn in list(self.connections):

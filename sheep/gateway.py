@@ -19,13 +19,18 @@ import asyncio
 import logging
 import time
 
-from sheep import proto
+from sheep import peer, proto
 from sheep.errors import CODES, SdError, error_for
 from sheep.net import AsyncConnection
 
 log = logging.getLogger("sheep.gateway")
 
 RETRY_WINDOW = 30.0
+# A peer that does not answer a request for this long is treated as unreachable
+# (its connection is dropped and the operation retried): covers hung processes
+# and lost hosts, which do not close their connections.  Longer than the
+# peer-side epoch wait (peer.EPOCH_WAIT).
+PEER_STALL_TIMEOUT = 15.0
 RETRY_CODES = {CODES["OLD_NODE_VER"], CODES["NEW_NODE_VER"], CODES["NETWORK_ERROR"],
                CODES["WAIT_FOR_JOIN"], CODES["WAIT_FOR_FORMAT"], CODES["KILLED"],
                CODES["SHUTDOWN"]}
@@ -48,7 +53,8 @@ class PeerPool:
         async with lock:
             conn = self._conns.get(key)
             if conn is None or conn.closed:
-                conn = await AsyncConnection.open(host, port, timeout=3.0)
+                conn = await AsyncConnection.open(host, port, timeout=3.0,
+                                                  stall_timeout=PEER_STALL_TIMEOUT)
                 self._conns[key] = conn
             return conn
 
@@ -139,7 +145,7 @@ class Gateway:
             for node in order:
                 try:
                     if group.is_me(node):
-                        return await self.sheep.io(store.read, oid, offset, length)
+                        return await peer.on_local(self.sheep, oid, store.read, oid, offset, length)
                     return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
                                             offset, length=length)
                 except SdError as e:
@@ -157,7 +163,7 @@ class Gateway:
         store = self.sheep.store
 
         async def local():
-            await self.sheep.io(store.write, oid, data, offset)
+            await peer.on_local(self.sheep, oid, store.write, oid, data, offset)
 
         async def remote(node, epoch):
             await self._peer(node, proto.Op.WRITE_PEER, oid, epoch, copies, offset, data)
@@ -195,10 +201,10 @@ class Gateway:
     # ------------------------------------------------------------------
     # client request handlers
 
-    def _check_data_write(self, oid: int) -> None:
+    async def _check_data_write(self, oid: int) -> None:
         if proto.is_data_obj(oid):
             vid = proto.oid_to_vid(oid)
-            st = self.sheep.vdis.state(vid)
+            st = await self.sheep.vdis.await_state(vid)
             if st is None or st.deleted:
                 raise error_for(CODES["NO_VDI"], f"object {oid:016x} belongs to no VDI")
             if st.snapshot:
@@ -231,8 +237,10 @@ class Gateway:
 
     async def handle_write(self, req: proto.Request, payload: bytes):
         a = req.args
-        self._check_data_write(a.oid)
+        await self._check_data_write(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
+        if proto.is_vdi_obj(a.oid) and a.offset < proto.SD_INODE_HEADER_SIZE:
+            await self._check_header_write(a, payload)
         if proto.is_vdi_obj(a.oid) and a.offset + len(payload) > proto.SD_INODE_HEADER_SIZE \
                 and a.offset < proto.SD_INODE_INDEX_END:
             await self._write_index(a, payload)
@@ -242,7 +250,7 @@ class Gateway:
 
     async def handle_create(self, req: proto.Request, payload: bytes):
         a = req.args
-        self._check_data_write(a.oid)
+        await self._check_data_write(a.oid)
         await self._check_index(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
         data = payload
@@ -275,13 +283,12 @@ class Gateway:
         return None, b""
 
     async def _write_index(self, a: proto.ObjArgs, payload: bytes) -> None:
-        """WRITE_OBJ touching ``data_vdi_id``: write, then reclaim released objects.
+        """WRITE_OBJ touching ``data_vdi_id``: write, then release dropped references.
 
-        Objects the VDI created itself (gref (0, 0)) are removed once their
-        entry changes; shared objects (snapshots/clones) are left alone until
-        reference counting lands with the VDI-lifecycle work.
+        Every entry whose old value ``o`` was non-zero and changed drops one
+        reference to ``vid_to_data_oid(o, i)``; once the write has landed,
+        :meth:`sheep.refcount.Refs.release` removes the objects nobody holds.
         """
-        vid = proto.oid_to_vid(a.oid)
         lo = max(a.offset, proto.SD_INODE_HEADER_SIZE)
         hi = min(a.offset + len(payload), proto.SD_INODE_INDEX_END)
         first = (lo - proto.SD_INODE_HEADER_SIZE) // 4
@@ -291,12 +298,27 @@ class Gateway:
         await self.write(a.oid, a.offset, payload, a.copies)
         new = bytearray(old)
         new[lo - base:hi - base] = payload[lo - a.offset:hi - a.offset]
+        dropped = []
         for k in range(last - first):
             o = int.from_bytes(old[4 * k:4 * k + 4], "little")
             n = int.from_bytes(new[4 * k:4 * k + 4], "little")
-            if o and o != n and o == vid:
-                try:
-                    await self.remove(proto.vid_to_data_oid(o, first + k))
-                except SdError as e:
-                    if e.code != CODES["NO_OBJ"]:
-                        log.warning("reclaiming %016x: %s", proto.vid_to_data_oid(o, first + k), e)
+            if o and o != n:
+                dropped.append((o, first + k))
+        await self.sheep.vdis.refs.release(dropped)
+
+    async def _check_header_write(self, a: proto.ObjArgs, payload: bytes) -> None:
+        """An inode header write may grow ``vdi_size`` but never shrink it."""
+        off = proto.INODE_VDI_SIZE_OFF
+        if not (a.offset <= off and a.offset + len(payload) >= off + 8):
+            return
+        new = int.from_bytes(payload[off - a.offset:off - a.offset + 8], "little")
+        vid = proto.oid_to_vid(a.oid)
+        cur = int.from_bytes(await self.read(a.oid, off, 8, a.copies), "little")
+        if new < cur:
+            raise error_for(CODES["INVALID_PARMS"],
+                            f"VDI {vid:#x}: shrinking from {cur} to {new} bytes is not supported")
+        st = self.sheep.vdis.state(vid)
+        if new > (1 << (st.block_size_shift if st else 22)) * proto.MAX_DATA_OBJS:
+            raise error_for(CODES["INVALID_PARMS"], f"VDI {vid:#x}: size {new} is too large")
+        if st is not None:
+            st.size = max(st.size, new)

@@ -150,6 +150,7 @@ class Group:
         self.epoch += 1
         self.store.write_epoch(self.epoch, proto.pack_nodes(self.nodes))
         log.info("epoch %d: %s", self.epoch, ", ".join(str(n) for n in self.nodes))
+        self.sheep.recovery.on_epoch(self.epoch - 1)
         self._notify_epoch()
 
     def _notify_epoch(self) -> None:
@@ -275,13 +276,19 @@ class Group:
     def on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
         info = json.loads(reply or b"{}")
         me = self.member is not None and joined.ident == self.member.ident
+        my_epoch = self.epoch  # what this node's own store knew before the join
         if me and not info.get("self"):
             self._adopt(info)
+            if self.status == OK and 0 < my_epoch < self.epoch:
+                self.sheep.recovery.demote_all(my_epoch)  # we missed writes meanwhile
         if info.get("adopt"):  # a restarting node brought a newer epoch history
             hist = info["adopt"]
+            newest = max(e for e, _, _ in hist)
+            if not me and self.epoch < newest:
+                self.sheep.recovery.demote_all(self.epoch)  # our data is older
             for e, nodes_hex, ts in hist:
                 self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
-            self.epoch = max(e for e, _, _ in hist)
+            self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
         self.sheep.vdis.merge(info.get("vdis", []))
@@ -358,6 +365,8 @@ class Group:
         if m["t"] == "block":
             self._blocks.append((m["id"], sender.ident))
             self._grant_next()
+        elif m["t"] == "recovered":
+            self.sheep.recovery.on_recovered(m["epoch"], m["node"])
         elif m["t"] == "unblock":
             if self._blocks and self._blocks[0][0] == m["id"]:
                 self._blocks.pop(0)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from sheep import group as G
-from sheep import peer, proto
+from sheep import peer, proto, vdi_copies
 from sheep.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.ops")
@@ -117,7 +117,7 @@ async def stat_sheep(sheep, req, payload):
 
 
 async def stat_recovery(sheep, req, payload):
-    return None, proto.RecoveryState().pack()
+    return None, sheep.recovery.state.pack()
 
 
 async def get_cluster_default(sheep, req, payload):
@@ -172,6 +172,8 @@ async def get_epoch(sheep, req, payload):
 
 async def get_obj_list(sheep, req, payload):
     oids = await sheep.io(sheep.store.list_oids)
+    if req.flags & proto.SD_FLAG_CMD_RECOVERY:  # recovery also wants the stale copies
+        oids = sorted(set(oids) | set(sheep.store.list_stale()))
     body = struct.pack(f"<{len(oids)}Q", *oids)
     if len(body) > req.data_length:
         return None, b"", CODES["BUFFER_SMALL"]
@@ -224,6 +226,7 @@ async def set_recovery(sheep, req, payload):
     if len(payload) != proto.RecoveryThrottling.SIZE:
         raise _err("INVALID_PARMS")
     sheep.recovery_throttle = proto.RecoveryThrottling.unpack(payload)
+    sheep.recovery.kick()
     return None, b""
 
 
@@ -255,6 +258,16 @@ async def get_vdi_attr(sheep, req, payload):
     return await sheep.group.cluster_op(lambda: sheep.vdis.attr_work(req, payload)), b""
 
 
+async def alter_cluster_copy(sheep, req, payload):
+    return await sheep.group.cluster_op(
+        lambda: vdi_copies.alter_cluster_copy_work(sheep, req.args)), b""
+
+
+async def alter_vdi_copy(sheep, req, payload):
+    return await sheep.group.cluster_op(
+        lambda: vdi_copies.alter_vdi_copy_work(sheep, req.args)), b""
+
+
 async def make_fs(sheep, req, payload):
     store = proto.cstr(payload) or "plain"
     if store != "plain":
@@ -263,7 +276,7 @@ async def make_fs(sheep, req, payload):
     if a.copy_policy:
         raise _err("INVALID_PARMS", "erasure coding is not supported")
     shift = a.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
-    if not 20 <= shift <= 31:
+    if not proto.SD_MIN_BLOCK_SIZE_SHIFT <= shift <= proto.SD_MAX_BLOCK_SIZE_SHIFT:
         raise _err("INVALID_PARMS", f"invalid block size shift {shift}")
     msg = {"op": "format", "ctime": a.ctime, "flags": a.flags,
            "copies": a.copies or proto.SD_DEFAULT_COPIES, "copy_policy": 0,
@@ -336,6 +349,7 @@ async def set_auto_recovery(sheep, req, payload):
 
 def _main_recovery(sheep, msg):
     sheep.group.disable_recovery = msg["disable"]
+    sheep.recovery.kick()
 
 
 def _main_force_recover(sheep, msg):
@@ -370,9 +384,16 @@ def _main_del_vdi(sheep, msg):
     return sheep.vdis.apply_del_vdi(msg)
 
 
+def _main_nothing(sheep, msg):
+    return None
+
+
 MAIN = {"force_recover": _main_force_recover, "recovery": _main_recovery, "weights": _main_weights,
         "format": _main_format, "shutdown": _main_shutdown, "new_vdi": _main_new_vdi,
-        "del_vdi": _main_del_vdi, "attr": _main_attr, "error": _main_error}
+        "del_vdi": _main_del_vdi, "attr": _main_attr, "error": _main_error,
+        "reclaim": _main_nothing,
+        "alter_cluster_copy": vdi_copies.apply_alter_cluster_copy,
+        "alter_vdi_copy": vdi_copies.apply_alter_vdi_copy}
 
 
 # ---------------------------------------------------------------------------
@@ -433,6 +454,8 @@ _TABLE = [
     (Op.REWEIGHT, "cluster", False, reweight),
     (Op.ENABLE_RECOVER, "cluster", False, set_auto_recovery),
     (Op.DISABLE_RECOVER, "cluster", False, set_auto_recovery),
+    (Op.ALTER_CLUSTER_COPY, "cluster", False, alter_cluster_copy),
+    (Op.ALTER_VDI_COPY, "cluster", False, alter_vdi_copy),
 ]
 
 OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h) for op, kind, force, h in _TABLE}

@@ -10,7 +10,7 @@ placement it has not seen yet.
 from __future__ import annotations
 
 from sheep import proto
-from sheep.errors import CODES, error_for
+from sheep.errors import CODES, SdError, error_for
 
 EPOCH_WAIT = 10.0
 
@@ -36,16 +36,54 @@ async def handle_create(sheep, req: proto.Request, payload: bytes):
     return None, b""
 
 
+async def on_local(sheep, oid: int, call, *args):
+    """Run a store call on ``oid``; if this node holds the object but lacks it
+    (not recovered yet), recover it first and try again (I/O during recovery)."""
+    try:
+        return await sheep.io(call, *args)
+    except SdError as e:
+        if e.code != CODES["NO_OBJ"] or not await sheep.recovery.recover_object(oid):
+            raise
+    return await sheep.io(call, *args)
+
+
 async def handle_read(sheep, req: proto.Request, payload: bytes):
     await _check_epoch(sheep, req)
     a = req.args
-    return None, await sheep.io(sheep.store.read, a.oid, a.offset, req.data_length)
+    if req.flags & proto.SD_FLAG_CMD_RECOVERY:
+        return _recovery_read(sheep, req)
+    return None, await on_local(sheep, a.oid, sheep.store.read, a.oid, a.offset, req.data_length)
+
+
+def _recovery_read(sheep, req: proto.Request):
+    """A read by another node's recovery: never triggers recovery here.
+
+    Without WILDCARD: the live copy only.  With WILDCARD and no buffer: a
+    probe answering the newest stale epoch held (``rsp.obj.offset``; LIVE for
+    a live copy only).  With WILDCARD and ``tgt_epoch``: that stale copy
+    (``tgt_epoch`` = LIVE: the live copy)."""
+    from sheep.recovery import LIVE
+
+    a, store = req.args, sheep.store
+    if not req.flags & proto.SD_FLAG_CMD_WILDCARD:
+        return None, store.read(a.oid, a.offset, req.data_length)
+    if req.data_length == 0:
+        eps = store.stale_epochs(a.oid)
+        if eps:
+            return proto.ObjRsp(offset=eps[0]), b""
+        if store.exists(a.oid):
+            return proto.ObjRsp(offset=LIVE), b""
+        raise error_for(CODES["NO_OBJ"])
+    if a.tgt_epoch == LIVE:
+        return None, store.read(a.oid, a.offset, req.data_length)
+    data = store.read_stale(a.oid, a.tgt_epoch)
+    return None, data[a.offset:a.offset + req.data_length]
 
 
 async def handle_write(sheep, req: proto.Request, payload: bytes):
     await _check_epoch(sheep, req)
     a = req.args
-    await sheep.io(sheep.store.write, a.oid, payload, a.offset)
+    await on_local(sheep, a.oid, sheep.store.write, a.oid, payload, a.offset)
     return None, b""
 
 

@@ -10,9 +10,13 @@ through the gateway and write inode/attribute objects, then return the main
 message that registers the result everywhere.
 
 Lookup follows §12.3 (default mode) exactly so that clients which compute
-name hashes themselves (dog, QEMU) agree with us.  Deletion goes beyond
-Sheepdog 1.0: the server releases the data objects a deleted VDI still owns
-and clears the inode's name, so a deleted name can always be created again.
+name hashes themselves (dog, QEMU) agree with us.  NEW_VDI creates, clones
+(§12.4) and snapshots/rebases (§12.5); beyond Sheepdog 1.0, the base of a
+clone or rebase must be a live snapshot, so a backing image is always
+read-only.  Deletion goes beyond 1.0 too: the server releases every data
+reference the deleted VDI still holds (reclaiming objects nobody else holds,
+see ``sheep.refcount``) and clears the inode's name, so a deleted name can
+always be created again.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import numpy as np
 
 from sheep import proto
 from sheep.errors import CODES, SdError, error_for
+from sheep.refcount import Refs
 
 log = logging.getLogger("sheep.vdi")
 
 NR = proto.SD_NR_VDIS
+SD_MAX_COPIES = 31
 
 
 @dataclass
@@ -41,6 +47,7 @@ class VdiState:
     deleted: bool = False
     parent: int = 0
     size: int = 0  # last known vdi_size (a lower bound: VDIs only grow)
+    replaced: int = 0  # the working VDI this one replaced by a snapshot (0: not known)
 
     def record(self) -> proto.VdiStateRecord:
         return proto.VdiStateRecord(
@@ -68,6 +75,7 @@ def _err(name: str, msg: str | None = None) -> SdError:
 class VdiTable:
     def __init__(self, sheep):
         self.sheep = sheep
+        self.refs = Refs(sheep)
         self.clear()
 
     # ------------------------------------------------------------------
@@ -102,6 +110,18 @@ class VdiTable:
 
     def state(self, vid: int) -> VdiState | None:
         return self.states.get(vid)
+
+    async def await_state(self, vid: int, timeout: float = 3.0) -> VdiState | None:
+        """The state of ``vid``; if unknown, wait up to ``timeout`` for it.
+
+        A cluster op is applied by its origin before it replies, and by the
+        other nodes a moment later: a request for a VDI created a
+        millisecond ago through another node must not see "no such VDI"."""
+        st = self.states.get(vid)
+        if st is None:
+            await self.sheep.group.wait_until(lambda: vid in self.states, timeout)
+            st = self.states.get(vid)
+        return st
 
     def copies_of(self, vid: int) -> int:
         st = self.states.get(vid)
@@ -184,16 +204,15 @@ class VdiTable:
                 raise _err("FULL_VDI")
         ranges = [(start, right)] if start < right else [(1, right), (start, NR)]
         seen_name = False
-        next_snap = 0
+        stopped: Lookup | None = None  # NO_VDI because the newest inode is a snapshot
         for lo, hi in ranges:
             for vid in range(hi - 1, lo - 1, -1):
                 if vid == 0 or not (self.test(self.inuse, vid) or self.test(self.deleted, vid)):
                     continue
-                try:
-                    ino = await self.read_header(vid)
-                except SdError as e:
-                    log.warning("lookup: cannot read inode of vid %#x: %s", vid, e)
-                    continue
+                # An inode we cannot read might be this name's: answering
+                # "not found" could let a duplicate name be created, so the
+                # error is returned instead (as Sheepdog 1.0 does).
+                ino = await self.read_header(vid)
                 if ino.name != name:
                     continue
                 if has_tag:
@@ -204,12 +223,17 @@ class VdiTable:
                         return Lookup(vid, 0, right)
                     seen_name = True
                 else:
-                    next_snap = ino.snap_id + 1
-                    if ino.is_snapshot:
-                        return Lookup(None, CODES["NO_VDI"], right, next_snap, vid)
-                    return Lookup(vid, 0, right, next_snap)
+                    if not ino.is_snapshot:
+                        return Lookup(vid, 0, right, ino.snap_id + 1)
+                    # the working VDI of this name was deleted; with a wrapped
+                    # scan the second range is still searched (§12.3 step 4)
+                    stopped = stopped or Lookup(None, CODES["NO_VDI"], right,
+                                                ino.snap_id + 1, vid)
+                    break
+        if stopped is not None:
+            return stopped
         code = CODES["NO_TAG"] if has_tag and seen_name else CODES["NO_VDI"]
-        return Lookup(None, code, right, next_snap)
+        return Lookup(None, code, right, 0)
 
     async def find(self, name: bytes, tag: bytes = b"", snapid: int = 0) -> int:
         """The vid for (name, tag/snapid) or raise NO_VDI / NO_TAG."""
@@ -219,78 +243,157 @@ class VdiTable:
         return r.vid
 
     # ------------------------------------------------------------------
-    # NEW_VDI (§12.4; snapshots and clones come with the VDI-lifecycle work)
+    # NEW_VDI (§12.4 create and clone, §12.5 snapshot and rebase)
+
+    def _live_state(self, vid: int, what: str) -> VdiState:
+        st = self.states.get(vid)
+        if st is None or not self.test(self.inuse, vid):
+            raise _err("NO_BASE_VDI", f"{what} {vid:#x} does not exist")
+        if st.deleted:
+            raise _err("NO_BASE_VDI", f"{what} {vid:#x} has been deleted")
+        return st
+
+    async def _read_index(self, vid: int, n: int) -> bytes:
+        if not n:
+            return b""
+        return await self.sheep.gateway.read(proto.vid_to_vdi_oid(vid), proto.SD_INODE_HEADER_SIZE,
+                                             4 * n, copies=self.copies_of(vid))
+
+    async def _write_inode(self, ino: proto.InodeHeader, index: bytes = b"") -> None:
+        """One create of the whole (sparse) inode object: header, then the index."""
+        await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
+                                                  ino.pack() + index, copies=ino.nr_copies)
+
+    async def _derive(self, name: bytes, vid: int, base: int, args: proto.VdiArgs,
+                      snap_id: int, copies: int, shift: int) -> proto.InodeHeader:
+        """Write inode ``vid`` derived from ``base`` (same objects, parent = base)."""
+        try:
+            bino = await self.read_header(base)
+        except SdError as e:
+            raise _err("BASE_VDI_READ", f"cannot read base VDI {base:#x}: {e.message}") from None
+        if bino.block_size_shift != shift:
+            raise _err("INVALID_PARMS", f"object size of base VDI {base:#x} differs "
+                                        f"(shift {bino.block_size_shift}, requested {shift})")
+        size = args.vdi_size or bino.vdi_size
+        n = min(bino.nr_objects, (size + (1 << shift) - 1) >> shift)
+        try:
+            index = await self._read_index(base, n)
+        except SdError as e:
+            raise _err("BASE_VDI_READ", f"cannot read base VDI {base:#x}: {e.message}") from None
+        ino = proto.InodeHeader(
+            name=proto.pad(name, 256), create_time=proto.sd_time(time.time()), vdi_size=size,
+            copy_policy=0, store_policy=0, nr_copies=copies, block_size_shift=shift,
+            snap_id=snap_id, vdi_id=vid, parent_vdi_id=base)
+        await self._write_inode(ino, index)
+        return ino
 
     async def new_vdi_work(self, name: bytes, args: proto.VdiArgs) -> dict:
         cfg = self.sheep.group.config
         if not name.strip(b"\0"):
             raise _err("INVALID_PARMS", "empty VDI name")
-        if args.snapid or args.base_vdi_id:
-            raise _err("NO_SUPPORT", "snapshots and clones are not supported yet")
         copies, policy = args.copies, args.copy_policy
         if not copies:
             copies, policy = cfg.copies, cfg.copy_policy
         if policy:
             raise _err("INVALID_PARMS", "erasure coding is not supported")
+        if not 1 <= copies <= SD_MAX_COPIES:
+            raise _err("INVALID_PARMS", f"invalid number of copies {copies}")
         shift = args.block_size_shift or cfg.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
-        if not 20 <= shift <= 31:
+        if not proto.SD_MIN_BLOCK_SIZE_SHIFT <= shift <= proto.SD_MAX_BLOCK_SIZE_SHIFT:
             raise _err("INVALID_PARMS", f"invalid block size shift {shift}")
         if args.store_policy:
             raise _err("INVALID_PARMS", "hyper volumes (store policy 1) are not supported")
         max_size = (1 << shift) * proto.MAX_DATA_OBJS
         if args.vdi_size > max_size:
             raise _err("INVALID_PARMS", f"VDI size {args.vdi_size} exceeds the maximum {max_size}")
+        if args.snapid:
+            return await self._snapshot_work(name, args)
         r = await self.lookup(name)
         if r.vid is not None:
-            raise _err("VDI_EXIST")
+            raise _err("VDI_EXIST", f"VDI {proto.cstr(name)} exists already")
         if r.code != CODES["NO_VDI"]:
             raise error_for(r.code)
-        vid = r.free
-        ino = proto.InodeHeader(
-            name=proto.pad(name, 256), create_time=proto.sd_time(time.time()),
-            vdi_size=args.vdi_size, copy_policy=policy, store_policy=0, nr_copies=copies,
-            block_size_shift=shift, snap_id=r.next_snap_id or 1, vdi_id=vid, parent_vdi_id=0)
-        await self.sheep.gateway.create_and_write(
-            proto.vid_to_vdi_oid(vid), 0, ino.pack(), copies=copies)
+        vid, snap_id = r.free, r.next_snap_id or 1
+        base = args.base_vdi_id
+        if base:  # clone (also rollback's re-create): only from a snapshot
+            st = self._live_state(base, "base VDI")
+            if not st.snapshot:
+                raise _err("INVALID_PARMS", f"VDI {base:#x} is not a snapshot: only snapshots "
+                                            f"can be cloned")
+            ino = await self._derive(name, vid, base, args, snap_id, copies, shift)
+        else:
+            ino = proto.InodeHeader(
+                name=proto.pad(name, 256), create_time=proto.sd_time(time.time()),
+                vdi_size=args.vdi_size, copy_policy=policy, store_policy=0, nr_copies=copies,
+                block_size_shift=shift, snap_id=snap_id, vdi_id=vid, parent_vdi_id=0)
+            await self._write_inode(ino)
         return {"op": "new_vdi", "vid": vid, "copies": copies, "policy": policy,
-                "shift": shift, "parent": 0, "size": args.vdi_size,
-                "old": r.deleted_working}
+                "shift": shift, "parent": base, "size": ino.vdi_size,
+                "old": base or r.deleted_working}
+
+    async def _snapshot_work(self, name: bytes, args: proto.VdiArgs) -> dict:
+        """§12.5: the working VDI W becomes a snapshot; a new working VDI N takes the name."""
+        r = await self.lookup(name)
+        if r.vid is None:
+            raise error_for(r.code, f"VDI {proto.cstr(name)} has no working VDI to snapshot")
+        w = r.vid
+        wst = self._live_state(w, "VDI")
+        wino = await self.read_header(w)
+        base = args.base_vdi_id or w
+        if base != w:  # rebase (QEMU's goto when the delete failed): base must be a snapshot
+            if not self._live_state(base, "base VDI").snapshot:
+                raise _err("INVALID_PARMS", f"VDI {base:#x} is not a snapshot: only snapshots "
+                                            f"can be used as a base")
+            if wst.replaced == base:
+                # W took the name by a snapshot of base: this request lost a snapshot
+                # race (it names the former working VDI); one snapshot wins, not two
+                raise _err("VDI_EXIST", f"VDI {base:#x} has been snapshotted already "
+                                        f"(the working VDI of {proto.cstr(name)} is now {w:#x})")
+        n = r.free
+        copies = wst.copies
+        sub = proto.VdiArgs(vdi_size=args.vdi_size or wino.vdi_size)
+        nino = await self._derive(name, n, base, sub, wino.snap_id + 1, copies,
+                                  wino.block_size_shift)
+        # N exists before W is marked: a failure here leaves W the working VDI
+        now = proto.sd_time(time.time())
+        try:
+            await self.sheep.gateway.write(proto.vid_to_vdi_oid(w), proto.INODE_SNAP_CTIME_OFF,
+                                           now.to_bytes(8, "little"), copies=copies)
+        except SdError as e:
+            raise _err("VDI_WRITE", f"cannot mark VDI {w:#x} as a snapshot: {e.message}") from None
+        return {"op": "new_vdi", "vid": n, "copies": copies, "policy": 0,
+                "shift": wino.block_size_shift, "parent": base, "size": nino.vdi_size,
+                "old": w, "replaced": w}
 
     def apply_new_vdi(self, msg: dict) -> proto.VdiRsp:
         vid = msg["vid"]
         self.set(self.inuse, vid)
         self.states[vid] = VdiState(vid, msg["copies"], msg["policy"], msg["shift"],
-                                    parent=msg["parent"], size=msg["size"])
-        if msg.get("old") and msg["old"] in self.states:
-            self.states[msg["old"]].snapshot = True
-        log.info("VDI %#x created (copies %d)", vid, msg["copies"])
+                                    parent=msg["parent"], size=msg["size"],
+                                    replaced=msg.get("replaced", 0))
+        old = msg.get("old")
+        if old and old in self.states:
+            self.states[old].snapshot = True
+        log.info("VDI %#x created (copies %d, parent %#x)", vid, msg["copies"], msg["parent"])
         return proto.VdiRsp(vdi_id=vid, copies=msg["copies"], block_size_shift=msg["shift"])
 
     # ------------------------------------------------------------------
-    # DEL_VDI (§12.6)
+    # DEL_VDI (§12.6, releasing what the VDI still references)
 
     async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int) -> dict:
-        gw = self.sheep.gateway
         vid = await self.find(name, tag, snapid)
         copies = self.copies_of(vid)
         ino = await self.read_header(vid)
         if ino.vdi_size == 0 and not ino.name.strip(b"\0"):
             return {"op": "del_vdi", "vid": vid}
-        n = ino.nr_objects
-        if n:
-            index = await gw.read(proto.vid_to_vdi_oid(vid), proto.SD_INODE_HEADER_SIZE, 4 * n,
-                                  copies=copies)
-            owned = [i for i in range(n)
-                     if int.from_bytes(index[4 * i:4 * i + 4], "little") == vid]
-            for i in owned:  # release what this VDI still owns (beyond 1.0's quirk)
-                try:
-                    await gw.remove(proto.vid_to_data_oid(vid, i), copies=copies)
-                except SdError as e:
-                    if e.code != CODES["NO_OBJ"]:
-                        raise
+        index = await self._read_index(vid, ino.nr_objects)
+        dropped = [(v, i) for i, v in enumerate(memoryview(index).cast("I")) if v]
         ino.name = bytes(256)
         ino.vdi_size = 0
-        await gw.create_and_write(proto.vid_to_vdi_oid(vid), 0, ino.pack(), copies=copies)
+        # rewriting the header alone recreates the inode with an all-zero index
+        await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(vid), 0, ino.pack(),
+                                                  copies=copies)
+        await self.refs.reclaim_locked(dropped)
         return {"op": "del_vdi", "vid": vid}
 
     def apply_del_vdi(self, msg: dict) -> proto.VdiRsp:

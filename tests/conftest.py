@@ -35,3 +35,17 @@ def wire():
 @pytest.fixture(scope="session")
 def data8k():
     return (DATA / "data8k.bin").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def zookeeper():
+    """A real standalone ZooKeeper server (tests/zkserver.py) for the session;
+    returns ``"127.0.0.1:PORT"``.  Fails (does not skip) when ZooKeeper is
+    not installed: scripts/setup.sh installs it."""
+    from zkserver import ZooKeeperServer
+
+    server = ZooKeeperServer().start()
+    try:
+        yield server.address
+    finally:
+        server.stop()

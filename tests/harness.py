@@ -132,7 +132,7 @@ class Node:
         return os.path.join(self.cluster.root, f"sheep{self.idx}.pid")
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", "sheep", "-c", f"local:{self.cluster.cdir}",
+        return [sys.executable, "-m", "sheep", "-c", self.cluster.driver_spec,
                 "-p", str(self.port), "-z", str(self.zone), "-P", self.pidfile,
                 *self.extra, self.store]
 
@@ -156,11 +156,14 @@ class Node:
             return False
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig``; for SIGKILL, return once the process is really gone."""
         if self.pid is not None:
             try:
                 os.kill(self.pid, sig)
             except ProcessLookupError:
                 pass
+            if sig == signal.SIGKILL:
+                wait_for(lambda: not self.alive(), 10, what=f"sheep {self.idx} to die")
 
     def client(self) -> Client:
         return Client(self.port)
@@ -180,9 +183,12 @@ class Node:
 class Cluster:
     """``n`` sheep daemons in zones 0..n-1 sharing one private local cluster."""
 
-    def __init__(self, root: str, n: int = 3, nosync: bool = True, extra: list[str] | None = None):
+    def __init__(self, root: str, n: int = 3, nosync: bool = True, extra: list[str] | None = None,
+                 driver_spec: str | None = None):
         self.root = str(root)
         self.cdir = os.path.join(self.root, "cluster")
+        # the sheep -c value; default a private local cluster under root
+        self.driver_spec = driver_spec or f"local:{self.cdir}"
         self.nodes: list[Node] = []
         self.extra = (["-n"] if nosync else []) + (extra or [])
         # ascending ports, so node order (address, port) matches index and zone order
@@ -235,4 +241,5 @@ class Cluster:
         for n in self.nodes:
             if n.pid is not None:
                 wait_for(lambda: not n.alive(), 10, what=f"sheep {n.idx} to die")
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not os.environ.get("SHEEP_KEEP_TEST_DIRS"):  # set it to look at logs afterwards
+            shutil.rmtree(self.root, ignore_errors=True)

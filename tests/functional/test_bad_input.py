@@ -352,8 +352,9 @@ def test_new_vdi_bad_payload_and_snapshot(env):
             rsp = call(s, hdr(proto.Op.NEW_VDI, vdi_union(OBJ), flags, len(payload), i)
                        + payload)
             assert rsp.result == INVALID_PARMS and rsp.id == i, (len(payload), rsp)
-        # snapshot requests (snapid != 0) are not implemented: an error, never success
-        rsp = call(s, hdr(proto.Op.NEW_VDI, vdi_union(8 * OBJ, env.vid, snapid=1),
+        # a snapshot request rebasing onto a vid that does not exist, or a snapshot
+        # of a name that does not exist: an error, never success
+        rsp = call(s, hdr(proto.Op.NEW_VDI, vdi_union(8 * OBJ, 0xABCDEF, snapid=1),
                           proto.SD_FLAG_CMD_WRITE, 256, 20) + name_payload("baseline"))
         assert rsp.result != SUCCESS and rsp.id == 20, rsp
         assert rsp.result in set(proto_codes()), rsp

@@ -12,11 +12,14 @@ from harness import cli_sections
 
 pytestmark = pytest.mark.cluster
 
-# the steps of the session that the foundation supports, in capture order
-STEPS = ["cluster_format_nolock", "node_list", "node_list_raw", "node_info", "cluster_info",
-         "cluster_info_raw", "vdi_create", "vdi_create_prealloc", "vdi_create_copies",
-         "vdi_list", "vdi_list_raw", "vdi_write", "vdi_read", "vdi_setattr", "vdi_getattr",
-         "vdi_object_map", "vdi_lock_list", "node_recovery"]
+# the whole session in capture order, except the steps of other issues:
+# vdi_track, vdi_check, cluster_check (recovery and checks) and the locked
+# cluster after the shutdown (VDI locks)
+OTHER_ISSUES = {"vdi_track", "vdi_check", "cluster_check", "cluster_shutdown",
+                "cluster_format_lock", "vdi_create_l", "vdi_lock_list_empty", "vdi_delete_l",
+                "cluster_shutdown_l"}
+STEPS = [label for label in cli_sections() if label not in OTHER_ISSUES]
+STDIN = {"vdi_setattr": b"myvalue", "vdi_write_clone": b"hello clone"}
 
 _DATE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)?|\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d \d{4}")
 _SIZE = re.compile(r"\b\d+(\.\d+)? [KMGT]B\b")
@@ -35,6 +38,12 @@ def normalize(text: str, ports: list[int]) -> str:
     return text
 
 
+def _sort_last_line(text: str) -> str:
+    lines = text.rstrip("\n").split("\n")
+    lines[-1] = " ".join(sorted(lines[-1].split()))
+    return "\n".join(lines) + "\n"
+
+
 def collie(port, argv, stdin=None):
     return subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
                           input=stdin, capture_output=True, timeout=120)
@@ -47,21 +56,31 @@ def test_dog_session_replayed_with_collie(make_cluster, data8k):
     sections = cli_sections()
     for label in STEPS:
         sec = sections[label]
-        stdin = data8k if label == "vdi_write" else (b"myvalue" if label == "vdi_setattr" else None)
+        stdin = data8k if label == "vdi_write" else STDIN.get(label)
         r = collie(ports[0], sec["cmd"], stdin)
         assert r.returncode == sec["exit"], (label, r.stderr)
         if label == "vdi_read":
             assert r.stdout == data8k
             continue
+        if label == "vdi_read_clone":
+            assert r.stdout == b"hello clone".ljust(16, b"\0")
+            continue
         got = normalize(r.stdout.decode(), ports)
         want = normalize(sec["out"], ports)
+        if label == "vdi_object_location" and ports != [7200, 7201, 7202]:
+            # placement order hashes the ports: compare the holder set only
+            got, want = (_sort_last_line(t) for t in (got, want))
         if label == "vdi_getattr":
             want = want.rstrip("\n")
         assert got == want, f"{label}:\n--- got\n{got}\n--- want\n{want}"
-    # the same data through every node as gateway
+    # the same data through every node as gateway (test is the rollback to snap1)
     for p in ports:
         r = collie(p, ["vdi", "read", "test", "4190208", "8192"])
         assert r.returncode == 0 and r.stdout == data8k
+    # the same VDI ids as the capture, for every VDI still alive
+    r = collie(ports[1], ["vdi", "list", "-r"])
+    assert [ln.split()[7] for ln in r.stdout.decode().splitlines()] == \
+        ["7c2b27", "7c9709", "a1edc6"]
 
 
 def test_collie_errors_are_clear(make_cluster):

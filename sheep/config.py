@@ -40,6 +40,8 @@ class Config:
     vnodes: int | None = None  # -V: fixed vnode count (None = automatic)
     pidfile: str | None = None
     nbd: tuple[str, int] | None = None
+    recovery_max: int = 0  # 0: default concurrency
+    recovery_interval: int = 0  # ms between recovered objects
     unsupported: list[str] = field(default_factory=list)
 
     @property
@@ -80,8 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-P", "--pidfile", default=None, help="write the daemon's pid here")
     p.add_argument("--nbd", nargs="?", const=str(DEFAULT_NBD_PORT), default=None,
                    metavar="[HOST:]PORT", help="also export VDIs over NBD (default port 10809)")
-    for opt, long in (("-j", "--journal"), ("-D", "--directio"), ("-w", "--cache"),
-                      ("-R", "--recovery")):
+    p.add_argument("-R", "--recovery", default=None, metavar="max=N,interval=MS",
+                   help="recovery throttle: at most N objects recovered at once (default 8), "
+                        "and a pause of MS milliseconds after each")
+    for opt, long in (("-j", "--journal"), ("-D", "--directio"), ("-w", "--cache")):
         p.add_argument(opt, long, dest=long[2:], default=None, nargs="?", const="",
                        help=f"accepted for Sheepdog 1.0 compatibility ({long[2:]}); "
                             "not implemented yet, ignored with a log line")
@@ -156,7 +160,16 @@ def parse(argv: list[str]) -> Config:
         host, _, port = ns.nbd.rpartition(":")
         cfg.nbd = (_addr(host, "NBD address") if host else "127.0.0.1",
                    _int(port, "NBD port number", 1, 65535))
-    for name in ("journal", "directio", "cache", "recovery"):
+    if ns.recovery is not None:
+        for item in ns.recovery.split(","):
+            key, _, val = item.partition("=")
+            if key == "max":
+                cfg.recovery_max = _int(val, "recovery max", 1, 4096)
+            elif key == "interval":
+                cfg.recovery_interval = _int(val, "recovery interval", 0, 3_600_000)
+            else:
+                raise ConfigError(f"Invalid recovery option '{item}' (use max=N,interval=MS)")
+    for name in ("journal", "directio", "cache"):
         if getattr(ns, name) is not None:
             cfg.unsupported.append(name)
     return cfg

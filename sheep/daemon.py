@@ -13,6 +13,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 from sheep import __version__, ops, proto
+from sheep.errors import SdError
 from sheep.gateway import Gateway
 from sheep.group import Group
 from sheep.recovery import Recovery
@@ -33,7 +34,9 @@ class Sheep:
         self.cfg = cfg
         self.store = PlainStore(cfg.base_dir, cfg.stores[1:], nosync=cfg.nosync)
         self.connections: set = set()
-        self.recovery_throttle = proto.RecoveryThrottling()
+        self.recovery_throttle = proto.RecoveryThrottling(
+            max_exec_count=cfg.recovery_max, queue_work_interval=cfg.recovery_interval,
+            throttling=bool(cfg.recovery_max or cfg.recovery_interval))
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sheep-io")
         self._exit: asyncio.Event | None = None
         self.exit_code = 0
@@ -44,10 +47,26 @@ class Sheep:
 
     async def io(self, fn, *args):
         """Run a blocking store call.  With ``-n`` (no sync) store calls only touch
-        the page cache and run inline; otherwise they run on the I/O threads."""
-        if self.cfg.nosync:
-            return fn(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        the page cache and run inline; otherwise they run on the I/O threads.
+        A failing disk (not a damaged object) takes the node out of the cluster,
+        so that its objects are recovered elsewhere."""
+        try:
+            if self.cfg.nosync:
+                return fn(*args)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except SdError as e:
+            if getattr(e, "disk_failure", False):
+                self.group._fatal(f"disk failure: {e.message}")
+            raise
+
+    async def _watch_store(self) -> None:
+        """Leave the cluster if the store vanishes (checked every second)."""
+        while True:
+            await asyncio.sleep(1.0)
+            why = self.store.healthy()
+            if why:
+                self.group._fatal(why)
+                return
 
     def apply_main(self, msg: dict):
         return ops.apply_main(self, msg)
@@ -115,7 +134,9 @@ class Sheep:
                  "store %s%s", __version__, self.me, self.me.zone, self.me.nr_vnodes,
                  cfg.cluster, ",".join(cfg.stores), " (nosync)" if cfg.nosync else "")
         ready(None)
+        watcher = asyncio.ensure_future(self._watch_store())
         await self._exit.wait()
+        watcher.cancel()
         log.info("exiting")
         self.recovery.stop()
         for s in servers:

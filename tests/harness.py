@@ -184,8 +184,10 @@ class Cluster:
     """``n`` sheep daemons in zones 0..n-1 sharing one private local cluster."""
 
     def __init__(self, root: str, n: int = 3, nosync: bool = True, extra: list[str] | None = None,
-                 driver_spec: str | None = None):
+                 driver_spec: str | None = None, store_root: str | None = None):
         self.root = str(root)
+        self.store_root = store_root or self.root  # where the stores go (e.g. a small fs)
+        os.makedirs(self.root, exist_ok=True)
         self.cdir = os.path.join(self.root, "cluster")
         # the sheep -c value; default a private local cluster under root
         self.driver_spec = driver_spec or f"local:{self.cdir}"
@@ -198,7 +200,7 @@ class Cluster:
     def add_node(self, start: bool = True, zone: int | None = None,
                  port: int | None = None) -> Node:
         idx = len(self.nodes)
-        node = Node(self, idx, port or free_port(), os.path.join(self.root, f"store{idx}"),
+        node = Node(self, idx, port or free_port(), os.path.join(self.store_root, f"store{idx}"),
                     idx if zone is None else zone, list(self.extra))
         self.nodes.append(node)
         if start:
@@ -243,3 +245,27 @@ class Cluster:
                 wait_for(lambda: not n.alive(), 10, what=f"sheep {n.idx} to die")
         if not os.environ.get("SHEEP_KEEP_TEST_DIRS"):  # set it to look at logs afterwards
             shutil.rmtree(self.root, ignore_errors=True)
+            if self.store_root != self.root:
+                for n in self.nodes:
+                    shutil.rmtree(n.store, ignore_errors=True)
+
+
+def vdi_oids(vid: int, size: int, shift: int = proto.SD_DEFAULT_BLOCK_SIZE_SHIFT) -> list[int]:
+    """The inode oid and every data oid of a fully written VDI."""
+    return [proto.vid_to_vdi_oid(vid)] + [proto.vid_to_data_oid(vid, i)
+                                          for i in range(-(-size >> shift))]
+
+
+def placement_ok(c: Cluster, oids, copies: int = 3) -> bool:
+    """Every object is on exactly the nodes the current ring names, and no
+    live node is still recovering."""
+    from sheep.ring import Ring
+
+    live = c.live()
+    ring = Ring(live[0].client().nodes())
+    for oid in oids:
+        want = {n.port for n in ring.replicas(oid, copies)}
+        have = {n.port for n in live if os.path.exists(os.path.join(n.obj_dir, "%016x" % oid))}
+        if have != want:
+            return False
+    return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0 for n in live)

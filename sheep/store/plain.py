@@ -111,11 +111,19 @@ def _err(name: str, msg: str):
     return error_for(CODES[name], msg)
 
 
+# errors that mean the disk (not one object) is failing or gone
+_DISK_FAILURE = {errno.EIO, errno.EROFS, errno.ENODEV, errno.ENXIO, errno.ENOTDIR,
+                 errno.ESTALE}
+
+
 def _oserror(exc: OSError, what: str):
-    """Map an OSError to NO_SPACE (disk full) or EIO."""
+    """Map an OSError to NO_SPACE (disk full) or EIO.  An EIO caused by the
+    device (not by a checksum mismatch) carries ``disk_failure = True``."""
     if exc.errno in _NO_SPACE:
         return _err("NO_SPACE", f"{what}: {exc.strerror}")
-    return _err("EIO", f"{what}: {exc}")
+    err = _err("EIO", f"{what}: {exc}")
+    err.disk_failure = exc.errno in _DISK_FAILURE
+    return err
 
 
 def _nblocks(size: int) -> int:
@@ -786,6 +794,13 @@ class PlainStore(Store):
                 raise _oserror(e, f"cannot verify object {name}") from e
             finally:
                 os.close(fd)
+
+    def healthy(self) -> str | None:
+        """None if every object directory is still there; else what is wrong."""
+        for d in self.obj_dirs:
+            if not os.path.isdir(d):
+                return f"object directory {d} has vanished"
+        return None
 
     def capacity(self) -> int:
         """Total size of the distinct filesystems holding object dirs."""

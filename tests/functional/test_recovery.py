@@ -9,7 +9,7 @@ import threading
 import pytest
 
 import qemu_client
-from harness import wait_for
+from harness import placement_ok, vdi_oids, wait_for
 from sheep import proto
 from sheep.ring import Ring
 
@@ -18,28 +18,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.recovery]
 MiB = 1 << 20
 
 
-def _placement_ok(c, oids, copies=3):
-    """Every object is on exactly the nodes the current ring names."""
-    live = c.live()
-    nodes = live[0].client().nodes()
-    ring = Ring(nodes)
-    by_port = {n.port: n for n in live}
-    for oid in oids:
-        want = {n.port for n in ring.replicas(oid, copies)}
-        have = {n.port for n in live if os.path.exists(os.path.join(n.obj_dir, "%016x" % oid))}
-        if have != want:
-            return False
-    return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0
-               for n in by_port.values())
-
-
-def _oids(vid, size):
-    return [proto.vid_to_vdi_oid(vid)] + [proto.vid_to_data_oid(vid, i)
-                                          for i in range(size // proto.SD_DATA_OBJ_SIZE)]
-
-
 def _check_all(c, vid, size, blob):
-    wait_for(lambda: _placement_ok(c, _oids(vid, size)), 60, what="replicas where the ring says")
+    wait_for(lambda: placement_ok(c, vdi_oids(vid, size)), 60, what="replicas where the ring says")
     for n in c.live():
         with qemu_client.open("data", port=n.port) as v:
             assert v.pread(0, size) == blob, f"data differs through {n.port}"
@@ -127,7 +107,7 @@ def _collie(port, *argv):
 def test_manual_recovery(make_cluster):
     c = make_cluster(3)
     c.format(copies=2)
-    size = 16 * MiB
+    size = 64 * MiB  # 17 objects: the new node surely holds some of them
     vid = c.nodes[0].client().new_vdi("data", size, copies=2)
     blob = os.urandom(size)
     with qemu_client.open("data", port=c.nodes[0].port) as v:
@@ -137,9 +117,9 @@ def test_manual_recovery(make_cluster):
     c.wait_members(4)
     # no background recovery: the new node receives nothing
     ring = Ring(c.nodes[0].client().nodes())
-    assert any(new.port in {n.port for n in ring.replicas(o, 2)} for o in _oids(vid, size))
+    assert any(new.port in {n.port for n in ring.replicas(o, 2)} for o in vdi_oids(vid, size))
     assert not [f for f in os.listdir(new.obj_dir) if not f.startswith(".")]
     assert _collie(c.nodes[0].port, "cluster", "recover", "enable").returncode == 0
-    wait_for(lambda: _placement_ok(c, _oids(vid, size), copies=2), 60, what="recovery after enable")
+    wait_for(lambda: placement_ok(c, vdi_oids(vid, size), copies=2), 60, what="recovery after enable")
     with qemu_client.open("data", port=new.port) as v:
         assert v.pread(0, size) == blob

@@ -126,6 +126,7 @@ class Node:
         self.cluster, self.idx, self.port, self.store, self.zone = cluster, idx, port, store, zone
         self.extra = extra
         self.pid: int | None = None
+        self.nbd_port: int | None = None  # with Cluster(nbd=True): its --nbd port
 
     @property
     def pidfile(self) -> str:
@@ -184,8 +185,10 @@ class Cluster:
     """``n`` sheep daemons in zones 0..n-1 sharing one private local cluster."""
 
     def __init__(self, root: str, n: int = 3, nosync: bool = True, extra: list[str] | None = None,
-                 driver_spec: str | None = None, store_root: str | None = None):
+                 driver_spec: str | None = None, store_root: str | None = None,
+                 nbd: bool = False):
         self.root = str(root)
+        self.nbd = nbd  # give every node --nbd 127.0.0.1:PORT (a free port >= 10809)
         self.store_root = store_root or self.root  # where the stores go (e.g. a small fs)
         os.makedirs(self.root, exist_ok=True)
         self.cdir = os.path.join(self.root, "cluster")
@@ -200,8 +203,13 @@ class Cluster:
     def add_node(self, start: bool = True, zone: int | None = None,
                  port: int | None = None) -> Node:
         idx = len(self.nodes)
+        extra = list(self.extra)
+        nbd_port = free_port(10809, 11808) if self.nbd else None
+        if nbd_port:
+            extra += ["--nbd", f"127.0.0.1:{nbd_port}"]
         node = Node(self, idx, port or free_port(), os.path.join(self.store_root, f"store{idx}"),
-                    idx if zone is None else zone, list(self.extra))
+                    idx if zone is None else zone, extra)
+        node.nbd_port = nbd_port
         self.nodes.append(node)
         if start:
             node.start()
@@ -269,3 +277,29 @@ def placement_ok(c: Cluster, oids, copies: int = 3) -> bool:
         if have != want:
             return False
     return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0 for n in live)
+
+
+def write_vdi(client, vid, offset, data):
+    """Write like dog does: create each object, then record it in the inode."""
+    obj = proto.SD_DATA_OBJ_SIZE
+    pos = 0
+    while pos < len(data):
+        idx, o = divmod(offset + pos, obj)
+        n = min(len(data) - pos, obj - o)
+        client.call(proto.Op.CREATE_AND_WRITE_OBJ,
+                    proto.ObjArgs(oid=proto.vid_to_data_oid(vid, idx), offset=o), data[pos:pos + n])
+        client.call(proto.Op.WRITE_OBJ, proto.ObjArgs(oid=proto.vid_to_vdi_oid(vid),
+                                                      offset=proto.data_vdi_id_offset(idx)),
+                    vid.to_bytes(4, "little"))
+        pos += n
+
+
+def read_vdi(client, vid, offset, length):
+    """Read a byte range of a VDI object by object (allocated objects only)."""
+    obj = proto.SD_DATA_OBJ_SIZE
+    out = b""
+    while len(out) < length:
+        idx, o = divmod(offset + len(out), obj)
+        n = min(length - len(out), obj - o)
+        out += client.read_obj(proto.vid_to_data_oid(vid, idx), o, n)
+    return out

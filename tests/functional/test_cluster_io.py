@@ -6,37 +6,12 @@ import signal
 
 import pytest
 
-from harness import wait_for
+from harness import read_vdi, wait_for, write_vdi
 from sheep import proto
 
 pytestmark = pytest.mark.cluster
 
 OFF = 4190208  # 8 KiB crossing the boundary between objects 0 and 1
-
-
-def _write_vdi(client, vid, offset, data):
-    """Write like dog does: create each object, then record it in the inode."""
-    obj = proto.SD_DATA_OBJ_SIZE
-    pos = 0
-    while pos < len(data):
-        idx, o = divmod(offset + pos, obj)
-        n = min(len(data) - pos, obj - o)
-        client.call(proto.Op.CREATE_AND_WRITE_OBJ,
-                    proto.ObjArgs(oid=proto.vid_to_data_oid(vid, idx), offset=o), data[pos:pos + n])
-        client.call(proto.Op.WRITE_OBJ, proto.ObjArgs(oid=proto.vid_to_vdi_oid(vid),
-                                                      offset=proto.data_vdi_id_offset(idx)),
-                    vid.to_bytes(4, "little"))
-        pos += n
-
-
-def _read_vdi(client, vid, offset, length):
-    obj = proto.SD_DATA_OBJ_SIZE
-    out = b""
-    while len(out) < length:
-        idx, o = divmod(offset + len(out), obj)
-        n = min(length - len(out), obj - o)
-        out += client.read_obj(proto.vid_to_data_oid(vid, idx), o, n)
-    return out
 
 
 def test_three_nodes_copies_three(make_cluster, data8k):
@@ -45,9 +20,9 @@ def test_three_nodes_copies_three(make_cluster, data8k):
     cl = c.nodes[0].client()
     vid = cl.new_vdi("test", 100 * 1024 * 1024)
     assert vid == 0x7C2B25
-    _write_vdi(cl, vid, OFF, data8k)
+    write_vdi(cl, vid, OFF, data8k)
     for n in c.nodes:
-        assert _read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
+        assert read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
     names = {"007c2b2500000000", "007c2b2500000001", "807c2b2500000000"}
     for n in c.nodes:
         assert names <= set(os.listdir(n.obj_dir)), n.obj_dir
@@ -55,7 +30,7 @@ def test_three_nodes_copies_three(make_cluster, data8k):
     victim.kill(signal.SIGKILL)
     c.wait_members(2)
     for n in c.nodes[:2]:
-        assert _read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
+        assert read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
         info = n.client().cluster_info()
         assert info.epoch == 2 and info.nr_nodes == 2
 
@@ -65,9 +40,9 @@ def test_single_node_copies_one(make_cluster, data8k):
     c.format(copies=1)
     cl = c.nodes[0].client()
     vid = cl.new_vdi("solo", 16 * 1024 * 1024)
-    _write_vdi(cl, vid, OFF, data8k)
-    assert _read_vdi(cl, vid, OFF, len(data8k)) == data8k
-    assert _read_vdi(cl, vid, 0, 4096) == bytes(4096)  # never written → zeros
+    write_vdi(cl, vid, OFF, data8k)
+    assert read_vdi(cl, vid, OFF, len(data8k)) == data8k
+    assert read_vdi(cl, vid, 0, 4096) == bytes(4096)  # never written → zeros
 
 
 def test_epoch_history_and_shutdown_restart(make_cluster, data8k):
@@ -79,7 +54,7 @@ def test_epoch_history_and_shutdown_restart(make_cluster, data8k):
     c.format(copies=3)
     cl = c.nodes[0].client()
     vid = cl.new_vdi("keep", 8 * 1024 * 1024)
-    _write_vdi(cl, vid, OFF, data8k)
+    write_vdi(cl, vid, OFF, data8k)
     c.nodes[2].kill(signal.SIGKILL)
     c.wait_members(2)
     out = subprocess.run([sys.executable, "-m", "collie", "cluster", "info", "-p", str(c.nodes[0].port)],
@@ -100,4 +75,4 @@ def test_epoch_history_and_shutdown_restart(make_cluster, data8k):
              what="restarted cluster running")
     info = c.nodes[1].client().cluster_info()
     assert info.epoch == 2 and info.nr_nodes == 2
-    assert _read_vdi(c.nodes[1].client(), vid, OFF, len(data8k)) == data8k
+    assert read_vdi(c.nodes[1].client(), vid, OFF, len(data8k)) == data8k

@@ -10,37 +10,12 @@ import uuid
 
 import pytest
 
-from sheep import proto
+from harness import read_vdi, write_vdi
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 OFF = 4190208  # 8 KiB crossing the boundary between objects 0 and 1
 SESSION_TIMEOUT = 2
-
-
-def _write_vdi(client, vid, offset, data):
-    """Write like dog does: create each object, then record it in the inode."""
-    obj = proto.SD_DATA_OBJ_SIZE
-    pos = 0
-    while pos < len(data):
-        idx, o = divmod(offset + pos, obj)
-        n = min(len(data) - pos, obj - o)
-        client.call(proto.Op.CREATE_AND_WRITE_OBJ,
-                    proto.ObjArgs(oid=proto.vid_to_data_oid(vid, idx), offset=o), data[pos:pos + n])
-        client.call(proto.Op.WRITE_OBJ, proto.ObjArgs(oid=proto.vid_to_vdi_oid(vid),
-                                                      offset=proto.data_vdi_id_offset(idx)),
-                    vid.to_bytes(4, "little"))
-        pos += n
-
-
-def _read_vdi(client, vid, offset, length):
-    obj = proto.SD_DATA_OBJ_SIZE
-    out = b""
-    while len(out) < length:
-        idx, o = divmod(offset + len(out), obj)
-        n = min(length - len(out), obj - o)
-        out += client.read_obj(proto.vid_to_data_oid(vid, idx), o, n)
-    return out
 
 
 def test_three_nodes_on_zookeeper(make_cluster, zookeeper, data8k):
@@ -58,12 +33,12 @@ def test_three_nodes_on_zookeeper(make_cluster, zookeeper, data8k):
         zk.close()
     cl = c.nodes[0].client()
     vid = cl.new_vdi("test", 100 * 1024 * 1024)
-    _write_vdi(cl, vid, OFF, data8k)
+    write_vdi(cl, vid, OFF, data8k)
     for n in c.nodes:
-        assert _read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
+        assert read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
     c.nodes[2].kill(signal.SIGKILL)
     c.wait_members(2, timeout=SESSION_TIMEOUT + 8)
     for n in c.nodes[:2]:
-        assert _read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
+        assert read_vdi(n.client(), vid, OFF, len(data8k)) == data8k
         info = n.client().cluster_info()
         assert info.epoch == 2 and info.nr_nodes == 2

@@ -159,6 +159,7 @@ class ClusterDriver(abc.ABC):
 #: (pyzmq, kazoo) are only needed by whoever uses that driver.
 DRIVERS: dict[str, str] = {
     "local": "sheep.cluster.local:LocalDriver",
+    "zmq": "sheep.cluster.zmq:ZmqDriver",
     "zookeeper": "sheep.cluster.zookeeper:ZookeeperDriver",
 }
 

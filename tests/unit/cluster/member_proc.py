@@ -4,7 +4,11 @@
 
 Joins the cluster SPEC (e.g. ``local:/tmp/x``) as IDENT and prints every
 event as one JSON line on stdout.  Commands on stdin, one per line:
-``notify N`` (send N notifies "IDENT#i" back to back), ``leave``, ``close``.
+``notify N [PREFIX]`` (send N notifies "PREFIX#i" back to back; PREFIX
+defaults to IDENT; a notify that raises RuntimeError is reported as
+``notify_failed``), ``leave``, ``close``.  SPEC may name any driver
+(``local:/tmp/x``, ``zmq:127.0.0.1:7100,...``); ``on_quorum`` calls are
+printed as ``{"ev": "quorum", "ok": ...}``.
 Exits on stdin EOF (closing the driver).  The check_join it implements
 rejects a joiner whose opaque is b"reject".
 """
@@ -50,6 +54,9 @@ class Events:
         view([sender])
         emit(ev="notify", frm=sender.ident, msg=msg.decode())
 
+    def on_quorum(self, has_quorum):
+        emit(ev="quorum", ok=has_quorum)
+
 
 async def main() -> int:
     spec, ident = sys.argv[1], sys.argv[2]
@@ -65,10 +72,16 @@ async def main() -> int:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := (await reader.readline()).decode().split():
-        if line[0] == "notify":
+        if line[0] == "notify":   # notify N [PREFIX]: messages "PREFIX#i" (default IDENT#i)
+            prefix = line[2] if len(line) > 2 else ident
+            sent = 0
             for i in range(int(line[1])):
-                await driver.notify(f"{ident}#{i}".encode())
-            emit(ev="notified", count=int(line[1]))
+                try:
+                    await driver.notify(f"{prefix}#{i}".encode())
+                    sent += 1
+                except RuntimeError as e:   # not a member (e.g. cut off in a minority)
+                    emit(ev="notify_failed", msg=f"{prefix}#{i}", error=str(e))
+            emit(ev="notified", count=sent)
         elif line[0] == "leave":
             await driver.leave()
             emit(ev="left")

@@ -75,6 +75,17 @@ def redundancy(copies: int, policy: int) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _use_lock(args) -> bool:
+    """collie locks by default (``--no-lock`` turns it off); dog, as Sheepdog 1.0,
+    only with ``-l``."""
+    if getattr(args, "no_lock", False):
+        return False
+    if args.lock:
+        return True
+    from collie.__main__ import prog_name
+    return prog_name() != "dog"
+
+
 def cluster_format(args, client: Client, out: Out) -> int:
     copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
     shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0
@@ -111,7 +122,7 @@ def cluster_format(args, client: Client, out: Out) -> int:
         flags |= proto.SD_CLUSTER_FLAG_STRICT
     if not args.fixed_vnodes:
         flags |= proto.SD_CLUSTER_FLAG_AUTO_VNODES
-    if args.lock:
+    if _use_lock(args):
         flags |= proto.SD_CLUSTER_FLAG_USE_LOCK
     if args.recycle_vid:
         flags |= proto.SD_CLUSTER_FLAG_RECYCLE_VID
@@ -273,7 +284,11 @@ def register(reg) -> None:
     p.add_argument("-f", "--force", action="store_true",
                    help="do not prompt for confirmation")
     p.add_argument("-l", "--lock", action="store_true",
-                   help="enforce VDI locking (SD_CLUSTER_FLAG_USE_LOCK)")
+                   help="enforce VDI locking (SD_CLUSTER_FLAG_USE_LOCK); collie does "
+                        "by default, dog only with -l")
+    p.add_argument("--no-lock", dest="no_lock", action="store_true",
+                   help="do not enforce VDI locking (LOCK_VDI/RELEASE_VDI behave as in "
+                        "a Sheepdog 1.0 cluster formatted without -l)")
     p.add_argument("-t", "--strict", action="store_true",
                    help="do not serve write request if number of nodes is not "
                         "sufficient")
@@ -300,3 +315,5 @@ def register(reg) -> None:
             subparsers=sub)
     from collie import vdi_backup
     vdi_backup.register_cluster(reg, sub)
+    from collie import vdi_check
+    vdi_check.register_cluster(reg, sub)

@@ -117,13 +117,24 @@ def _recovery_progress(client: Client, out: Out) -> int:
 
 def node_recovery(args, client: Client, out: Out) -> int:
     nodes = client.update_node_list()
+    action = args.action or "info"
+    if action == "set-throttle":
+        return node_recovery_set(args, client, out)
+    if action == "get-throttle":
+        return node_recovery_get(args, client, out)
+    if args.values:
+        raise CollieError(f"unexpected argument: {args.values[0]}", code=EXIT_USAGE)
     if args.progress:
         return _recovery_progress(client, out)
     if not out.raw:
         out.line("Nodes In Recovery:")
         out.line("  Id   Host:Port         V-Nodes       Zone       Progress")
     for i, n in enumerate(nodes):
-        st = _recovery_state(client, n)
+        req = Request(Op.STAT_RECOVERY, data_length=proto.RecoveryState.SIZE)
+        rsp, data = client.node_exec(n, req)
+        if rsp.result != 0:
+            raise CollieError(strerror(rsp.result), code=EXIT_FAILURE)
+        st = proto.RecoveryState.unpack(data.ljust(proto.RecoveryState.SIZE, b"\0"))
         if not st.in_recovery:
             continue
         host = f"{n.host}:{n.port}"
@@ -133,6 +144,47 @@ def node_recovery(args, client: Client, out: Out) -> int:
         else:
             pct = 100.0 * st.nr_finished / st.nr_total if st.nr_total else 0.0
             out.line(f"{i:4d}   {host:<20s}{n.nr_vnodes:5d}{n.zone:11d}{pct:11.1f}%")
+    return EXIT_SUCCESS
+
+
+def parse_throttle(values: list[str]) -> proto.RecoveryThrottling:
+    """``set-throttle <max> <interval>``: max recoveries in flight (u32) and the
+    pause in milliseconds after each (u64); both zero (no throttle) or both set."""
+    if len(values) != 2:
+        raise CollieError("Please specify <max> and <interval>", code=EXIT_USAGE)
+    text_max, text_interval = values
+
+    def num(text, limit, what):
+        if not text.isdigit() or int(text) >= limit:
+            raise CollieError(f"Invalid {what} ({text})", code=EXIT_USAGE)
+        return int(text)
+    mx = num(text_max, 1 << 32, "max")
+    interval = num(text_interval, 1 << 64, "interval")
+    if (mx == 0) != (interval == 0):
+        raise CollieError(f"Invalid interval max ({mx}), interval ({interval})",
+                          code=EXIT_USAGE)
+    return proto.RecoveryThrottling(max_exec_count=mx, queue_work_interval=interval,
+                                    throttling=mx != 0)
+
+
+def node_recovery_set(args, client: Client, out: Out) -> int:
+    thr = parse_throttle(args.values)
+    payload = thr.pack()
+    rsp, _ = client.exec(Request(Op.SET_RECOVERY, flags=proto.SD_FLAG_CMD_WRITE,
+                                 data_length=len(payload)), payload)
+    if rsp.result != 0:
+        raise CollieError("Failed to execute request", code=EXIT_FAILURE)
+    return EXIT_SUCCESS
+
+
+def node_recovery_get(args, client: Client, out: Out) -> int:
+    if args.values:
+        raise CollieError(f"unexpected argument: {args.values[0]}", code=EXIT_USAGE)
+    rsp, data = client.exec(Request(Op.GET_RECOVERY, data_length=proto.RecoveryThrottling.SIZE))
+    if rsp.result != 0:
+        raise CollieError("Failed to execute request", code=EXIT_FAILURE)
+    thr = proto.RecoveryThrottling.unpack(data.ljust(proto.RecoveryThrottling.SIZE, b"\0"))
+    out.line(f"max ({thr.max_exec_count}), interval ({thr.queue_work_interval})")
     return EXIT_SUCCESS
 
 
@@ -181,7 +233,12 @@ def register(reg) -> None:
                 subparsers=sub)
     p.add_argument("action", choices=["get", "set"])
     p.add_argument("count", nargs="?", type=int)
-    p = reg.add("recovery", node_recovery, "show recovery information of nodes",
+    p = reg.add("recovery", node_recovery,
+                "show recovery information (info, the default) or set/get recovery "
+                "speed throttling (set-throttle <max> <interval>, get-throttle)",
                 raw=True, subparsers=sub)
     p.add_argument("-P", "--progress", action="store_true",
                    help="show progress of recovery in the node")
+    p.add_argument("action", nargs="?", choices=["info", "set-throttle", "get-throttle"],
+                   metavar="{info,set-throttle,get-throttle}")
+    p.add_argument("values", nargs="*", metavar="<max> <interval>")

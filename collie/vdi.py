@@ -497,4 +497,6 @@ def register(reg) -> None:
     p.add_argument("-w", "--writeback", action="store_true", help="use writeback mode")
 
     vdi_extra.register(reg, sub, cmd)
+    from collie import vdi_check
+    vdi_check.register_vdi(reg, sub, cmd)
     vdi_backup.register_vdi(cmd)

@@ -301,7 +301,62 @@ def get_vdi_state(client: Client) -> list[proto.VdiStateRecord]:
 _PSTATE = {1: "(modified)", 2: "(shared)", 3: "(invalidated)"}
 
 
+def get_locks(client: Client) -> list[proto.LockRecord] | None:
+    """Every lock holder (GET_LOCKS, a pysheepdog extension); None from a 1.0 sheep."""
+    rlen = 512 * proto.LockRecord.SIZE
+    while True:
+        rsp, data = client.exec(Request(Op.GET_LOCKS, data_length=rlen))
+        if rsp.result == CODES["BUFFER_SMALL"]:
+            rlen *= 2
+            continue
+        if rsp.result == CODES["INVALID_PARMS"]:
+            return None
+        if rsp.result != 0:
+            raise CollieError(f"failed to list locks: {strerror(rsp.result)}", code=EXIT_SYSFAIL)
+        size = proto.LockRecord.SIZE
+        return [proto.LockRecord.unpack(data, off) for off in range(0, len(data) - size + 1, size)]
+
+
+_KIND = {proto.LOCK_KIND_EXCLUSIVE: "write", proto.LOCK_KIND_SHARED: "shared",
+         proto.LOCK_KIND_READ: "read", proto.LOCK_KIND_STANDBY: "standby"}
+
+
+def _age(seconds: float) -> str:
+    s = max(int(seconds), 0)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _is_dog() -> bool:
+    from collie.__main__ import prog_name
+    return prog_name() == "dog"
+
+
 def vdi_lock_list(args, client: Client, out: Out) -> int:
+    locks = None if _is_dog() else get_locks(client)
+    if locks is None:
+        return _vdi_lock_list_1_0(client, out)
+    import time
+    by_vid: dict[int, list[proto.LockRecord]] = {}
+    for r in locks:
+        by_vid.setdefault(r.vid, []).append(r)
+    out.line("  Name         Id  VDI id  Tag            Type     Owner node             "
+             "Session           Generation  Age")
+    now = time.time()
+    for e in client.parse_vdi(with_index=False):
+        mark = "s" if e.inode.is_snapshot else ("c" if e.is_clone else " ")
+        for r in by_vid.get(e.vid, []):
+            session = f"{r.session:016x}" if r.session else "-"
+            out.line(f"{mark} {e.name:<8s}  {e.snapid:5d}  {e.vid:6x}  {e.tag:<13s}  "
+                     f"{_KIND.get(r.kind, '?'):<7s}  {proto.nid_to_str(r.owner):<21s}  "
+                     f"{session:<16s}  {r.generation:>10d}  {_age(now - r.since)}")
+    return EXIT_SUCCESS
+
+
+def _vdi_lock_list_1_0(client: Client, out: Out) -> int:
     states = {s.vid: s for s in get_vdi_state(client)}
     out.line("  Name         Id  VDI id  Tag            Owner node(s)")
     for e in client.parse_vdi(with_index=True):
@@ -322,6 +377,27 @@ def vdi_lock_list(args, client: Client, out: Out) -> int:
 
 
 def vdi_lock_unlock(args, client: Client, out: Out) -> int:
+    locks = None if _is_dog() else get_locks(client)
+    if locks is None:
+        return _vdi_lock_unlock_1_0(args, client, out)
+    snapid, tag = _snap(args)
+    ret, vid = client.find_vdi_name(args.name, snapid, tag)
+    if ret != 0:
+        raise CollieError(f"Failed to find VDI {args.name}: {strerror(ret)}")
+    if not any(r.vid == vid and r.kind != proto.LOCK_KIND_STANDBY for r in locks):
+        raise CollieError(f"VDI {args.name} is not locked")
+    # forced unlock (session 0 with the session flag): every hold goes and the
+    # generation moves on, so the former holder's writes are fenced
+    req = Request(Op.RELEASE_VDI, flags=proto.SD_FLAG_CMD_SESSION)
+    req.args.base_vdi_id = vid
+    proto.set_release_session(req.args, 0)
+    rsp, _ = client.exec(req)
+    if rsp.result != 0:
+        raise CollieError(f"Failed to unlock VDI {args.name}: {strerror(rsp.result)}")
+    return EXIT_SUCCESS
+
+
+def _vdi_lock_unlock_1_0(args, client: Client, out: Out) -> int:
     snapid, tag = _snap(args)
     ret, vid = client.find_vdi_name(args.name, snapid, tag)
     desc = args.name

@@ -11,3 +11,4 @@ Blocking use::
 """
 
 from qemu_client.sync import Vdi, create, open  # noqa: A004,F401
+from qemu_client.session import FencedError, InactiveError, VdiLockedError  # noqa: F401

@@ -28,6 +28,7 @@ from sheep import proto
 from sheep.errors import CODES, SdError, error_for
 
 from qemu_client.connection import Connection
+from qemu_client.session import InactiveError, LockSession
 
 
 class AsyncVdi:
@@ -38,23 +39,65 @@ class AsyncVdi:
         self.inode: proto.InodeHeader | None = None
         self.index: list[int] = []
         self._creating: dict[int, asyncio.Future] = {}
+        # locking (qemu_client.session): mode of the open, generation of our grant
+        self.session = LockSession(conn)
+        self.tag, self.snapid = "", 0
+        self.mode = proto.LOCK_MODE_WRITE
+        self.readonly = False
+        self.active = True
+        self.generation = 0
+        self._writes = 0
+        self._idle: asyncio.Event | None = None
 
     @classmethod
-    async def open(cls, name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT) -> "AsyncVdi":
-        conn = Connection(host, port)
+    async def open(cls, name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT,
+                   readonly: bool = False, inactive: bool = False,
+                   snapshot: str | int | None = None, session_id: int | None = None,
+                   renew_interval: float | None = None, conn=None) -> "AsyncVdi":
+        """Open ``name`` (or its ``snapshot``, a tag or an id).
+
+        Read-write opens of a working VDI take its exclusive lock (VdiLockedError
+        if somebody holds it); ``readonly`` opens are refused while a writer holds
+        it; snapshots are always read-only and shared; ``inactive`` opens (a
+        migration destination) take no lock and allow no I/O until
+        :meth:`activate`.  The lock's lease is renewed in the background.
+        ``conn`` replaces the connection to ``host:port`` (anything with
+        ``connect``/``call``/``close``, e.g. ``sheep.nbd``'s in-process one).
+        """
+        conn = conn or Connection(host, port)
         await conn.connect()
         self = cls(conn, name)
+        self.session = LockSession(conn, session_id, renew_interval)
+        if snapshot not in (None, "", 0):
+            self.snapid, self.tag = (snapshot, "") if isinstance(snapshot, int) else (0, snapshot)
+            readonly = True
+        self.readonly = readonly
+        self.mode = (proto.LOCK_MODE_INACTIVE if inactive else
+                     proto.LOCK_MODE_READ if readonly else proto.LOCK_MODE_WRITE)
+        self.active = not inactive
+        self._idle = asyncio.Event()
+        self._idle.set()
         try:
-            await self._load()
+            grant = await self.session.lock(name, self.tag, self.snapid, self.mode)
+            self.generation = grant.generation
+            await self._load(grant.vid)
+            self.session.start()
         except BaseException:
+            await self.session.stop()
             conn.close()
             raise
         return self
 
-    async def _load(self) -> None:
-        rsp, _ = await self.conn.call(proto.Op.GET_VDI_INFO,
-                                      payload=proto.vdi_name_payload(self.name, ""))
-        self.vid = rsp.args.vdi_id
+    @property
+    def session_id(self) -> int:
+        return self.session.id
+
+    async def _load(self, vid: int | None = None) -> None:
+        if vid is None:  # the name's working VDI now (e.g. after a snapshot)
+            rsp, _ = await self.conn.call(proto.Op.GET_VDI_INFO,
+                                          payload=proto.vdi_name_payload(self.name, ""))
+            vid = rsp.args.vdi_id
+        self.vid = vid
         _, hdr = await self.conn.call(proto.Op.READ_OBJ,
                                       proto.ObjArgs(oid=proto.vid_to_vdi_oid(self.vid)),
                                       data_length=proto.SD_INODE_HEADER_SIZE)
@@ -92,6 +135,8 @@ class AsyncVdi:
             pos += n
 
     async def pread(self, offset: int, length: int) -> bytes:
+        if not self.active:
+            raise InactiveError(message=f"VDI {self.name} is inactive: no I/O before activate()")
         self._check(offset, length)
         out = bytearray(length)
 
@@ -107,10 +152,57 @@ class AsyncVdi:
         return bytes(out)
 
     async def pwrite(self, offset: int, data) -> None:
+        if not self.active:
+            raise InactiveError(message=f"VDI {self.name} is inactive: no I/O before activate()")
+        if self.readonly:
+            raise error_for(CODES["READONLY"], f"VDI {self.name} is open read-only")
         data = bytes(data)
         self._check(offset, len(data))
-        await asyncio.gather(*(self._write_retry(idx, o, data[pos:pos + n])
-                               for idx, o, pos, n in self._split(offset, len(data))))
+        self._writes += 1
+        self._idle.clear()
+        try:
+            await asyncio.gather(*(self._write_retry(idx, o, data[pos:pos + n])
+                                   for idx, o, pos, n in self._split(offset, len(data))))
+        finally:
+            self._writes -= 1
+            if not self._writes:
+                self._idle.set()
+
+    async def _wcall(self, op: int, args: proto.ObjArgs, payload: bytes, flags: int = 0):
+        """A write carrying our lock generation, so that the cluster can fence it."""
+        if self.generation:
+            flags |= proto.SD_FLAG_CMD_SESSION
+            proto.set_fence(args, self.generation)
+        return await self.conn.call(op, args, payload, flags=flags)
+
+    async def flush(self) -> None:
+        """Wait until every write in progress has been acknowledged."""
+        await self._idle.wait()
+
+    async def inactivate(self, handover_to: int | None = None) -> None:
+        """Migration source: stop I/O, flush, then hand the lock to the destination's
+        session ``handover_to`` in one cluster operation (or just release it)."""
+        self.active = False
+        await self.flush()
+        try:
+            if handover_to:
+                await self.session.release(self.vid, handover_to)
+            elif self.generation:
+                await self.session.release(self.vid)
+        except BaseException:
+            self.active = True
+            raise
+        self.generation = 0
+
+    async def activate(self) -> None:
+        """Take the lock handed over to this session (or a free one); then I/O may start."""
+        grant = await self.session.lock(self.name, self.tag, self.snapid,
+                                        proto.LOCK_MODE_ACTIVATE)
+        self.generation = grant.generation
+        self.mode = proto.LOCK_MODE_WRITE
+        await self._load(grant.vid)  # the source wrote until the handover
+        self.active = True
+        self.session.start()
 
     async def _write_retry(self, idx: int, o: int, chunk: bytes) -> None:
         for attempt in range(3):
@@ -129,8 +221,8 @@ class AsyncVdi:
         oid = proto.vid_to_data_oid(self.vid, idx)
         copies = self.inode.nr_copies
         if self.index[idx] == self.vid:
-            await self.conn.call(proto.Op.WRITE_OBJ,
-                                 proto.ObjArgs(oid=oid, offset=o, copies=copies), chunk)
+            await self._wcall(proto.Op.WRITE_OBJ,
+                              proto.ObjArgs(oid=oid, offset=o, copies=copies), chunk)
             return
         fut = self._creating[idx] = asyncio.get_running_loop().create_future()
         try:
@@ -140,11 +232,11 @@ class AsyncVdi:
             if parent:
                 flags = proto.SD_FLAG_CMD_COW
                 args.cow_oid = proto.vid_to_data_oid(parent, idx)
-            await self.conn.call(proto.Op.CREATE_AND_WRITE_OBJ, args, chunk, flags=flags)
-            await self.conn.call(proto.Op.WRITE_OBJ,
-                                 proto.ObjArgs(oid=proto.vid_to_vdi_oid(self.vid),
-                                               offset=proto.data_vdi_id_offset(idx)),
-                                 self.vid.to_bytes(4, "little"))
+            await self._wcall(proto.Op.CREATE_AND_WRITE_OBJ, args, chunk, flags=flags)
+            await self._wcall(proto.Op.WRITE_OBJ,
+                              proto.ObjArgs(oid=proto.vid_to_vdi_oid(self.vid),
+                                            offset=proto.data_vdi_id_offset(idx)),
+                              self.vid.to_bytes(4, "little"))
             self.index[idx] = self.vid
         finally:
             del self._creating[idx]
@@ -152,7 +244,11 @@ class AsyncVdi:
 
     async def close(self) -> None:
         try:
-            await self.conn.call(proto.Op.RELEASE_VDI, proto.VdiArgs(base_vdi_id=self.vid))
+            await self.session.stop()
+            try:
+                await self.session.release(self.vid)
+            except (ConnectionError, OSError):  # gateway gone: the lease ends anyway
+                pass
         finally:
             self.conn.close()
 

@@ -17,13 +17,14 @@ from qemu_client.block import create as _create
 
 
 class Vdi:
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT):
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT,
+                 **options):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                         name=f"qemu_client:{name}")
         self._thread.start()
         try:
-            self._vdi = self._run(AsyncVdi.open(name, host, port))
+            self._vdi = self._run(AsyncVdi.open(name, host, port, **options))
         except BaseException:
             self._stop()
             raise
@@ -43,6 +44,24 @@ class Vdi:
     @property
     def vid(self) -> int:
         return self._vdi.vid
+
+    @property
+    def session_id(self) -> int:
+        """The lock session of this open (give it to :meth:`inactivate` of a migration source)."""
+        return self._vdi.session_id
+
+    @property
+    def generation(self) -> int:
+        """Generation of our exclusive lock (0: none)."""
+        return self._vdi.generation
+
+    def inactivate(self, handover_to: int | None = None) -> None:
+        """Stop I/O, flush, hand the lock to session ``handover_to`` (or release it)."""
+        self._run(self._vdi.inactivate(handover_to))
+
+    def activate(self) -> None:
+        """Take the lock handed over to us (or a free one) and allow I/O."""
+        self._run(self._vdi.activate())
 
     def pread(self, offset: int, length: int) -> bytes:
         """Read ``length`` bytes at ``offset``; never-written ranges read as zeros."""
@@ -67,9 +86,13 @@ class Vdi:
         self.close()
 
 
-def open(name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT) -> Vdi:  # noqa: A001
-    """Open VDI ``name`` through the sheep at host:port (blocking API)."""
-    return Vdi(name, host, port)
+def open(name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT,  # noqa: A001
+         **options) -> Vdi:
+    """Open VDI ``name`` through the sheep at host:port (blocking API).
+
+    Options as :meth:`qemu_client.block.AsyncVdi.open`: ``readonly``, ``inactive``,
+    ``snapshot`` (tag or id), ``session_id``, ``renew_interval``."""
+    return Vdi(name, host, port, **options)
 
 
 def create(name: str, size: int = 0, host: str = "127.0.0.1", port: int = proto.SD_PORT,

@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the daemon, tests and benchmarks use (zookeeper: the
-# server the zookeeper cluster driver's tests start; it pulls a Java runtime).
-APT_PACKAGES=(procps zookeeper)
+# server the zookeeper cluster driver's tests start; it pulls a Java runtime;
+# qemu-utils: qemu-io, qemu-img and qemu-nbd for tests/external and bench.nbd;
+# fio: the NBD benchmark client).
+APT_PACKAGES=(procps zookeeper qemu-utils fio)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -42,6 +42,7 @@ class Config:
     nbd: tuple[str, int] | None = None
     recovery_max: int = 0  # 0: default concurrency
     recovery_interval: int = 0  # ms between recovered objects
+    lock_grace: float = 8.0  # s without news of a lock session before its locks go
     unsupported: list[str] = field(default_factory=list)
 
     @property
@@ -85,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-R", "--recovery", default=None, metavar="max=N,interval=MS",
                    help="recovery throttle: at most N objects recovered at once (default 8), "
                         "and a pause of MS milliseconds after each")
+    p.add_argument("--lock-grace", default=None, metavar="SECONDS",
+                   help="release the VDI locks of a client session that closed its "
+                        "connection or stopped renewing its lease for this long (default 8)")
     for opt, long in (("-j", "--journal"), ("-D", "--directio"), ("-w", "--cache")):
         p.add_argument(opt, long, dest=long[2:], default=None, nargs="?", const="",
                        help=f"accepted for Sheepdog 1.0 compatibility ({long[2:]}); "
@@ -169,6 +173,13 @@ def parse(argv: list[str]) -> Config:
                 cfg.recovery_interval = _int(val, "recovery interval", 0, 3_600_000)
             else:
                 raise ConfigError(f"Invalid recovery option '{item}' (use max=N,interval=MS)")
+    if ns.lock_grace is not None:
+        try:
+            cfg.lock_grace = float(ns.lock_grace)
+        except ValueError:
+            cfg.lock_grace = -1.0
+        if not 0.5 <= cfg.lock_grace <= 3600:
+            raise ConfigError(f"Invalid lock grace '{ns.lock_grace}' (must be 0.5..3600 seconds)")
     for name in ("journal", "directio", "cache"):
         if getattr(ns, name) is not None:
             cfg.unsupported.append(name)

@@ -16,6 +16,7 @@ from sheep import __version__, ops, proto
 from sheep.errors import SdError
 from sheep.gateway import Gateway
 from sheep.group import Group
+from sheep.lock import Locks
 from sheep.recovery import Recovery
 from sheep.server import start_servers
 from sheep.store.plain import PlainStore
@@ -90,6 +91,7 @@ class Sheep:
         vnodes = 0 if cfg.gateway else (cfg.vnodes or proto.SD_DEFAULT_VNODES)
         self.me = proto.SdNode.make(cfg.myaddr, cfg.port, vnodes, cfg.zone, space)
         self.vdis = VdiTable(self)
+        self.locks = Locks(self)
         self.group = Group(self)
         self.gateway = Gateway(self)
         self.recovery = Recovery(self)
@@ -99,6 +101,15 @@ class Sheep:
         except OSError as e:
             ready(f"cannot listen on {cfg.bindaddr}:{cfg.port}: {e.strerror or e}")
             return 1
+        if cfg.nbd:  # the NBD export (sheep.nbd), next to the Sheepdog protocol
+            from sheep import nbd
+            try:
+                servers.append(await nbd.start_server(self))
+            except OSError as e:
+                for s in servers:
+                    s.close()
+                ready(f"cannot listen on {cfg.nbd[0]}:{cfg.nbd[1]} (NBD): {e.strerror or e}")
+                return 1
         for name in cfg.unsupported:
             log.warning("option --%s is accepted for compatibility but not implemented", name)
         joining = asyncio.ensure_future(self.group.start())

@@ -37,6 +37,10 @@ RESULTS: dict[int, tuple[str, str]] = {
     0x18: ("JOIN_FAILED", "Node has failed to join cluster"),
     0x19: ("HALT", "IO has halted as there are not enough living nodes"),
     0x1A: ("READONLY", "Object is read-only"),
+    # pysheepdog extension (unassigned in 1.0; only sent to clients that set
+    # SD_FLAG_CMD_SESSION): a write carried a lock generation that is no
+    # longer the VDI's current exclusive grant — the writer's lock was broken
+    0x1B: ("FENCED", "Write fenced: the VDI lock of this writer was released or taken over"),
     0x1D: ("INODE_INVALIDATED", "Inode object is invalidated"),
     0x81: ("OLD_NODE_VER", "Request has an old epoch"),
     0x82: ("NEW_NODE_VER", "Request has a new epoch"),

@@ -237,6 +237,8 @@ class Gateway:
 
     async def handle_write(self, req: proto.Request, payload: bytes):
         a = req.args
+        if req.flags & proto.SD_FLAG_CMD_SESSION:
+            await self.sheep.locks.check_write(req)  # fencing (sheep.lock)
         await self._check_data_write(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
         if proto.is_vdi_obj(a.oid) and a.offset < proto.SD_INODE_HEADER_SIZE:
@@ -250,6 +252,8 @@ class Gateway:
 
     async def handle_create(self, req: proto.Request, payload: bytes):
         a = req.args
+        if req.flags & proto.SD_FLAG_CMD_SESSION:
+            await self.sheep.locks.check_write(req)  # fencing (sheep.lock)
         await self._check_data_write(a.oid)
         await self._check_index(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
@@ -274,8 +278,7 @@ class Gateway:
         if not proto.is_data_obj(oid):
             raise error_for(CODES["INVALID_PARMS"], "DISCARD_OBJ needs a data object")
         vid, idx = proto.oid_to_vid(oid), proto.data_oid_to_idx(oid)
-        if self.sheep.vdis.state(vid) is None:
-            raise error_for(CODES["NO_VDI"])
+        await self._check_data_write(oid)  # NO_VDI; READONLY: a snapshot's inode never changes
         entry = await self.read(proto.vid_to_vdi_oid(vid), proto.data_vdi_id_offset(idx), 4)
         if int.from_bytes(entry, "little"):
             args = proto.ObjArgs(oid=proto.vid_to_vdi_oid(vid), offset=proto.data_vdi_id_offset(idx))

@@ -102,6 +102,7 @@ class Group:
             "ctime": self.config.ctime, "epoch": self.epoch, "history": self._history(),
             "fixed_vnodes": self.sheep.cfg.vnodes is not None,
             "vdis": self.sheep.vdis.local_snapshot(),
+            "lock_gen": self.sheep.locks.join_info(),
         }).encode()
         await self.driver.join(self.member, opaque)
 
@@ -207,7 +208,8 @@ class Group:
         jctime, jepoch = info.get("ctime", 0), info.get("epoch", 0)
         if joiner.ident == (self.member.ident if self.member else None):
             # first member: accept ourselves; our own state is the cluster state
-            return True, json.dumps({"self": True, "vdis": info.get("vdis", [])}).encode()
+            return True, json.dumps({"self": True, "vdis": info.get("vdis", []),
+                                     "lock_gen": info.get("lock_gen", 0)}).encode()
         if self.status in (SHUTDOWN, KILLED):
             return self._reject("SHUTDOWN", f"node {jnode} rejected: the cluster is shutting down")
         if not self.formatted and jctime:
@@ -257,6 +259,8 @@ class Group:
             "vdis": info.get("vdis", []),
             "state": self.sheep.vdis.snapshot(),
             "adopt": adopt,
+            "locks": self.sheep.locks.snapshot(),
+            "lock_gen": info.get("lock_gen", 0),  # the joiner's highest lock generation
         }
         return True, json.dumps(snap).encode()
 
@@ -292,6 +296,7 @@ class Group:
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
         self.sheep.vdis.merge(info.get("vdis", []))
+        self.sheep.locks.on_join(info)  # generations: the max with the joiner's
         self.members = list(members)
         self._rebuild_nodes()
         log.info("%s joined; %d members", proto.SdNode.unpack(joined.node), len(members))
@@ -327,6 +332,7 @@ class Group:
         self.weights = dict(info.get("weights", {}))
         self.disable_recovery = info.get("disable_recovery", False)
         self.sheep.vdis.restore(info["state"])
+        self.sheep.locks.restore(info.get("locks"))
 
     def _maybe_start_after_restart(self) -> None:
         last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
@@ -348,6 +354,7 @@ class Group:
         self.members = list(members)
         self._rebuild_nodes()
         log.info("%s left; %d members", proto.SdNode.unpack(left.node), len(members))
+        self.sheep.locks.on_node_leave(proto.SdNode.unpack(left.node))  # in order, everywhere
         lost = [b for b in self._blocks if b[1] == left.ident]
         if lost:
             head = self._blocks[0] if self._blocks else None

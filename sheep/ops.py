@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from sheep import group as G
-from sheep import peer, proto, vdi_copies
+from sheep import lock, peer, proto, repair, vdi_copies
 from sheep.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.ops")
@@ -135,7 +135,7 @@ def _bitmap(attr):
 
 
 async def get_vdi_copies(sheep, req, payload):
-    body = sheep.vdis.copies_records()
+    body = sheep.locks.copies_records()  # the VDI states with their lock fields
     if len(body) > req.data_length:
         return None, b"", CODES["BUFFER_SMALL"]
     return None, body
@@ -370,6 +370,7 @@ def _main_error(sheep, msg):
 
 def _main_format(sheep, msg):
     sheep.group.apply_format(msg)
+    sheep.locks.clear()
 
 
 def _main_shutdown(sheep, msg):
@@ -377,11 +378,15 @@ def _main_shutdown(sheep, msg):
 
 
 def _main_new_vdi(sheep, msg):
-    return sheep.vdis.apply_new_vdi(msg)
+    rsp = sheep.vdis.apply_new_vdi(msg)
+    sheep.locks.on_new_vdi(msg)  # a snapshot moves the writer's lock to the new working VDI
+    return rsp
 
 
 def _main_del_vdi(sheep, msg):
-    return sheep.vdis.apply_del_vdi(msg)
+    rsp = sheep.vdis.apply_del_vdi(msg)
+    sheep.locks.on_del_vdi(msg["vid"])
+    return rsp
 
 
 def _main_nothing(sheep, msg):
@@ -391,7 +396,7 @@ def _main_nothing(sheep, msg):
 MAIN = {"force_recover": _main_force_recover, "recovery": _main_recovery, "weights": _main_weights,
         "format": _main_format, "shutdown": _main_shutdown, "new_vdi": _main_new_vdi,
         "del_vdi": _main_del_vdi, "attr": _main_attr, "error": _main_error,
-        "reclaim": _main_nothing,
+        "reclaim": _main_nothing, "lock": lock.main_lock,
         "alter_cluster_copy": vdi_copies.apply_alter_cluster_copy,
         "alter_vdi_copy": vdi_copies.apply_alter_vdi_copy}
 
@@ -414,8 +419,8 @@ _TABLE = [
     (Op.REMOVE_OBJ, "gateway", False, _gw("handle_remove")),
     (Op.DISCARD_OBJ, "local", False, _gw("handle_discard")),
     (Op.NEW_VDI, "cluster", False, new_vdi),
-    (Op.LOCK_VDI, "cluster", False, get_vdi_info),
-    (Op.RELEASE_VDI, "cluster", False, success),
+    (Op.LOCK_VDI, "cluster", False, lock.lock_vdi),
+    (Op.RELEASE_VDI, "cluster", False, lock.release_vdi),
     (Op.GET_VDI_INFO, "cluster", False, get_vdi_info),
     (Op.READ_VDIS, "local", True, _bitmap("inuse")),
     (Op.FLUSH_VDI, "local", False, invalid),
@@ -456,6 +461,9 @@ _TABLE = [
     (Op.DISABLE_RECOVER, "cluster", False, set_auto_recovery),
     (Op.ALTER_CLUSTER_COPY, "cluster", False, alter_cluster_copy),
     (Op.ALTER_VDI_COPY, "cluster", False, alter_vdi_copy),
+    (Op.REPAIR_REPLICA, "local", False, repair.repair_replica),
+    (Op.OIDS_EXIST, "local", True, repair.oids_exist),
+    (Op.GET_LOCKS, "local", False, lock.get_locks),
 ]
 
 OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h) for op, kind, force, h in _TABLE}

@@ -15,7 +15,7 @@ import logging
 import socket
 import struct
 
-from sheep import ops, proto
+from sheep import lock, ops, proto
 from sheep.errors import CODES
 from sheep.net import Framer
 
@@ -47,6 +47,8 @@ class SheepProtocol(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         self.sheep.connections.discard(self)
+        if getattr(self, "lock_sessions", None):
+            self.sheep.locks.conn_closed(self)  # lock sessions: the grace period starts
 
     def data_received(self, data):
         if not self.closed:
@@ -102,6 +104,9 @@ class SheepProtocol(asyncio.Protocol):
         self.closed = True
 
     async def _serve(self, req: proto.Request, payload: bytes) -> None:
+        lock.CURRENT_CONN.set(self)  # this task's context only
+        if getattr(self, "lock_sessions", None):
+            self.sheep.locks.touch(self)
         rsp, body = await ops.dispatch(self.sheep, req, payload)
         if self.closed or self.transport is None or self.transport.is_closing():
             return

@@ -66,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--port", default="7000", help="TCP port (default 7000)")
     p.add_argument("-z", "--zone", help="failure domain (default: derived from the address)")
     p.add_argument("-c", "--cluster", default="local",
-                   help="cluster driver: local[:PATH] (default local)")
+                   help="cluster driver: local[:PATH] (default local), "
+                        "zmq:HOST:PORT[,HOST:PORT...], "
+                        "zookeeper:HOST:PORT[,...][/CLUSTER_ID][,timeout=N]")
     p.add_argument("-y", "--myaddr", default=None,
                    help="address advertised to the cluster (default 127.0.0.1)")
     p.add_argument("-b", "--bindaddr", default=None,

@@ -1,11 +1,8 @@
 """The local membership driver, driven by real separate processes."""
 
 import fcntl
-import json
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,58 +13,8 @@ from sheep.cluster.local import DEFAULT_PATH, LocalDriver, decode_records, encod
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
-HELPER = Path(__file__).with_name("member_proc.py")
-
-
-class Proc:
-    """One member_proc.py process; its JSON events are collected by a thread."""
-
-    def __init__(self, path: Path, ident: str, opaque: str | None = None):
-        self.ident = ident
-        args = [sys.executable, str(HELPER), f"local:{path}", ident]
-        if opaque is not None:
-            args += ["--opaque", opaque]
-        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.events: list[dict] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            with self.cond:
-                self.events.append(json.loads(line))
-                self.cond.notify_all()
-
-    def wait(self, pred, timeout=15.0, what=""):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not pred(self.events):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self.ident}: timed out waiting for {what}: {self.events[-20:]}")
-                self.cond.wait(left)
-
-    def wait_joined(self, timeout=15.0):
-        self.wait(lambda ev: any(e["ev"] == "joined" for e in ev), timeout, "joined")
-
-    def send(self, line: str):
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-
-    def of(self, kind: str) -> list[dict]:
-        with self.cond:
-            return [e for e in self.events if e["ev"] == kind]
-
-    def views(self) -> list[list[str]]:
-        with self.cond:
-            return [e["members"] for e in self.events if e["ev"] in ("join", "leave")]
-
-    def sees(self, members: list[str]):
-        """Predicate: the latest view is ``members``."""
-        def pred(ev):
-            views = [e["members"] for e in ev if e["ev"] in ("join", "leave")]
-            return bool(views) and views[-1] == members
-        return pred
+sys.path.insert(0, str(Path(__file__).parent))  # test modules load with importlib
+from drivers import Proc  # noqa: E402
 
 
 @pytest.fixture
@@ -75,7 +22,7 @@ def start(tmp_path):
     procs: list[Proc] = []
 
     def _start(ident, path=None, opaque=None):
-        proc = Proc(path or tmp_path / "cluster", ident, opaque)
+        proc = Proc(f"local:{path or tmp_path / 'cluster'}", ident, opaque)
         procs.append(proc)
         return proc
 

@@ -1,11 +1,8 @@
 """The zookeeper membership driver, driven by real separate processes against
 a real ZooKeeper server (the session fixture ``zookeeper``, tests/zkserver.py)."""
 
-import json
 import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,60 +19,9 @@ from sheep.cluster.zookeeper import (
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
-HELPER = Path(__file__).with_name("member_proc.py")
+sys.path.insert(0, str(Path(__file__).parent))  # test modules load with importlib
+from drivers import Proc  # noqa: E402
 TIMEOUT = 2   # session timeout used by these tests (seconds)
-
-
-class Proc:
-    """One member_proc.py process; its JSON events are collected by a thread."""
-
-    def __init__(self, spec: str, ident: str, opaque: str | None = None):
-        self.ident = ident
-        args = [sys.executable, str(HELPER), spec, ident]
-        if opaque is not None:
-            args += ["--opaque", opaque]
-        self.p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.events: list[dict] = []
-        self.times: list[float] = []
-        self.cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            with self.cond:
-                self.events.append(json.loads(line))
-                self.times.append(time.monotonic())
-                self.cond.notify_all()
-
-    def wait(self, pred, timeout=20.0, what=""):
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while not pred(self.events):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self.ident}: timed out waiting for {what}: {self.events[-20:]}")
-                self.cond.wait(left)
-
-    def wait_joined(self, timeout=20.0):
-        self.wait(lambda ev: any(e["ev"] == "joined" for e in ev), timeout, "joined")
-
-    def send(self, line: str):
-        self.p.stdin.write(line + "\n")
-        self.p.stdin.flush()
-
-    def of(self, kind: str) -> list[dict]:
-        with self.cond:
-            return [e for e in self.events if e["ev"] == kind]
-
-    def views(self) -> list[list[str]]:
-        with self.cond:
-            return [e["members"] for e in self.events if e["ev"] in ("join", "leave")]
-
-    def sees(self, members: list[str]):
-        def pred(ev):
-            views = [e["members"] for e in ev if e["ev"] in ("join", "leave")]
-            return bool(views) and views[-1] == members
-        return pred
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 
 from sheep import __version__
@@ -120,6 +121,12 @@ def _addr(value: str, what: str) -> str:
 def parse(argv: list[str]) -> Config:
     """Parse and validate ``argv`` (without the program name)."""
     p = _parser()
+    # "--nbd" takes an optional [HOST:]PORT: make sure "sheep --nbd STORE"
+    # keeps STORE as the store (argparse would take it as the port)
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--nbd" and not re.fullmatch(r"(\[?[0-9a-fA-F.:]*\]?:)?\d+", argv[i + 1]):
+            argv[i] = f"--nbd={DEFAULT_NBD_PORT}"
     try:
         ns = p.parse_args(argv)
     except SystemExit:  # argparse already printed usage / help

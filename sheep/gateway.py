@@ -278,6 +278,8 @@ class Gateway:
         if not proto.is_data_obj(oid):
             raise error_for(CODES["INVALID_PARMS"], "DISCARD_OBJ needs a data object")
         vid, idx = proto.oid_to_vid(oid), proto.data_oid_to_idx(oid)
+        if req.flags & proto.SD_FLAG_CMD_SESSION:
+            await self.sheep.locks.check_write(req)  # a discard is a write: fenced too
         await self._check_data_write(oid)  # NO_VDI; READONLY: a snapshot's inode never changes
         entry = await self.read(proto.vid_to_vdi_oid(vid), proto.data_vdi_id_offset(idx), 4)
         if int.from_bytes(entry, "little"):

@@ -38,10 +38,15 @@ def _setup(make_cluster, data8k):
     return c
 
 
-def _kill_all(c):
-    for n in c.nodes:
-        n.kill(signal.SIGKILL)
-    for n in c.nodes:
+def _kill_all(c, nodes=None):
+    """SIGKILL the nodes at (nearly) the same instant, so that none of them
+    sees another leave first: they all keep the same latest epoch."""
+    import os
+
+    nodes = c.nodes if nodes is None else nodes
+    for n in nodes:
+        os.kill(n.pid, signal.SIGKILL)
+    for n in nodes:
         wait_for(lambda: not n.alive(), 10, what="kill")
 
 
@@ -83,10 +88,7 @@ def test_stale_epoch_rejected_while_waiting(make_cluster, data8k):
     c = _setup(make_cluster, data8k)
     c.nodes[2].kill(signal.SIGKILL)
     c.wait_members(2)  # nodes 0 and 1 move to epoch 2; node 2 keeps epoch 1
-    for n in c.nodes[:2]:
-        n.kill(signal.SIGKILL)
-    for n in c.nodes:
-        wait_for(lambda: not n.alive(), 10, what="kill")
+    _kill_all(c, c.nodes[:2])
     c.nodes[0].start()
     with pytest.raises(RuntimeError) as e:
         c.nodes[2].start()

@@ -24,6 +24,25 @@ Guarantees every driver gives (virtual synchrony):
    process to join an empty cluster is the master of a one-member view;
    its own ``check_join`` decides whether it may form the cluster.
 
+Block / unblock
+---------------
+Sheepdog drivers also offer ``block()`` / ``unblock(msg)``: one member runs
+a step while every other member waits, then the step's result is delivered
+to every member in the total order.  Here this is implemented once, for every
+driver, on top of ``notify`` (``sheep.group.Group.cluster_op``), so a driver
+only has to provide the four guarantees above:
+
+* ``block``: the member notifies BLOCK(id); BLOCKs are queued in delivery
+  order; the member whose BLOCK is at the head runs its step — at most one
+  step runs in the whole cluster at a time (the queue is part of the state a
+  joiner adopts, so a newcomer cannot jump it).
+* ``unblock(msg)``: the member notifies UNBLOCK(id, msg); every member
+  applies ``msg`` (the op's main step) at that position of the total order,
+  then the next BLOCK in the queue gets its turn.
+* a member that leaves while queued or running loses its turn on every
+  member at the same point (its leave event); a step that cannot finish
+  within ``group.WORK_TIMEOUT`` reports an error instead of holding the turn.
+
 Callbacks are synchronous and must not block: they run on the loop thread,
 sometimes while the driver holds a cluster-wide lock.  They may schedule
 coroutines but never await driver methods themselves.

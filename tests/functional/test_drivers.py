@@ -49,3 +49,33 @@ def test_collie_on_every_driver(make_cluster, driver_spec, data8k):
     assert r.returncode == 0, r.stderr
     for n in c.nodes[:2]:
         wait_for(lambda: not n.alive(), 10, what="shutdown")
+
+
+def _epoch_history(node):
+    """[(epoch, [member ports])] newest first, as STAT_CLUSTER reports it."""
+    from sheep import proto
+
+    cl = node.client()
+    rsp, body = cl.call(proto.Op.STAT_CLUSTER, proto.ClusterArgs(nodes_nr=8),
+                        data_length=64 * (48 + 80 * 8))
+    return [(h.epoch, [n.port for n in ns]) for h, ns in proto.unpack_epoch_logs(body, 8)]
+
+
+def test_master_killed_new_master_and_identical_epoch_history(make_cluster, driver_spec):
+    """SIGKILL of the master (the oldest member): the survivors form a new view
+    within 5 s, keep serving cluster operations, and hold identical epoch logs."""
+    import signal
+    import time
+
+    c = make_cluster(4, driver_spec=driver_spec)
+    c.format(copies=3)
+    t0 = time.monotonic()
+    c.nodes[0].kill(signal.SIGKILL)  # the first node started is the master
+    c.wait_members(3, timeout=10)
+    assert time.monotonic() - t0 < 5.0 + 1.0  # detection + new view (+ polling slack)
+    # the new master serves cluster operations (a cluster op needs the whole group)
+    c.nodes[2].client().new_vdi("after-master", 1 << 20)
+    histories = [_epoch_history(n) for n in c.nodes[1:]]
+    assert histories[0] == histories[1] == histories[2]
+    assert [e for e, _ in histories[0]] == [2, 1]
+    assert sorted(histories[0][0][1]) == sorted(n.port for n in c.nodes[1:])

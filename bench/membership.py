@@ -45,9 +45,14 @@ def failures(spec, rounds: int, master: bool) -> list[float]:
             k += 1
             procs[-1].wait_joined(30)
         for _ in range(rounds):
-            view = procs[0].views()[-1]
+            idents = {p.ident for p in procs}
+
+            def settled(ev):  # this member's latest view is exactly the live members
+                views = [e["members"] for e in ev if e["ev"] in ("join", "leave")]
+                return bool(views) and set(views[-1]) == idents
             for p in procs:
-                p.wait(p.sees(view), 20, "stable view")
+                p.wait(settled, 30, "stable view")
+            view = procs[0].views()[-1]
             victim = next(p for p in procs if p.ident == (view[0] if master else view[-1]))
             t0 = time.monotonic()
             victim.kill()

@@ -233,19 +233,19 @@ class AsyncVdi:
         """Run by the connection after a failover, before anything is resent."""
         s = self.session
         if self.generation and s.supported and s.enforced:
-            try:
-                grant = await s.lock(self.name, "", 0, proto.LOCK_MODE_REATTACH,
-                                     generation=self.generation)
+            # Re-attach our hold through the new gateway.  If our old gateway's
+            # departure dropped it, the cluster gives it back (new generation)
+            # only if nobody was granted the VDI meanwhile; otherwise FENCED
+            # reaches the caller — never silently re-take a lock someone else
+            # may have used (their data would be overwritten).
+            grant = await s.lock(self.name, "", 0, proto.LOCK_MODE_REATTACH,
+                                 generation=self.generation)
+            if grant.generation != self.generation:
+                log.warning("VDI %s: lock taken back after failover, generation %d -> %d",
+                            self.name, self.generation, grant.generation)
+            else:
                 log.info("VDI %s: lock of generation %d re-attached", self.name,
                          grant.generation)
-                return
-            except SdError as e:
-                if e.code != CODES["FENCED"]:
-                    raise
-            # our old gateway's departure dropped the lock: take it again
-            grant = await s.lock(self.name, "", 0, proto.LOCK_MODE_WRITE)
-            log.warning("VDI %s: lock re-taken after failover, generation %d -> %d",
-                        self.name, self.generation, grant.generation)
             self.generation = grant.generation
         elif s.supported and s.enforced and self.mode in (proto.LOCK_MODE_READ,
                                                           proto.LOCK_MODE_INACTIVE):

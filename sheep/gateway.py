@@ -119,7 +119,8 @@ class Gateway:
         """Run ``local()`` on this node / ``remote(node, epoch)`` on peers, all replicas."""
         copies = self.copies(oid, copies)
         async for epoch, nodes in self._attempts(oid, copies):
-            calls = [local() if self.sheep.group.is_me(n) else remote(n, epoch) for n in nodes]
+            calls = [local(epoch) if self.sheep.group.is_me(n) else remote(n, epoch)
+                     for n in nodes]
             results = await asyncio.gather(*calls, return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             if not errors:
@@ -162,8 +163,9 @@ class Gateway:
     async def write(self, oid: int, offset: int, data, copies: int = 0) -> None:
         store = self.sheep.store
 
-        async def local():
+        async def local(epoch):
             await peer.on_local(self.sheep, oid, store.write, oid, data, offset)
+            peer.settle_write(self.sheep, oid, epoch)
 
         async def remote(node, epoch):
             await self._peer(node, proto.Op.WRITE_PEER, oid, epoch, copies, offset, data)
@@ -176,9 +178,10 @@ class Gateway:
         if offset + len(data) > size:
             raise error_for(CODES["INVALID_PARMS"], "write beyond the end of the object")
 
-        async def local():
+        async def local(epoch):
             await self.sheep.io(store.create_and_write, oid, size, data, offset,
                                 proto.is_sparse_obj(oid))
+            peer.settle_write(self.sheep, oid, epoch)
 
         async def remote(node, epoch):
             await self._peer(node, proto.Op.CREATE_AND_WRITE_PEER, oid, epoch, copies,
@@ -190,7 +193,7 @@ class Gateway:
     async def remove(self, oid: int, copies: int = 0) -> None:
         store = self.sheep.store
 
-        async def local():
+        async def local(epoch):
             await self.sheep.io(store.remove, oid)
 
         async def remote(node, epoch):

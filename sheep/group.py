@@ -422,7 +422,12 @@ class Group:
 
         ``work`` is an async callable returning a JSON-able "main" message (or
         raising SdError).  Returns what the main step returned on this node.
+        Cancelling the caller does not cancel the operation: once BLOCK is
+        sent, every node waits for our UNBLOCK, so it always goes out.
         """
+        return await asyncio.shield(asyncio.ensure_future(self._cluster_op(work)))
+
+    async def _cluster_op(self, work):
         bid = uuid.uuid4().hex
         loop = asyncio.get_running_loop()
         turn = self._turns[bid] = loop.create_future()

@@ -86,6 +86,10 @@ class LockTable:
     def __init__(self, generation: int = 0):
         self.locks: dict[int, list[Holder]] = {}
         self.generation = generation  # highest generation ever issued
+        # vid -> generation of its latest exclusive grant (or forced unlock):
+        # a holder whose lock vanished with its gateway may take it back only
+        # if nobody was granted the VDI since (see reattach)
+        self.last: dict[int, int] = {}
 
     # -- queries ----------------------------------------------------------
 
@@ -145,6 +149,7 @@ class LockTable:
             h = Holder(node, session, EXCL, self._next_gen(), now)
             self._remove(vid, lambda x: x.kind == STANDBY and x.session == session and session)
             self._put(vid, h)
+            self.last[vid] = h.gen
             return h.gen
         if kind == SHARED:
             if any(h.kind != SHARED for h in others):
@@ -184,13 +189,25 @@ class LockTable:
             return o.gen
         return self.lock(vid, node, session, EXCL, now)
 
-    def reattach(self, vid: int, node: str, session: int, gen: int) -> int:
-        """Move ``session``'s exclusive hold of generation ``gen`` to gateway ``node``."""
+    def reattach(self, vid: int, node: str, session: int, gen: int, now: float = 0.0) -> int:
+        """Move ``session``'s exclusive hold of generation ``gen`` to gateway ``node``.
+
+        If the hold is gone because its gateway left the cluster, but nobody
+        was granted the VDI since — its latest grant is still ``gen`` and
+        nothing holds it — the session gets it back under a new generation:
+        no other writer can have touched the VDI in between.  A lapsed lease
+        or a forced unlock is lost for good.  Otherwise FENCED."""
         o = self.owner(vid)
-        if o is None or not session or o.session != session or o.gen != gen:
-            raise _err("FENCED", f"VDI {vid:#x}: the lock of generation {gen} is gone")
-        o.node = node
-        return gen
+        if o is not None and session and o.session == session and o.gen == gen:
+            o.node = node
+            return gen
+        if (o is None and session and gen and self.last.get(vid) == gen
+                and not any(h.kind != STANDBY for h in self.holders(vid))):
+            h = Holder(node, session, EXCL, self._next_gen(), now)
+            self._put(vid, h)
+            self.last[vid] = h.gen
+            return h.gen
+        raise _err("FENCED", f"VDI {vid:#x}: the lock of generation {gen} is gone")
 
     def release(self, vid: int, session: int) -> int:
         """A session releases whatever it holds on ``vid`` (never fails)."""
@@ -209,7 +226,7 @@ class LockTable:
         """Operator's unlock: drop the holds, bump the generation (fences the holder)."""
         n = self._remove(vid, lambda h: h.kind in kinds)
         if n:
-            self._next_gen()
+            self.last[vid] = self._next_gen()  # the former holder cannot take it back
         return n
 
     def handover(self, vid: int, session: int, target: int, now: float = 0.0) -> int:
@@ -225,12 +242,16 @@ class LockTable:
         self._remove(vid, lambda h: h is o or h is dest)
         h = Holder(dest.node, target, EXCL, self._next_gen(), now)
         self._put(vid, h)
+        self.last[vid] = h.gen
         return h.gen
 
     def expire(self, node: str, session: int) -> list[int]:
         """Session ``(node, session)`` ended: drop all its holds; returns the vids."""
         vids = [vid for vid, h in self.holds_of(session, node)]
         for vid in set(vids):
+            if any(h.kind == EXCL for h in self.holders(vid)
+                   if h.session == session and h.node == node):
+                self.last[vid] = 0  # a lapsed lease is lost for good (no take-back)
             self._remove(vid, lambda h: h.session == session and h.node == node)
         return sorted(set(vids))
 
@@ -248,9 +269,12 @@ class LockTable:
             self._remove(old, lambda h: h.kind in (EXCL, STANDBY))
             for h in moved:
                 self._put(new, h)
+                if h.kind == EXCL:
+                    self.last[new] = h.gen
 
     def drop_vid(self, vid: int) -> None:
         self.locks.pop(vid, None)
+        self.last.pop(vid, None)
 
     def clear(self) -> None:
         """Format: no locks; the generation keeps growing."""
@@ -267,7 +291,7 @@ class LockTable:
             gen = self.activate(vid, msg["node"], msg["session"], msg["now"],
                                 msg.get("snapshot", False))
         elif a == "reattach":
-            gen = self.reattach(vid, msg["node"], msg["session"], msg["gen"])
+            gen = self.reattach(vid, msg["node"], msg["session"], msg["gen"], msg.get("now", 0.0))
         elif a == "release":
             self.release(vid, msg["session"])
             gen = 0
@@ -290,13 +314,15 @@ class LockTable:
 
     def snapshot(self) -> dict:
         return {"generation": self.generation,
-                "locks": [[vid, [asdict(h) for h in hs]] for vid, hs in sorted(self.locks.items())]}
+                "locks": [[vid, [asdict(h) for h in hs]] for vid, hs in sorted(self.locks.items())],
+                "last": sorted(self.last.items())}
 
     def restore(self, snap: dict | None) -> None:
         if not snap:
             return
         self.generation = max(self.generation, snap.get("generation", 0))
         self.locks = {vid: [Holder(**h) for h in hs] for vid, hs in snap.get("locks", [])}
+        self.last = {vid: gen for vid, gen in snap.get("last", [])}
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,22 @@ async def handle_create(sheep, req: proto.Request, payload: bytes):
     size = sheep.gateway.obj_size(a.oid)
     await sheep.io(sheep.store.create_and_write, a.oid, size, payload, a.offset,
                    proto.is_sparse_obj(a.oid))
+    settle_write(sheep, a.oid, req.epoch)
     return None, b""
+
+
+def settle_write(sheep, oid: int, epoch: int) -> None:
+    """After a store write admitted at ``epoch``: if the epoch moved meanwhile
+    (the write waited on an I/O thread), the new holders may already have
+    copied the object without it.  Refuse with OLD_NODE_VER so the gateway
+    redoes the write on the new ring; and if this node no longer holds the
+    object, keep the copy only as a stale one (never as a live orphan)."""
+    g = sheep.group
+    if g.epoch == epoch:
+        return
+    if not sheep.recovery.holds(oid):
+        sheep.store.move_to_stale(oid, epoch)
+    raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {g.epoch} during a write")
 
 
 async def on_local(sheep, oid: int, call, *args):
@@ -84,6 +99,7 @@ async def handle_write(sheep, req: proto.Request, payload: bytes):
     await _check_epoch(sheep, req)
     a = req.args
     await on_local(sheep, a.oid, sheep.store.write, a.oid, payload, a.offset)
+    settle_write(sheep, a.oid, req.epoch)
     return None, b""
 
 

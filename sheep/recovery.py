@@ -40,6 +40,7 @@ from sheep.errors import CODES, SdError
 log = logging.getLogger("sheep.recovery")
 
 DEFAULT_MAX_EXEC = 8
+RETRY_DELAY = 2.0  # s before an incomplete recovery is tried again
 LIVE = 0xFFFFFFFF  # "epoch" reported for a live (non-stale) copy
 
 
@@ -51,6 +52,7 @@ class Recovery:
         self._task: asyncio.Task | None = None
         self._kick = asyncio.Event()
         self.completed: dict[int, set[str]] = {}
+        self._list_incomplete = False
 
     # ------------------------------------------------------------------
     # helpers
@@ -143,17 +145,29 @@ class Recovery:
             thr = self.sheep.recovery_throttle
             sem = asyncio.Semaphore(thr.max_exec_count or DEFAULT_MAX_EXEC)
 
+            failed = []
+
             async def one(oid):
                 async with sem:
                     if g.epoch != epoch:
                         return
                     if not await self.recover_object(oid):
                         log.warning("epoch %d: could not recover %016x", epoch, oid)
+                        failed.append(oid)
                     st.nr_finished += 1
                     if thr.queue_work_interval:
                         await asyncio.sleep(thr.queue_work_interval / 1000)
             await asyncio.gather(*(one(o) for o in todo))
             if g.epoch != epoch:
+                return
+            if failed or self._list_incomplete:
+                # Announcing now would let every node purge the stale copies
+                # that may be the only ones left: try again a little later.
+                log.warning("epoch %d: recovery incomplete (%d objects failed%s); retrying",
+                            epoch, len(failed),
+                            ", a node's object list unavailable" if self._list_incomplete else "")
+                await asyncio.sleep(RETRY_DELAY)
+                self.start()
                 return
             st.state = 2
             await g.driver.notify(json.dumps(
@@ -173,6 +187,7 @@ class Recovery:
         g, store = self.sheep.group, self.sheep.store
         everything: set[int] = set(store.list_oids()) | set(store.list_stale())
         req_flags = proto.SD_FLAG_CMD_RECOVERY
+        self._list_incomplete = False
         for node in list(g.nodes):
             if g.is_me(node):
                 continue
@@ -180,6 +195,7 @@ class Recovery:
                 body = await self._peer_list(node, req_flags, epoch)
             except SdError as e:
                 log.info("cannot list objects of %s: %s", node, e)
+                self._list_incomplete = True
                 continue
             everything.update(np.frombuffer(body, dtype="<u8").tolist())
         cand = sorted(o for o in everything if not store.exists(o))
@@ -258,29 +274,37 @@ class Recovery:
                 break
             except SdError:
                 continue
-        if data is None:  # 2. the newest stale copy anywhere, 3. an orphan live copy
-            best = (-1, None)
-            mine = store.stale_epochs(oid)
-            if mine:
-                best = (mine[0], None)
+        if data is None:  # 2. stale copies anywhere, newest first, 3. orphan live copies
+            cands = [(e, None) for e in store.stale_epochs(oid)]
             probes = [n for n in g.nodes if not g.is_me(n)]
             tags = await asyncio.gather(*(self._probe(n, oid, epoch) for n in probes))
             for node, tag in zip(probes, tags):
-                if tag is not None and (tag if tag != LIVE else 0) > best[0]:
-                    best = (tag if tag != LIVE else 0, node)
-            if best[0] < 0:
+                if tag is not None:
+                    cands.append((0 if tag == LIVE else tag, node))
+            cands.sort(key=lambda c: c[0], reverse=True)
+            for ep, node in cands:
+                try:
+                    if node is None:
+                        data = store.read_stale(oid, ep)
+                    else:
+                        data = await self._read(
+                            node, oid, size, epoch,
+                            proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD,
+                            tgt_epoch=ep or LIVE)
+                    break
+                except SdError as e:
+                    log.warning("recovering %016x: copy of epoch %d on %s unusable: %s",
+                                oid, ep, node or "this node", e)
+            if data is None:
                 return False
-            if best[1] is None:
-                data = store.read_stale(oid, best[0])
-            else:
-                data = await self._read(best[1], oid, size, epoch,
-                                        proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD,
-                                        tgt_epoch=best[0] or LIVE)
         if g.epoch != epoch and not self.holds(oid):
             return False  # the ring moved on while we fetched
         if store.exists(oid):
             return True  # created meanwhile (a client's first write)
         await self.sheep.io(store.create_and_write, oid, size, data, 0, proto.is_sparse_obj(oid))
+        if g.epoch != epoch and not self.holds(oid):  # moved on while we wrote: no orphan
+            store.move_to_stale(oid, epoch)
+            return False
         return True
 
     async def _read(self, node, oid: int, size: int, epoch: int, flags: int,

@@ -3,7 +3,7 @@
 import pytest
 
 from sheep import proto
-from sheep.errors import FencedError, InvalidParmsError, VdiLockedError
+from sheep.errors import CODES, FencedError, InvalidParmsError, SdError, VdiLockedError
 from sheep.lock import EXCL, READ, SHARED, STANDBY, LockTable
 
 N0, N1, N2 = "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"
@@ -198,3 +198,27 @@ def test_replicas_agree_when_fed_the_same_order():
         t.drop_node(N1)
     assert tables[0].snapshot() == tables[1].snapshot()
     assert tables[0].generation >= 1
+
+
+def test_reattach_takes_back_a_dropped_lock_only_if_nobody_had_it_since():
+    from sheep.lock import EXCL, LockTable
+
+    t = LockTable()
+    g = t.lock(7, "n1:7000", 0xA, EXCL)
+    t.drop_node("n1:7000")  # the holder's gateway left: the hold is gone
+    g2 = t.reattach(7, "n2:7001", 0xA, g)  # nobody took it meanwhile: back, new generation
+    assert g2 > g and t.owner(7).session == 0xA and t.owner(7).node == "n2:7001"
+    t.drop_node("n2:7001")
+    gb = t.lock(7, "n3:7002", 0xB, EXCL)  # another writer takes and releases it
+    t.release(7, 0xB)
+    with pytest.raises(SdError) as e:
+        t.reattach(7, "n3:7002", 0xA, g2)  # ... so A is fenced for good
+    assert e.value.code == CODES["FENCED"] and gb > g2
+    g3 = t.lock(7, "n1:7000", 0xC, EXCL)
+    t.force_unlock(7)  # an operator's unlock fences the holder too
+    with pytest.raises(SdError):
+        t.reattach(7, "n1:7000", 0xC, g3)
+    snap = t.snapshot()  # the rule survives a joiner's snapshot
+    t2 = LockTable()
+    t2.restore(snap)
+    assert t2.last == t.last

@@ -16,6 +16,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 
@@ -31,6 +32,11 @@ RETRY_WINDOW = 30.0
 # and lost hosts, which do not close their connections.  Longer than the
 # peer-side epoch wait (peer.EPOCH_WAIT).
 PEER_STALL_TIMEOUT = 15.0
+
+# The client write being served by this task, when it carries a fencing
+# generation: every retry of its fan-out re-checks the lock (a context
+# variable, so it follows the request through awaits and nothing else).
+_FENCED_REQ: contextvars.ContextVar = contextvars.ContextVar("fenced_req", default=None)
 RETRY_CODES = {CODES["OLD_NODE_VER"], CODES["NEW_NODE_VER"], CODES["NETWORK_ERROR"],
                CODES["WAIT_FOR_JOIN"], CODES["WAIT_FOR_FORMAT"], CODES["KILLED"],
                CODES["SHUTDOWN"]}
@@ -118,7 +124,13 @@ class Gateway:
     async def _fanout(self, oid: int, copies: int, local, remote) -> None:
         """Run ``local()`` on this node / ``remote(node, epoch)`` on peers, all replicas."""
         copies = self.copies(oid, copies)
+        fenced = _FENCED_REQ.get()
+        first = True
         async for epoch, nodes in self._attempts(oid, copies):
+            if fenced is not None and not first:
+                # a retry may come after the writer's lock was broken: check again
+                await self.sheep.locks.check_write(fenced)
+            first = False
             calls = [local(epoch) if self.sheep.group.is_me(n) else remote(n, epoch)
                      for n in nodes]
             results = await asyncio.gather(*calls, return_exceptions=True)
@@ -242,6 +254,7 @@ class Gateway:
         a = req.args
         if req.flags & proto.SD_FLAG_CMD_SESSION:
             await self.sheep.locks.check_write(req)  # fencing (sheep.lock)
+            _FENCED_REQ.set(req)  # ... and again before every retry (_fanout)
         await self._check_data_write(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
         if proto.is_vdi_obj(a.oid) and a.offset < proto.SD_INODE_HEADER_SIZE:
@@ -257,6 +270,7 @@ class Gateway:
         a = req.args
         if req.flags & proto.SD_FLAG_CMD_SESSION:
             await self.sheep.locks.check_write(req)  # fencing (sheep.lock)
+            _FENCED_REQ.set(req)  # ... and again before every retry (_fanout)
         await self._check_data_write(a.oid)
         await self._check_index(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
@@ -283,6 +297,7 @@ class Gateway:
         vid, idx = proto.oid_to_vid(oid), proto.data_oid_to_idx(oid)
         if req.flags & proto.SD_FLAG_CMD_SESSION:
             await self.sheep.locks.check_write(req)  # a discard is a write: fenced too
+            _FENCED_REQ.set(req)
         await self._check_data_write(oid)  # NO_VDI; READONLY: a snapshot's inode never changes
         entry = await self.read(proto.vid_to_vdi_oid(vid), proto.data_vdi_id_offset(idx), 4)
         if int.from_bytes(entry, "little"):

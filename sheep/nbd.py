@@ -170,59 +170,10 @@ class LocalConnection:
 
 
 def _vdi_class():
+    """The client-side VDI logic (object split, COW, lock session, write-zeroes)."""
     from qemu_client.block import AsyncVdi
 
-    class NbdVdi(AsyncVdi):
-        """AsyncVdi plus write-zeroes/discard (whole objects unlinked, parts zeroed)."""
-
-        async def pwrite_zeroes(self, offset: int, length: int, unmap: bool = True) -> None:
-            if self.readonly:
-                raise error_for(CODES["READONLY"], f"VDI {self.name} is open read-only")
-            self._check(offset, length)
-            size = self.object_size
-            jobs = []
-            for idx, o, _pos, n in self._split(offset, length):
-                if unmap and n == size:
-                    jobs.append(self._discard_retry(idx))
-                else:
-                    jobs.append(self._zero_part(idx, o, n, unmap))
-            await asyncio.gather(*jobs)
-
-        async def _zero_part(self, idx: int, o: int, n: int, unmap: bool) -> None:
-            while idx in self._creating:
-                await asyncio.shield(self._creating[idx])
-            if unmap and not self.index[idx]:
-                return  # never written: reads as zeros already
-            await self._write_retry(idx, o, bytes(n))
-
-        async def _discard_retry(self, idx: int) -> None:
-            for attempt in range(3):
-                vid = self.vid
-                try:
-                    return await self._discard_part(idx)
-                except SdError as e:
-                    if e.code != CODES["READONLY"] or attempt == 2:
-                        raise
-                if self.vid == vid:
-                    await self._load()
-
-        async def _discard_part(self, idx: int) -> None:
-            while idx in self._creating:
-                await asyncio.shield(self._creating[idx])
-            if not self.index[idx]:
-                return
-            if self.inode.is_snapshot or self.readonly:
-                raise error_for(CODES["READONLY"])
-            fut = self._creating[idx] = asyncio.get_running_loop().create_future()
-            try:  # unlink the object from our inode; the cluster drops unused objects
-                await self.conn.call(proto.Op.DISCARD_OBJ,
-                                     proto.ObjArgs(oid=proto.vid_to_data_oid(self.vid, idx)))
-                self.index[idx] = 0
-            finally:
-                del self._creating[idx]
-                fut.set_result(None)
-
-    return NbdVdi
+    return AsyncVdi
 
 
 # ---------------------------------------------------------------------------
@@ -324,7 +275,7 @@ class NbdConnection:
         self.reader, self.writer = reader, writer
         self.id = next(_ids)
         self.peer = writer.get_extra_info("peername")
-        self.vdi = None  # the open NbdVdi during transmission
+        self.vdi = None  # the open AsyncVdi during transmission
         self.export = ""
         self.readonly = False
         self.tasks: set[asyncio.Task] = set()

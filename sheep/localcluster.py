@@ -80,11 +80,13 @@ def start(args) -> int:
     if hdr.ctime == 0:
         rsp, _ = _call(ports[0], proto.Op.MAKE_FS,
                        proto.ClusterArgs(ctime=proto.sd_time(time.time()), copies=args.copies,
-                                         flags=proto.SD_CLUSTER_FLAG_AUTO_VNODES), b"plain\0")
+                                         # as "collie cluster format": VDI locks enforced
+                                         flags=proto.SD_CLUSTER_FLAG_AUTO_VNODES
+                                         | proto.SD_CLUSTER_FLAG_USE_LOCK), b"plain\0")
         if rsp.result:
             sys.stderr.write(f"localcluster: format failed: result {rsp.result:#x}\n")
             return 1
-        print(f"formatted the cluster with {args.copies} copies")
+        print(f"formatted the cluster with {args.copies} copies (VDI locks enforced)")
     _wait(lambda: _info(ports[0])[0].status == proto.SD_STATUS_OK, 30, "the cluster to run")
     p = ports[0]
     bindir = os.path.dirname(sys.executable)

@@ -17,7 +17,7 @@ from collie import vdi_backup, vdi_extra
 from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_USAGE, Client, CollieError, VdiEntry,
                            count_data_objs, unpack_vids)
-from collie.cluster import confirm, parse_copy, redundancy
+from collie.cluster import confirm, parse_copy, parse_shift, redundancy
 from collie.output import SIZE_HINT, Out, parse_size, strftime_local
 
 OLD_MAX_DATA_OBJS = 1 << 20
@@ -60,7 +60,7 @@ def vdi_create(args, client: Client, out: Out) -> int:
     size = size_arg(args.size)
     copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
     store_policy = 1 if args.hyper else 0
-    shift = vdi_extra.parse_shift_arg(args.block_size_shift)
+    shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0
     if shift:
         object_size = 1 << shift
     elif store_policy == 1:

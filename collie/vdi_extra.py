@@ -10,22 +10,10 @@ from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 
 from collie.client import (EXIT_EXISTS, EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
-                           EXIT_SYSFAIL, EXIT_USAGE, Client, CollieError)
+                           EXIT_SYSFAIL, Client, CollieError)
 from collie.output import TEXT_BOLD, TEXT_NORMAL, Out
 
 NO_INDEX = None
-
-
-def parse_shift_arg(text: str | None) -> int:
-    if not text:
-        return 0
-    try:
-        shift = int(text)
-    except ValueError:
-        shift = -1
-    if not 20 <= shift <= 31:
-        raise CollieError("Object Size is limited to 2^20 ~ 2^31", code=EXIT_USAGE)
-    return shift
 
 
 def parse_index(text: str | None):

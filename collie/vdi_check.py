@@ -6,13 +6,20 @@ Check and repair, per object of a VDI (its inode, then every allocated data
 object), like dog:
 
 * every replica the ring names (N = min(copies, zones)) is asked for the
-  SHA-1 of its copy with GET_HASH, on a direct connection to that node;
-* the majority hash among the copies that answered is voted (Boyer-Moore);
-  a copy that fails its own checksum (the daemon answers EIO instead of a
-  hash) takes no part in the vote and is always repaired;
-* each replica that is missing, damaged or divergent is told to fetch the
-  good copy with REPAIR_REPLICA (if the daemon refuses that, the good data
-  is read with READ_PEER and written with CREATE_AND_WRITE_PEER);
+  SHA-1 of its copy with GET_HASH, on a direct connection to that node, and
+  (pysheepdog's extension, ``SD_FLAG_CMD_SESSION``) for the copy's version;
+* **the newest copy wins**: writes are acknowledged only once every replica
+  has them, so a copy with a greater version holds every acknowledged write
+  an older one holds — a majority of old copies must never outvote it.
+  Among copies of the same, greatest version (they may differ only in writes
+  that were never acknowledged), the most common hash wins.  Only a daemon
+  that reports no versions (Sheepdog 1.0) gets dog's majority vote
+  (Boyer-Moore);
+* a copy that fails its own checksum (the daemon answers EIO instead of a
+  hash) is never chosen and is always repaired;
+* each replica that is missing, damaged or different is told to fetch the
+  chosen copy with REPAIR_REPLICA (the daemon itself refuses to replace a
+  newer copy by an older one);
 * "fixed replica OID" / "fixed missing OID" per repair, then
   "finish check&repair NAME".
 
@@ -50,6 +57,7 @@ class Replica:
     node: proto.SdNode
     state: str = MISSING
     digest: bytes = b""
+    version: int = 0  # 0: unknown (a daemon without versions, or a copy of unknown age)
 
 
 @dataclass
@@ -81,6 +89,24 @@ def vote_majority(replicas: list[Replica]) -> tuple[int, int | None]:
     if count > live // 2:
         return CHECK_SUCCESS, major
     return NO_MAJORITY_FOUND, None
+
+
+def choose_newest(replicas: list[Replica]) -> tuple[int, int | None]:
+    """(result, index of the copy to keep): the greatest version, then the most
+    common hash among the copies of that version; dog's majority vote when no
+    copy reports a version."""
+    found = [i for i, r in enumerate(replicas) if r.state == FOUND]
+    if not found:
+        return NO_OBJ_FOUND, None
+    top = max(replicas[i].version for i in found)
+    if not top:
+        return vote_majority(replicas)
+    best = [i for i in found if replicas[i].version == top]
+    counts: dict[bytes, int] = {}
+    for i in best:
+        counts[replicas[i].digest] = counts.get(replicas[i].digest, 0) + 1
+    winner = max(best, key=lambda i: counts[replicas[i].digest])
+    return CHECK_SUCCESS, winner
 
 
 def needs_repair(replicas: list[Replica], major: int) -> list[int]:
@@ -141,11 +167,11 @@ class Checker:
         self.copies = min(inode.nr_copies, client.nr_zones)
 
     def _hash(self, oid: int, node) -> Replica:
-        req = Request(Op.GET_HASH)
+        req = Request(Op.GET_HASH, flags=proto.SD_FLAG_CMD_SESSION)
         req.args.oid, req.args.tgt_epoch = oid, self.client.epoch
         rsp, _ = self.conns.exec(node, req)
         if rsp.result == 0:
-            return Replica(node, FOUND, bytes(rsp.args.digest))
+            return Replica(node, FOUND, bytes(rsp.args.digest), proto.hash_version(rsp.args))
         if rsp.result == CODES["NO_OBJ"]:
             return Replica(node, MISSING)
         if rsp.result == CODES["EIO"]:  # the copy fails its checksum
@@ -158,25 +184,12 @@ class Checker:
         a = req.args
         a.oid, a.addr, a.port = oid, bytes(src.addr), src.port
         rsp, _ = self.conns.exec(dst, req)
-        if rsp.result == 0:
-            return True
-        # a daemon without REPAIR_REPLICA: copy the good data over ourselves
-        size = proto.object_size(oid, self.inode.block_size_shift)
-        rd = Request(Op.READ_PEER, epoch=self.client.epoch, data_length=size)
-        rd.args.oid = oid
-        rsp, data = self.conns.exec(src, rd)
-        if rsp.result or len(data) != size:
-            return False
-        wr = Request(Op.CREATE_AND_WRITE_PEER, flags=proto.SD_FLAG_CMD_WRITE,
-                     epoch=self.client.epoch, data_length=size)
-        wr.args.oid = oid
-        rsp, _ = self.conns.exec(dst, wr, data)
         return rsp.result == 0
 
     def check(self, oid: int) -> ObjectReport:
         rep = ObjectReport()
         replicas = [self._hash(oid, n) for n in self.ring.replicas(oid, self.copies)]
-        result, major = vote_majority(replicas)
+        result, major = choose_newest(replicas)
         if major is None:
             rep.errors.append(f"no node has {oid:x}" if result == NO_OBJ_FOUND
                               else f"no majority of {oid:x}")

@@ -2,8 +2,10 @@
 
 Guarantees: the store is locked before anything listens; the node listens
 before it joins (so peers can reach it as soon as they see it); blocking
-disk calls go through :meth:`Sheep.io`; :meth:`request_exit` stops serving,
-leaves the cluster and releases the port within about a second.
+disk calls go through :meth:`Sheep.io` / :meth:`Sheep.io_thread` (the event
+loop, which also carries the membership heartbeats, never waits on a disk);
+:meth:`request_exit` stops serving, leaves the cluster and releases the port
+within about a second.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from sheep.vdi import VdiTable
 log = logging.getLogger("sheep")
 
 JOIN_TIMEOUT = 30.0
+# with -n, store calls on at most this many bytes run inline (page cache only)
+INLINE_MAX = 64 << 10
 
 LEVELS = [logging.CRITICAL, logging.CRITICAL, logging.CRITICAL, logging.ERROR,
           logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG]
@@ -46,19 +50,23 @@ class Sheep:
         """Lock and prepare the store; raises StoreLockedError / OSError."""
         self.store.open()
 
-    async def io(self, fn, *args):
-        """Run a blocking store call.  With ``-n`` (no sync) store calls only touch
-        the page cache and run inline; otherwise they run on the I/O threads.
-        A failing disk (not a damaged object) takes the node out of the cluster,
-        so that its objects are recovered elsewhere."""
+    async def io(self, fn, *args, size: int | None = None):
+        """Run a blocking store call on the I/O threads.  With ``-n`` (no sync)
+        a call on at most ``INLINE_MAX`` bytes (``size``) only touches the page
+        cache and runs inline.  A failing disk (not a damaged object) takes the
+        node out of the cluster, so that its objects are recovered elsewhere."""
         try:
-            if self.cfg.nosync:
+            if self.cfg.nosync and size is not None and size <= INLINE_MAX:
                 return fn(*args)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except SdError as e:
             if getattr(e, "disk_failure", False):
                 self.group._fatal(f"disk failure: {e.message}")
             raise
+
+    async def io_thread(self, fn, *args):
+        """Run ``fn(*args)`` on an I/O thread, whatever its size."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _watch_store(self) -> None:
         """Leave the cluster if the store vanishes (checked every second)."""
@@ -95,7 +103,8 @@ class Sheep:
         self.group = Group(self)
         self.gateway = Gateway(self)
         self.recovery = Recovery(self)
-        self.vdis.merge(self.vdis.local_snapshot())
+        local_vdis = await self.io_thread(self.vdis.local_snapshot)
+        self.vdis.merge(local_vdis)
         try:
             servers = await start_servers(self)
         except OSError as e:
@@ -112,7 +121,7 @@ class Sheep:
                 return 1
         for name in cfg.unsupported:
             log.warning("option --%s is accepted for compatibility but not implemented", name)
-        joining = asyncio.ensure_future(self.group.start())
+        joining = asyncio.ensure_future(self.group.start(local_vdis))
         stopping = asyncio.ensure_future(self._exit.wait())
         await asyncio.wait({joining, stopping}, timeout=JOIN_TIMEOUT,
                            return_when=asyncio.FIRST_COMPLETED)

@@ -3,20 +3,28 @@
 Guarantees:
 
 * Writes, creates and removes go to all N replicas (N = min(copies, zones))
-  in parallel and succeed only when every replica succeeded.
+  in parallel and succeed only when every replica succeeded; this node's own
+  leg runs the replica code of ``sheep.peer`` (the same epoch, serving and
+  fencing checks as a peer's).
 * Reads try the local copy first, then the other replicas; a replica that
   answers NO_OBJ, EIO or a checksum error is skipped, so corruption on one
   disk is never returned while a good copy exists.
 * Placement uses the ring snapshot of one epoch per attempt.  A replica that
   is unreachable or answers with an epoch error makes the gateway wait for
-  the next epoch (a membership change) and retry the whole operation on the
-  new ring, invisibly to the client, for up to ``RETRY_WINDOW`` seconds.
+  the next epoch and retry the whole operation on the new ring; HALT and
+  AGAIN (a replica briefly cut off, an object not recovered yet) are retried
+  after a short pause; a write that some replicas applied while another
+  answered NO_OBJ is retried too.  All invisibly to the client, for up to
+  ``RETRY_WINDOW`` seconds.
+* Fencing: a client write that carries a lock generation is checked here and
+  again before every retry, and the generation travels with every peer
+  write (with this gateway's identity), where each replica checks it under
+  the object's lock (``sheep.peer``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 
@@ -33,13 +41,13 @@ RETRY_WINDOW = 30.0
 # peer-side epoch wait (peer.EPOCH_WAIT).
 PEER_STALL_TIMEOUT = 15.0
 
-# The client write being served by this task, when it carries a fencing
-# generation: every retry of its fan-out re-checks the lock (a context
-# variable, so it follows the request through awaits and nothing else).
-_FENCED_REQ: contextvars.ContextVar = contextvars.ContextVar("fenced_req", default=None)
-RETRY_CODES = {CODES["OLD_NODE_VER"], CODES["NEW_NODE_VER"], CODES["NETWORK_ERROR"],
+# retried once the epoch changed (or after at most 5 s)
+EPOCH_CODES = {CODES["OLD_NODE_VER"], CODES["NEW_NODE_VER"], CODES["NETWORK_ERROR"],
                CODES["WAIT_FOR_JOIN"], CODES["WAIT_FOR_FORMAT"], CODES["KILLED"],
                CODES["SHUTDOWN"]}
+# retried after a short pause, the epoch may stay
+PAUSE_CODES = {CODES["HALT"], CODES["AGAIN"]}
+RETRY_CODES = EPOCH_CODES | PAUSE_CODES
 SKIP_ON_READ = {CODES["NO_OBJ"], CODES["EIO"]}
 
 
@@ -97,119 +105,148 @@ class Gateway:
         return proto.object_size(oid, self.sheep.vdis.shift_of(proto.oid_to_vid(oid)))
 
     async def _attempts(self, oid: int, copies: int):
-        """Yield (epoch, replica nodes) per attempt, waiting for a new epoch between."""
+        """Yield (epoch, ring, replica nodes) per attempt; ``asend(code)`` of
+        the error that ended an attempt chooses the wait before the next."""
         group = self.sheep.group
         deadline = time.monotonic() + RETRY_WINDOW
+        pause = 0.05
         while True:
             epoch, ring = group.epoch, group.ring
             nodes = ring.replicas(oid, copies)
             if not nodes:
                 raise error_for(CODES["HALT"], "no node in the cluster stores objects")
-            yield epoch, nodes
+            why = yield epoch, ring, nodes
             left = deadline - time.monotonic()
             if left <= 0:
                 raise error_for(CODES["NETWORK_ERROR"], f"replicas of {oid:016x} unreachable")
-            await group.wait_epoch_change(epoch, min(left, 5.0))
+            if why in EPOCH_CODES:
+                await group.wait_epoch_change(epoch, min(left, 5.0))
+            else:
+                await asyncio.sleep(min(pause, left))
+                pause = min(pause * 2, 1.0)
 
     async def _peer(self, node, opcode, oid, epoch, copies, offset=0, payload=b"",
-                    length=0, flags=0, cow_oid=0):
-        args = proto.ObjArgs(oid=oid, cow_oid=cow_oid, copies=copies, offset=offset)
+                    length=0, flags=0, fence=None, ring=None):
+        args = proto.ObjArgs(oid=oid, copies=copies, offset=offset)
+        if fence is not None:  # the credentials each replica checks (sheep.peer)
+            flags |= proto.SD_FLAG_CMD_SESSION
+            proto.set_fence(args, fence.gen)
+            args.cow_oid = 1 + next(i for i, n in enumerate(ring.nodes)
+                                    if self.sheep.group.is_me(n))
         if payload:
             flags |= proto.SD_FLAG_CMD_WRITE
             length = len(payload)
         req = proto.Request(opcode, args, flags=flags, epoch=epoch, data_length=length)
-        _rsp, body = await self.sheep.gateway.peers.request(node, req, payload)
+        _rsp, body = await self.peers.request(node, req, payload)
         return body
 
-    async def _fanout(self, oid: int, copies: int, local, remote) -> None:
-        """Run ``local()`` on this node / ``remote(node, epoch)`` on peers, all replicas."""
+    def _fence(self, req: proto.Request) -> "peer.Fence | None":
+        gen = proto.fence_of(req)
+        if not gen or not self.sheep.locks.enforced:
+            return None
+        return peer.Fence(gen, self.sheep.locks.me)
+
+    async def _fanout(self, oid: int, copies: int, local, remote, fence=None) -> None:
+        """Run ``local(epoch)`` here / ``remote(node, epoch, ring)`` on peers, all replicas."""
         copies = self.copies(oid, copies)
-        fenced = _FENCED_REQ.get()
-        first = True
-        async for epoch, nodes in self._attempts(oid, copies):
-            if fenced is not None and not first:
-                # a retry may come after the writer's lock was broken: check again
-                await self.sheep.locks.check_write(fenced)
-            first = False
-            calls = [local(epoch) if self.sheep.group.is_me(n) else remote(n, epoch)
-                     for n in nodes]
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            if not errors:
-                return
-            for e in errors:
-                if not isinstance(e, SdError):
-                    raise e
-            if all(e.code in RETRY_CODES for e in errors):
-                log.info("retrying %016x after: %s", oid, "; ".join(map(str, errors)))
-                continue
-            raise next(e for e in errors if e.code not in RETRY_CODES)
+        attempts = self._attempts(oid, copies)
+        why = None
+        try:
+            while True:
+                epoch, ring, nodes = await attempts.asend(why)
+                if why is not None and fence is not None:
+                    # a retry may come after the writer's lock was broken: check again
+                    self.sheep.locks.fence_check(proto.oid_to_vid(oid), fence.gen, fence.node)
+                calls = [local(epoch) if self.sheep.group.is_me(n) else remote(n, epoch, ring)
+                         for n in nodes]
+                results = await asyncio.gather(*calls, return_exceptions=True)
+                errors = [r for r in results if isinstance(r, BaseException)]
+                if not errors:
+                    return
+                for e in errors:
+                    if not isinstance(e, SdError):
+                        raise e
+                codes = {e.code for e in errors}
+                if codes <= RETRY_CODES or (codes == {CODES["NO_OBJ"]}
+                                            and len(errors) < len(results)):
+                    # NO_OBJ from some replicas while others applied it: a
+                    # replica could not see the object yet; try again
+                    log.info("retrying %016x after: %s", oid, "; ".join(map(str, errors)))
+                    why = min(codes & EPOCH_CODES, default=None) or min(codes)
+                    continue
+                raise next(e for e in errors if e.code not in RETRY_CODES)
+        finally:
+            await attempts.aclose()
 
     # ------------------------------------------------------------------
     # object operations (used by client requests and internal work steps)
 
     async def read(self, oid: int, offset: int, length: int, copies: int = 0) -> bytes:
         copies = self.copies(oid, copies)
-        store, group = self.sheep.store, self.sheep.group
+        group = self.sheep.group
         last: SdError | None = None
-        async for epoch, nodes in self._attempts(oid, copies):
-            order = sorted(nodes, key=lambda n: not group.is_me(n))
-            retry = False
-            for node in order:
-                try:
-                    if group.is_me(node):
-                        return await peer.on_local(self.sheep, oid, store.read, oid, offset, length)
-                    return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
-                                            offset, length=length)
-                except SdError as e:
-                    last = e
-                    if e.code in RETRY_CODES:
-                        retry = True
-                    elif e.code not in SKIP_ON_READ:
-                        raise
-                    if e.code == CODES["EIO"]:
-                        log.error("replica of %016x on %s is bad: %s", oid, node, e)
-            if not retry:
-                raise last  # every replica answered NO_OBJ or EIO
+        attempts = self._attempts(oid, copies)
+        why = None
+        try:
+            while True:
+                epoch, _ring, nodes = await attempts.asend(why)
+                order = sorted(nodes, key=lambda n: not group.is_me(n))
+                why = None
+                for node in order:
+                    try:
+                        if group.is_me(node):
+                            return await peer.read(self.sheep, oid, offset, length, epoch)
+                        return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
+                                                offset, length=length)
+                    except SdError as e:
+                        last = e
+                        if e.code in RETRY_CODES:
+                            why = why if why in EPOCH_CODES else e.code
+                        elif e.code not in SKIP_ON_READ:
+                            raise
+                        if e.code == CODES["EIO"]:
+                            log.error("replica of %016x on %s is bad: %s", oid, node, e)
+                if why is None:
+                    raise last  # every replica answered NO_OBJ or EIO
+        finally:
+            await attempts.aclose()
 
-    async def write(self, oid: int, offset: int, data, copies: int = 0) -> None:
-        store = self.sheep.store
-
+    async def write(self, oid: int, offset: int, data, copies: int = 0, fence=None) -> None:
         async def local(epoch):
-            await peer.on_local(self.sheep, oid, store.write, oid, data, offset)
-            peer.settle_write(self.sheep, oid, epoch)
+            await peer.write(self.sheep, oid, data, offset, epoch, fence)
 
-        async def remote(node, epoch):
-            await self._peer(node, proto.Op.WRITE_PEER, oid, epoch, copies, offset, data)
+        async def remote(node, epoch, ring):
+            await self._peer(node, proto.Op.WRITE_PEER, oid, epoch, copies, offset, data,
+                             fence=fence, ring=ring)
 
-        await self._fanout(oid, copies, local, remote)
+        await self._fanout(oid, copies, local, remote, fence)
 
-    async def create_and_write(self, oid: int, offset: int, data, copies: int = 0) -> None:
-        store = self.sheep.store
+    async def create_and_write(self, oid: int, offset: int, data, copies: int = 0,
+                               fence=None) -> None:
         size = self.obj_size(oid)
         if offset + len(data) > size:
             raise error_for(CODES["INVALID_PARMS"], "write beyond the end of the object")
 
         async def local(epoch):
-            await self.sheep.io(store.create_and_write, oid, size, data, offset,
-                                proto.is_sparse_obj(oid))
-            peer.settle_write(self.sheep, oid, epoch)
+            await peer.create(self.sheep, oid, data, offset, epoch, fence)
 
-        async def remote(node, epoch):
+        async def remote(node, epoch, ring):
             await self._peer(node, proto.Op.CREATE_AND_WRITE_PEER, oid, epoch, copies,
                              offset, data if data else b"", length=len(data),
-                             flags=proto.SD_FLAG_CMD_WRITE)
+                             flags=proto.SD_FLAG_CMD_WRITE, fence=fence, ring=ring)
 
-        await self._fanout(oid, copies, local, remote)
+        await self._fanout(oid, copies, local, remote, fence)
 
     async def remove(self, oid: int, copies: int = 0) -> None:
-        store = self.sheep.store
-
         async def local(epoch):
-            await self.sheep.io(store.remove, oid)
+            await peer.remove(self.sheep, oid, epoch)
 
-        async def remote(node, epoch):
-            await self._peer(node, proto.Op.REMOVE_PEER, oid, epoch, copies)
+        async def remote(node, epoch, ring):
+            try:
+                await self._peer(node, proto.Op.REMOVE_PEER, oid, epoch, copies)
+            except SdError as e:
+                if e.code != CODES["NO_OBJ"]:  # a 1.0 peer: already gone is fine
+                    raise
 
         await self._fanout(oid, copies, local, remote)
 
@@ -245,32 +282,37 @@ class Gateway:
             raise error_for(CODES["INVALID_PARMS"],
                             f"range {offset}+{length} is beyond the end of object {oid:016x}")
 
+    async def _client_fence(self, req: proto.Request):
+        """Check a flagged client request's lock generation here; the fence
+        the replicas check again."""
+        if not req.flags & proto.SD_FLAG_CMD_SESSION:
+            return None
+        await self.sheep.locks.check_write(req)
+        return self._fence(req)
+
     async def handle_read(self, req: proto.Request, payload: bytes):
         a = req.args
         self._check_range(a.oid, a.offset, req.data_length)
+        await self._client_fence(req)  # a fenced reader must not read what it cannot own
         return None, await self.read(a.oid, a.offset, req.data_length, a.copies)
 
     async def handle_write(self, req: proto.Request, payload: bytes):
         a = req.args
-        if req.flags & proto.SD_FLAG_CMD_SESSION:
-            await self.sheep.locks.check_write(req)  # fencing (sheep.lock)
-            _FENCED_REQ.set(req)  # ... and again before every retry (_fanout)
+        fence = await self._client_fence(req)
         await self._check_data_write(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
         if proto.is_vdi_obj(a.oid) and a.offset < proto.SD_INODE_HEADER_SIZE:
             await self._check_header_write(a, payload)
         if proto.is_vdi_obj(a.oid) and a.offset + len(payload) > proto.SD_INODE_HEADER_SIZE \
                 and a.offset < proto.SD_INODE_INDEX_END:
-            await self._write_index(a, payload)
+            await self._write_index(a, payload, fence)
         else:
-            await self.write(a.oid, a.offset, payload, a.copies)
+            await self.write(a.oid, a.offset, payload, a.copies, fence)
         return None, b""
 
     async def handle_create(self, req: proto.Request, payload: bytes):
         a = req.args
-        if req.flags & proto.SD_FLAG_CMD_SESSION:
-            await self.sheep.locks.check_write(req)  # fencing (sheep.lock)
-            _FENCED_REQ.set(req)  # ... and again before every retry (_fanout)
+        fence = await self._client_fence(req)
         await self._check_data_write(a.oid)
         await self._check_index(a.oid)
         self._check_range(a.oid, a.offset, len(payload))
@@ -282,7 +324,7 @@ class Gateway:
                 base = bytearray(await self.read(a.cow_oid, 0, size))
                 base[offset:offset + len(payload)] = payload
                 data, offset = bytes(base), 0
-        await self.create_and_write(a.oid, offset, data, a.copies)
+        await self.create_and_write(a.oid, offset, data, a.copies, fence)
         return None, b""
 
     async def handle_remove(self, req: proto.Request, payload: bytes):
@@ -295,17 +337,15 @@ class Gateway:
         if not proto.is_data_obj(oid):
             raise error_for(CODES["INVALID_PARMS"], "DISCARD_OBJ needs a data object")
         vid, idx = proto.oid_to_vid(oid), proto.data_oid_to_idx(oid)
-        if req.flags & proto.SD_FLAG_CMD_SESSION:
-            await self.sheep.locks.check_write(req)  # a discard is a write: fenced too
-            _FENCED_REQ.set(req)
+        fence = await self._client_fence(req)  # a discard is a write: fenced too
         await self._check_data_write(oid)  # NO_VDI; READONLY: a snapshot's inode never changes
         entry = await self.read(proto.vid_to_vdi_oid(vid), proto.data_vdi_id_offset(idx), 4)
         if int.from_bytes(entry, "little"):
             args = proto.ObjArgs(oid=proto.vid_to_vdi_oid(vid), offset=proto.data_vdi_id_offset(idx))
-            await self._write_index(args, b"\0\0\0\0")
+            await self._write_index(args, b"\0\0\0\0", fence)
         return None, b""
 
-    async def _write_index(self, a: proto.ObjArgs, payload: bytes) -> None:
+    async def _write_index(self, a: proto.ObjArgs, payload: bytes, fence=None) -> None:
         """WRITE_OBJ touching ``data_vdi_id``: write, then release dropped references.
 
         Every entry whose old value ``o`` was non-zero and changed drops one
@@ -318,7 +358,7 @@ class Gateway:
         last = (hi - proto.SD_INODE_HEADER_SIZE + 3) // 4
         base = proto.data_vdi_id_offset(first)
         old = await self.read(a.oid, base, 4 * (last - first))
-        await self.write(a.oid, a.offset, payload, a.copies)
+        await self.write(a.oid, a.offset, payload, a.copies, fence)
         new = bytearray(old)
         new[lo - base:hi - base] = payload[lo - a.offset:hi - a.offset]
         dropped = []

@@ -25,6 +25,19 @@ into the node's cluster state:
   VDIs the joiner found on its own disk are merged by every member.
 * **Restart.**  A node that restarts with a formatted store waits
   (WAIT_FOR_JOIN) until every node of the latest epoch is back, then runs.
+* **Disk work off the loop.**  Callbacks run on the event loop, next to the
+  driver's heartbeats, and never block: the disk work an event implies
+  (epoch log, moves to ``.stale``, format, config) is queued, in delivery
+  order, on :attr:`Group.jobs` (``sheep.jobs``); I/O waits for it
+  (:meth:`Group.settled`).
+* **Failures.**  A callback that raises, a failing job or a driver that
+  fails leave this node's state behind the others': it stops serving at once
+  and exits (:meth:`Group._fatal`), so that it never serves a half-applied
+  event.
+* **Serving.**  I/O is admitted only while :meth:`Group.serving` holds: the
+  node is in the primary view (``on_quorum``) and the driver's membership
+  lease is fresh (``may_serve``).  A node's own join means it is in the
+  primary view again.
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ import uuid
 from sheep import proto
 from sheep.cluster.base import Member, create_driver
 from sheep.errors import CODES, SdError, error_for
+from sheep.jobs import Jobs
 from sheep.ring import Ring, auto_vnodes
 
 log = logging.getLogger("sheep.group")
@@ -89,22 +103,37 @@ class Group:
         self._done: dict[str, asyncio.Future] = {}
         self._running_block: str | None = None
         self.member: Member | None = None
+        self.jobs = Jobs(sheep.io_thread, self._fatal)
+        self._epoch_logs: dict[int, tuple[bytes, int]] = {
+            e: rec for e in self.store.epochs() if (rec := self.store.read_epoch(e))}
+        self._rings: dict[int, Ring] = {}
         self.driver = create_driver(sheep.cfg.cluster, self)
 
     # ------------------------------------------------------------------
     # lifecycle
 
-    async def start(self) -> None:
-        """Join the cluster; returns once this node is a member."""
+    async def start(self, local_vdis: list) -> None:
+        """Join the cluster; returns once this node is a member.  ``local_vdis``:
+        the VDIs found on this node's disk (``VdiTable.local_snapshot``)."""
         self.member = Member(self.me.wire(),
                              f"{self.me.host}:{self.me.port}/{os.getpid()}/{uuid.uuid4().hex[:12]}")
-        opaque = json.dumps({
+        await self.driver.join(self.member, self._opaque(local_vdis))
+
+    def _opaque(self, local_vdis: list | None = None) -> bytes:
+        return json.dumps({
             "ctime": self.config.ctime, "epoch": self.epoch, "history": self._history(),
             "fixed_vnodes": self.sheep.cfg.vnodes is not None,
-            "vdis": self.sheep.vdis.local_snapshot(),
+            "vdis": local_vdis or [],
             "lock_gen": self.sheep.locks.join_info(),
         }).encode()
-        await self.driver.join(self.member, opaque)
+
+    def join_opaque(self) -> bytes:
+        """Driver callback: fresh join data for a rejoin (after being out)."""
+        return self._opaque()
+
+    def on_driver_failure(self, exc: BaseException) -> None:
+        """Driver callback: it can no longer deliver events to us."""
+        self._fatal(f"the cluster driver failed: {exc!r}")
 
     async def stop(self) -> None:
         try:
@@ -144,12 +173,49 @@ class Group:
         return node.addr == self.me.addr and node.port == self.me.port
 
     def epoch_nodes(self, epoch: int) -> list[proto.SdNode]:
-        rec = self.store.read_epoch(epoch)
+        rec = self._epoch_logs.get(epoch)
         return proto.unpack_nodes(rec[0]) if rec else []
+
+    def epoch_ring(self, epoch: int) -> Ring | None:
+        """The ring of a past epoch (from the epoch log), None if unknown."""
+        ring = self._rings.get(epoch)
+        if ring is None:
+            rec = self._epoch_logs.get(epoch)
+            if rec is None:
+                return None
+            ring = Ring(proto.unpack_nodes(rec[0]))
+            if len(self._rings) > 256:
+                self._rings.clear()
+            self._rings[epoch] = ring
+        return ring
+
+    def _write_epoch(self, epoch: int, nodes: bytes, ts: int | None = None) -> None:
+        """Record an epoch log: in memory now, on disk in delivery order (a job)."""
+        ts = int(time.time()) if ts is None else ts
+        self._epoch_logs[epoch] = (nodes, ts)
+        self._rings.pop(epoch, None)
+        self.jobs.submit(f"writing the log of epoch {epoch}", self.store.write_epoch,
+                         epoch, nodes, ts)
+
+    def _remove_epoch(self, epoch: int) -> None:
+        self._epoch_logs.pop(epoch, None)
+        self._rings.pop(epoch, None)
+        self.jobs.submit(f"removing the log of epoch {epoch}", self.store.remove_epoch, epoch)
+
+    async def settled(self) -> None:
+        """Wait until the disk work of every event delivered so far is done."""
+        await self.jobs.settled()
+
+    def serving(self) -> bool:
+        """May this node serve I/O now?  (any thread; see module docstring)"""
+        if not self.quorum or self.status in (KILLED, SHUTDOWN):
+            return False
+        may_serve = getattr(self.driver, "may_serve", None)
+        return may_serve is None or bool(may_serve())
 
     def _bump_epoch(self) -> None:
         self.epoch += 1
-        self.store.write_epoch(self.epoch, proto.pack_nodes(self.nodes))
+        self._write_epoch(self.epoch, proto.pack_nodes(self.nodes))
         log.info("epoch %d: %s", self.epoch, ", ".join(str(n) for n in self.nodes))
         self.sheep.recovery.on_epoch(self.epoch - 1)
         self._notify_epoch()
@@ -266,21 +332,38 @@ class Group:
 
     def _history(self) -> list:
         """This node's epoch log as [epoch, nodes hex, timestamp] records."""
-        out = []
-        for e in self.store.epochs():
-            rec = self.store.read_epoch(e)
-            if rec:
-                out.append([e, rec[0].hex(), rec[1]])
-        return out
+        return [[e, rec[0].hex(), rec[1]] for e, rec in sorted(self._epoch_logs.items())]
 
     # The driver delivers events synchronously and in total order; each is
     # applied completely before the next one (and before check_join runs), so
     # a joiner's snapshot is exactly the state at its join point.
 
+    def _guarded(self, what: str, fn, *args) -> None:
+        """Run a membership callback; if it fails half-way, this node's state is
+        behind the others': stop serving and leave (never serve it)."""
+        if self.status == KILLED:
+            return  # failed before: apply nothing more
+        try:
+            fn(*args)
+        except Exception as e:  # noqa: BLE001 - any failure is fatal here
+            log.exception("%s failed", what)
+            self._fatal(f"cannot apply {what}: {e!r}")
+
     def on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
+        self._guarded("a join", self._on_join, joined, members, reply)
+
+    def on_leave(self, left: Member, members: list[Member]) -> None:
+        self._guarded("a leave", self._on_leave, left, members)
+
+    def on_notify(self, sender: Member, msg: bytes) -> None:
+        self._guarded("a cluster message", self._on_notify, sender, msg)
+
+    def _on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
         info = json.loads(reply or b"{}")
         me = self.member is not None and joined.ident == self.member.ident
         my_epoch = self.epoch  # what this node's own store knew before the join
+        if me:
+            self.quorum = True  # our own join: we are in the primary view
         if me and not info.get("self"):
             self._adopt(info)
             if self.status == OK and 0 < my_epoch < self.epoch:
@@ -291,7 +374,7 @@ class Group:
             if not me and self.epoch < newest:
                 self.sheep.recovery.demote_all(self.epoch)  # our data is older
             for e, nodes_hex, ts in hist:
-                self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
+                self._write_epoch(e, bytes.fromhex(nodes_hex), ts)
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
@@ -313,16 +396,16 @@ class Group:
         if cfg.ctime:
             cfg.space = self.me.space
             cfg.shutdown = 0
-            self.store.save_config(cfg.pack())
+            self._save_config(cfg)
             if not info.get("adopt"):  # our own history is newer otherwise
-                mine = {e: self.store.read_epoch(e) for e in self.store.epochs()}
+                mine = dict(self._epoch_logs)
                 for e, nodes_hex, ts in info["epochs"]:
                     rec = mine.get(e)
                     if rec is None or rec[0].hex() != nodes_hex:
-                        self.store.write_epoch(e, bytes.fromhex(nodes_hex), ts)
+                        self._write_epoch(e, bytes.fromhex(nodes_hex), ts)
                 for e in mine:  # epochs the cluster never had (a diverged past)
                     if e > info["epoch"]:
-                        self.store.remove_epoch(e)
+                        self._remove_epoch(e)
         self.config = cfg
         self.status = info["status"]
         # the cluster-op queue as the master saw it: a foreign op may be running
@@ -350,7 +433,7 @@ class Group:
         else:
             self._notify_epoch()
 
-    def on_leave(self, left: Member, members: list[Member]) -> None:
+    def _on_leave(self, left: Member, members: list[Member]) -> None:
         self.members = list(members)
         self._rebuild_nodes()
         log.info("%s left; %d members", proto.SdNode.unpack(left.node), len(members))
@@ -367,7 +450,7 @@ class Group:
         else:
             self._notify_epoch()
 
-    def on_notify(self, sender: Member, msg: bytes) -> None:
+    def _on_notify(self, sender: Member, msg: bytes) -> None:
         m = json.loads(msg)
         if m["t"] == "block":
             self._blocks.append((m["id"], sender.ident))
@@ -400,9 +483,13 @@ class Group:
             self._grant_next()
 
     def _fatal(self, why: str) -> None:
-        """This node can no longer keep its state in step with the cluster: stop."""
+        """This node can no longer keep its state in step with the cluster: stop
+        serving at once (status KILLED), then exit (peers see it leave)."""
+        if self.status == KILLED:
+            return
         log.critical("%s; leaving the cluster", why)
         self.status = KILLED
+        self._notify_epoch()
         self.sheep.request_exit(0.0, code=1)
 
     def _grant_next(self) -> None:
@@ -467,9 +554,15 @@ class Group:
             default_store=proto.pad(msg["store"], 16), shutdown=0,
             copy_policy=msg["copy_policy"], block_size_shift=msg["block_size_shift"],
             version=6, space=self.me.space)
-        self.store.wipe()  # inline on purpose: a format must finish before the next event
-        self.store.remove_epochs()
-        self.store.save_config(cfg.pack())
+        store = self.store
+
+        def wipe():  # I/O waits for it: nothing touches objects of the old cluster
+            store.wipe()
+            store.remove_epochs()
+        self._epoch_logs.clear()
+        self._rings.clear()
+        self.jobs.submit("formatting the store", wipe)
+        self._save_config(cfg)
         self.config = cfg
         self.sheep.vdis.clear()
         self.status = OK
@@ -482,9 +575,10 @@ class Group:
     def apply_shutdown(self) -> None:
         self.status = SHUTDOWN
         self.config.shutdown = 1
-        self.store.save_config(self.config.pack())
+        done = self._save_config(self.config)
         log.info("cluster shutdown requested")
-        self.sheep.request_exit(0.2)
+        # exit once the config is on disk (and the reply had time to go out)
+        done.add_done_callback(lambda _f: self.sheep.request_exit(0.2))
 
     def apply_force_recover(self) -> list[proto.SdNode]:
         """FORCE_RECOVER main step: run with the nodes present (every node)."""
@@ -518,7 +612,11 @@ class Group:
             self._notify_epoch()
 
     def save_config(self) -> None:
-        self.store.save_config(self.config.pack())
+        self._save_config(self.config)
+
+    def _save_config(self, cfg: proto.SheepdogConfig):
+        """Write the config in delivery order (a job); returns its future."""
+        return self.jobs.submit("saving the config", self.store.save_config, cfg.pack())
 
     def now(self) -> int:
         return int(time.time())

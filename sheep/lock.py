@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-* **Replicated table.**  :class:`LockTable` holds, per vid, the list of
+* **Replicated table.**  :class:`sheep.lock_table.LockTable` holds, per vid, the list of
   holders ``(gateway node "addr:port", session id, kind, generation, since)``.
   It changes only in main steps of cluster operations (``{"op": "lock"}``
   messages, see :meth:`LockTable.apply`) and in membership events (a node
@@ -18,20 +18,28 @@ Theory of operation
   Snapshots are never locked: opens of snapshots are shared.
 * **Owner.**  ``(gateway node, session)``; Sheepdog 1.0 clients have session 0,
   so, as in 1.0, their owner is the node they talk to.
-* **Generations.**  Each exclusive grant (and each forced unlock) takes the
-  next value of a cluster-wide counter that every node persists in
-  ``BASE/lock_generation`` in the main step; joiners bring theirs and every
-  member takes the maximum, so after a full restart new generations are
-  higher than any issued before.  A write that carries a generation
-  (``SD_FLAG_CMD_SESSION``) is accepted only if that generation is the VDI's
-  current exclusive grant; otherwise it is refused with FENCED.
+* **Generations.**  Each exclusive grant (also a re-attach or activation
+  through another gateway, a handover) and each end of a grant takes the next
+  value of a cluster-wide counter; every node persists the counter and the
+  latest grant per VDI in ``BASE/lock_state`` (a store job, durable before
+  the reply to the lock request); joiners bring theirs and every member takes
+  the maximum, so after a full restart new generations are higher than any
+  issued before, and a writer whose lock vanished with the restart takes it
+  back if nobody was granted the VDI since.  A write (or read) that carries
+  a generation (``SD_FLAG_CMD_SESSION``) is accepted only if that generation
+  is the VDI's current exclusive grant held through the gateway it came
+  through — at the gateway, and again at every replica under the object's
+  lock (``sheep.peer``); otherwise it is refused with FENCED.
 * **Sessions and leases.**  Each gateway keeps, for the sessions its clients
   use, the time it last heard of them (any request on a connection bound to
   the session, a RENEW heartbeat, the close of the session's last connection).
   A session not heard of for ``grace`` seconds ends: the gateway issues an
   ``expire`` cluster op releasing every hold of ``(this node, session)``.
   A client that reconnects to another gateway within the grace re-attaches
-  its lock there (LOCK_MODE_REATTACH, same generation).
+  its lock there (LOCK_MODE_REATTACH: a new generation, so writes still
+  travelling through the old gateway are fenced).  Time this process spent
+  stopped (SIGSTOP, a stalled loop) does not count against a lease: renewals
+  may be waiting unread on its sockets.
 * **Handover.**  The destination registers a standby hold; the source's
   RELEASE_VDI naming the destination's session turns its exclusive hold into
   the destination's in one main step (new generation), so no third party can
@@ -47,21 +55,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
 
 from sheep import proto
 from sheep.errors import CODES, SdError, error_for
+from sheep.lock_table import EXCL, KIND_CODE, READ, SHARED, STANDBY, LockTable
 
 log = logging.getLogger("sheep.lock")
 
 DEFAULT_GRACE = 8.0  # seconds without news of a session before its locks go
-MAX_SHARED = 31
-EXCL, SHARED, READ, STANDBY = "excl", "shared", "read", "standby"
-KIND_CODE = {EXCL: proto.LOCK_KIND_EXCLUSIVE, SHARED: proto.LOCK_KIND_SHARED,
-             READ: proto.LOCK_KIND_READ, STANDBY: proto.LOCK_KIND_STANDBY}
+STATE_FILE = "lock_state"
 
 #: the server connection (sheep.server.SheepProtocol) serving the current request
 CURRENT_CONN: contextvars.ContextVar = contextvars.ContextVar("sheep_conn", default=None)
@@ -69,260 +74,6 @@ CURRENT_CONN: contextvars.ContextVar = contextvars.ContextVar("sheep_conn", defa
 
 def _err(name: str, msg: str | None = None) -> SdError:
     return error_for(CODES[name], msg)
-
-
-@dataclass
-class Holder:
-    node: str  # gateway "addr:port"
-    session: int  # 0: a Sheepdog 1.0 client (owner = the node)
-    kind: str
-    gen: int = 0  # exclusive holds only
-    since: float = 0.0  # UNIX time of the grant
-
-
-class LockTable:
-    """The replicated lock state machine (pure: no I/O, no clock)."""
-
-    def __init__(self, generation: int = 0):
-        self.locks: dict[int, list[Holder]] = {}
-        self.generation = generation  # highest generation ever issued
-        # vid -> generation of its latest exclusive grant (or forced unlock):
-        # a holder whose lock vanished with its gateway may take it back only
-        # if nobody was granted the VDI since (see reattach)
-        self.last: dict[int, int] = {}
-
-    # -- queries ----------------------------------------------------------
-
-    def holders(self, vid: int) -> list[Holder]:
-        return self.locks.get(vid, [])
-
-    def owner(self, vid: int) -> Holder | None:
-        """The exclusive holder of ``vid``, if any."""
-        for h in self.locks.get(vid, ()):
-            if h.kind == EXCL:
-                return h
-        return None
-
-    def holds_of(self, session: int, node: str | None = None) -> list[tuple[int, Holder]]:
-        return [(vid, h) for vid, hs in self.locks.items() for h in hs
-                if h.session == session and (node is None or h.node == node)]
-
-    def check_write(self, vid: int, gen: int) -> None:
-        """Raise FENCED unless ``gen`` is ``vid``'s current exclusive grant."""
-        o = self.owner(vid)
-        if o is None or o.gen != gen:
-            raise _err("FENCED", f"VDI {vid:#x}: write with lock generation {gen}, but the "
-                                 + (f"current grant is generation {o.gen}" if o
-                                    else "VDI is not locked any more"))
-
-    # -- transitions (called from main steps, in total order) ------------
-
-    def _next_gen(self) -> int:
-        self.generation += 1
-        return self.generation
-
-    def _put(self, vid: int, h: Holder) -> None:
-        self.locks.setdefault(vid, []).append(h)
-
-    def _remove(self, vid: int, pred) -> int:
-        hs = self.locks.get(vid)
-        if not hs:
-            return 0
-        keep = [h for h in hs if not pred(h)]
-        n = len(hs) - len(keep)
-        if keep:
-            self.locks[vid] = keep
-        else:
-            del self.locks[vid]
-        return n
-
-    def lock(self, vid: int, node: str, session: int, kind: str, now: float = 0.0,
-             snapshot: bool = False) -> int:
-        """Take a hold of ``kind``; returns the generation (exclusive) or 0."""
-        if snapshot:
-            return 0  # snapshots are read-only: shared opens never conflict
-        hs = self.holders(vid)
-        others = [h for h in hs if h.kind != STANDBY]
-        if kind == EXCL:
-            if others:
-                raise self._locked(vid, hs)
-            h = Holder(node, session, EXCL, self._next_gen(), now)
-            self._remove(vid, lambda x: x.kind == STANDBY and x.session == session and session)
-            self._put(vid, h)
-            self.last[vid] = h.gen
-            return h.gen
-        if kind == SHARED:
-            if any(h.kind != SHARED for h in others):
-                raise self._locked(vid, hs)
-            if any(h.node == node and h.session == session for h in others):
-                raise _err("VDI_LOCKED", f"VDI {vid:#x}: this owner shares the lock already")
-            if len(others) >= MAX_SHARED:
-                raise _err("VDI_LOCKED", f"VDI {vid:#x}: {MAX_SHARED} participants already")
-            self._put(vid, Holder(node, session, SHARED, 0, now))
-            return 0
-        if kind in (READ, STANDBY):
-            if kind == READ and any(h.kind in (EXCL, SHARED) for h in others):
-                raise self._locked(vid, hs)
-            for h in hs:
-                if h.kind == kind and h.session == session and session:
-                    h.node = node  # the same session again (e.g. after a reconnect)
-                    return 0
-            self._put(vid, Holder(node, session, kind, 0, now))
-            return 0
-        raise _err("INVALID_PARMS", f"unknown lock kind {kind!r}")
-
-    @staticmethod
-    def _locked(vid: int, hs: list[Holder]) -> SdError:
-        h = next(x for x in hs if x.kind != STANDBY)
-        who = f"{h.node}" + (f" session {h.session:016x}" if h.session else "")
-        return _err("VDI_LOCKED", f"VDI {vid:#x} is locked ({h.kind}) by {who}")
-
-    def activate(self, vid: int, node: str, session: int, now: float = 0.0,
-                 snapshot: bool = False) -> int:
-        """A migration destination activates: the lock handed to it, or a free one."""
-        if snapshot:
-            return 0
-        o = self.owner(vid)
-        if o is not None and o.session == session and session:
-            o.node = node
-            self._remove(vid, lambda x: x.kind == STANDBY and x.session == session)
-            return o.gen
-        return self.lock(vid, node, session, EXCL, now)
-
-    def reattach(self, vid: int, node: str, session: int, gen: int, now: float = 0.0) -> int:
-        """Move ``session``'s exclusive hold of generation ``gen`` to gateway ``node``.
-
-        If the hold is gone because its gateway left the cluster, but nobody
-        was granted the VDI since — its latest grant is still ``gen`` and
-        nothing holds it — the session gets it back under a new generation:
-        no other writer can have touched the VDI in between.  A lapsed lease
-        or a forced unlock is lost for good.  Otherwise FENCED."""
-        o = self.owner(vid)
-        if o is not None and session and o.session == session and o.gen == gen:
-            o.node = node
-            return gen
-        if (o is None and session and gen and self.last.get(vid) == gen
-                and not any(h.kind != STANDBY for h in self.holders(vid))):
-            h = Holder(node, session, EXCL, self._next_gen(), now)
-            self._put(vid, h)
-            self.last[vid] = h.gen
-            return h.gen
-        raise _err("FENCED", f"VDI {vid:#x}: the lock of generation {gen} is gone")
-
-    def release(self, vid: int, session: int) -> int:
-        """A session releases whatever it holds on ``vid`` (never fails)."""
-        return self._remove(vid, lambda h: h.session == session)
-
-    def release_legacy(self, vid: int, node: str, ltype: int) -> int:
-        """Sheepdog 1.0 RELEASE_VDI: type 0 unlocks whoever holds it (that is how
-        ``dog vdi lock unlock`` works, so it bumps the generation); type 1 drops
-        this node from the shared participants."""
-        if ltype == proto.LOCK_TYPE_SHARED:
-            return self._remove(vid, lambda h: h.kind == SHARED and h.node == node
-                                and not h.session)
-        return self.force_unlock(vid, (EXCL,))
-
-    def force_unlock(self, vid: int, kinds=(EXCL, SHARED, READ)) -> int:
-        """Operator's unlock: drop the holds, bump the generation (fences the holder)."""
-        n = self._remove(vid, lambda h: h.kind in kinds)
-        if n:
-            self.last[vid] = self._next_gen()  # the former holder cannot take it back
-        return n
-
-    def handover(self, vid: int, session: int, target: int, now: float = 0.0) -> int:
-        """The exclusive holder ``session`` hands ``vid`` to standby session ``target``."""
-        o = self.owner(vid)
-        if o is None or not session or o.session != session:
-            raise _err("FENCED", f"VDI {vid:#x}: the source does not hold the lock any more")
-        dest = next((h for h in self.holders(vid) if h.kind == STANDBY and h.session == target),
-                    None)
-        if dest is None or not target:
-            raise _err("INVALID_PARMS", f"VDI {vid:#x}: session {target:016x} has not opened "
-                                        f"it inactive (nothing to hand over to)")
-        self._remove(vid, lambda h: h is o or h is dest)
-        h = Holder(dest.node, target, EXCL, self._next_gen(), now)
-        self._put(vid, h)
-        self.last[vid] = h.gen
-        return h.gen
-
-    def expire(self, node: str, session: int) -> list[int]:
-        """Session ``(node, session)`` ended: drop all its holds; returns the vids."""
-        vids = [vid for vid, h in self.holds_of(session, node)]
-        for vid in set(vids):
-            if any(h.kind == EXCL for h in self.holders(vid)
-                   if h.session == session and h.node == node):
-                self.last[vid] = 0  # a lapsed lease is lost for good (no take-back)
-            self._remove(vid, lambda h: h.session == session and h.node == node)
-        return sorted(set(vids))
-
-    def drop_node(self, node: str) -> list[int]:
-        """Node ``node`` left the cluster: every hold owned through it goes."""
-        vids = sorted({vid for vid, hs in self.locks.items() for h in hs if h.node == node})
-        for vid in vids:
-            self._remove(vid, lambda h: h.node == node)
-        return vids
-
-    def move(self, old: int, new: int) -> None:
-        """A snapshot replaced working VDI ``old`` by ``new``: the writer follows."""
-        moved = [h for h in self.holders(old) if h.kind in (EXCL, STANDBY)]
-        if moved:
-            self._remove(old, lambda h: h.kind in (EXCL, STANDBY))
-            for h in moved:
-                self._put(new, h)
-                if h.kind == EXCL:
-                    self.last[new] = h.gen
-
-    def drop_vid(self, vid: int) -> None:
-        self.locks.pop(vid, None)
-        self.last.pop(vid, None)
-
-    def clear(self) -> None:
-        """Format: no locks; the generation keeps growing."""
-        self.locks.clear()
-
-    def apply(self, msg: dict) -> dict:
-        """One ``{"op": "lock"}`` main step; raises SdError (deterministically) on conflict."""
-        a = msg["a"]
-        vid = msg.get("vid", 0)
-        if a == "lock":
-            gen = self.lock(vid, msg["node"], msg["session"], msg["kind"], msg["now"],
-                            msg.get("snapshot", False))
-        elif a == "activate":
-            gen = self.activate(vid, msg["node"], msg["session"], msg["now"],
-                                msg.get("snapshot", False))
-        elif a == "reattach":
-            gen = self.reattach(vid, msg["node"], msg["session"], msg["gen"], msg.get("now", 0.0))
-        elif a == "release":
-            self.release(vid, msg["session"])
-            gen = 0
-        elif a == "release_legacy":
-            self.release_legacy(vid, msg["node"], msg["type"])
-            gen = 0
-        elif a == "force":
-            self.force_unlock(vid)
-            gen = 0
-        elif a == "handover":
-            gen = self.handover(vid, msg["session"], msg["target"], msg["now"])
-        elif a == "expire":
-            self.expire(msg["node"], msg["session"])
-            gen = 0
-        else:
-            raise _err("INVALID_PARMS", f"unknown lock action {a!r}")
-        return {"vid": vid, "gen": gen}
-
-    # -- snapshot for joiners ---------------------------------------------
-
-    def snapshot(self) -> dict:
-        return {"generation": self.generation,
-                "locks": [[vid, [asdict(h) for h in hs]] for vid, hs in sorted(self.locks.items())],
-                "last": sorted(self.last.items())}
-
-    def restore(self, snap: dict | None) -> None:
-        if not snap:
-            return
-        self.generation = max(self.generation, snap.get("generation", 0))
-        self.locks = {vid: [Holder(**h) for h in hs] for vid, hs in snap.get("locks", [])}
-        self.last = {vid: gen for vid, gen in snap.get("last", [])}
 
 
 # ---------------------------------------------------------------------------
@@ -342,37 +93,39 @@ class Locks:
     def __init__(self, sheep):
         self.sheep = sheep
         self.grace = float(getattr(sheep.cfg, "lock_grace", DEFAULT_GRACE) or DEFAULT_GRACE)
-        self.path = os.path.join(sheep.cfg.base_dir, "lock_generation")
-        self.persisted = self._load()
-        self.table = LockTable(self.persisted)
+        gen, last = self._load()
+        self.table = LockTable(gen, last)
+        self.persisted = (self.table.generation, self.table.last_items())
         self.sessions: dict[int, _Session] = {}
         self._reaper: asyncio.Task | None = None
+        self._last_tick: float | None = None
 
-    # -- persistence of the highest generation ------------------------------
+    # -- persistence of the generation counter and the latest grants ---------
 
-    def _load(self) -> int:
+    def _load(self) -> tuple[int, list]:
+        store = self.sheep.store
         try:
-            with open(self.path) as f:
-                return int(f.read().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except (OSError, ValueError) as e:
-            log.error("cannot read %s: %s; starting from generation 0", self.path, e)
-            return 0
+            raw = store.read_file(STATE_FILE)
+            if raw is not None:
+                st = json.loads(raw)
+                return int(st["generation"]), [tuple(x) for x in st["last"]]
+            old = store.read_file("lock_generation")  # format 1: the counter only
+            return (int(old.strip() or 0) if old else 0), []
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("cannot read the lock state in %s: %s; starting from generation 0",
+                      self.sheep.cfg.base_dir, e)
+            return 0, []
 
     def _persist(self) -> None:
-        """Write the highest generation if it grew (inline: part of a main step)."""
-        gen = self.table.generation
-        if gen <= self.persisted:
+        """Queue a durable write of the counter and the latest grants if they
+        changed (a store job: lock replies wait for it, see :meth:`settled`)."""
+        state = (self.table.generation, self.table.last_items())
+        if state == self.persisted:
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{gen}\n")
-            if not self.sheep.cfg.nosync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(tmp, self.path)
-        self.persisted = gen
+        self.persisted = state
+        raw = json.dumps({"generation": state[0], "last": state[1]}).encode()
+        self.sheep.group.jobs.submit("persisting the lock state",
+                                     self.sheep.store.write_file, STATE_FILE, raw)
 
     # -- replicated state hooks (sheep.group / sheep.ops) --------------------
 
@@ -397,13 +150,17 @@ class Locks:
             log.info("%s left: released its locks on %s", node,
                      ", ".join(f"{v:#x}" for v in vids))
 
-    def join_info(self) -> int:
-        """What a joining node brings: the highest generation it ever saw."""
-        return max(self.persisted, self.table.generation)
+    def join_info(self) -> dict:
+        """What a joining node brings: its counter and latest grants."""
+        return {"generation": self.table.generation, "last": self.table.last_items()}
 
     def on_join(self, info: dict) -> None:
-        """Every member, in order: the generation becomes the max with the joiner's."""
-        self.table.generation = max(self.table.generation, int(info.get("lock_gen", 0) or 0))
+        """Every member, in order: merge the joiner's counter and latest grants."""
+        mine = info.get("lock_gen") or {}
+        if isinstance(mine, int):  # format 1 join data: the counter only
+            mine = {"generation": mine, "last": []}
+        self.table.generation = max(self.table.generation, int(mine.get("generation", 0)))
+        self.table.merge_last(mine.get("last", []))
         self._persist()
 
     def snapshot(self) -> dict:
@@ -463,8 +220,20 @@ class Locks:
 
     async def _reap(self) -> None:
         tick = max(0.1, min(0.5, self.grace / 4))
+        last = time.monotonic()
         while True:
             await asyncio.sleep(tick)
+            now = time.monotonic()
+            stall, last = now - last - tick, now
+            if stall > tick:
+                # this process was stopped (or its loop stalled): renewals may be
+                # waiting unread on its sockets; the time does not count against
+                # anybody's lease, and nobody is judged before they were read
+                for s in self.sessions.values():
+                    s.last_seen += stall
+                log.warning("lock session leases extended by %.1fs: this process did not "
+                            "run for that long", stall)
+                continue
             try:
                 self._reap_once()
             except Exception:  # the reaper must survive anything
@@ -505,20 +274,32 @@ class Locks:
             if time.monotonic() - s.last_seen > self.grace and not self.table.holds_of(s.sid, me):
                 self.sessions.pop(s.sid, None)
 
-    # -- fencing (called by the gateway for flagged writes) -----------------
+    # -- fencing (the gateway for flagged requests, every replica for writes) --
+
+    async def fence_ready(self, gen: int) -> None:
+        """Wait (briefly) until this node applied the grant of ``gen``: it may
+        have been granted through another node a moment ago."""
+        if gen > self.table.generation:
+            await self.sheep.group.wait_until(lambda: self.table.generation >= gen, 3.0)
 
     async def check_write(self, req: proto.Request) -> None:
+        """A client request with a lock generation, at its gateway (this node)."""
         gen = proto.fence_of(req)
         if not gen or not self.enforced:
             return
-        vid = proto.oid_to_vid(req.args.oid)
+        await self.fence_ready(gen)
+        self.fence_check(proto.oid_to_vid(req.args.oid), gen, self.me)
+
+    def fence_check(self, vid: int, gen: int, node: str) -> None:
+        """FENCED unless ``gen`` is ``vid``'s current exclusive grant, held
+        through gateway ``node``.  Only reads state: safe from an I/O thread
+        (``sheep.peer`` runs it under the object's store lock)."""
+        if not self.enforced:
+            return
         st = self.sheep.vdis.state(vid)
         if st is not None and st.snapshot:
-            return  # refused as READONLY next; the client then follows the new working VDI
-        if gen > self.table.generation:
-            # granted through another node a moment ago: wait for its main step here
-            await self.sheep.group.wait_until(lambda: self.table.generation >= gen, 3.0)
-        self.table.check_write(vid, gen)
+            return  # refused as READONLY by the gateway; the client follows the new VDI
+        self.table.check_write(vid, gen, node)
 
     # -- replies -------------------------------------------------------------
 
@@ -575,7 +356,8 @@ def _name_tag(payload: bytes) -> tuple[bytes, bytes]:
     raise _err("INVALID_PARMS", f"VDI name payload must be 256 or 512 bytes, got {len(payload)}")
 
 
-def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0) -> proto.VdiRsp:
+def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0,
+           extra: int = 0) -> proto.VdiRsp:
     vdis = sheep.vdis
     st = vdis.state(vid)
     rsp = proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
@@ -583,7 +365,7 @@ def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0) -> prot
     if flagged:
         locks = sheep.locks
         status = proto.LOCK_STATUS_SESSION | (proto.LOCK_STATUS_ENFORCED if locks.enforced else 0)
-        proto.set_session_reply(rsp, status, gen, int(locks.grace * 1000), holds)
+        proto.set_session_reply(rsp, status | extra, gen, int(locks.grace * 1000), holds)
     return rsp
 
 
@@ -599,7 +381,13 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
     if flagged and mode == proto.LOCK_MODE_RENEW:
         if not sid:
             raise _err("INVALID_PARMS", "lease renewal without a session id")
-        return _reply(sheep, 0, True, holds=len(locks.table.holds_of(sid))), b""
+        held_ok = 0
+        if a.base_vdi_id and held:  # "do I still hold this grant?" (qemu_client)
+            o = locks.table.owner(a.base_vdi_id)
+            if o is not None and (o.session, o.gen, o.node) == (sid, held, locks.me):
+                held_ok = proto.LOCK_STATUS_HELD
+        return _reply(sheep, 0, True, holds=len(locks.table.holds_of(sid)),
+                      extra=held_ok), b""
     name, tag = _name_tag(payload)
     if not locks.enforced:  # Sheepdog 1.0: LOCK_VDI is GET_VDI_INFO
         return _reply(sheep, await sheep.vdis.find(name, tag, a.snapid), flagged), b""
@@ -626,6 +414,7 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
                 "kind": kind, "gen": held, "now": time.time(),
                 "snapshot": bool(st is not None and st.snapshot)}
     out = await sheep.group.cluster_op(work)
+    await sheep.group.settled()  # the new generation is durable before anyone uses it
     return _reply(sheep, out["vid"], flagged, out["gen"],
                   len(locks.table.holds_of(sid)) if sid else 0), b""
 
@@ -657,6 +446,7 @@ async def release_vdi(sheep, req: proto.Request, payload: bytes):
         msg["now"] = time.time()
         return msg
     await sheep.group.cluster_op(work)
+    await sheep.group.settled()
     return None, b""
 
 

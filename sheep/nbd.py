@@ -32,7 +32,9 @@ Theory of operation
   and then the lock is released; if even that fails, the lease lapses after
   the grace time because nobody renews it.  Snapshots take no lock.
 * **Transmission**: each request is served in its own task (many in flight,
-  up to ``MAX_IN_FLIGHT``; past that we stop reading), replies are simple
+  up to ``MAX_IN_FLIGHT`` and ``MAX_BUFFERED`` bytes of payloads and read
+  buffers; past either, the next request is not read — its slot and bytes
+  are taken before its payload is), replies are simple
   replies matched by handle, queued whole (so they never interleave) and
   written together once per loop iteration (one send for many).  WRITE and CREATE are acknowledged only when every replica has
   the data, so FLUSH has nothing left to do and FUA needs no extra work.
@@ -99,6 +101,7 @@ MAX_REQUEST = 32 << 20  # largest read/write (QEMU's NBD_MAX_BUFFER_SIZE)
 MAX_OPTION = 64 << 10  # option data we read at all (names are <= 4096 bytes)
 MAX_NAME = 4096
 MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
+MAX_BUFFERED = 64 << 20  # bytes of payloads + read buffers in progress per connection
 NEGOTIATION_TIMEOUT = 60.0
 WRITE_HIGH_WATER = 64 << 20  # unsent reply bytes before we stop reading requests
 RELEASE_TIMEOUT = 10.0
@@ -280,6 +283,8 @@ class NbdConnection:
         self.readonly = False
         self.tasks: set[asyncio.Task] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.buffered = 0  # bytes taken by requests in progress
+        self._room = asyncio.Event()
         self.closed = False
         self._out: list[bytes] = []  # replies not written yet (see _send)
         self._out_bytes = 0
@@ -485,14 +490,25 @@ class NbdConnection:
             if cmd == CMD_DISC:
                 return
             payload = b""
-            if cmd == CMD_WRITE:
-                if length > MAX_REQUEST:
-                    # we cannot buffer it and cannot resynchronise without it
-                    self._send(handle, EOVERFLOW)
-                    raise _Protocol(f"write of {length} bytes")
-                payload = await r.readexactly(length)
+            if cmd == CMD_WRITE and length > MAX_REQUEST:
+                # we cannot buffer it and cannot resynchronise without it
+                self._send(handle, EOVERFLOW)
+                raise _Protocol(f"write of {length} bytes")
+            charge = min(length, MAX_REQUEST) if cmd in (CMD_WRITE, CMD_READ) else 0
             await self.slots.acquire()
+            while self.buffered and self.buffered + charge > MAX_BUFFERED:
+                self._room.clear()
+                await self._room.wait()
+            self.buffered += charge
+            if cmd == CMD_WRITE:
+                try:
+                    payload = await r.readexactly(length)
+                except BaseException:
+                    self.buffered -= charge
+                    self.slots.release()
+                    raise
             task = loop.create_task(self._serve(cmd, flags, handle, offset, length, payload))
+            task.charge = charge
             self.tasks.add(task)
             task.add_done_callback(self._done)
             if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
@@ -500,6 +516,8 @@ class NbdConnection:
 
     def _done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
+        self.buffered -= task.charge
+        self._room.set()
         self.slots.release()
 
     def _send(self, handle: int, err: int, data=None) -> None:

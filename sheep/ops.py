@@ -23,6 +23,8 @@ import struct
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+import numpy as np
+
 from sheep import group as G
 from sheep import lock, peer, proto, repair, vdi_copies
 from sheep.errors import CODES, SdError, error_for
@@ -171,10 +173,19 @@ async def get_epoch(sheep, req, payload):
 
 
 async def get_obj_list(sheep, req, payload):
-    oids = await sheep.io(sheep.store.list_oids)
-    if req.flags & proto.SD_FLAG_CMD_RECOVERY:  # recovery also wants the stale copies
-        oids = sorted(set(oids) | set(sheep.store.list_stale()))
-    body = struct.pack(f"<{len(oids)}Q", *oids)
+    """Every local oid; with the RECOVERY flag (another node's recovery) the
+    stale ones too, at the requester's epoch once its moves are done (live
+    copies are listed before stale ones: a copy moving meanwhile is seen)."""
+    store = sheep.store
+    if req.flags & proto.SD_FLAG_CMD_RECOVERY:
+        await peer.admit_epoch(sheep, req.epoch)
+
+        def both():
+            return np.union1d(store.oid_array(), store.stale_oid_array())
+        oids = await sheep.io_thread(both)
+    else:
+        oids = await sheep.io_thread(store.oid_array)
+    body = oids.astype("<u8").tobytes()
     if len(body) > req.data_length:
         return None, b"", CODES["BUFFER_SMALL"]
     return None, body
@@ -187,12 +198,13 @@ async def exist(sheep, req, payload):
 
 
 async def get_hash(sheep, req, payload):
-    oid = req.args.oid
-    size = await sheep.io(sheep.store.object_size, oid)
-    if size is None:
-        raise _err("NO_OBJ")
-    data = await sheep.io(sheep.store.read, oid, 0, size)
-    return proto.HashRsp(digest=hashlib.sha1(data).digest()), b""
+    """SHA-1 of the whole live copy; with SD_FLAG_CMD_SESSION also its version
+    (``collie vdi check`` keeps the newest copy, never a majority's)."""
+    version, data = await sheep.io_thread(sheep.store.read_object, req.args.oid)
+    rsp = proto.HashRsp(digest=hashlib.sha1(data).digest())
+    if req.flags & proto.SD_FLAG_CMD_SESSION:
+        proto.set_hash_version(rsp, version)
+    return rsp, b""
 
 
 async def stat(sheep, req, payload):
@@ -417,7 +429,7 @@ _TABLE = [
     (Op.READ_OBJ, "gateway", False, _gw("handle_read")),
     (Op.WRITE_OBJ, "gateway", False, _gw("handle_write")),
     (Op.REMOVE_OBJ, "gateway", False, _gw("handle_remove")),
-    (Op.DISCARD_OBJ, "local", False, _gw("handle_discard")),
+    (Op.DISCARD_OBJ, "gateway", False, _gw("handle_discard")),  # writes the inode
     (Op.NEW_VDI, "cluster", False, new_vdi),
     (Op.LOCK_VDI, "cluster", False, lock.lock_vdi),
     (Op.RELEASE_VDI, "cluster", False, lock.release_vdi),
@@ -486,8 +498,9 @@ def admit(sheep, req: proto.Request) -> OpSpec:
         raise _err("KILLED")
     if status == G.SHUTDOWN:
         raise _err("SHUTDOWN")
-    if not sheep.group.quorum and spec.kind in ("gateway", "peer", "cluster"):
-        raise _err("HALT", "this node is cut off from the majority of the cluster")
+    if spec.kind in ("gateway", "peer", "cluster") and not sheep.group.serving():
+        raise _err("HALT", "this node is cut off from the cluster (not in the primary view, "
+                           "or its membership lease lapsed)")
     if status != G.OK and not spec.force:
         raise _err("WAIT_FOR_FORMAT" if status == G.WAIT_FOR_FORMAT else "WAIT_FOR_JOIN")
     return spec

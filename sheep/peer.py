@@ -1,48 +1,86 @@
-"""Peer operations: object I/O on this node's store, sent by gateways.
+"""The replica side of object I/O: what a holder does with a read, write,
+create or remove — sent by a gateway as a peer op, or run by the gateway on
+itself as its local leg (the same code, so the same checks).
 
-Guarantees: a peer request carries the gateway's epoch.  One older than ours
-is refused with OLD_NODE_VER (the gateway catches up and retries on the new
-ring); one newer than ours waits until our membership view catches up
-(bounded by ``EPOCH_WAIT``, then NEW_NODE_VER), so a replica never acts on a
-placement it has not seen yet.
+Guarantees:
+
+* **Epoch.**  A request carries the gateway's epoch.  One older than ours is
+  refused with OLD_NODE_VER (the gateway redoes it on the new ring); one
+  newer waits until our view catches up (bounded by ``EPOCH_WAIT``, then
+  NEW_NODE_VER); then it waits for that epoch's store jobs.  The epoch is
+  checked again under the object's store lock right before anything changes,
+  and a change that finished after the epoch moved is answered OLD_NODE_VER
+  too (if this node no longer holds the object, the copy becomes stale in
+  the same I/O call): a replica never acts on a placement it has not seen,
+  and never keeps a live copy it does not hold.
+* **Serving.**  A node that may not serve (cut off from the cluster, its
+  membership lease lapsed) answers HALT, checked under the object lock too.
+* **Fencing.**  A write that carries a lock generation (and the gateway it
+  came through) lands only if that is the VDI's current exclusive grant,
+  checked under the object's lock against this node's copy of the lock
+  table: whatever the arrival order, a write of a fenced writer never lands
+  after the new holder's (``sheep.lock``).
+* **Missing objects.**  A holder that lacks the object recovers it first
+  (``sheep.recovery``); NO_OBJ only if no copy exists anywhere, AGAIN if that
+  cannot be decided now — never NO_OBJ because recovery was not done yet.
+* **Damage.**  A live copy that fails its checksum answers EIO (the gateway
+  reads another replica) and is repaired from another holder in the
+  background.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sheep import proto
 from sheep.errors import CODES, SdError, error_for
+from sheep.fetch import LIVE, Outcome, best_local, probe_reply
 
 EPOCH_WAIT = 10.0
 
 
-async def _check_epoch(sheep, req: proto.Request) -> None:
+@dataclass(frozen=True)
+class Fence:
+    """A write's lock credentials: the generation and the gateway it used."""
+
+    gen: int
+    node: str  # "addr:port" of the gateway
+
+
+async def admit_epoch(sheep, epoch: int) -> None:
+    """Refuse an older epoch, wait for a newer one, then for its store jobs."""
     group = sheep.group
-    if req.epoch == group.epoch:
-        return
-    if (req.epoch - group.epoch) & 0x80000000:  # request is older (serial arithmetic)
+    if epoch != group.epoch:
+        if (epoch - group.epoch) & 0x80000000:  # request is older (serial arithmetic)
+            raise error_for(CODES["OLD_NODE_VER"])
+        if not await group.wait_epoch_at_least(epoch, EPOCH_WAIT):
+            raise error_for(CODES["NEW_NODE_VER"])
+        if group.epoch != epoch:
+            raise error_for(CODES["OLD_NODE_VER"])
+    await group.settled()
+    if group.epoch != epoch:
         raise error_for(CODES["OLD_NODE_VER"])
-    if not await group.wait_epoch_at_least(req.epoch, EPOCH_WAIT):
-        raise error_for(CODES["NEW_NODE_VER"])
 
 
-async def handle_create(sheep, req: proto.Request, payload: bytes):
-    await _check_epoch(sheep, req)
-    a = req.args
-    if proto.is_data_obj(a.oid):  # its size comes from the VDI: know the VDI first
-        await sheep.vdis.await_state(proto.oid_to_vid(a.oid))
-    size = sheep.gateway.obj_size(a.oid)
-    await sheep.io(sheep.store.create_and_write, a.oid, size, payload, a.offset,
-                   proto.is_sparse_obj(a.oid))
-    settle_write(sheep, a.oid, req.epoch)
-    return None, b""
+def _guard(sheep, oid: int, epoch: int, fence: Fence | None):
+    """The check run under the object's store lock (any thread)."""
+    group, locks = sheep.group, sheep.locks
+    vid = proto.oid_to_vid(oid)
+
+    def check():
+        if group.epoch != epoch:
+            raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {group.epoch}")
+        if not group.serving():
+            raise error_for(CODES["HALT"], "this node is cut off from the cluster")
+        if fence is not None:
+            locks.fence_check(vid, fence.gen, fence.node)
+    return check
 
 
-def settle_write(sheep, oid: int, epoch: int) -> None:
-    """After a store write admitted at ``epoch``: if the epoch moved meanwhile
-    (the write waited on an I/O thread), the new holders may already have
-    copied the object without it.  Refuse with OLD_NODE_VER so the gateway
-    redoes the write on the new ring; and if this node no longer holds the
-    object, keep the copy only as a stale one (never as a live orphan)."""
+def _settle(sheep, oid: int, epoch: int) -> None:
+    """After a change admitted at ``epoch`` (same I/O call): if the epoch moved
+    meanwhile, the new holders may have copied the object without it — refuse
+    so the gateway redoes it on the new ring, and keep no live orphan."""
     g = sheep.group
     if g.epoch == epoch:
         return
@@ -51,59 +89,138 @@ def settle_write(sheep, oid: int, epoch: int) -> None:
     raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {g.epoch} during a write")
 
 
-async def on_local(sheep, oid: int, call, *args):
-    """Run a store call on ``oid``; if this node holds the object but lacks it
-    (not recovered yet), recover it first and try again (I/O during recovery)."""
+async def _with_recovery(sheep, oid: int, call, size: int):
+    """Run ``call()`` (a store call on ``size`` bytes); on NO_OBJ recover the
+    object first."""
     try:
-        return await sheep.io(call, *args)
+        return await sheep.io(call, size=size)
     except SdError as e:
-        if e.code != CODES["NO_OBJ"] or not await sheep.recovery.recover_object(oid):
+        if e.code != CODES["NO_OBJ"]:
+            if e.code == CODES["EIO"] and not getattr(e, "disk_failure", False):
+                sheep.recovery.repair_later(oid)
             raise
-    return await sheep.io(call, *args)
+    outcome = await sheep.recovery.recover_object(oid)
+    if outcome is Outcome.ABSENT:
+        raise error_for(CODES["NO_OBJ"], f"object {oid:016x} exists nowhere")
+    if outcome is not Outcome.PRESENT:
+        raise error_for(CODES["AGAIN"], f"object {oid:016x} is not recovered yet ({outcome.value})")
+    return await sheep.io(call, size=size)
 
 
-async def handle_read(sheep, req: proto.Request, payload: bytes):
-    await _check_epoch(sheep, req)
+# -- the operations (local leg and peer handlers share them) --------------------
+
+async def write(sheep, oid: int, data, offset: int, epoch: int,
+                fence: Fence | None = None) -> None:
+    await admit_epoch(sheep, epoch)
+    if fence is not None:
+        await sheep.locks.fence_ready(fence.gen)
+    store, check = sheep.store, _guard(sheep, oid, epoch, fence)
+
+    def call():
+        store.write(oid, data, offset, epoch, check)
+        _settle(sheep, oid, epoch)
+    await _with_recovery(sheep, oid, call, len(data))
+
+
+async def create(sheep, oid: int, data, offset: int, epoch: int,
+                 fence: Fence | None = None) -> None:
+    await admit_epoch(sheep, epoch)
+    if proto.is_data_obj(oid):  # its size comes from the VDI: know the VDI first
+        await sheep.vdis.await_state(proto.oid_to_vid(oid))
+    if fence is not None:
+        await sheep.locks.fence_ready(fence.gen)
+    size = sheep.gateway.obj_size(oid)
+    store, check = sheep.store, _guard(sheep, oid, epoch, fence)
+
+    def call():
+        store.create_and_write(oid, size, data, offset, proto.is_sparse_obj(oid), epoch, check)
+        _settle(sheep, oid, epoch)
+    await sheep.io(call)
+
+
+async def remove(sheep, oid: int, epoch: int) -> None:
+    await admit_epoch(sheep, epoch)
+    store, check = sheep.store, _guard(sheep, oid, epoch, None)
+    try:
+        await sheep.io(store.remove, oid, check)
+    except SdError as e:
+        if e.code != CODES["NO_OBJ"]:  # gone already: what a remove wants
+            raise
+
+
+async def read(sheep, oid: int, offset: int, length: int, epoch: int) -> bytes:
+    await admit_epoch(sheep, epoch)
+    store, group = sheep.store, sheep.group
+
+    def call():
+        data = store.read(oid, offset, length)
+        if not group.serving():  # cut off while we read: the data may be stale
+            raise error_for(CODES["HALT"], "this node is cut off from the cluster")
+        return data
+    return await _with_recovery(sheep, oid, call, length)
+
+
+# -- peer op handlers (the op table's entries) --------------------------------
+
+def _fence_of(sheep, req: proto.Request) -> Fence | None:
+    """Fencing credentials a gateway forwarded (SD_FLAG_CMD_SESSION): the
+    generation in ``__pad`` and 1 + the gateway's index in the epoch's node
+    list in ``cow_oid`` (unused by peer writes)."""
+    gen = proto.fence_of(req)
+    if not gen:
+        return None
+    nodes = sheep.group.nodes
+    idx = req.args.cow_oid - 1
+    if not 0 <= idx < len(nodes):
+        raise error_for(CODES["INVALID_PARMS"], "fenced peer write without its gateway")
+    n = nodes[idx]
+    return Fence(gen, f"{n.host}:{n.port}")
+
+
+async def handle_create(sheep, req: proto.Request, payload: bytes):
     a = req.args
-    if req.flags & proto.SD_FLAG_CMD_RECOVERY:
-        return _recovery_read(sheep, req)
-    return None, await on_local(sheep, a.oid, sheep.store.read, a.oid, a.offset, req.data_length)
-
-
-def _recovery_read(sheep, req: proto.Request):
-    """A read by another node's recovery: never triggers recovery here.
-
-    Without WILDCARD: the live copy only.  With WILDCARD and no buffer: a
-    probe answering the newest stale epoch held (``rsp.obj.offset``; LIVE for
-    a live copy only).  With WILDCARD and ``tgt_epoch``: that stale copy
-    (``tgt_epoch`` = LIVE: the live copy)."""
-    from sheep.recovery import LIVE
-
-    a, store = req.args, sheep.store
-    if not req.flags & proto.SD_FLAG_CMD_WILDCARD:
-        return None, store.read(a.oid, a.offset, req.data_length)
-    if req.data_length == 0:
-        eps = store.stale_epochs(a.oid)
-        if eps:
-            return proto.ObjRsp(offset=eps[0]), b""
-        if store.exists(a.oid):
-            return proto.ObjRsp(offset=LIVE), b""
-        raise error_for(CODES["NO_OBJ"])
-    if a.tgt_epoch == LIVE:
-        return None, store.read(a.oid, a.offset, req.data_length)
-    data = store.read_stale(a.oid, a.tgt_epoch)
-    return None, data[a.offset:a.offset + req.data_length]
+    await admit_epoch(sheep, req.epoch)  # the fence names a node of this epoch
+    await create(sheep, a.oid, payload, a.offset, req.epoch, _fence_of(sheep, req))
+    return None, b""
 
 
 async def handle_write(sheep, req: proto.Request, payload: bytes):
-    await _check_epoch(sheep, req)
     a = req.args
-    await on_local(sheep, a.oid, sheep.store.write, a.oid, payload, a.offset)
-    settle_write(sheep, a.oid, req.epoch)
+    await admit_epoch(sheep, req.epoch)
+    await write(sheep, a.oid, payload, a.offset, req.epoch, _fence_of(sheep, req))
     return None, b""
 
 
 async def handle_remove(sheep, req: proto.Request, payload: bytes):
-    await _check_epoch(sheep, req)
-    await sheep.io(sheep.store.remove, req.args.oid)
+    await remove(sheep, req.args.oid, req.epoch)
     return None, b""
+
+
+async def handle_read(sheep, req: proto.Request, payload: bytes):
+    a = req.args
+    if req.flags & proto.SD_FLAG_CMD_RECOVERY:
+        return await _recovery_read(sheep, req)
+    return None, await read(sheep, a.oid, a.offset, req.data_length, req.epoch)
+
+
+async def _recovery_read(sheep, req: proto.Request):
+    """A read by another node's recovery or repair: never triggers recovery here.
+
+    WILDCARD without a buffer: a probe (``sheep.fetch.probe_reply``: live
+    version, best stale copy).  Otherwise a whole copy with its version in
+    ``rsp.obj.offset``: the live one (no WILDCARD, or ``tgt_epoch`` = LIVE),
+    or the stale copy of epoch ``tgt_epoch``."""
+    await admit_epoch(sheep, req.epoch)
+    a, store = req.args, sheep.store
+    if req.flags & proto.SD_FLAG_CMD_WILDCARD and req.data_length == 0:
+        live, stale = await sheep.io(best_local, store, a.oid)
+        if live is None and stale is None:
+            raise error_for(CODES["NO_OBJ"])
+        return probe_reply(live, stale), b""
+    if not req.flags & proto.SD_FLAG_CMD_WILDCARD or a.tgt_epoch == LIVE:
+        version, data = await sheep.io(store.read_object, a.oid)
+    else:
+        version, data = await sheep.io(store.read_stale, a.oid, a.tgt_epoch)
+    if a.offset or req.data_length < len(data):
+        data = bytes(memoryview(data)[a.offset:a.offset + req.data_length])
+    return proto.ObjRsp(offset=version), data

@@ -978,10 +978,23 @@ def vdi_name_payload(name: str | bytes, tag: str | bytes | None = None) -> bytes
 # vdi reply to such a LOCK_VDI (``pad``@34, zero from a 1.0 server):
 #   @34 u16 status bits (LOCK_STATUS_*), @36 u32 generation granted (0: no
 #   exclusive lock), @40 u32 lease grace in ms, @44 u32 holds of the session
-# obj variant, WRITE_OBJ / CREATE_AND_WRITE_OBJ with SD_FLAG_CMD_SESSION:
+#   LOCK_MODE_RENEW with @24 u32 ``base_vdi_id`` = a vid and the generation
+#   held in the high u32 of @16: the reply's status has LOCK_STATUS_HELD if
+#   the session still holds that grant through this gateway.
+# obj variant, WRITE_OBJ / CREATE_AND_WRITE_OBJ / READ_OBJ / DISCARD_OBJ with
+# SD_FLAG_CMD_SESSION:
 #   @44 u32  fencing generation (``__pad``; QEMU's upper offset half, always 0
 #            in 1.0).  A non-zero generation that is not the VDI's current
-#            exclusive grant is refused with FENCED (0x1B).
+#            exclusive grant (through this gateway) is refused with FENCED
+#            (0x1B).
+# peer writes (WRITE_PEER / CREATE_AND_WRITE_PEER) with SD_FLAG_CMD_SESSION:
+#   @44 u32 the client's fencing generation, @24 u64 (``cow_oid``) 1 + the
+#   index of the forwarding gateway in the epoch's node list; each replica
+#   checks both under the object's lock.
+# READ_PEER with SD_FLAG_CMD_RECOVERY: the reply's @24 u64 (``rsp.obj.offset``)
+#   is the version of the copy sent; with WILDCARD and no buffer it is a
+#   probe (sheep.fetch.probe_reply).
+# GET_HASH with SD_FLAG_CMD_SESSION: the copy's version (set_hash_version).
 
 LOCK_MODE_WRITE = 0       # exclusive (type 0) or 1.0 shared (type 1) lock
 LOCK_MODE_READ = 1        # read-only open: refused while a writer holds the VDI
@@ -992,6 +1005,10 @@ LOCK_MODE_RENEW = 5       # lease heartbeat for the session (no payload)
 
 LOCK_STATUS_SESSION = 0x1  # the server understood SD_FLAG_CMD_SESSION
 LOCK_STATUS_ENFORCED = 0x2  # the cluster enforces locks (SD_CLUSTER_FLAG_USE_LOCK)
+# reply to a RENEW naming a VDI (``base_vdi_id``) and a generation: this
+# session holds that VDI's exclusive grant of that generation through this
+# gateway, as this gateway (in the primary view) knows it now
+LOCK_STATUS_HELD = 0x4
 
 _U64 = struct.Struct("<Q")
 _SESSION_RSP = struct.Struct("<HIII")
@@ -1032,6 +1049,17 @@ def session_reply(rsp: "VdiRsp") -> tuple[int, int, int, int]:
 def set_fence(args: "ObjArgs", generation: int) -> None:
     """Fencing generation of a WRITE_OBJ/CREATE_AND_WRITE_OBJ (with SD_FLAG_CMD_SESSION)."""
     args.pad = generation
+
+
+def set_hash_version(rsp: "HashRsp", version: int) -> None:
+    """GET_HASH with SD_FLAG_CMD_SESSION: the copy's version in the padding
+    (@20 u32 epoch part, @44 u32 sequence part; zero from a 1.0 server)."""
+    rsp.pad0 = (version >> 32).to_bytes(4, "little")
+    rsp.pad1 = (version & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def hash_version(rsp: "HashRsp") -> int:
+    return int.from_bytes(rsp.pad0, "little") << 32 | int.from_bytes(rsp.pad1, "little")
 
 
 def fence_of(req: "Request") -> int:

@@ -2,28 +2,37 @@
 
 Theory of operation
 -------------------
-Invariant: a *live* object file (``obj/<oid>``) on a node that holds the
-object under the current ring is up to date — it received every write of the
-current epoch.  Everything else is kept only as a *stale* copy
-(``obj/.stale/<oid>.<epoch>``, frozen as of the end of that epoch).
+Invariant: a *live* copy (``obj/<oid>``) on a node that holds the object at
+the current epoch has every acknowledged write.  Everything else is kept only
+as a *stale* copy (``obj/.stale/<oid>.<epoch>``).  Every copy carries a
+version (``sheep.store.meta``), so copies can always be told old from new.
 
-* **Epoch change** (``on_epoch``, synchronous, in the membership event that
-  changed the epoch): every local object this node no longer holds is moved
-  to ``.stale`` tagged with the previous epoch.  Writes of the new epoch never
-  reach it (peers refuse requests of an older epoch), so the copy is frozen.
-* **Rejoining with an older epoch** (``demote_all``): the node missed writes
-  while it was away, so all its objects become stale copies of the epoch it
-  last knew.  It never serves them over newer ones.
-* **Background recovery** (one task per epoch; a new epoch replaces it): list
-  the objects of every member (live and stale), keep those this node must
-  hold and lacks, and fetch each one (bounded concurrency, throttle).
-* **Fetching one object** (``recover_object``; also called on access, when a
-  read or write reaches a holder that lacks the object): first a live copy
-  from another current holder; else the newest stale copy anywhere (highest
-  epoch tag); else a live copy on a node that no longer holds it.  Concurrent
-  requests for one object share one fetch; requests wait for it.
-* **Completion**: a node that finished recovering an epoch announces it; once
-  every member has, stale copies are purged on every node.
+* **Epoch change** (:meth:`Recovery.on_epoch`, in the membership event that
+  changed the epoch): a store job (``sheep.jobs``, off the event loop, in
+  delivery order) turns every live copy this node does not hold at the new
+  epoch into a stale copy tagged with the previous epoch.  Writes of the new
+  epoch never reach it (peers refuse requests of another epoch), so the copy
+  is frozen.  Requests wait for that job, so none sees a live copy the node
+  should no longer trust.
+* **Rejoining with an older epoch** (:meth:`Recovery.demote_all`): the node
+  missed writes while it was away, so all its live copies become stale
+  copies of the epoch it last knew.
+* **Background recovery** (one task per epoch; a new epoch replaces it): the
+  oids of every member (live and stale) and this node's own stale ones, as
+  numpy arrays; those this node holds and lacks are recovered by a fixed pool
+  of workers (memory: a few arrays of oids, not a task per object).  A member
+  whose list cannot be read makes the pass incomplete: it is redone.
+* **One object** (:meth:`Recovery.recover_object`, also called on access when
+  a read or write reaches a holder that lacks the object): the rule of
+  ``sheep.fetch`` — current holders' live copies first, stale copies only when
+  every current holder answered "no such object", the greatest version wins,
+  never from a copy older than one a missing former holder may have, and a
+  fetch that spans an epoch change is redone.  Concurrent requests for one
+  object share one attempt, which runs in its own task (a cancelled requester
+  never cancels it).
+* **Completion**: a node announces an epoch recovered only when every object
+  it must hold is there; once every member announced it, stale copies are
+  purged on every node.
 """
 
 from __future__ import annotations
@@ -36,78 +45,83 @@ import numpy as np
 
 from sheep import proto
 from sheep.errors import CODES, SdError
+from sheep.fetch import LIVE, Fetcher, Outcome  # noqa: F401  (LIVE: peer reads)
 
 log = logging.getLogger("sheep.recovery")
 
 DEFAULT_MAX_EXEC = 8
-RETRY_DELAY = 2.0  # s before an incomplete recovery is tried again
-LIVE = 0xFFFFFFFF  # "epoch" reported for a live (non-stale) copy
+RETRY_DELAY = 1.0  # s before an incomplete pass is redone
+ON_ACCESS_WAIT = 5.0  # s a request waits for the object it needs
 
 
 class Recovery:
     def __init__(self, sheep):
         self.sheep = sheep
+        self.fetcher = Fetcher(sheep)
         self.state = proto.RecoveryState()
         self._inflight: dict[int, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
         self._kick = asyncio.Event()
         self.completed: dict[int, set[str]] = {}
-        self._list_incomplete = False
-
-    # ------------------------------------------------------------------
-    # helpers
+        self._repairing: set[int] = set()
 
     @property
     def _me_key(self) -> str:
         return f"{self.sheep.me.host}:{self.sheep.me.port}"
 
-    def _my_index(self, ring) -> int | None:
-        for i, n in enumerate(ring.nodes):
-            if self.sheep.group.is_me(n):
-                return i
-        return None
+    def holds(self, oid: int, ring=None) -> bool:
+        """Does this node hold ``oid`` under ``ring`` (default: the current one)?"""
+        return self.fetcher.holds(oid, ring)
 
-    def _copies(self, oid: int) -> int:
-        return self.sheep.vdis.copies_of(proto.oid_to_vid(oid))
-
-    def owned_mask(self, oids: list[int], ring) -> np.ndarray:
-        """For each oid: does this node hold it under ``ring``?  (bulk, numpy)"""
-        me = self._my_index(ring)
-        if me is None or not oids or not ring.nr_zones:
+    def owned_mask(self, oids: np.ndarray, ring) -> np.ndarray:
+        """For each oid: does this node hold it under ``ring``?  (bulk, numpy;
+        safe to call from an I/O thread)"""
+        g = self.sheep.group
+        me = next((i for i, n in enumerate(ring.nodes) if g.is_me(n)), None)
+        oids = np.asarray(oids, dtype=np.uint64)
+        if me is None or not len(oids) or not ring.nr_zones:
             return np.zeros(len(oids), dtype=bool)
-        copies = np.array([ring.nr_copies(self._copies(o)) for o in oids])
-        table = ring.bulk_placement(np.array(oids, dtype=np.uint64), int(copies.max()))
+        vids = ((oids >> np.uint64(32)) & np.uint64(0xFFFFFF)).astype(np.int64)
+        uniq, inv = np.unique(vids, return_inverse=True)
+        per_vid = np.array([ring.nr_copies(self.sheep.vdis.copies_of(int(v))) for v in uniq])
+        copies = per_vid[inv]
+        table = ring.bulk_placement(oids, int(copies.max()))
         cols = np.arange(table.shape[1])[None, :]
         return ((table == me) & (cols < copies[:, None])).any(axis=1)
 
-    def holds(self, oid: int) -> bool:
-        ring = self.sheep.group.ring
-        return any(self.sheep.group.is_me(n) for n in ring.replicas(oid, self._copies(oid)))
-
     # ------------------------------------------------------------------
-    # epoch changes (called synchronously by the group layer, in order)
+    # epoch changes (called by the group layer, in delivery order)
 
     def on_epoch(self, old_epoch: int) -> None:
-        store = self.sheep.store
-        oids = store.list_oids()
-        if oids:
-            mask = self.owned_mask(oids, self.sheep.group.ring)
-            moved = 0
-            for oid, owned in zip(oids, mask.tolist()):
-                if not owned and store.move_to_stale(oid, old_epoch):
-                    moved += 1
-            if moved:
-                log.info("epoch %d: %d objects this node no longer holds moved to .stale",
-                         self.sheep.group.epoch, moved)
+        """The epoch moved on from ``old_epoch``: demote what we no longer hold
+        (a store job), then recover what we now hold."""
+        g = self.sheep.group
+        ring, epoch = g.ring, g.epoch
+        g.jobs.submit(f"epoch {epoch}: moving unheld objects to .stale",
+                      self._demote_unheld, ring, old_epoch, epoch)
         self.start()
+
+    def _demote_unheld(self, ring, old_epoch: int, epoch: int) -> int:
+        store = self.sheep.store
+        oids = store.oid_array()
+        if not len(oids):
+            return 0
+        unheld = oids[~self.owned_mask(oids, ring)]
+        n = store.move_many_to_stale(unheld.tolist(), old_epoch)
+        if n:
+            log.info("epoch %d: %d objects this node no longer holds moved to .stale", epoch, n)
+        return n
 
     def demote_all(self, my_epoch: int) -> None:
         """This node missed writes while away: keep its objects only as stale."""
         store = self.sheep.store
-        n = sum(store.move_to_stale(oid, my_epoch) for oid in store.list_oids())
-        if n:
-            log.info("rejoined from epoch %d: %d local objects kept only as stale copies",
-                     my_epoch, n)
+
+        def demote():
+            n = store.move_many_to_stale(store.oid_array().tolist(), my_epoch)
+            if n:
+                log.info("rejoined from epoch %d: %d local objects kept only as stale "
+                         "copies", my_epoch, n)
+        self.sheep.group.jobs.submit(f"demoting the objects of epoch {my_epoch}", demote)
 
     def start(self) -> None:
         """(Re)start background recovery for the current epoch."""
@@ -129,6 +143,7 @@ class Recovery:
     async def _run(self, epoch: int) -> None:
         g = self.sheep.group
         try:
+            await g.settled()
             while g.status != "ok" or g.disable_recovery:
                 self._kick.clear()
                 if g.epoch != epoch:
@@ -137,43 +152,10 @@ class Recovery:
                     await asyncio.wait_for(self._kick.wait(), 1.0)
                 except asyncio.TimeoutError:
                     pass
-            self.state = st = proto.RecoveryState(in_recovery=1, state=0)
-            todo = await self._list_missing(epoch)
-            st.state, st.nr_total = 1, len(todo)
-            if todo:
-                log.info("epoch %d: recovering %d objects", epoch, len(todo))
-            thr = self.sheep.recovery_throttle
-            sem = asyncio.Semaphore(thr.max_exec_count or DEFAULT_MAX_EXEC)
-
-            failed = []
-
-            async def one(oid):
-                async with sem:
-                    if g.epoch != epoch:
-                        return
-                    if not await self.recover_object(oid):
-                        log.warning("epoch %d: could not recover %016x", epoch, oid)
-                        failed.append(oid)
-                    st.nr_finished += 1
-                    if thr.queue_work_interval:
-                        await asyncio.sleep(thr.queue_work_interval / 1000)
-            await asyncio.gather(*(one(o) for o in todo))
-            if g.epoch != epoch:
-                return
-            if failed or self._list_incomplete:
-                # Announcing now would let every node purge the stale copies
-                # that may be the only ones left: try again a little later.
-                log.warning("epoch %d: recovery incomplete (%d objects failed%s); retrying",
-                            epoch, len(failed),
-                            ", a node's object list unavailable" if self._list_incomplete else "")
+            while g.epoch == epoch:
+                if await self._pass(epoch):
+                    return
                 await asyncio.sleep(RETRY_DELAY)
-                self.start()
-                return
-            st.state = 2
-            await g.driver.notify(json.dumps(
-                {"t": "recovered", "epoch": epoch, "node": self._me_key}).encode())
-            if todo:
-                log.info("epoch %d: recovery finished (%d objects)", epoch, len(todo))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -182,32 +164,75 @@ class Recovery:
             if g.epoch == epoch:
                 self.state.in_recovery = 0
 
-    async def _list_missing(self, epoch: int) -> list[int]:
-        """Objects this node must hold at ``epoch`` but lacks (live + stale lists)."""
-        g, store = self.sheep.group, self.sheep.store
-        everything: set[int] = set(store.list_oids()) | set(store.list_stale())
-        req_flags = proto.SD_FLAG_CMD_RECOVERY
-        self._list_incomplete = False
+    async def _pass(self, epoch: int) -> bool:
+        """One pass over the objects to recover; True once complete (announced)."""
+        g = self.sheep.group
+        self.state = st = proto.RecoveryState(in_recovery=1, state=0)
+        todo, complete = await self._list_missing(epoch)
+        st.state, st.nr_total = 1, len(todo)
+        if len(todo):
+            log.info("epoch %d: recovering %d objects", epoch, len(todo))
+        thr = self.sheep.recovery_throttle
+        nxt = iter(range(len(todo)))
+        failed: list[int] = []
+
+        async def worker():
+            for i in nxt:
+                if g.epoch != epoch:
+                    return
+                oid = int(todo[i])
+                outcome = await self.recover_object(oid, wait=0.0)
+                if outcome is Outcome.UNAVAILABLE:
+                    failed.append(oid)
+                st.nr_finished += 1
+                if thr.queue_work_interval:
+                    await asyncio.sleep(thr.queue_work_interval / 1000)
+        await asyncio.gather(*(worker() for _ in range(thr.max_exec_count or DEFAULT_MAX_EXEC)))
+        if g.epoch != epoch:
+            return True
+        if failed or not complete:
+            # announcing now would let every node purge stale copies that may
+            # be the only ones left: redo the pass a little later
+            log.warning("epoch %d: recovery incomplete (%d objects not recovered yet%s); "
+                        "retrying", epoch, len(failed),
+                        "; a member's object list was unavailable" if not complete else "")
+            return False
+        st.state = 2
+        await g.driver.notify(json.dumps(
+            {"t": "recovered", "epoch": epoch, "node": self._me_key}).encode())
+        if len(todo):
+            log.info("epoch %d: recovery finished (%d objects)", epoch, len(todo))
+        return True
+
+    async def _list_missing(self, epoch: int) -> tuple[np.ndarray, bool]:
+        """Objects this node must hold at ``epoch`` but lacks; and whether
+        every member's list could be read."""
+        g, store, io = self.sheep.group, self.sheep.store, self.sheep.io
+        parts = [await io(store.stale_oid_array)]
+        complete = True
         for node in list(g.nodes):
             if g.is_me(node):
                 continue
             try:
-                body = await self._peer_list(node, req_flags, epoch)
+                body = await self._peer_list(node, epoch)
             except SdError as e:
-                log.info("cannot list objects of %s: %s", node, e)
-                self._list_incomplete = True
+                log.info("cannot list the objects of %s: %s", node, e)
+                complete = False
                 continue
-            everything.update(np.frombuffer(body, dtype="<u8").tolist())
-        cand = sorted(o for o in everything if not store.exists(o))
-        if not cand:
-            return []
-        mask = self.owned_mask(cand, g.ring)
-        return [o for o, m in zip(cand, mask.tolist()) if m]
+            parts.append(np.frombuffer(body, dtype="<u8").astype(np.uint64))
+        everything = np.unique(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+        live = await io(store.oid_array)
+        cand = np.setdiff1d(everything, live, assume_unique=True)
+        if not len(cand):
+            return cand, complete
+        mask = await io(self.owned_mask, cand, g.ring)
+        return cand[mask], complete
 
-    async def _peer_list(self, node, flags: int, epoch: int) -> bytes:
+    async def _peer_list(self, node, epoch: int) -> bytes:
         size = 1 << 20
         while True:
-            req = proto.Request(proto.Op.GET_OBJ_LIST, flags=flags, epoch=epoch, data_length=size)
+            req = proto.Request(proto.Op.GET_OBJ_LIST, flags=proto.SD_FLAG_CMD_RECOVERY,
+                                epoch=epoch, data_length=size)
             try:
                 _rsp, body = await self.sheep.gateway.peers.request(node, req)
                 return body
@@ -224,106 +249,59 @@ class Recovery:
         for e in [e for e in self.completed if e < g.epoch]:
             del self.completed[e]
         if epoch == g.epoch and {f"{n.host}:{n.port}" for n in g.nodes} <= done:
-            n = self.sheep.store.purge_stale()
-            if n:
-                log.info("epoch %d: recovery complete on every node; %d stale copies purged",
-                         epoch, n)
+            store = self.sheep.store
+
+            def purge():
+                n = store.purge_stale()
+                if n:
+                    log.info("epoch %d: recovery complete on every node; %d stale copies "
+                             "purged", epoch, n)
+            g.jobs.submit(f"epoch {epoch}: purging stale copies", purge)
 
     # ------------------------------------------------------------------
     # one object
 
-    async def recover_object(self, oid: int) -> bool:
+    async def recover_object(self, oid: int, wait: float = ON_ACCESS_WAIT) -> Outcome:
         """Make the local live copy of ``oid`` exist if this node holds it.
 
-        Returns True if it exists afterwards; False if this node does not hold
-        the object or no copy of it exists anywhere."""
-        store = self.sheep.store
-        if store.exists(oid):
-            return True
-        fut = self._inflight.get(oid)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[oid] = fut
-        ok = False
-        try:
-            ok = await self._recover(oid)
-        except SdError as e:
-            log.warning("recovering %016x: %s", oid, e)
-        except Exception:
-            log.exception("recovering %016x", oid)
-        finally:
-            del self._inflight[oid]
-            fut.set_result(ok)
-        return ok
-
-    async def _recover(self, oid: int) -> bool:
-        g, gw, store = self.sheep.group, self.sheep.gateway, self.sheep.store
-        if proto.is_data_obj(oid):
-            await self.sheep.vdis.await_state(proto.oid_to_vid(oid))
-        if not self.holds(oid):
-            return False
-        epoch = g.epoch
-        size = gw.obj_size(oid)
-        copies = self._copies(oid)
-        holders = [n for n in g.ring.replicas(oid, copies) if not g.is_me(n)]
-        data = None
-        for node in holders:  # 1. a live copy on a current holder is up to date
+        Retries an undecided attempt for up to ``wait`` seconds.  PRESENT: it
+        exists now; NOT_HOLDER; ABSENT: no copy exists anywhere; UNAVAILABLE:
+        not now (the caller answers something retryable, never NO_OBJ)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        delay = 0.05
+        while True:
+            if self.sheep.store.exists(oid):
+                return Outcome.PRESENT
+            fut = self._inflight.get(oid)
+            if fut is None:
+                fut = self._inflight[oid] = loop.create_task(self.fetcher.recover(oid))
+                fut.add_done_callback(lambda f, oid=oid: self._inflight.pop(oid, None))
             try:
-                data = await self._read(node, oid, size, epoch, proto.SD_FLAG_CMD_RECOVERY)
-                break
-            except SdError:
-                continue
-        if data is None:  # 2. stale copies anywhere, newest first, 3. orphan live copies
-            cands = [(e, None) for e in store.stale_epochs(oid)]
-            probes = [n for n in g.nodes if not g.is_me(n)]
-            tags = await asyncio.gather(*(self._probe(n, oid, epoch) for n in probes))
-            for node, tag in zip(probes, tags):
-                if tag is not None:
-                    cands.append((0 if tag == LIVE else tag, node))
-            cands.sort(key=lambda c: c[0], reverse=True)
-            for ep, node in cands:
-                try:
-                    if node is None:
-                        data = store.read_stale(oid, ep)
-                    else:
-                        data = await self._read(
-                            node, oid, size, epoch,
-                            proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD,
-                            tgt_epoch=ep or LIVE)
-                    break
-                except SdError as e:
-                    log.warning("recovering %016x: copy of epoch %d on %s unusable: %s",
-                                oid, ep, node or "this node", e)
-            if data is None:
-                return False
-        if g.epoch != epoch and not self.holds(oid):
-            return False  # the ring moved on while we fetched
-        if store.exists(oid):
-            return True  # created meanwhile (a client's first write)
-        await self.sheep.io(store.create_and_write, oid, size, data, 0, proto.is_sparse_obj(oid))
-        if g.epoch != epoch and not self.holds(oid):  # moved on while we wrote: no orphan
-            store.move_to_stale(oid, epoch)
-            return False
-        return True
+                outcome = await asyncio.shield(fut)
+            except SdError as e:
+                log.warning("recovering %016x: %s", oid, e)
+                outcome = Outcome.UNAVAILABLE
+            except Exception:
+                log.exception("recovering %016x", oid)
+                outcome = Outcome.UNAVAILABLE
+            if outcome is not Outcome.UNAVAILABLE or loop.time() + delay > deadline:
+                return outcome
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
-    async def _read(self, node, oid: int, size: int, epoch: int, flags: int,
-                    tgt_epoch: int = 0) -> bytes:
-        req = proto.Request(proto.Op.READ_PEER,
-                            proto.ObjArgs(oid=oid, tgt_epoch=tgt_epoch), flags=flags,
-                            epoch=epoch, data_length=size)
-        _rsp, body = await self.sheep.gateway.peers.request(node, req)
-        if len(body) != size:
-            raise SdError(CODES["EIO"], f"short recovery read of {oid:016x} from {node}")
-        return body
+    def repair_later(self, oid: int) -> None:
+        """The live copy here failed its checksum: fetch a good one from
+        another holder in the background (best effort)."""
+        if oid in self._repairing:
+            return
+        self._repairing.add(oid)
 
-    async def _probe(self, node, oid: int, epoch: int) -> int | None:
-        """Newest stale epoch (or LIVE) of ``oid`` on ``node``; None if it has none."""
-        req = proto.Request(proto.Op.READ_PEER, proto.ObjArgs(oid=oid),
-                            flags=proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD,
-                            epoch=epoch, data_length=0)
-        try:
-            rsp, _ = await self.sheep.gateway.peers.request(node, req)
-        except SdError:
-            return None
-        return rsp.args.offset
+        async def repair():
+            try:
+                await self.fetcher.repair(oid)
+            except Exception as e:  # noqa: BLE001 - best effort; check tools remain
+                log.warning("repairing the damaged copy of %016x failed: %s", oid, e)
+            finally:
+                self._repairing.discard(oid)
+        asyncio.get_running_loop().create_task(repair())

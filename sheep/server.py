@@ -6,6 +6,12 @@ the payload of a request is read iff its WRITE flag is set; a request that
 announces a payload larger than ``MAX_PAYLOAD`` gets INVALID_PARMS and the
 connection is closed (the stream cannot be resynchronised); a connection that
 closes mid-request just ends — nothing half-received is executed.
+
+Memory: a connection stops being read while it has ``MAX_IN_FLIGHT``
+requests in progress, while its replies are not being read, or while the
+payloads and reply buffers of its requests in progress add up to
+``MAX_BUFFERED`` bytes — so one connection holds at most about
+``MAX_BUFFERED`` plus one request, however fast its client sends.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ log = logging.getLogger("sheep.server")
 
 MAX_PAYLOAD = max(proto.SD_INODE_SIZE, 1 << proto.SD_MAX_BLOCK_SIZE_SHIFT) + (1 << 20)
 MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
+MAX_BUFFERED = 64 << 20  # bytes of payloads + reply buffers in progress per connection
 _FLAGS = struct.Struct("<H")
 _DLEN = struct.Struct("<I")
 
@@ -36,6 +43,7 @@ class SheepProtocol(asyncio.Protocol):
         self.closed = False
         self.read_paused = False
         self.write_paused = False
+        self.buffered = 0  # bytes charged to requests in progress (see module docstring)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -56,9 +64,9 @@ class SheepProtocol(asyncio.Protocol):
 
     def _payload_len(self, hdr: bytes) -> int | None:
         flags = _FLAGS.unpack_from(hdr, 2)[0]
+        need = _DLEN.unpack_from(hdr, 12)[0]
         if not flags & proto.SD_FLAG_CMD_WRITE:
             return 0
-        need = _DLEN.unpack_from(hdr, 12)[0]
         if need > MAX_PAYLOAD:
             self._refuse(hdr, need)
             return None
@@ -66,7 +74,12 @@ class SheepProtocol(asyncio.Protocol):
 
     def _frame(self, hdr: bytes, payload) -> None:
         req = proto.Request.unpack(hdr)
+        # payload, or the reply buffer the client announced (capped: it is what
+        # a reply may hold at most, not what it will hold)
+        charge = len(payload) or min(req.data_length, MAX_PAYLOAD)
+        self.buffered += charge
         task = asyncio.get_running_loop().create_task(self._serve(req, payload))
+        task.charge = charge
         self.tasks.add(task)
         task.add_done_callback(self._done)
         self._throttle()
@@ -74,7 +87,8 @@ class SheepProtocol(asyncio.Protocol):
     # Backpressure: a client may keep MAX_IN_FLIGHT requests in progress; past
     # that, or while its replies are not being read, we stop reading from it.
     def _throttle(self) -> None:
-        blocked = len(self.tasks) >= MAX_IN_FLIGHT or self.write_paused
+        blocked = (len(self.tasks) >= MAX_IN_FLIGHT or self.write_paused
+                   or self.buffered >= MAX_BUFFERED)
         if blocked != self.read_paused and self.transport is not None and not self.closed:
             self.read_paused = blocked
             if blocked:
@@ -84,6 +98,7 @@ class SheepProtocol(asyncio.Protocol):
 
     def _done(self, task) -> None:
         self.tasks.discard(task)
+        self.buffered -= task.charge
         self._throttle()
 
     def pause_writing(self):

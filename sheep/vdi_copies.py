@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sheep import proto
+from sheep import peer, proto
 from sheep.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.vdi_copies")
@@ -68,7 +68,7 @@ async def _replace(sheep, oid: int, old: int, new: int) -> None:
     async def drop(node):
         try:
             if group.is_me(node):
-                await sheep.io(sheep.store.remove, oid)
+                await peer.remove(sheep, oid, epoch)
             else:
                 await gw._peer(node, proto.Op.REMOVE_PEER, oid, epoch, old)
         except SdError as e:

@@ -79,12 +79,18 @@ class Store(abc.ABC):
         """Delete every epoch log (format)."""
 
     # -- objects ------------------------------------------------------------
+    #
+    # Every copy carries a version (``sheep.store.meta``: epoch << 32 | seq).
+    # Mutating calls take ``epoch`` (the epoch the request was admitted at, for
+    # the version bump) and ``check``: a callable run under the object's lock
+    # before anything changes; it raises SdError to refuse (the daemon checks
+    # epoch and fencing there, atomically with the write).
 
     @abc.abstractmethod
     def create_and_write(self, oid: int, size: int, data=b"", offset: int = 0,
-                         sparse: bool = False) -> None:
+                         sparse: bool = False, epoch: int = 0, check=None) -> int:
         """Create object ``oid`` of ``size`` bytes, zero filled, with ``data``
-        at ``offset``, replacing an existing object.
+        at ``offset``, replacing an existing copy; returns the new version.
 
         Atomic: readers see either the previous state (absent or the old
         object) or the complete new object. Durable on return unless nosync.
@@ -93,13 +99,17 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def write(self, oid: int, data, offset: int) -> None:
-        """Overwrite ``data`` at ``offset`` of an existing object.
+    def write(self, oid: int, data, offset: int, epoch: int = 0, check=None) -> int:
+        """Overwrite ``data`` at ``offset`` of an existing object; returns the
+        new version.  NO_OBJ if absent, INVALID_PARMS if the range exceeds the
+        object.  Durable on return unless nosync; a crash part-way leaves each
+        block with its old or its new content, both readable."""
 
-        NO_OBJ if absent, INVALID_PARMS if the range exceeds the object.
-        Durable (data and checksums) on return unless nosync. Not atomic with
-        respect to crashes: a torn write is detected (EIO) by later reads.
-        """
+    @abc.abstractmethod
+    def install(self, oid: int, size: int, data, version: int, sparse: bool = False,
+                check=None, replace_damaged: bool = False) -> bool:
+        """Store a whole copy with the ``version`` it had where it was fetched
+        from, unless the live copy here has a greater version; True if stored."""
 
     @abc.abstractmethod
     def read(self, oid: int, offset: int, length: int) -> bytes:
@@ -111,8 +121,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    def remove(self, oid: int) -> None:
-        """Delete an object and its metadata. NO_OBJ if absent."""
+    def read_object(self, oid: int) -> tuple[int, bytes]:
+        """``(version, whole data)`` of the live copy, consistent with each other."""
+
+    @abc.abstractmethod
+    def version(self, oid: int) -> int | None:
+        """Version of the live copy, None if there is none."""
+
+    @abc.abstractmethod
+    def remove(self, oid: int, check=None) -> None:
+        """Delete an object, its metadata and its stale copies. NO_OBJ if absent."""
 
     @abc.abstractmethod
     def exists(self, oid: int) -> bool:
@@ -136,6 +154,26 @@ class Store(abc.ABC):
 
         Returns the indices of bad blocks ([] if all good); NO_OBJ if absent.
         """
+
+    # -- stale copies (PROTOCOL §15) -----------------------------------------
+
+    @abc.abstractmethod
+    def move_many_to_stale(self, oids, epoch: int) -> int:
+        """Make the live copies of ``oids`` stale copies tagged ``epoch``."""
+
+    @abc.abstractmethod
+    def stale_copies(self, oid: int) -> dict[int, int]:
+        """epoch tag -> version of each stale copy of ``oid``."""
+
+    @abc.abstractmethod
+    def read_stale(self, oid: int, epoch: int) -> tuple[int, bytes]:
+        """``(version, data)`` of one stale copy."""
+
+    @abc.abstractmethod
+    def purge_stale(self) -> int:
+        """Delete every stale copy; returns how many."""
+
+    # -- space ----------------------------------------------------------------
 
     @abc.abstractmethod
     def capacity(self) -> int:

@@ -46,7 +46,7 @@ def holders(c, oid, copies=3):
 
 def remove_replica(node, oid):
     os.unlink(obj_path(node, oid))
-    os.unlink(os.path.join(node.obj_dir, ".crc", f"{oid:016x}"))
+    os.unlink(os.path.join(node.store, "meta", f"{oid:016x}"))
 
 
 def corrupt_replica(node, oid, offset=5000):

@@ -290,7 +290,8 @@ def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
     assert gen > 0 and lease_ms == GRACE * 1000 and holds == 1
     cl0.close()  # the connection is gone; the client comes back through node 1
     cl1 = n1.client()
-    assert lock(cl1, proto.LOCK_MODE_REATTACH, gen)[1] == gen
+    old, gen = gen, lock(cl1, proto.LOCK_MODE_REATTACH, gen)[1]
+    assert gen > old  # a new grant: writes still on their way through node 0 are fenced
     [h] = _holds(n0, vid)
     assert (h.session, h.generation, proto.nid_to_str(h.owner)) == (sid, gen,
                                                                     f"127.0.0.1:{n1.port}")

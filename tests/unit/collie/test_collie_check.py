@@ -255,3 +255,22 @@ def test_node_recovery_shows_progress(raw, replay, run, monkeypatch, utc):
         for i, (ln, p) in enumerate(zip(lines[2:], NODE_PORTS)):
             assert ln.startswith(f"{i:4d}   127.0.0.1:{p}")
             assert ln.endswith("       25.0%")
+
+
+def test_the_newest_copy_wins_over_a_majority_of_old_ones():
+    old, new = b"o" * 20, b"n" * 20
+    reps = [vc.Replica(None, vc.FOUND, old, 7 << 32 | 3), vc.Replica(None, vc.FOUND, new, 9 << 32 | 1),
+            vc.Replica(None, vc.FOUND, old, 7 << 32 | 3)]
+    assert vc.vote_majority(reps)[1] in (0, 2)  # what dog's vote would keep
+    assert vc.choose_newest(reps) == (vc.CHECK_SUCCESS, 1)
+    assert vc.needs_repair(reps, 1) == [0, 2]
+    # same greatest version, different data (a write never acknowledged):
+    # the most common hash among them; a damaged copy is never chosen
+    reps = [vc.Replica(None, vc.DAMAGED), vc.Replica(None, vc.FOUND, old, 5),
+            vc.Replica(None, vc.FOUND, new, 5), vc.Replica(None, vc.FOUND, new, 5)]
+    assert vc.choose_newest(reps)[1] in (2, 3)
+    # no versions at all (a Sheepdog 1.0 daemon): dog's majority vote
+    reps = [vc.Replica(None, vc.FOUND, old), vc.Replica(None, vc.FOUND, new),
+            vc.Replica(None, vc.FOUND, old)]
+    assert vc.choose_newest(reps) == vc.vote_majority(reps)
+    assert vc.choose_newest([vc.Replica(None, vc.MISSING)]) == (vc.NO_OBJ_FOUND, None)

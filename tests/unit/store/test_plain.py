@@ -44,8 +44,10 @@ def test_is_a_store(store):
 
 def test_layout_created(tmp_path, store):
     base = tmp_path / "base"
-    for p in ("epoch", "obj", "obj/.stale", "lock"):
+    for p in ("epoch", "obj", "obj/.stale", "meta", "meta/stale", "lock"):
         assert (base / p).exists(), p
+    # Sheepdog 1.0's layout: obj/ holds only object files and .stale/
+    assert os.listdir(base / "obj") == [".stale"]
 
 
 # -- objects: round trips ---------------------------------------------------
@@ -114,14 +116,14 @@ def test_create_leaves_no_tmp(store, tmp_path):
     names = os.listdir(tmp_path / "base" / "obj")
     assert "%016x" % OID in names
     assert not [n for n in names if n.endswith(".tmp")]
-    assert not [n for n in os.listdir(tmp_path / "base" / "obj" / ".crc") if n.endswith(".tmp")]
+    assert not [n for n in os.listdir(tmp_path / "base" / "meta") if n.endswith(".tmp")]
 
 
 def test_stale_tmp_removed_on_open(tmp_path):
     objdir = tmp_path / "base" / "obj"
     objdir.mkdir(parents=True)
     (objdir / ("%016x.tmp" % OID)).write_bytes(b"half written")
-    (objdir / "0000000000000001").write_bytes(b"orphan")  # object w/o sidecar stays
+    (objdir / "0000000000000001").write_bytes(b"orphan")  # object w/o record stays
     s = PlainStore(str(tmp_path / "base"), nosync=True)
     s.open()
     try:
@@ -133,12 +135,15 @@ def test_stale_tmp_removed_on_open(tmp_path):
         s.close()
 
 
-def test_existing_tmp_means_create_in_progress(store, tmp_path):
-    # PROTOCOL §16: an existing <name>.tmp is a create in progress -> success.
+def test_leftover_tmp_does_not_swallow_a_create(store, tmp_path):
+    # Sheepdog 1.0 reports success without writing when <name>.tmp exists (a
+    # create "in progress").  Creates of one object are serialised by the
+    # object's lock here, so a .tmp can only be a leftover: it is replaced and
+    # the create really happens.
     tmp = tmp_path / "base" / "obj" / ("%016x.tmp" % OID)
     tmp.write_bytes(b"")
     store.create_and_write(OID, BLOCK, b"zz")
-    assert tmp.exists() and not store.exists(OID)
+    assert not tmp.exists() and store.read(OID, 0, 2) == b"zz"
 
 
 def test_create_replaces_existing_object(store, tmp_path):
@@ -156,7 +161,8 @@ def test_create_invalid_parms(store, tmp_path):
         store.create_and_write(OID, BLOCK, b"x" * 10, BLOCK - 5)
     assert code_of(ei) == CODES["INVALID_PARMS"]
     assert not store.exists(OID)
-    assert set(os.listdir(tmp_path / "base" / "obj")) == {".stale", ".crc"}
+    assert set(os.listdir(tmp_path / "base" / "obj")) == {".stale"}
+    assert set(os.listdir(tmp_path / "base" / "meta")) == {"stale"}
 
 
 # -- integrity ---------------------------------------------------------------------
@@ -211,16 +217,19 @@ def test_corruption_detected_with_fresh_store(tmp_path):
         s.close()
 
 
-def test_missing_or_bad_sidecar_is_eio(store, tmp_path):
-    store.create_and_write(OID, 2 * BLOCK, b"abc")
-    side = tmp_path / "base" / "obj" / ".crc" / ("%016x" % OID)
-    raw = side.read_bytes()
-    assert raw[:4] == b"SDCK" and len(raw) == HDR_LEN + 2 * 4
-    assert struct.unpack_from("<HHII", raw, 4) == (1, HDR_LEN, BLOCK, 2)
-    # Replace the object behind the store's back (new inode) with no sidecar.
-    os.unlink(side)
+def test_record_format_and_damaged_record_is_eio(store, tmp_path):
+    store.create_and_write(OID, 2 * BLOCK, b"abc", epoch=4)
+    rec = tmp_path / "base" / "meta" / ("%016x" % OID)
+    raw = rec.read_bytes()
+    assert raw[:4] == b"SDMD" and len(raw) == HDR_LEN + 2 * 8
+    assert struct.unpack_from("<HHIIQ", raw, 4) == (2, HDR_LEN, BLOCK, 2, 4 << 32 | 1)
+    # A damaged record (here: its header checksum) makes the copy EIO: it is
+    # repaired from another replica, never trusted.
+    bad = bytearray(raw)
+    bad[17] ^= 1
+    rec.write_bytes(bytes(bad))
     p = obj_path(tmp_path, OID)
-    tmpf = str(p) + ".new"
+    tmpf = str(p) + ".new"  # new inode: the cached record is not used
     with open(tmpf, "wb") as f:
         f.write(open(p, "rb").read())
     os.replace(tmpf, p)
@@ -228,6 +237,21 @@ def test_missing_or_bad_sidecar_is_eio(store, tmp_path):
         store.read(OID, 0, 3)
     assert code_of(ei) == CODES["EIO"]
     assert store.verify(OID) == [0, 1]
+
+
+def test_copy_without_record_is_rebuilt_not_refused(store, tmp_path):
+    # An operator moved object files in by hand: the record is computed from
+    # the data (version 0 = unknown) and the copy is served.
+    store.create_and_write(OID, 2 * BLOCK, b"hand-moved", epoch=2)
+    (tmp_path / "base" / "meta" / ("%016x" % OID)).unlink()
+    p = obj_path(tmp_path, OID)
+    os.replace(p, str(p) + ".x")
+    os.replace(str(p) + ".x", p)
+    s2 = PlainStore(str(tmp_path / "base"), nosync=True)  # no cache
+    assert s2.read(OID, 0, 10) == b"hand-moved"
+    assert s2.version(OID) == 0
+    assert (tmp_path / "base" / "meta" / ("%016x" % OID)).exists()
+    assert s2.verify(OID) == []
 
 
 def test_deleted_behind_back_is_no_obj(store, tmp_path):
@@ -269,12 +293,13 @@ def test_remove_list_used_wipe(store, tmp_path):
     assert store.used() == 3 * 2 * BLOCK
     store.remove(0x10)
     assert not store.exists(0x10)
-    assert not (objdir / ".crc" / "0000000000000010").exists()
+    assert not (tmp_path / "base" / "meta" / "0000000000000010").exists()
+    assert not (objdir / ".stale" / "0000000000000010.3").exists()  # older versions go too
     assert store.list_oids() == sorted(oids[1:])
     store.wipe()
     assert store.list_oids() == [] and store.used() == 0
-    assert os.listdir(objdir / ".stale") == [".crc"] and os.listdir(objdir / ".crc") == []
-    assert os.listdir(objdir / ".stale" / ".crc") == []
+    assert os.listdir(objdir / ".stale") == [] and os.listdir(tmp_path / "base" / "meta") == ["stale"]
+    assert os.listdir(tmp_path / "base" / "meta" / "stale") == []
     store.create_and_write(0x10, BLOCK, b"again")
     assert store.read(0x10, 0, 5) == b"again"
 
@@ -389,9 +414,9 @@ def test_extra_dirs_placement(tmp_path):
         o = oids[0]
         home = fnv1a64(o.to_bytes(8, "little")) % 3
         other = (home + 1) % 3
-        for sub in ("", ".crc"):
-            os.rename(os.path.join(dirs[home], "obj", sub, "%016x" % o),
-                      os.path.join(dirs[other], "obj", sub, "%016x" % o))
+        for sub in ("obj", "meta"):
+            os.rename(os.path.join(dirs[home], sub, "%016x" % o),
+                      os.path.join(dirs[other], sub, "%016x" % o))
         assert s.exists(o) and s.read(o, 0, 8) == o.to_bytes(8, "little")
         s.write(o, b"moved", 0)
         assert s.read(o, 0, 5) == b"moved"
@@ -435,7 +460,7 @@ def test_concurrent_writes_to_one_object(store):
     end = nthreads * per * chunk
     assert data[end:] == bytes(size - end)
     assert store.verify(OID) == []
-    # And a fresh store (sidecar read from disk) agrees.
+    # And a fresh store (record read from disk) agrees.
     s2 = PlainStore(store.base_dir, nosync=True)
     assert s2.verify(OID) == []
     assert s2.read(OID, 0, size) == data
@@ -511,8 +536,8 @@ def test_stale_copies_move_read_purge(tmp_path):
     st.create_and_write(oid, 1 << 20, b"newer", 100)
     st.move_to_stale(oid, 5)
     assert st.stale_epochs(oid) == [5, 3]
-    assert st.read_stale(oid, 3)[100:108] == b"old data"
-    assert st.read_stale(oid, 5)[100:105] == b"newer"
+    assert st.read_stale(oid, 3)[1][100:108] == b"old data"
+    assert st.read_stale(oid, 5)[1][100:105] == b"newer"
     assert st.move_to_stale(oid, 6) is False  # nothing live any more
     # damage is detected, never returned
     path = tmp_path / "s" / "obj" / ".stale" / f"{oid:016x}.3"

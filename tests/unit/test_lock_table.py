@@ -1,10 +1,10 @@
-"""The lock state machine (sheep.lock.LockTable), without daemons."""
+"""The lock state machine (sheep.lock_table.LockTable), without daemons."""
 
 import pytest
 
 from sheep import proto
 from sheep.errors import CODES, FencedError, InvalidParmsError, SdError, VdiLockedError
-from sheep.lock import EXCL, READ, SHARED, STANDBY, LockTable
+from sheep.lock_table import EXCL, READ, SHARED, STANDBY, LockTable
 
 N0, N1, N2 = "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"
 
@@ -19,9 +19,9 @@ def test_exclusive_lock_conflicts_and_generations_grow():
         t.lock(1, N0, 10, EXCL)
     with pytest.raises(VdiLockedError):
         t.lock(1, N1, 11, READ)
-    t.release(1, 10)
+    t.release(1, 10)  # ends the grant for good: that takes a generation too
     assert t.owner(1) is None and not t.locks
-    assert t.lock(1, N1, 11, EXCL) == 2
+    assert t.lock(1, N1, 11, EXCL) == 3
 
 
 def test_legacy_owner_is_the_node():
@@ -110,17 +110,40 @@ def test_node_leave_drops_everything_owned_through_it():
         {3: [(N2, SHARED)], 4: [(N0, EXCL)]}
 
 
-def test_reattach_keeps_the_generation_or_fences():
+def test_reattach_moves_the_hold_under_a_new_generation_or_fences():
     t = LockTable()
     g = t.lock(1, N0, 10, EXCL)
-    assert t.reattach(1, N1, 10, g) == g and t.owner(1).node == N1
+    g2 = t.reattach(1, N1, 10, g)
+    # a new grant: writes still travelling through N0 carry g and are fenced
+    assert g2 > g and t.owner(1).node == N1 and t.owner(1).gen == g2
     with pytest.raises(FencedError):
-        t.reattach(1, N1, 10, g + 1)
+        t.check_write(1, g)
+    with pytest.raises(FencedError):  # the right generation, through the wrong gateway
+        t.check_write(1, g2, N0)
+    t.check_write(1, g2, N1)
     with pytest.raises(FencedError):
-        t.reattach(1, N1, 99, g)
+        t.reattach(1, N1, 10, g)  # the old grant is gone
+    with pytest.raises(FencedError):
+        t.reattach(1, N1, 99, g2)  # another session
     t.expire(N1, 10)
     with pytest.raises(FencedError):  # lost for good: never silently re-granted
-        t.reattach(1, N2, 10, g)
+        t.reattach(1, N2, 10, g2)
+
+
+def test_released_lock_cannot_be_taken_back_and_last_merges_by_generation():
+    t = LockTable()
+    g = t.lock(5, N0, 10, EXCL)
+    t.release(5, 10)
+    with pytest.raises(FencedError):
+        t.reattach(5, N1, 10, g)
+    # after a full restart (tables empty, last from disk), the holder whose
+    # lock vanished takes it back, anybody else presenting its generation not
+    t2 = LockTable(7, [[6, 7, 0xA]])
+    with pytest.raises(FencedError):
+        t2.reattach(6, N1, 0xB, 7)
+    assert t2.reattach(6, N1, 0xA, 7) == 8
+    t2.merge_last([[6, 3, 0xC], [9, 12, 0xD]])  # older info for 6 is ignored
+    assert t2.last == {6: (8, 0xA), 9: (12, 0xD)} and t2.generation == 12
 
 
 def test_handover_is_atomic_and_needs_a_standby():
@@ -201,7 +224,7 @@ def test_replicas_agree_when_fed_the_same_order():
 
 
 def test_reattach_takes_back_a_dropped_lock_only_if_nobody_had_it_since():
-    from sheep.lock import EXCL, LockTable
+    from sheep.lock_table import EXCL, LockTable
 
     t = LockTable()
     g = t.lock(7, "n1:7000", 0xA, EXCL)

@@ -1,0 +1,307 @@
+"""Recovering one object: which copy is the newest, and when it may be used.
+
+Theory of operation
+-------------------
+Invariant (kept by the data path): a live copy on a node that holds the
+object at the current epoch has every acknowledged write.  Every copy — live
+or stale — carries a version (``sheep.store.meta``); of two copies, the one
+with the greater version holds every acknowledged write the other holds.
+
+The rule, for a node that holds ``oid`` at epoch E and lacks a live copy:
+
+1. **Current holders first.**  Every other holder at E is asked for its live
+   copy's version (a probe).  If any has one, the live copy with the greatest
+   version among them is fetched.  An answer other than "no such object"
+   (OLD_NODE_VER after a back-to-back rejoin, NETWORK_ERROR, EIO, a timeout,
+   HALT) decides nothing: the probe is retried — that holder may have the
+   only up-to-date copy.
+2. **Stale copies only when every other current holder answered "no such
+   object".**  Then every member is asked for its best copy (live or stale,
+   with versions); every one must answer.  The greatest version wins — but
+   only if no node that held the object at an epoch from that version's epoch
+   on is missing from the cluster (it might hold a newer copy).  If one is
+   missing, wait for it; after ``STALE_WAIT`` seconds it is enough that every
+   such epoch still has one of its holders present.
+3. **No copy anywhere** (every member answered, none has one): the object
+   does not exist.
+4. **Install**: the fetched copy is stored with its version, under the
+   object's lock, only if the epoch is still E (checked under that lock); a
+   copy already there with a greater version is never replaced.  A fetch that
+   spans an epoch change is redone from step 1 at the new epoch.  Right after
+   the install, in the same I/O thread call, the copy becomes stale if the
+   epoch moved on meanwhile and this node no longer holds it: a cancelled
+   recovery task cannot leave a live orphan behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import struct
+import time
+
+from sheep import proto
+from sheep.errors import CODES, SdError, error_for
+from sheep.store import meta as M
+
+log = logging.getLogger("sheep.recovery")
+
+LIVE = 0xFFFFFFFF  # tgt_epoch of a recovery read for the live copy
+STALE_WAIT = 60.0  # s a missing former holder is waited for before rule 2 relaxes
+PROBE_FLAGS = proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD
+# probe reply (rsp.obj): copies@20 = flags, offset@24 = live version,
+# pad1@32 = best stale version (u64) + its epoch tag (u32)
+HAS_LIVE, HAS_STALE = 1, 2
+_STALE = struct.Struct("<QI4x")
+
+
+class Outcome(enum.Enum):
+    PRESENT = "present"          # a live copy is here now
+    NOT_HOLDER = "not holder"    # this node does not hold the object
+    ABSENT = "absent"            # no copy anywhere: the object does not exist
+    UNAVAILABLE = "unavailable"  # cannot be decided now; try again
+
+
+class Retry(Exception):
+    """This attempt decided nothing (reason in the message)."""
+
+
+def probe_reply(live: int | None, stale: tuple[int, int] | None) -> proto.ObjRsp:
+    """The probe answer for a live version and a (version, epoch) stale copy."""
+    flags = (HAS_LIVE if live is not None else 0) | (HAS_STALE if stale else 0)
+    sv, se = stale or (0, 0)
+    return proto.ObjRsp(copies=flags, offset=live or 0, pad1=_STALE.pack(sv, se))
+
+
+def parse_probe(rsp: proto.ObjRsp) -> tuple[int | None, tuple[int, int] | None]:
+    live = rsp.offset if rsp.copies & HAS_LIVE else None
+    sv, se = _STALE.unpack(rsp.pad1)
+    return live, ((sv, se) if rsp.copies & HAS_STALE else None)
+
+
+def best_local(store, oid: int) -> tuple[int | None, tuple[int, int] | None]:
+    """(live version, (version, epoch) of the best stale copy) of this store."""
+    try:
+        live = store.version(oid)
+    except SdError:
+        live = None  # a damaged live copy is no candidate
+    stale = None
+    for ep, ver in store.stale_copies(oid).items():
+        if stale is None or (ver, ep) > stale:
+            stale = (ver, ep)
+    return live, stale
+
+
+class Fetcher:
+    """Steps 1-4 for one object at a time (``sheep.recovery`` schedules them)."""
+
+    def __init__(self, sheep):
+        self.sheep = sheep
+        self._blocked_since: dict[int, float] = {}
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _copies(self, oid: int) -> int:
+        return self.sheep.vdis.copies_of(proto.oid_to_vid(oid))
+
+    def holds(self, oid: int, ring=None) -> bool:
+        g = self.sheep.group
+        ring = ring or g.ring
+        return any(g.is_me(n) for n in ring.replicas(oid, self._copies(oid)))
+
+    async def _request(self, node, oid: int, epoch: int, flags: int, length: int = 0,
+                       tgt_epoch: int = 0):
+        req = proto.Request(proto.Op.READ_PEER, proto.ObjArgs(oid=oid, tgt_epoch=tgt_epoch),
+                            flags=flags, epoch=epoch, data_length=length)
+        return await self.sheep.gateway.peers.request(node, req)
+
+    async def _probe(self, node, oid: int, epoch: int):
+        """(live version, best stale) of ``node``; raises on any error but NO_OBJ."""
+        try:
+            rsp, _ = await self._request(node, oid, epoch, PROBE_FLAGS)
+        except SdError as e:
+            if e.code == CODES["NO_OBJ"]:
+                return None, None
+            raise
+        return parse_probe(rsp.args)
+
+    async def _probe_all(self, nodes, oid: int, epoch: int) -> list:
+        res = await asyncio.gather(*(self._probe(n, oid, epoch) for n in nodes),
+                                   return_exceptions=True)
+        for n, r in zip(nodes, res):
+            if isinstance(r, BaseException):
+                if not isinstance(r, SdError):
+                    raise r
+                raise Retry(f"{n} did not answer the probe: {r.name}")
+        return res
+
+    async def _fetch(self, node, oid: int, epoch: int, tag: int | None, size: int):
+        """(version, data) of the live copy (``tag`` None) or a stale one on ``node``."""
+        flags = proto.SD_FLAG_CMD_RECOVERY | (proto.SD_FLAG_CMD_WILDCARD if tag else 0)
+        try:
+            rsp, body = await self._request(node, oid, epoch, flags, size,
+                                            LIVE if tag is None else tag)
+        except SdError as e:
+            raise Retry(f"fetching from {node}: {e.name}") from None
+        if len(body) != size:
+            raise Retry(f"short copy of {oid:016x} from {node} ({len(body)} of {size} bytes)")
+        return rsp.args.offset, body
+
+    # -- the rule ----------------------------------------------------------------
+
+    async def recover(self, oid: int) -> Outcome:
+        """One attempt at steps 1-4 (see the module docstring)."""
+        sheep = self.sheep
+        g, store = sheep.group, sheep.store
+        if proto.is_data_obj(oid):
+            await sheep.vdis.await_state(proto.oid_to_vid(oid))
+        await g.settled()
+        epoch, ring = g.epoch, g.ring
+        if store.exists(oid):
+            return Outcome.PRESENT
+        if not self.holds(oid, ring):
+            return Outcome.NOT_HOLDER
+        size = sheep.gateway.obj_size(oid)
+        try:
+            sources = await self._choose(oid, epoch, ring)
+            if not sources:
+                self._blocked_since.pop(oid, None)
+                return Outcome.ABSENT
+            version, data = await self._first_good(sources, oid, epoch, size)
+        except Retry as e:
+            log.info("recovering %016x at epoch %d: %s; will retry", oid, epoch, e)
+            return Outcome.UNAVAILABLE
+        self._blocked_since.pop(oid, None)
+        if g.epoch != epoch:
+            return Outcome.UNAVAILABLE  # the fetch spanned an epoch change: redo it
+        return await self._install(oid, epoch, size, data, version)
+
+    async def _first_good(self, sources, oid: int, epoch: int, size: int):
+        """(version, data) from the first source that delivers."""
+        why = []
+        for node, tag in sources:
+            try:
+                if node is None:
+                    return await self.sheep.io(self.sheep.store.read_stale, oid, tag)
+                return await self._fetch(node, oid, epoch, tag, size)
+            except (Retry, SdError) as e:
+                why.append(str(e))
+        raise Retry("; ".join(why))
+
+    async def _choose(self, oid: int, epoch: int, ring) -> list:
+        """The copies to fetch, best first, as (node or None for this node,
+        stale tag or None for live); [] if no copy exists anywhere; Retry if
+        that cannot be decided now."""
+        g = self.sheep.group
+        holders = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
+        answers = await self._probe_all(holders, oid, epoch)
+        live = [(v, i) for i, (v, _s) in enumerate(answers) if v is not None]
+        if live:  # step 1: the current holders' live copies, newest first
+            return [(holders[i], None) for v, i in sorted(live, reverse=True)]
+        # step 2: every other current holder said "no such object"
+        others = [n for n in g.nodes if not g.is_me(n)]
+        answers = await self._probe_all(others, oid, epoch)
+        lv, ls = best_local(self.sheep.store, oid)
+        cands = []  # (version, node or None, stale tag or None)
+        if ls:
+            cands.append((ls[0], None, ls[1]))
+        for n, (v, s) in zip(others, answers):
+            if v is not None:
+                cands.append((v, n, None))
+            if s is not None:
+                cands.append((s[0], n, s[1]))
+        if not cands:
+            return []  # step 3
+        cands.sort(key=lambda c: (c[0], c[2] or 0), reverse=True)
+        version, node, tag = cands[0]
+        missing = self._missing_holders(oid, M.version_epoch(version), epoch)
+        if missing:
+            since = self._blocked_since.setdefault(oid, time.monotonic())
+            if time.monotonic() - since < STALE_WAIT:
+                raise Retry(f"best copy is version {M.fmt_version(version)}, but former "
+                            f"holder(s) {', '.join(missing)} may have a newer one and are "
+                            f"not in the cluster")
+            if self._missing_holders(oid, M.version_epoch(version), epoch, strict=False):
+                raise Retry("every holder of some epoch since the best copy's is missing")
+            log.warning("recovering %016x from version %s although %s did not come back "
+                        "within %.0fs", oid, M.fmt_version(version), ", ".join(missing),
+                        STALE_WAIT)
+        log.info("recovering %016x from the %s copy (version %s) on %s", oid,
+                 "live" if tag is None else f"stale (epoch {tag})", M.fmt_version(version),
+                 node or "this node")
+        return [(n, t) for v, n, t in cands if v == version]
+
+    def _missing_holders(self, oid: int, since: int, epoch: int, strict: bool = True) -> list[str]:
+        """Former holders (epochs ``since``..``epoch``) not in the cluster now.
+        Not strict: only epochs none of whose holders is present count."""
+        g = self.sheep.group
+        present = {(bytes(n.addr), n.port) for n in g.nodes}
+        copies = self._copies(oid)
+        missing: set[str] = set()
+        for e in range(max(since, 1), epoch + 1):
+            ring = g.epoch_ring(e)
+            if ring is None:
+                continue
+            if all((bytes(n.addr), n.port) in present for n in ring.nodes):
+                continue
+            held = ring.replicas(oid, copies)
+            gone = [n for n in held if (bytes(n.addr), n.port) not in present]
+            if strict:
+                missing.update(f"{n.host}:{n.port}" for n in gone)
+            elif held and len(gone) == len(held):
+                missing.update(f"{n.host}:{n.port}" for n in gone)
+        return sorted(missing)
+
+    async def _install(self, oid: int, epoch: int, size: int, data, version: int) -> Outcome:
+        sheep = self.sheep
+        g, store = sheep.group, sheep.store
+        sparse = proto.is_sparse_obj(oid)
+
+        def check():
+            if g.epoch != epoch:
+                raise error_for(CODES["OLD_NODE_VER"], "epoch moved during recovery")
+
+        def install():
+            try:
+                store.install(oid, size, data, version, sparse, check)
+            except SdError as e:
+                if e.code == CODES["OLD_NODE_VER"]:
+                    return False
+                raise
+            if g.epoch != epoch and not self.holds(oid):  # moved on meanwhile: no orphan
+                store.move_to_stale(oid, epoch)
+                return False
+            return store.exists(oid)  # (a client's create may have won: also fine)
+        if not await sheep.io(install):
+            return Outcome.UNAVAILABLE
+        return Outcome.PRESENT
+
+    async def repair(self, oid: int) -> bool:
+        """Replace this node's damaged live copy of ``oid`` by the newest live
+        copy of another current holder; True if replaced."""
+        sheep = self.sheep
+        g = sheep.group
+        await g.settled()
+        epoch, ring = g.epoch, g.ring
+        if not self.holds(oid, ring):
+            return False
+        holders = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
+        answers = await self._probe_all(holders, oid, epoch)
+        live = sorted(((v, i) for i, (v, _s) in enumerate(answers) if v is not None),
+                      reverse=True)
+        if not live:
+            return False
+        size = sheep.gateway.obj_size(oid)
+        version, data = await self._first_good([(holders[i], None) for _v, i in live],
+                                               oid, epoch, size)
+
+        def check():
+            if g.epoch != epoch:
+                raise error_for(CODES["OLD_NODE_VER"], "epoch moved during the repair")
+        done = await sheep.io(lambda: sheep.store.install(
+            oid, size, data, version, proto.is_sparse_obj(oid), check, replace_damaged=True))
+        if done:
+            log.warning("replaced the damaged copy of %016x by version %s from another "
+                        "holder", oid, M.fmt_version(version))
+        return done

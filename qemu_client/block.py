@@ -30,8 +30,14 @@ what QEMU's sheepdog driver sends (PROTOCOL §8.1):
   must be a snapshot (as QEMU's driver checks).
 
 Locking (:mod:`qemu_client.session`): a read-write open holds the VDI's
-exclusive lock for its lifetime; every write carries the lock's generation
-so that the cluster can fence us if the lock was taken away.
+exclusive lock for its lifetime; every write — and every read — carries the
+lock's generation so that the cluster can fence us if the lock was taken
+away (FencedError).  Reads of objects our cached inode shows as never
+written are answered from that cache only while our lock is confirmed
+(a request that proved it succeeded less than ``CONFIRM_WINDOW`` seconds
+ago); otherwise the gateway is asked first — so a writer whose lock was
+taken over (its gateway cut off, an operator's unlock) never reads zeros
+where the new holder wrote.
 
 Gateway failover (:mod:`qemu_client.connection`): when the gateway dies the
 connection moves to another node; before anything is resent the lock
@@ -70,6 +76,12 @@ BDRV_REQ_MAY_UNMAP = 0x4
 BDRV_SECTOR_SIZE = 512
 
 NODE_REFRESH = 30.0  # seconds between node list refreshes (for failover)
+# How long a proof that we hold the lock is trusted for reads answered from
+# the cached inode alone.  Below the time the cluster needs to take a lock
+# away from a live writer: its gateway stops serving ~0.5 s after losing the
+# cluster (membership lease) and is removed only later (zmq: 1 s; ZooKeeper:
+# the session timeout).
+CONFIRM_WINDOW = 0.25
 
 
 def _err(name: str, msg: str) -> SdError:
@@ -135,6 +147,8 @@ class AsyncVdi:
         self._gate: asyncio.Event | None = None
         self._meta: asyncio.Lock | None = None
         self._refresher: asyncio.Task | None = None
+        self._confirmed_at = float("-inf")  # loop time a request proving our lock was sent
+        self._confirming: asyncio.Future | None = None
         self.closed = False
 
     @property
@@ -270,13 +284,47 @@ class AsyncVdi:
 
     async def _call(self, op: int, args=None, payload=b"", data_length: int = 0,
                     flags: int = 0, fenced: bool = False, retry: bool = True):
+        sent = asyncio.get_running_loop().time()
         if not self._failover:  # e.g. sheep.nbd's in-process connection
             if fenced:
                 flags |= self._fence_flags(args)
-            return await self.conn.call(op, args, payload, data_length, flags)
-        prepare = (lambda: self._fence_flags(args)) if fenced else None
-        return await self.conn.call(op, args, payload, data_length, flags,
-                                    retry=retry, prepare=prepare)
+            out = await self.conn.call(op, args, payload, data_length, flags)
+        else:
+            prepare = (lambda: self._fence_flags(args)) if fenced else None
+            out = await self.conn.call(op, args, payload, data_length, flags,
+                                       retry=retry, prepare=prepare)
+        if fenced and self.generation:  # the cluster accepted our generation
+            self._confirmed_at = max(self._confirmed_at, sent)
+        return out
+
+    def _needs_confirmation(self) -> bool:
+        s = self.session
+        return (s.supported and s.enforced and not self.is_snapshot
+                and (self.generation or self.mode == proto.LOCK_MODE_READ))
+
+    async def _confirm_lock(self) -> None:
+        """Before answering a read from the cached inode alone: make sure our
+        lock still stands (FencedError if not).  Concurrent readers share one
+        confirmation."""
+        loop = asyncio.get_running_loop()
+        if not self._needs_confirmation() or loop.time() - self._confirmed_at < CONFIRM_WINDOW:
+            return
+        if self._confirming is None:
+            self._confirming = loop.create_task(self._confirm_once())
+        fut = self._confirming
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if fut.done() and self._confirming is fut:
+                self._confirming = None
+
+    async def _confirm_once(self) -> None:
+        sent = asyncio.get_running_loop().time()
+        gen = self.generation
+        if not await self.session.confirm(self.vid, gen):
+            raise error_for(CODES["FENCED"], f"VDI {self.name}: our lock (generation {gen}) "
+                                             f"is gone; the VDI may have another writer")
+        self._confirmed_at = max(self._confirmed_at, sent)
 
     async def _wcall(self, op: int, args: proto.ObjArgs, payload: bytes, flags: int = 0):
         """A write carrying our lock generation, so that the cluster can fence it."""
@@ -397,8 +445,10 @@ class AsyncVdi:
                     _, data = await self._call(
                         proto.Op.READ_OBJ, proto.ObjArgs(oid=proto.vid_to_data_oid(owner, idx),
                                                          offset=o, copies=self.inode.nr_copies),
-                        data_length=n)
+                        data_length=n, fenced=True)
                     out[pos:pos + n] = data
+                else:  # never written, says our cache: true only while we hold the lock
+                    await self._confirm_lock()
             await asyncio.gather(*(part(*p) for p in self._split(offset, length)))
             return bytes(out)
 

@@ -17,6 +17,12 @@ Guarantees:
   the new one.  Requests issued meanwhile wait for the failover.  Only when
   no node could be reached for ``failover_timeout`` seconds do callers see a
   :class:`ConnectionError`.
+* **transient refusals**: HALT (the gateway or a replica is briefly cut off
+  from the cluster, e.g. right after a partition healed) and AGAIN (an
+  object not recovered yet) are retried after a short pause; a gateway that
+  keeps answering HALT for ``HALT_FAILOVER`` seconds (it is in a minority
+  partition) is failed over like a lost one.  Callers see HALT only when no
+  node could serve for ``failover_timeout`` seconds.
 
 Resending is safe for what qemu_client sends: reads, WRITE_OBJ of the same
 bytes and the inode index updates are idempotent; callers that send
@@ -38,6 +44,9 @@ log = logging.getLogger("qemu_client.connection")
 
 #: results meaning "this gateway is going away": fail over like a lost connection
 GATEWAY_GONE = {CODES["SHUTDOWN"], CODES["KILLED"]}
+#: results meaning "not now": the request was not carried out; send it again
+TRANSIENT = {CODES["HALT"], CODES["AGAIN"]}
+HALT_FAILOVER = 3.0  # seconds of HALT from one gateway before trying another
 FAILOVER_TIMEOUT = 60.0  # seconds of trying every node before giving up
 STALL_TIMEOUT = 90.0  # no reply at all for this long: the gateway is hung
 
@@ -124,6 +133,9 @@ class Connection:
             flags |= proto.SD_FLAG_CMD_WRITE
             data_length = len(payload)
         internal = _IN_FAILOVER.get()
+        loop = asyncio.get_running_loop()
+        transient_since: float | None = None
+        pause = 0.05
         while True:
             if self._closed:
                 raise ConnectionError("qemu_client connection closed")
@@ -146,6 +158,20 @@ class Connection:
                 if not retry:
                     raise GatewayLost(f"gateway lost ({e}); now on "
                                       f"{self.host}:{self.port}") from None
+                continue
+            if rsp.result in TRANSIENT and self.failover_enabled and not internal:
+                now = loop.time()
+                transient_since = transient_since or now
+                if now - transient_since > self.failover_timeout:
+                    raise error_for(rsp.result)
+                if rsp.result == CODES["HALT"] and now - transient_since > HALT_FAILOVER:
+                    log.warning("gateway %s:%d keeps answering HALT; failing over",
+                                self.host, self.port)
+                    await self.failover(conn, error_for(rsp.result))
+                    transient_since, pause = None, 0.05
+                else:
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.5)
                 continue
             if rsp.result:
                 raise error_for(rsp.result)

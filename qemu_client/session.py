@@ -87,6 +87,17 @@ class LockSession:
         self.holds = proto.session_reply(rsp.args)[3]
         return self.holds
 
+    async def confirm(self, vid: int, generation: int) -> bool:
+        """Does this session still hold ``vid`` (its exclusive grant of
+        ``generation``, or with 0 a read hold) through the current gateway,
+        as the gateway — which answers only while it is in the primary view —
+        knows it now?"""
+        args = proto.VdiArgs(base_vdi_id=vid)
+        proto.set_lock_session(args, self.id, proto.LOCK_MODE_RENEW, generation)
+        rsp, _ = await self.conn.call(proto.Op.LOCK_VDI, args, flags=proto.SD_FLAG_CMD_SESSION)
+        status, _gen, _lease, self.holds = proto.session_reply(rsp.args)
+        return bool(status & proto.LOCK_STATUS_HELD)
+
     def period(self) -> float:
         if self.interval:
             return self.interval

@@ -29,6 +29,7 @@ log = logging.getLogger("sheep")
 JOIN_TIMEOUT = 30.0
 # with -n, store calls on at most this many bytes run inline (page cache only)
 INLINE_MAX = 64 << 10
+LOOP_STALL = 0.3  # s without the event loop running that is worth a warning
 
 LEVELS = [logging.CRITICAL, logging.CRITICAL, logging.CRITICAL, logging.ERROR,
           logging.WARNING, logging.INFO, logging.INFO, logging.DEBUG]
@@ -45,6 +46,7 @@ class Sheep:
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sheep-io")
         self._exit: asyncio.Event | None = None
         self.exit_code = 0
+        self.max_loop_lag = 0.0
 
     def open_store(self) -> None:
         """Lock and prepare the store; raises StoreLockedError / OSError."""
@@ -67,6 +69,20 @@ class Sheep:
     async def io_thread(self, fn, *args):
         """Run ``fn(*args)`` on an I/O thread, whatever its size."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _watch_loop(self) -> None:
+        """Warn when the event loop did not run for a while: it carries the
+        membership heartbeats, so a stall can look like a failure to peers."""
+        loop = asyncio.get_running_loop()
+        tick = 0.1
+        last = loop.time()
+        while True:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            lag, last = now - last - tick, now
+            self.max_loop_lag = max(self.max_loop_lag, lag)
+            if lag > LOOP_STALL:
+                log.warning("event loop stalled for %.2fs", lag)
 
     async def _watch_store(self) -> None:
         """Leave the cluster if the store vanishes (checked every second)."""
@@ -121,6 +137,7 @@ class Sheep:
                 return 1
         for name in cfg.unsupported:
             log.warning("option --%s is accepted for compatibility but not implemented", name)
+        loop_watch = asyncio.ensure_future(self._watch_loop())
         joining = asyncio.ensure_future(self.group.start(local_vdis))
         stopping = asyncio.ensure_future(self._exit.wait())
         await asyncio.wait({joining, stopping}, timeout=JOIN_TIMEOUT,
@@ -154,9 +171,10 @@ class Sheep:
                  "store %s%s", __version__, self.me, self.me.zone, self.me.nr_vnodes,
                  cfg.cluster, ",".join(cfg.stores), " (nosync)" if cfg.nosync else "")
         ready(None)
-        watcher = asyncio.ensure_future(self._watch_store())
+        watchers = [asyncio.ensure_future(self._watch_store()), loop_watch]
         await self._exit.wait()
-        watcher.cancel()
+        for w in watchers:
+            w.cancel()
         log.info("exiting")
         self.recovery.stop()
         for s in servers:

@@ -10,10 +10,11 @@ with the greater version holds every acknowledged write the other holds.
 The rule, for a node that holds ``oid`` at epoch E and lacks a live copy:
 
 1. **Current holders first.**  Every other holder at E is asked for its live
-   copy's version (a probe).  If any has one, the live copy with the greatest
-   version among them is fetched.  An answer other than "no such object"
+   copy's version (a probe).  If any has one, the live copies are fetched,
+   greatest version first (by the invariant each has every acknowledged
+   write).  If none has one, an answer other than "no such object"
    (OLD_NODE_VER after a back-to-back rejoin, NETWORK_ERROR, EIO, a timeout,
-   HALT) decides nothing: the probe is retried — that holder may have the
+   HALT) decides nothing: the attempt is retried — that holder may have the
    only up-to-date copy.
 2. **Stale copies only when every other current holder answered "no such
    object".**  Then every member is asked for its best copy (live or stale,
@@ -126,15 +127,22 @@ class Fetcher:
             raise
         return parse_probe(rsp.args)
 
-    async def _probe_all(self, nodes, oid: int, epoch: int) -> list:
+    async def _probe_all(self, nodes, oid: int, epoch: int, need_all: bool = True) -> list:
+        """Each node's probe answer; a node that could not answer gives None
+        (or, with ``need_all``, makes the attempt a Retry)."""
         res = await asyncio.gather(*(self._probe(n, oid, epoch) for n in nodes),
                                    return_exceptions=True)
+        out = []
         for n, r in zip(nodes, res):
             if isinstance(r, BaseException):
                 if not isinstance(r, SdError):
                     raise r
-                raise Retry(f"{n} did not answer the probe: {r.name}")
-        return res
+                if need_all:
+                    raise Retry(f"{n} did not answer the probe: {r.name}")
+                out.append(None)
+                continue
+            out.append(r)
+        return out
 
     async def _fetch(self, node, oid: int, epoch: int, tag: int | None, size: int):
         """(version, data) of the live copy (``tag`` None) or a stale one on ``node``."""
@@ -195,10 +203,13 @@ class Fetcher:
         that cannot be decided now."""
         g = self.sheep.group
         holders = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
-        answers = await self._probe_all(holders, oid, epoch)
-        live = [(v, i) for i, (v, _s) in enumerate(answers) if v is not None]
+        answers = await self._probe_all(holders, oid, epoch, need_all=False)
+        live = [(a[0], i) for i, a in enumerate(answers) if a is not None and a[0] is not None]
         if live:  # step 1: the current holders' live copies, newest first
             return [(holders[i], None) for v, i in sorted(live, reverse=True)]
+        silent = [holders[i] for i, a in enumerate(answers) if a is None]
+        if silent:
+            raise Retry(f"current holder(s) {', '.join(map(str, silent))} did not answer")
         # step 2: every other current holder said "no such object"
         others = [n for n in g.nodes if not g.is_me(n)]
         answers = await self._probe_all(others, oid, epoch)
@@ -287,9 +298,9 @@ class Fetcher:
         if not self.holds(oid, ring):
             return False
         holders = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
-        answers = await self._probe_all(holders, oid, epoch)
-        live = sorted(((v, i) for i, (v, _s) in enumerate(answers) if v is not None),
-                      reverse=True)
+        answers = await self._probe_all(holders, oid, epoch, need_all=False)
+        live = sorted(((a[0], i) for i, a in enumerate(answers)
+                       if a is not None and a[0] is not None), reverse=True)
         if not live:
             return False
         size = sheep.gateway.obj_size(oid)

@@ -382,10 +382,14 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
         if not sid:
             raise _err("INVALID_PARMS", "lease renewal without a session id")
         held_ok = 0
-        if a.base_vdi_id and held:  # "do I still hold this grant?" (qemu_client)
-            o = locks.table.owner(a.base_vdi_id)
-            if o is not None and (o.session, o.gen, o.node) == (sid, held, locks.me):
-                held_ok = proto.LOCK_STATUS_HELD
+        if a.base_vdi_id:  # "do I still hold it?" (qemu_client, before trusting its cache)
+            if held:
+                o = locks.table.owner(a.base_vdi_id)
+                ok = o is not None and (o.session, o.gen, o.node) == (sid, held, locks.me)
+            else:
+                ok = any(h.session == sid and h.node == locks.me and h.kind in (READ, SHARED)
+                         for h in locks.table.holders(a.base_vdi_id))
+            held_ok = proto.LOCK_STATUS_HELD if ok else 0
         return _reply(sheep, 0, True, holds=len(locks.table.holds_of(sid)),
                       extra=held_ok), b""
     name, tag = _name_tag(payload)

@@ -11,13 +11,13 @@ import os
 import random
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
 
 import pytest
 from harness import wait_for
+from nbd_raw import RawNbd
 
 from sheep import nbd, proto
 
@@ -82,73 +82,6 @@ def inode_index(cluster, vid, n):
     finally:
         c.close()
     return [int.from_bytes(raw[i:i + 4], "little") for i in range(0, 4 * n, 4)]
-
-
-class RawNbd:
-    """A hand-driven NBD client on a plain socket (for malformed traffic)."""
-
-    def __init__(self, node, timeout=10.0):
-        self.s = socket.create_connection(("127.0.0.1", node.nbd_port), timeout=timeout)
-
-    def recv(self, n: int) -> bytes:
-        buf = b""
-        while len(buf) < n:
-            chunk = self.s.recv(n - len(buf))
-            if not chunk:
-                raise ConnectionError(f"closed after {len(buf)} of {n} bytes")
-            buf += chunk
-        return buf
-
-    def greet(self, cflags: int = nbd.FLAG_FIXED_NEWSTYLE | nbd.FLAG_NO_ZEROES) -> None:
-        hello = self.recv(18)
-        assert hello[:8] == b"NBDMAGIC"
-        assert struct.unpack(">QH", hello[8:]) == (nbd.IHAVEOPT, 3)
-        self.s.sendall(struct.pack(">I", cflags))
-
-    def option(self, opt: int, data: bytes = b"", magic: int = nbd.IHAVEOPT) -> None:
-        self.s.sendall(struct.pack(">QII", magic, opt, len(data)) + data)
-
-    def rep(self) -> tuple[int, int, bytes]:
-        magic, opt, rtype, length = struct.unpack(">QIII", self.recv(20))
-        assert magic == nbd.REP_MAGIC
-        return opt, rtype, self.recv(length)
-
-    def go(self, name: str, opt: int = nbd.OPT_GO) -> tuple[int, int]:
-        b = name.encode()
-        self.option(opt, struct.pack(">I", len(b)) + b + struct.pack(">H", 0))
-        size = flags = None
-        while True:
-            o, rtype, data = self.rep()
-            assert o == opt
-            if rtype == nbd.REP_ACK:
-                return size, flags
-            assert rtype == nbd.REP_INFO, (hex(rtype), data)
-            if struct.unpack(">H", data[:2])[0] == nbd.INFO_EXPORT:
-                size, flags = struct.unpack(">QH", data[2:])
-
-    def request(self, cmd, handle, offset, length, flags=0, data=b"",
-                magic=nbd.REQUEST_MAGIC) -> None:
-        self.s.sendall(struct.pack(">IHHQQI", magic, flags, cmd, handle, offset, length) + data)
-
-    def reply(self) -> tuple[int, int]:
-        magic, err, handle = struct.unpack(">IIQ", self.recv(16))
-        assert magic == nbd.SIMPLE_REPLY_MAGIC
-        return err, handle
-
-    def is_closed(self) -> bool:
-        """True once the server has closed the connection (EOF or reset)."""
-        try:
-            while True:
-                chunk = self.s.recv(65536)
-                if not chunk:
-                    return True
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-
-    def close(self):
-        self.s.close()
 
 
 def daemon_fine(cluster, name):

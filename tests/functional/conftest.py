@@ -1,6 +1,8 @@
-import pytest
+import signal
 
+import pytest
 from harness import Cluster
+from locking import ClientProc
 
 
 @pytest.fixture
@@ -15,3 +17,21 @@ def make_cluster(tmp_path):
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def procs():
+    """Factory: ``procs(port, name, mode)`` → a lock_client.py process; all killed at teardown."""
+    made = []
+
+    def start(*a, **kw):
+        p = ClientProc(*a, **kw)
+        made.append(p)
+        return p
+    yield start
+    for p in made:
+        try:
+            p.signal(signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        p.kill()

@@ -11,9 +11,9 @@ import subprocess
 import sys
 
 import pytest
+from harness import Cluster, cli_sections, wait_for
 
 import qemu_client
-from harness import Cluster, cli_sections, wait_for
 from sheep import proto
 from sheep.errors import CODES
 from sheep.ring import Ring

@@ -5,8 +5,8 @@ import os
 import signal
 
 import pytest
-
 from harness import read_vdi, wait_for, write_vdi
+
 from sheep import proto
 
 pytestmark = pytest.mark.cluster

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from harness import cli_sections
 
 pytestmark = pytest.mark.cluster
@@ -31,8 +30,8 @@ def normalize(text: str, ports: list[int]) -> str:
     for i in range(3):
         text = text.replace(f"127.0.0.1:{7200 + i}", f"127.0.0.1:NODE{i}")
     text = _DATE.sub("DATE", text)
-    text = re.sub(r"^(\d{10}) ", "TIME ", text, flags=re.M)  # raw cluster info epoch time
-    text = re.sub(r"^(= \S+ \d+ \d+ \d+ \d+ )\d{10}", r"\1TIME", text, flags=re.M)
+    text = re.sub(r"^(\d{10}) ", "TIME ", text, flags=re.MULTILINE)  # raw cluster info epoch time
+    text = re.sub(r"^(= \S+ \d+ \d+ \d+ \d+ )\d{10}", r"\1TIME", text, flags=re.MULTILINE)
     if "Size" in text and "Use%" in text:  # node info: disk sizes are the machine's
         text = _SIZE.sub("SIZE", text)
     return text

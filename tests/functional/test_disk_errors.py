@@ -6,9 +6,9 @@ import shutil
 import subprocess
 
 import pytest
+from harness import placement_ok, vdi_oids, wait_for
 
 import qemu_client
-from harness import placement_ok, vdi_oids, wait_for
 from sheep.errors import SdError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.recovery]
@@ -56,3 +56,30 @@ def test_full_disk_gives_no_space(make_cluster, small_fs):
     assert c.nodes[0].alive()
     with qemu_client.open("big", port=c.nodes[0].port) as v:  # still serving
         assert v.pread(0, 4 * MiB) == first
+
+
+def test_failing_epoch_change_takes_the_node_out(make_cluster):
+    """Data-safety issue, point 7: an I/O error half-way through a membership
+    change must not leave a half-updated node serving.  Node 3's epoch log
+    directory is replaced by a file, so writing the next epoch log fails: the
+    node stops serving and exits; the others go on, with every write intact."""
+    c = make_cluster(4)
+    c.format(copies=3)
+    vid = c.nodes[0].client().new_vdi("data", 8 * MiB)
+    blob = os.urandom(8 * MiB)
+    with qemu_client.open("data", port=c.nodes[0].port) as v:
+        v.pwrite(0, blob)
+    victim = c.nodes[3]
+    epoch_dir = os.path.join(victim.store, "epoch")
+    shutil.rmtree(epoch_dir)
+    with open(epoch_dir, "w") as f:
+        f.write("not a directory")
+    c.nodes[2].kill()  # an epoch change everybody must log
+    wait_for(lambda: not victim.alive(), 15, what="the node that cannot log the epoch to exit")
+    assert "leaving the cluster" in victim.log()
+    c.wait_members(2)
+    wait_for(lambda: placement_ok(c, vdi_oids(vid, 8 * MiB), copies=2), 60,
+             what="objects recovered on the two nodes left")
+    for n in c.live():
+        with qemu_client.open("data", port=n.port) as v:
+            assert v.pread(0, 8 * MiB) == blob

@@ -6,7 +6,6 @@ import sys
 import uuid
 
 import pytest
-
 from harness import free_port, read_vdi, wait_for, write_vdi
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]

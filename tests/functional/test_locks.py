@@ -4,16 +4,12 @@ Clusters run with ``--lock-grace 3`` so that session expiry is quick; every
 wait is a condition polled until a deadline.
 """
 
-import os
-import pathlib
-import select
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 from harness import cli_sections, wait_for
+from locking import GRACE, MB, collie, holds, locked_cluster, new_vdi, open_eventually
 
 import qemu_client
 from sheep import proto
@@ -21,126 +17,13 @@ from sheep.errors import CODES, FencedError, SdError, VdiLockedError
 
 pytestmark = pytest.mark.cluster
 
-GRACE = 3.0
-MB = 1024 * 1024
-CLIENT = str(pathlib.Path(__file__).with_name("lock_client.py"))
-
-
-# ---------------------------------------------------------------------------
-# helpers
-
-
-def _locked_cluster(make_cluster, n=3, copies=3):
-    c = make_cluster(n, extra=["--lock-grace", str(GRACE)])
-    c.wait_members(n)
-    cl = c.nodes[0].client()
-    try:
-        cl.format(copies, flags=proto.SD_CLUSTER_FLAG_AUTO_VNODES | proto.SD_CLUSTER_FLAG_USE_LOCK)
-    finally:
-        cl.close()
-    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
-                         for n in c.nodes), 10, what="cluster running")
-    return c
-
-
-def _new_vdi(c, name="vm", size=16 * MB):
-    cl = c.nodes[0].client()
-    try:
-        return cl.new_vdi(name, size)
-    finally:
-        cl.close()
-
-
-def _holds(node, vid=None):
-    """Lock holders as seen by ``node`` (GET_LOCKS)."""
-    cl = node.client()
-    try:
-        _, body = cl.call(proto.Op.GET_LOCKS, data_length=1 << 20)
-    finally:
-        cl.close()
-    size = proto.LockRecord.SIZE
-    recs = [proto.LockRecord.unpack(body, o) for o in range(0, len(body) - size + 1, size)]
-    return [r for r in recs if vid is None or r.vid == vid]
-
-
-def _collie(port, *argv, prog="collie", stdin=None):
-    if prog == "dog":
-        code = ("import sys; sys.argv[0] = 'dog'; from collie.__main__ import main; "
-                "sys.exit(main())")
-        cmd = [sys.executable, "-c", code]
-    else:
-        cmd = [sys.executable, "-m", "collie"]
-    return subprocess.run([*cmd, *argv, "-p", str(port)], input=stdin, capture_output=True,
-                          timeout=60)
-
-
-def _open_eventually(port, name="vm", timeout=GRACE + 5, **kw):
-    """Open read-write, retrying while VDI_LOCKED; returns (vdi, seconds waited)."""
-    t0 = time.monotonic()
-    deadline = t0 + timeout
-    while True:
-        try:
-            return qemu_client.open(name, port=port, **kw), time.monotonic() - t0
-        except VdiLockedError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
-
-
-class ClientProc:
-    """tests/functional/lock_client.py in its own process."""
-
-    def __init__(self, port, name="vm", mode="rw"):
-        self.p = subprocess.Popen([sys.executable, CLIENT, str(port), name, mode],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        first = self.line(20).split()
-        assert first[0] == "READY", first
-        self.generation, self.session = int(first[1]), int(first[2], 16)
-
-    def line(self, timeout=20.0) -> str:
-        r, _, _ = select.select([self.p.stdout], [], [], timeout)
-        assert r, "client process did not answer in time"
-        return self.p.stdout.readline().strip()
-
-    def cmd(self, text, timeout=30.0) -> str:
-        self.p.stdin.write(text + "\n")
-        self.p.stdin.flush()
-        return self.line(timeout)
-
-    def signal(self, sig):
-        os.kill(self.p.pid, sig)
-
-    def kill(self):
-        if self.p.poll() is None:
-            self.p.kill()
-        self.p.wait(10)
-
-
-@pytest.fixture
-def procs():
-    made = []
-
-    def start(*a, **kw):
-        p = ClientProc(*a, **kw)
-        made.append(p)
-        return p
-    yield start
-    for p in made:
-        try:
-            p.signal(signal.SIGCONT)
-        except ProcessLookupError:
-            pass
-        p.kill()
-
-
 # ---------------------------------------------------------------------------
 # semantics
 
 
 def test_second_writer_fails_until_the_first_closes(make_cluster):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
     p0, p1, p2 = (n.port for n in c.nodes)
     a = qemu_client.open("vm", port=p0)
     try:
@@ -152,13 +35,13 @@ def test_second_writer_fails_until_the_first_closes(make_cluster):
             qemu_client.open("vm", port=p2, readonly=True)
         # every node agrees on the owner: (node 0, a's session)
         for n in c.nodes:
-            [h] = _holds(n, vid)
+            [h] = holds(n, vid)
             assert (h.kind, h.session, h.generation) == (proto.LOCK_KIND_EXCLUSIVE,
                                                         a.session_id, a.generation)
             assert proto.nid_to_str(h.owner) == f"127.0.0.1:{p0}"
     finally:
         a.close()
-    wait_for(lambda: all(not _holds(n, vid) for n in c.nodes), 5, what="released everywhere")
+    wait_for(lambda: all(not holds(n, vid) for n in c.nodes), 5, what="released everywhere")
     b = qemu_client.open("vm", port=p1)
     try:
         assert b.generation > a.generation
@@ -168,12 +51,12 @@ def test_second_writer_fails_until_the_first_closes(make_cluster):
 
 
 def test_readers_and_snapshots(make_cluster):
-    c = _locked_cluster(make_cluster)
-    _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    new_vdi(c)
     p0, p1, p2 = (n.port for n in c.nodes)
     with qemu_client.open("vm", port=p0) as w:
         w.pwrite(0, b"snapdata")
-    r = _collie(p0, "vdi", "snapshot", "-s", "s1", "vm")  # needs the VDI lifecycle work
+    r = collie(p0, "vdi", "snapshot", "-s", "s1", "vm")  # needs the VDI lifecycle work
     assert r.returncode == 0, r.stderr
     w = qemu_client.open("vm", port=p0)  # a writer on the working VDI...
     try:
@@ -206,13 +89,13 @@ def test_readers_and_snapshots(make_cluster):
 
 
 def test_snapshot_under_a_writer_keeps_its_lock(make_cluster):
-    c = _locked_cluster(make_cluster)
-    _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    new_vdi(c)
     p0, p1 = c.nodes[0].port, c.nodes[1].port
     w = qemu_client.open("vm", port=p0)
     try:
         w.pwrite(0, b"before")
-        assert _collie(p1, "vdi", "snapshot", "-s", "s1", "vm").returncode == 0
+        assert collie(p1, "vdi", "snapshot", "-s", "s1", "vm").returncode == 0
         w.pwrite(0, b"after!")  # goes to the new working VDI, still fenced by our grant
         with pytest.raises(VdiLockedError):
             qemu_client.open("vm", port=p1)
@@ -228,39 +111,39 @@ def test_snapshot_under_a_writer_keeps_its_lock(make_cluster):
 
 
 def test_killed_client_loses_its_lock_within_the_grace(make_cluster, procs):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
     a = procs(c.nodes[1].port)
     assert a.cmd("write 0 " + (b"A" * 16).hex()) == "OK"
     with pytest.raises(VdiLockedError):
         qemu_client.open("vm", port=c.nodes[0].port)
     a.signal(signal.SIGKILL)
-    b, waited = _open_eventually(c.nodes[0].port)
+    b, waited = open_eventually(c.nodes[0].port)
     try:
         assert waited <= GRACE + 5
         assert b.generation > a.generation
         assert b.pread(0, 16) == b"A" * 16
-        wait_for(lambda: all([h.session for h in _holds(n, vid)] == [b.session_id]
+        wait_for(lambda: all([h.session for h in holds(n, vid)] == [b.session_id]
                              for n in c.nodes), 5, what="one holder everywhere")
     finally:
         b.close()
 
 
 def test_killed_gateway_releases_its_locks_everywhere(make_cluster, procs):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
-    old = _new_vdi(c, "old")
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
+    old = new_vdi(c, "old")
     a = procs(c.nodes[1].port)
     # a Sheepdog 1.0 client (no session) locking through the same node
     legacy = c.nodes[1].client()
     legacy.call(proto.Op.LOCK_VDI, payload=proto.vdi_name_payload("old", ""))
     with pytest.raises(VdiLockedError):  # 1.0: a second lock from the same node fails
         legacy.call(proto.Op.LOCK_VDI, payload=proto.vdi_name_payload("old", ""))
-    assert _holds(c.nodes[2], vid) and _holds(c.nodes[2], old)
+    assert holds(c.nodes[2], vid) and holds(c.nodes[2], old)
     c.nodes[1].kill(signal.SIGKILL)
     c.wait_members(2)
     survivors = [c.nodes[0], c.nodes[2]]
-    wait_for(lambda: all(not _holds(n) for n in survivors), 10,
+    wait_for(lambda: all(not holds(n) for n in survivors), 10,
              what="locks released on all survivors")
     b = qemu_client.open("vm", port=c.nodes[0].port)
     try:
@@ -272,8 +155,8 @@ def test_killed_gateway_releases_its_locks_everywhere(make_cluster, procs):
 
 
 def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
     sid = 0x1234567890ABCDEF
     n0, n1 = c.nodes[0], c.nodes[1]
 
@@ -292,7 +175,7 @@ def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
     cl1 = n1.client()
     old, gen = gen, lock(cl1, proto.LOCK_MODE_REATTACH, gen)[1]
     assert gen > old  # a new grant: writes still on their way through node 0 are fenced
-    [h] = _holds(n0, vid)
+    [h] = holds(n0, vid)
     assert (h.session, h.generation, proto.nid_to_str(h.owner)) == (sid, gen,
                                                                     f"127.0.0.1:{n1.port}")
     # node 0's session ended long ago, but node 1 keeps hearing from us: the lock stays
@@ -300,12 +183,12 @@ def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
     while time.monotonic() < until:
         assert lock(cl1, proto.LOCK_MODE_RENEW)[3] == 1
         time.sleep(0.5)
-    assert [h.generation for h in _holds(n0, vid)] == [gen]
+    assert [h.generation for h in holds(n0, vid)] == [gen]
     # a re-attach with a wrong generation is fenced
     with pytest.raises(FencedError):
         lock(cl1, proto.LOCK_MODE_REATTACH, gen + 100)
     cl1.close()
-    wait_for(lambda: not _holds(n0, vid), GRACE + 5, what="lease expiry")
+    wait_for(lambda: not holds(n0, vid), GRACE + 5, what="lease expiry")
 
 
 # ---------------------------------------------------------------------------
@@ -313,12 +196,12 @@ def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
 
 
 def test_stalled_client_is_fenced(make_cluster, procs):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
     a = procs(c.nodes[0].port)
     assert a.cmd("write 0 " + (b"A" * 4096).hex()) == "OK"
     a.signal(signal.SIGSTOP)  # paused: no heartbeats, connection still open
-    b, waited = _open_eventually(c.nodes[1].port)
+    b, waited = open_eventually(c.nodes[1].port)
     try:
         assert waited <= GRACE + 5 and b.generation > a.generation
         b.pwrite(0, b"B" * 4096)
@@ -339,11 +222,11 @@ def test_stalled_client_is_fenced(make_cluster, procs):
 
 
 def test_operator_unlock_fences_the_holder(make_cluster, procs):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
     port = c.nodes[2].port
     a = procs(c.nodes[1].port)
-    r = _collie(port, "vdi", "lock", "list")
+    r = collie(port, "vdi", "lock", "list")
     lines = r.stdout.decode().splitlines()
     assert r.returncode == 0 and len(lines) == 2, lines
     f = lines[1].split()
@@ -352,14 +235,14 @@ def test_operator_unlock_fences_the_holder(make_cluster, procs):
                       str(a.generation)]
     assert f[7].endswith("s")
     # dog prints the Sheepdog 1.0 view
-    r = _collie(port, "vdi", "lock", "list", prog="dog")
+    r = collie(port, "vdi", "lock", "list", prog="dog")
     assert r.stdout.decode().splitlines()[1].split() == \
         ["vm", "0", f"{vid:x}", f"127.0.0.1:{c.nodes[1].port}"]
-    assert _collie(port, "vdi", "lock", "unlock", "vm").returncode == 0
+    assert collie(port, "vdi", "lock", "unlock", "vm").returncode == 0
     assert a.cmd("write 0 " + (b"A" * 512).hex()) == "ERR FENCED"
-    r = _collie(port, "vdi", "lock", "list")
+    r = collie(port, "vdi", "lock", "list")
     assert r.returncode == 0 and len(r.stdout.decode().splitlines()) == 1
-    r = _collie(port, "vdi", "lock", "unlock", "vm")
+    r = collie(port, "vdi", "lock", "unlock", "vm")
     assert r.returncode != 0 and b"not locked" in r.stderr
     with qemu_client.open("vm", port=port) as b:
         assert b.generation > a.generation + 1  # the unlock itself took a generation
@@ -370,8 +253,8 @@ def test_operator_unlock_fences_the_holder(make_cluster, procs):
 
 
 def test_handover(make_cluster):
-    c = _locked_cluster(make_cluster)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    vid = new_vdi(c)
     p0, p1, p2 = (n.port for n in c.nodes)
     src = qemu_client.open("vm", port=p0)
     dst = qemu_client.open("vm", port=p1, inactive=True)
@@ -385,7 +268,7 @@ def test_handover(make_cluster):
         src.inactivate(handover_to=dst.session_id)
         with pytest.raises(VdiLockedError):
             qemu_client.open("vm", port=p2)
-        [h] = _holds(c.nodes[2], vid)
+        [h] = holds(c.nodes[2], vid)
         assert h.session == dst.session_id and h.generation > old
         dst.activate()
         assert dst.generation == h.generation
@@ -411,8 +294,8 @@ def test_handover(make_cluster):
 
 
 def test_handover_source_dies(make_cluster, procs):
-    c = _locked_cluster(make_cluster)
-    _new_vdi(c)
+    c = locked_cluster(make_cluster)
+    new_vdi(c)
     src = procs(c.nodes[0].port)
     dst = qemu_client.open("vm", port=c.nodes[1].port, inactive=True)
     try:
@@ -441,18 +324,18 @@ def test_full_restart_generations_grow(make_cluster):
     c = make_cluster(3, extra=["--lock-grace", str(GRACE)])
     c.wait_members(3)
     port = c.nodes[0].port
-    r = _collie(port, "cluster", "format", "-c", "2")  # collie locks by default
+    r = collie(port, "cluster", "format", "-c", "2")  # collie locks by default
     assert r.returncode == 0, r.stderr
     wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
                          for n in c.nodes), 10, what="cluster running")
     assert c.nodes[1].client().cluster_info().flags & proto.SD_CLUSTER_FLAG_USE_LOCK
-    assert _collie(port, "vdi", "create", "vm", "8M").returncode == 0
+    assert collie(port, "vdi", "create", "vm", "8M").returncode == 0
     gens = []
     for n in c.nodes:
         with qemu_client.open("vm", port=n.port) as v:
             gens.append(v.generation)
     assert gens == sorted(gens) and len(set(gens)) == 3
-    assert _collie(port, "cluster", "shutdown").returncode == 0
+    assert collie(port, "cluster", "shutdown").returncode == 0
     wait_for(lambda: not any(n.alive() for n in c.nodes), 15, what="shutdown")
     for n in reversed(c.nodes):  # the last node back is the former master
         n.start()
@@ -470,9 +353,9 @@ def test_format_flags_and_1_0_behaviour(make_cluster):
     def flags():
         return c.nodes[0].client().cluster_info().flags
 
-    assert _collie(port, "cluster", "format", "-c", "1", "--no-lock").returncode == 0
+    assert collie(port, "cluster", "format", "-c", "1", "--no-lock").returncode == 0
     assert not flags() & proto.SD_CLUSTER_FLAG_USE_LOCK
-    assert _collie(port, "vdi", "create", "vm", "8M").returncode == 0
+    assert collie(port, "vdi", "create", "vm", "8M").returncode == 0
     # without USE_LOCK: Sheepdog 1.0 behaviour, two writers may open
     a = qemu_client.open("vm", port=port)
     b = qemu_client.open("vm", port=port)
@@ -481,15 +364,15 @@ def test_format_flags_and_1_0_behaviour(make_cluster):
         a.pwrite(0, b"a")
         b.pwrite(4 * MB, b"b")
         assert a.pread(0, 1) == b"a" and b.pread(4 * MB, 1) == b"b"
-        assert not _holds(c.nodes[0])
+        assert not holds(c.nodes[0])
     finally:
         a.close()
         b.close()
-    assert _collie(port, "cluster", "format", "-c", "1", "-f", prog="dog").returncode == 0
+    assert collie(port, "cluster", "format", "-c", "1", "-f", prog="dog").returncode == 0
     assert not flags() & proto.SD_CLUSTER_FLAG_USE_LOCK
-    assert _collie(port, "cluster", "format", "-c", "1", "-f", "-l", prog="dog").returncode == 0
+    assert collie(port, "cluster", "format", "-c", "1", "-f", "-l", prog="dog").returncode == 0
     assert flags() & proto.SD_CLUSTER_FLAG_USE_LOCK
-    assert _collie(port, "cluster", "format", "-c", "1", "-f").returncode == 0
+    assert collie(port, "cluster", "format", "-c", "1", "-f").returncode == 0
     assert flags() & proto.SD_CLUSTER_FLAG_USE_LOCK
 
 
@@ -502,7 +385,7 @@ def test_dog_lock_steps_of_the_capture(make_cluster):
     for label in ("cluster_format_lock", "vdi_create_l", "vdi_lock_list_empty",
                   "vdi_delete_l", "cluster_shutdown_l"):
         sec = sections[label]
-        r = _collie(port, *sec["cmd"], prog="dog")
+        r = collie(port, *sec["cmd"], prog="dog")
         assert r.returncode == sec["exit"], (label, r.stderr)
         assert r.stdout.decode() == sec["out"], label
         if label == "cluster_format_lock":
@@ -513,8 +396,8 @@ def test_dog_lock_steps_of_the_capture(make_cluster):
 def test_release_without_session_is_1_0(make_cluster):
     """RELEASE_VDI without the flag unlocks whoever holds it (dog's unlock), and
     a LOCK_VDI with an unknown type fails, as in Sheepdog 1.0."""
-    c = _locked_cluster(make_cluster, n=1, copies=1)
-    vid = _new_vdi(c)
+    c = locked_cluster(make_cluster, n=1, copies=1)
+    vid = new_vdi(c)
     cl = c.nodes[0].client()
     try:
         rsp, _ = cl.call(proto.Op.LOCK_VDI, proto.VdiArgs(type=7),
@@ -525,7 +408,7 @@ def test_release_without_session_is_1_0(make_cluster):
         with pytest.raises(VdiLockedError):
             qemu_client.open("vm", port=c.nodes[0].port)
         cl.call(proto.Op.RELEASE_VDI, proto.VdiArgs(base_vdi_id=vid))
-        assert not _holds(c.nodes[0], vid)
+        assert not holds(c.nodes[0], vid)
         cl.call(proto.Op.RELEASE_VDI, proto.VdiArgs(base_vdi_id=vid))  # always SUCCESS
     finally:
         cl.close()

@@ -7,10 +7,9 @@ import sys
 import threading
 
 import pytest
+from harness import placement_ok, vdi_oids, wait_for
 
 import qemu_client
-from harness import placement_ok, vdi_oids, wait_for
-from sheep import proto
 from sheep.ring import Ring
 
 pytestmark = [pytest.mark.cluster, pytest.mark.recovery]

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from harness import wait_for
+
 from sheep import proto
 
 pytestmark = pytest.mark.cluster

@@ -9,7 +9,6 @@ import signal
 import uuid
 
 import pytest
-
 from harness import read_vdi, write_vdi
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]

@@ -1,0 +1,115 @@
+"""Bounded memory per connection (data-safety issue, point 10).
+
+A client that sends writes faster than the cluster completes them (here: a
+replica is stopped, so every write stays in progress) must not make the
+daemon buffer all of it: the Sheepdog port and the NBD export stop reading a
+connection once its requests in progress hold ``MAX_BUFFERED`` bytes.  Before,
+a payload was read before an in-flight slot was taken: up to 128 x 65 MiB
+(Sheepdog) or 128 x 32 MiB (NBD) per connection.
+"""
+
+import os
+import signal
+import socket
+import struct
+import time
+
+import pytest
+from harness import Cluster, wait_for
+from nbd_raw import RawNbd
+
+from sheep import nbd, proto, server
+
+pytestmark = [pytest.mark.cluster]
+
+MiB = 1 << 20
+OBJ = proto.SD_DATA_OBJ_SIZE
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def push(sock: socket.socket, frames, seconds: float = 4.0) -> int:
+    """Send ``frames`` without reading anything; return how many bytes the
+    daemon accepted before the connection stopped taking more."""
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    for frame in frames:
+        view = memoryview(frame)
+        while view:
+            try:
+                n = sock.send(view)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return sent
+                time.sleep(0.01)
+                continue
+            sent += n
+            view = view[n:]
+    return sent
+
+
+@pytest.fixture
+def stalled(tmp_path):
+    """2 nodes, copies 2, a VDI; node 1 stopped so every write to it hangs."""
+    c = Cluster(tmp_path, 2, nbd=True)
+    try:
+        c.wait_members(2)
+        cl = c.nodes[0].client()
+        cl.format(2)
+        wait_for(lambda: c.nodes[1].client().cluster_info().status == proto.SD_STATUS_OK, 10)
+        vid = cl.new_vdi("big", 64 * OBJ)
+        cl.close()
+        c.nodes[1].kill(signal.SIGSTOP)
+        yield c, vid
+    finally:
+        c.nodes[1].kill(signal.SIGCONT)
+        c.close()
+
+
+def test_sheepdog_port_stops_reading_a_flooding_connection(stalled):
+    c, vid = stalled
+    node = c.nodes[0]
+    payload = os.urandom(OBJ)
+    frames = []
+    for i in range(40):  # 160 MiB offered
+        req = proto.Request(proto.Op.CREATE_AND_WRITE_OBJ,
+                            proto.ObjArgs(oid=proto.vid_to_data_oid(vid, i)),
+                            flags=proto.SD_FLAG_CMD_WRITE, id=i + 1, data_length=OBJ)
+        frames.append(req.pack() + payload)
+    before = rss_mib(node.pid)
+    s = socket.create_connection(("127.0.0.1", node.port))
+    try:
+        sent = push(s, frames)
+        assert server.MAX_BUFFERED == 64 * MiB
+        assert sent < 100 * MiB, f"{sent / MiB:.0f} of 160 MiB taken in"
+        assert rss_mib(node.pid) - before < 150
+    finally:
+        s.close()
+    assert node.alive()
+
+
+def test_nbd_export_stops_reading_a_flooding_connection(stalled):
+    c, vid = stalled
+    node = c.nodes[0]
+    raw = RawNbd(node)
+    try:
+        raw.greet()
+        raw.go("big")
+        payload = os.urandom(4 * MiB)
+        frames = [struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_WRITE, i + 1, i * OBJ,
+                              len(payload)) + payload for i in range(40)]
+        before = rss_mib(node.pid)
+        sent = push(raw.s, frames)
+        assert nbd.MAX_BUFFERED == 64 * MiB
+        assert sent < 100 * MiB, f"{sent / MiB:.0f} of 160 MiB taken in"
+        assert rss_mib(node.pid) - before < 150
+    finally:
+        raw.close()
+    assert node.alive()

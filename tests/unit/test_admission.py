@@ -1,0 +1,126 @@
+"""Admission and the replica-side checks without daemons (data-safety issue,
+point 9): a node that may not serve refuses every op that does I/O — the
+DISCARD_OBJ that writes an inode's index too — and the gateway's own leg of a
+fan-out runs the same epoch, serving and fencing checks as a peer's.
+"""
+
+import asyncio
+
+import pytest
+
+from sheep import ops, peer, proto
+from sheep import group as G
+from sheep.errors import CODES, SdError
+from sheep.store.plain import PlainStore
+
+OID = 0x0000ABCD00000007
+
+
+class FakeGroup:
+    def __init__(self):
+        self.status = G.OK
+        self.epoch = 5
+        self.up = True
+        self.quorum = True
+
+    def serving(self):
+        return self.up
+
+    async def settled(self):
+        pass
+
+    async def wait_epoch_at_least(self, epoch, timeout):
+        return self.epoch >= epoch
+
+
+class FakeLocks:
+    def __init__(self):
+        self.current = {}  # vid -> (gen, node)
+
+    async def fence_ready(self, gen):
+        pass
+
+    def fence_check(self, vid, gen, node):
+        if self.current.get(vid) != (gen, node):
+            raise SdError(CODES["FENCED"])
+
+
+class FakeSheep:
+    def __init__(self, tmp_path):
+        self.group = FakeGroup()
+        self.locks = FakeLocks()
+        self.store = PlainStore(str(tmp_path / "s"), nosync=True)
+        self.store.open()
+        self.recovery = type("R", (), {"holds": lambda _s, oid: True})()
+
+    async def io(self, fn, *args, size=None):
+        return fn(*args)
+
+
+@pytest.fixture
+def sheep(tmp_path):
+    s = FakeSheep(tmp_path)
+    yield s
+    s.store.close()
+
+
+@pytest.mark.parametrize("op", [proto.Op.READ_OBJ, proto.Op.WRITE_OBJ, proto.Op.DISCARD_OBJ,
+                                proto.Op.CREATE_AND_WRITE_OBJ, proto.Op.WRITE_PEER,
+                                proto.Op.READ_PEER, proto.Op.LOCK_VDI, proto.Op.NEW_VDI])
+def test_a_node_that_may_not_serve_refuses_io_with_halt(sheep, op):
+    sheep.group.up = False
+    with pytest.raises(SdError) as e:
+        ops.admit(sheep, proto.Request(op))
+    assert e.value.code == CODES["HALT"]
+    sheep.group.up = True
+    assert ops.admit(sheep, proto.Request(op)).name == op.name
+
+
+def test_node_list_and_cluster_info_stay_answerable(sheep):
+    sheep.group.up = False
+    for op in (proto.Op.GET_NODE_LIST, proto.Op.CLUSTER_INFO, proto.Op.STAT_CLUSTER):
+        ops.admit(sheep, proto.Request(op))
+
+
+def test_discard_is_classified_by_what_it_does():
+    assert ops.OPS[proto.Op.DISCARD_OBJ].kind == "gateway"
+
+
+def test_local_leg_checks_serving_epoch_and_fence_under_the_store_lock(sheep):
+    st = sheep.store
+    st.create_and_write(OID, 4096, b"old", epoch=5)
+    vid = proto.oid_to_vid(OID)
+    run = asyncio.run
+    sheep.group.up = False
+    with pytest.raises(SdError) as e:
+        run(peer.write(sheep, OID, b"new", 0, 5))
+    assert e.value.code == CODES["HALT"]
+    sheep.group.up = True
+    with pytest.raises(SdError) as e:  # a gateway of an older epoch
+        run(peer.write(sheep, OID, b"new", 0, 4))
+    assert e.value.code == CODES["OLD_NODE_VER"]
+    sheep.locks.current[vid] = (9, "127.0.0.1:7001")
+    for fence in (peer.Fence(8, "127.0.0.1:7001"), peer.Fence(9, "127.0.0.1:7002")):
+        with pytest.raises(SdError) as e:  # an old grant, or the right one through another gateway
+            run(peer.write(sheep, OID, b"new", 0, 5, fence))
+        assert e.value.code == CODES["FENCED"]
+    assert st.read(OID, 0, 3) == b"old"
+    run(peer.write(sheep, OID, b"new", 0, 5, peer.Fence(9, "127.0.0.1:7001")))
+    assert st.read(OID, 0, 3) == b"new"
+
+
+def test_a_write_that_finished_after_the_epoch_moved_is_redone_and_leaves_no_orphan(sheep):
+    st = sheep.store
+    st.create_and_write(OID, 4096, b"old", epoch=5)
+    real = st.write
+
+    def slow_write(*a, **kw):  # the epoch moves while the write is on its way to disk
+        out = real(*a, **kw)
+        sheep.group.epoch = 6
+        return out
+    st.write = slow_write
+    sheep.recovery.holds = lambda oid: False  # and this node no longer holds it
+    with pytest.raises(SdError) as e:
+        asyncio.run(peer.write(sheep, OID, b"new", 0, 5))
+    assert e.value.code == CODES["OLD_NODE_VER"]  # the gateway redoes it on the new ring
+    assert not st.exists(OID) and list(st.stale_copies(OID)) == [5]

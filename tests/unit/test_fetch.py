@@ -1,0 +1,236 @@
+"""The recovery rule for one object (sheep.fetch), with fake peers in front of
+a real store: which copy is chosen, and when the answer is "not now".
+
+The peers are fakes behind the same interface as the gateway's PeerPool
+(``request(node, req)``), answering probes and fetches the way
+``sheep.peer._recovery_read`` does, or failing with a chosen result code.
+"""
+
+import asyncio
+
+import pytest
+
+from sheep import fetch, proto
+from sheep.errors import CODES, error_for
+from sheep.fetch import Fetcher, Outcome
+from sheep.ring import Ring
+from sheep.store import meta as M
+from sheep.store.plain import PlainStore
+
+V = M.make_version
+SIZE = 8192
+NODES = [proto.SdNode.make("127.0.0.1", 7000 + i, 64, i) for i in range(5)]
+ME = NODES[0]
+
+
+def key(n):
+    return (n.host, n.port)
+
+
+class FakeGroup:
+    def __init__(self, nodes, epoch, history=None):
+        self.nodes = list(nodes)
+        self.ring = Ring(self.nodes)
+        self.epoch = epoch
+        self.history = history or {}  # epoch -> node list
+
+    def is_me(self, n):
+        return key(n) == key(ME)
+
+    async def settled(self):
+        pass
+
+    def serving(self):
+        return True
+
+    def epoch_ring(self, e):
+        nodes = self.history.get(e, self.nodes)
+        return Ring(nodes)
+
+
+class FakePeers:
+    """node -> {"live": (version, data) | None, "stale": {epoch: (version, data)},
+    "error": code | None, "fetch_error": code | None}"""
+
+    def __init__(self, group):
+        self.group = group
+        self.copies = {key(n): {"live": None, "stale": {}, "error": None, "fetch_error": None}
+                       for n in NODES}
+        self.on_fetch = None
+
+    async def request(self, node, req):
+        c = self.copies[key(node)]
+        if c["error"]:
+            raise error_for(c["error"])
+        a = req.args
+        if req.flags & proto.SD_FLAG_CMD_WILDCARD and req.data_length == 0:
+            live = c["live"][0] if c["live"] else None
+            stale = max(((v, e) for e, (v, _d) in c["stale"].items()), default=None)
+            if live is None and stale is None:
+                raise error_for(CODES["NO_OBJ"])
+            return proto.Response(req.opcode, args=fetch.probe_reply(live, stale)), b""
+        if c["fetch_error"]:
+            raise error_for(c["fetch_error"])
+        if self.on_fetch:
+            self.on_fetch()
+        if a.tgt_epoch == fetch.LIVE:
+            v, d = c["live"]
+        else:
+            v, d = c["stale"][a.tgt_epoch]
+        return proto.Response(req.opcode, args=proto.ObjRsp(offset=v)), d
+
+
+class FakeSheep:
+    def __init__(self, tmp_path, group):
+        self.group = group
+        self.me = ME
+        self.store = PlainStore(str(tmp_path / "store"), nosync=True)
+        self.store.open()
+        self.peers = FakePeers(group)
+        self.gateway = type("G", (), {"peers": self.peers, "obj_size": lambda _s, o: SIZE})()
+        self.vdis = type("V", (), {"copies_of": lambda _s, v: 3,
+                                   "await_state": lambda _s, v: asyncio.sleep(0)})()
+
+    async def io(self, fn, *args, size=None):
+        return fn(*args)
+
+
+def an_oid(group, pred):
+    """An oid (of a non-data kind: no VDI needed) whose holders satisfy ``pred``."""
+    for i in range(1, 100000):
+        oid = proto.vid_to_attr_oid(0x1234, i)
+        holders = group.ring.replicas(oid, 3)
+        if pred(holders):
+            return oid, [n for n in holders if key(n) != key(ME)]
+    raise AssertionError("no such oid")
+
+
+def data(tag: bytes) -> bytes:
+    return tag.ljust(SIZE, b"\0")
+
+
+@pytest.fixture
+def world(tmp_path):
+    g = FakeGroup(NODES, epoch=10)
+    sheep = FakeSheep(tmp_path, g)
+    oid, others = an_oid(g, lambda hs: key(ME) in map(key, hs))
+    yield sheep, oid, others
+    sheep.store.close()
+
+
+def recover(sheep, oid):
+    return asyncio.run(Fetcher(sheep).recover(oid))
+
+
+def test_live_copy_of_a_current_holder_wins_over_newer_looking_stale(world):
+    sheep, oid, (h1, h2) = world
+    sheep.peers.copies[key(h1)]["live"] = (V(8, 4), data(b"live"))
+    sheep.peers.copies[key(NODES[4])]["stale"][9] = (V(9, 1), data(b"stale, never acked"))
+    assert recover(sheep, oid) is Outcome.PRESENT
+    assert sheep.store.read_object(oid) == (V(8, 4), data(b"live"))
+
+
+def test_one_live_copy_is_enough_while_another_holder_is_unreachable(world):
+    sheep, oid, (h1, h2) = world
+    sheep.peers.copies[key(h1)]["error"] = CODES["NETWORK_ERROR"]
+    sheep.peers.copies[key(h2)]["live"] = (V(8, 4), data(b"live"))
+    assert recover(sheep, oid) is Outcome.PRESENT
+    assert sheep.store.read(oid, 0, 4) == b"live"
+
+
+@pytest.mark.parametrize("code", ["OLD_NODE_VER", "NETWORK_ERROR", "EIO", "HALT", "NEW_NODE_VER"])
+def test_an_unanswering_holder_is_never_taken_for_no_copy(world, code):
+    # what lost writes before: a holder that could not answer counted as "no
+    # copy here" and this node installed its own old stale copy
+    sheep, oid, (h1, h2) = world
+    sheep.store.create_and_write(oid, SIZE, data(b"old"), epoch=3)
+    sheep.store.move_to_stale(oid, 3)
+    sheep.peers.copies[key(h1)]["error"] = CODES[code]  # may hold the only good copy
+    assert recover(sheep, oid) is Outcome.UNAVAILABLE
+    assert not sheep.store.exists(oid)
+    sheep.peers.copies[key(h1)]["error"] = None
+    sheep.peers.copies[key(h1)]["live"] = (V(9, 2), data(b"new"))
+    assert recover(sheep, oid) is Outcome.PRESENT
+    assert sheep.store.read(oid, 0, 3) == b"new"
+
+
+def test_stale_copies_only_when_every_holder_says_no_and_the_newest_wins(world):
+    sheep, oid, _ = world
+    sheep.store.create_and_write(oid, SIZE, data(b"mine"), epoch=4)
+    sheep.store.move_to_stale(oid, 4)
+    peers = sheep.peers.copies
+    peers[key(NODES[3])]["stale"][9] = (V(6, 2), data(b"older tag, newer data"))
+    peers[key(NODES[4])]["stale"][9] = (V(5, 7), data(b"newer tag, older data"))
+    peers[key(NODES[4])]["stale"][7] = (V(5, 1), data(b"oldest"))
+    assert recover(sheep, oid) is Outcome.PRESENT
+    # chosen by version, not by epoch tag; installed with that version
+    assert sheep.store.read_object(oid) == (V(6, 2), data(b"older tag, newer data"))
+
+
+def test_every_member_must_answer_before_a_stale_copy_is_used(world):
+    sheep, oid, (h1, h2) = world
+    outsider = next(n for n in NODES if key(n) not in {key(ME), key(h1), key(h2)})
+    sheep.peers.copies[key(h1)]["stale"][9] = (V(4, 1), data(b"old"))
+    sheep.peers.copies[key(outsider)]["error"] = CODES["NETWORK_ERROR"]
+    assert recover(sheep, oid) is Outcome.UNAVAILABLE
+    assert not sheep.store.exists(oid)
+
+
+def test_a_missing_former_holder_is_waited_for(world, monkeypatch):
+    sheep, _oid, _ = world
+    g = sheep.group
+    gone = proto.SdNode.make("127.0.0.1", 7099, 64, 9)
+    old = Ring(NODES + [gone])
+    # at epochs 8-9 the cluster had one more node, which held the object
+    g.history = {e: NODES + [gone] for e in (8, 9)}
+    oid = next(o for o in (proto.vid_to_attr_oid(0x1234, i) for i in range(1, 100000))
+               if key(ME) in map(key, g.ring.replicas(o, 3))
+               and key(gone) in map(key, old.replicas(o, 3)))
+    sheep.peers.copies[key(NODES[1])]["stale"][9] = (V(8, 3), data(b"best we have"))
+    f = Fetcher(sheep)
+    assert asyncio.run(f.recover(oid)) is Outcome.UNAVAILABLE  # gone may hold a newer one
+    assert not sheep.store.exists(oid)
+    monkeypatch.setattr(fetch, "STALE_WAIT", 0.0)  # it did not come back in time:
+    assert asyncio.run(f.recover(oid)) is Outcome.PRESENT  # other holders of 8-9 are here
+    assert sheep.store.read(oid, 0, 12) == b"best we have"
+
+
+def test_no_copy_anywhere_is_absent_and_not_holder_is_said(world):
+    sheep, oid, _ = world
+    assert recover(sheep, oid) is Outcome.ABSENT
+    other, _ = an_oid(sheep.group, lambda hs: key(ME) not in map(key, hs))
+    assert recover(sheep, other) is Outcome.NOT_HOLDER
+
+
+def test_a_fetch_that_spans_an_epoch_change_is_redone(world):
+    sheep, oid, (h1, h2) = world
+    sheep.peers.copies[key(h1)]["live"] = (V(8, 4), data(b"live"))
+    sheep.peers.on_fetch = lambda: setattr(sheep.group, "epoch", 11)
+    assert recover(sheep, oid) is Outcome.UNAVAILABLE
+    assert not sheep.store.exists(oid)
+
+
+def test_a_damaged_live_copy_is_skipped_for_another_holders(world):
+    sheep, oid, (h1, h2) = world
+    sheep.peers.copies[key(h1)]["live"] = (V(8, 5), data(b"damaged"))
+    sheep.peers.copies[key(h1)]["fetch_error"] = CODES["EIO"]
+    sheep.peers.copies[key(h2)]["live"] = (V(8, 5), data(b"good"))
+    assert recover(sheep, oid) is Outcome.PRESENT
+    assert sheep.store.read(oid, 0, 4) == b"good"
+
+
+def test_installed_copy_that_is_no_longer_held_becomes_stale(world):
+    # the epoch moves after the install's own check: no live orphan stays
+    sheep, oid, (h1, h2) = world
+    sheep.peers.copies[key(h1)]["live"] = (V(8, 4), data(b"live"))
+    real = sheep.store.install
+
+    def install(*a, **kw):
+        done = real(*a, **kw)
+        sheep.group.epoch = 11
+        sheep.group.ring = Ring(NODES[1:])  # this node holds nothing now
+        return done
+    sheep.store.install = install
+    assert recover(sheep, oid) is Outcome.UNAVAILABLE
+    assert not sheep.store.exists(oid)
+    assert sheep.store.stale_copies(oid) == {10: V(8, 4)}

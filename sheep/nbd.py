@@ -100,6 +100,8 @@ EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN = 1, 5, 12, 22
 MAX_REQUEST = 32 << 20  # largest read/write (QEMU's NBD_MAX_BUFFER_SIZE)
 MAX_OPTION = 64 << 10  # option data we read at all (names are <= 4096 bytes)
 MAX_NAME = 4096
+TRANSIENT = {CODES["HALT"], CODES["AGAIN"]}
+TRANSIENT_WAIT = 30.0  # s a request retries HALT/AGAIN before the client sees EIO
 MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
 MAX_BUFFERED = 64 << 20  # bytes of payloads + read buffers in progress per connection
 NEGOTIATION_TIMEOUT = 60.0
@@ -161,12 +163,22 @@ class LocalConnection:
             data_length = len(payload)
         if _lock is not None and self.owner is not None:
             _lock.CURRENT_CONN.set(self.owner)
-        req = proto.Request(op, args, flags=flags, data_length=data_length,
-                            epoch=self.sheep.group.epoch)
-        rsp, body = await ops.dispatch(self.sheep, req, payload)
-        if rsp.result:
-            raise error_for(rsp.result)
-        return rsp, body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TRANSIENT_WAIT
+        pause = 0.05
+        while True:
+            req = proto.Request(op, args, flags=flags, data_length=data_length,
+                                epoch=self.sheep.group.epoch)
+            rsp, body = await ops.dispatch(self.sheep, req, payload)
+            # HALT / AGAIN: this node briefly cut off, an object being recovered:
+            # nothing was done; try again, as qemu_client does over TCP
+            if rsp.result in TRANSIENT and loop.time() + pause < deadline:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            if rsp.result:
+                raise error_for(rsp.result)
+            return rsp, body
 
     def close(self) -> None:
         pass

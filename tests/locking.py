@@ -41,7 +41,7 @@ def new_vdi(c, name="vm", size=16 * MB):
         cl.close()
 
 
-def holds(node, vid=None):
+def lock_holders(node, vid=None):
     """Lock holders as seen by ``node`` (GET_LOCKS)."""
     cl = node.client()
     try:

@@ -87,6 +87,9 @@ class StaleCopies:
             self._cache_drop(oid)
             path, mpath = self._paths(d, name)
             spath, smpath = self._paths(d, name, epoch)
+            # indexed first: a listing of live then stale copies never misses it
+            had = self._stale_index().get(oid, {}).get(epoch)
+            self._index_add(oid, epoch, d)
             try:
                 os.replace(path, spath)
                 if os.path.exists(mpath):
@@ -94,10 +97,13 @@ class StaleCopies:
                 else:
                     unlink(smpath)  # never pair the copy with an older record
             except OSError as e:
+                if had is None and not os.path.exists(spath):
+                    idx = self._stale_index()
+                    with self._stale_lock:
+                        idx.get(oid, {}).pop(epoch, None)
                 raise oserror(e, f"cannot move object {name} to .stale") from e
             dirs.update((self.obj_dirs[d], os.path.dirname(spath),
                          self.meta_dirs[d], os.path.dirname(smpath)))
-            self._index_add(oid, epoch, d)
             return True
 
     # -- queries ------------------------------------------------------------------

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from harness import wait_for
-from locking import GRACE, collie, holds, locked_cluster, new_vdi
+from locking import GRACE, collie, lock_holders, locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
@@ -96,7 +96,7 @@ def test_a_stopped_gateway_does_not_reap_a_lease_that_was_renewed(make_cluster, 
     time.sleep(2 * GRACE)  # the stimulus: how long the gateway does not run
     gw.kill(signal.SIGCONT)
     assert w.cmd("write 4096 " + (b"2" * 4096).hex()) == "OK"
-    assert [(h.session, h.generation) for h in holds(c.nodes[0], vid)] == \
+    assert [(h.session, h.generation) for h in lock_holders(c.nodes[0], vid)] == \
         [(w.session, w.generation)]
     assert "releasing its locks" not in gw.log()
 
@@ -116,5 +116,31 @@ def test_a_writer_goes_on_after_a_full_cluster_restart(make_cluster, procs):
     # and resends: the caller sees no error
     assert w.cmd("write 8192 " + (b"after" * 100).hex(), timeout=60) == "OK"
     assert w.cmd("read 0 600") == "DATA " + (b"before" * 100).hex()
-    [h] = holds(c.nodes[1], vid)
+    [h] = lock_holders(c.nodes[1], vid)
     assert h.session == w.session and h.generation > w.generation
+
+
+def test_a_writer_whose_lock_was_taken_never_reads_zeros_from_its_cache(make_cluster):
+    """Point 12(b): qemu_client answers reads of objects its cached inode shows
+    as never written without asking a sheep — so a writer whose lock was taken
+    over read zeros where the new holder had written.  Now the cache is
+    trusted only while the lock was confirmed moments ago."""
+    c = locked_cluster(make_cluster)
+    new_vdi(c)
+    a = qemu_client.open("vm", port=c.nodes[0].port)
+    a.pwrite(0, b"A" * 4096)  # object 0 is A's; object 1 never written as far as A knows
+    assert collie(c.nodes[2].port, "vdi", "lock", "unlock", "vm").returncode == 0
+    b = qemu_client.open("vm", port=c.nodes[1].port)
+    try:
+        b.pwrite(proto.SD_DATA_OBJ_SIZE, b"B" * 4096)
+        time.sleep(0.3)  # longer than qemu_client's CONFIRM_WINDOW: A's proof is old
+        with pytest.raises(FencedError):
+            a.pread(proto.SD_DATA_OBJ_SIZE, 4096)
+        with pytest.raises(FencedError):
+            a.pread(0, 4096)
+    finally:
+        b.close()
+        try:
+            a.close()
+        except FencedError:
+            pass

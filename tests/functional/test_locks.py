@@ -9,7 +9,7 @@ import time
 
 import pytest
 from harness import cli_sections, wait_for
-from locking import GRACE, MB, collie, holds, locked_cluster, new_vdi, open_eventually
+from locking import GRACE, MB, collie, lock_holders, locked_cluster, new_vdi, open_eventually
 
 import qemu_client
 from sheep import proto
@@ -35,13 +35,13 @@ def test_second_writer_fails_until_the_first_closes(make_cluster):
             qemu_client.open("vm", port=p2, readonly=True)
         # every node agrees on the owner: (node 0, a's session)
         for n in c.nodes:
-            [h] = holds(n, vid)
+            [h] = lock_holders(n, vid)
             assert (h.kind, h.session, h.generation) == (proto.LOCK_KIND_EXCLUSIVE,
                                                         a.session_id, a.generation)
             assert proto.nid_to_str(h.owner) == f"127.0.0.1:{p0}"
     finally:
         a.close()
-    wait_for(lambda: all(not holds(n, vid) for n in c.nodes), 5, what="released everywhere")
+    wait_for(lambda: all(not lock_holders(n, vid) for n in c.nodes), 5, what="released everywhere")
     b = qemu_client.open("vm", port=p1)
     try:
         assert b.generation > a.generation
@@ -123,7 +123,7 @@ def test_killed_client_loses_its_lock_within_the_grace(make_cluster, procs):
         assert waited <= GRACE + 5
         assert b.generation > a.generation
         assert b.pread(0, 16) == b"A" * 16
-        wait_for(lambda: all([h.session for h in holds(n, vid)] == [b.session_id]
+        wait_for(lambda: all([h.session for h in lock_holders(n, vid)] == [b.session_id]
                              for n in c.nodes), 5, what="one holder everywhere")
     finally:
         b.close()
@@ -139,11 +139,11 @@ def test_killed_gateway_releases_its_locks_everywhere(make_cluster, procs):
     legacy.call(proto.Op.LOCK_VDI, payload=proto.vdi_name_payload("old", ""))
     with pytest.raises(VdiLockedError):  # 1.0: a second lock from the same node fails
         legacy.call(proto.Op.LOCK_VDI, payload=proto.vdi_name_payload("old", ""))
-    assert holds(c.nodes[2], vid) and holds(c.nodes[2], old)
+    assert lock_holders(c.nodes[2], vid) and lock_holders(c.nodes[2], old)
     c.nodes[1].kill(signal.SIGKILL)
     c.wait_members(2)
     survivors = [c.nodes[0], c.nodes[2]]
-    wait_for(lambda: all(not holds(n) for n in survivors), 10,
+    wait_for(lambda: all(not lock_holders(n) for n in survivors), 10,
              what="locks released on all survivors")
     b = qemu_client.open("vm", port=c.nodes[0].port)
     try:
@@ -175,7 +175,7 @@ def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
     cl1 = n1.client()
     old, gen = gen, lock(cl1, proto.LOCK_MODE_REATTACH, gen)[1]
     assert gen > old  # a new grant: writes still on their way through node 0 are fenced
-    [h] = holds(n0, vid)
+    [h] = lock_holders(n0, vid)
     assert (h.session, h.generation, proto.nid_to_str(h.owner)) == (sid, gen,
                                                                     f"127.0.0.1:{n1.port}")
     # node 0's session ended long ago, but node 1 keeps hearing from us: the lock stays
@@ -183,12 +183,12 @@ def test_reconnect_to_another_gateway_keeps_the_lock(make_cluster):
     while time.monotonic() < until:
         assert lock(cl1, proto.LOCK_MODE_RENEW)[3] == 1
         time.sleep(0.5)
-    assert [h.generation for h in holds(n0, vid)] == [gen]
+    assert [h.generation for h in lock_holders(n0, vid)] == [gen]
     # a re-attach with a wrong generation is fenced
     with pytest.raises(FencedError):
         lock(cl1, proto.LOCK_MODE_REATTACH, gen + 100)
     cl1.close()
-    wait_for(lambda: not holds(n0, vid), GRACE + 5, what="lease expiry")
+    wait_for(lambda: not lock_holders(n0, vid), GRACE + 5, what="lease expiry")
 
 
 # ---------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_handover(make_cluster):
         src.inactivate(handover_to=dst.session_id)
         with pytest.raises(VdiLockedError):
             qemu_client.open("vm", port=p2)
-        [h] = holds(c.nodes[2], vid)
+        [h] = lock_holders(c.nodes[2], vid)
         assert h.session == dst.session_id and h.generation > old
         dst.activate()
         assert dst.generation == h.generation
@@ -364,7 +364,7 @@ def test_format_flags_and_1_0_behaviour(make_cluster):
         a.pwrite(0, b"a")
         b.pwrite(4 * MB, b"b")
         assert a.pread(0, 1) == b"a" and b.pread(4 * MB, 1) == b"b"
-        assert not holds(c.nodes[0])
+        assert not lock_holders(c.nodes[0])
     finally:
         a.close()
         b.close()
@@ -408,7 +408,7 @@ def test_release_without_session_is_1_0(make_cluster):
         with pytest.raises(VdiLockedError):
             qemu_client.open("vm", port=c.nodes[0].port)
         cl.call(proto.Op.RELEASE_VDI, proto.VdiArgs(base_vdi_id=vid))
-        assert not holds(c.nodes[0], vid)
+        assert not lock_holders(c.nodes[0], vid)
         cl.call(proto.Op.RELEASE_VDI, proto.VdiArgs(base_vdi_id=vid))  # always SUCCESS
     finally:
         cl.close()

@@ -124,3 +124,55 @@ def test_a_write_that_finished_after_the_epoch_moved_is_redone_and_leaves_no_orp
         asyncio.run(peer.write(sheep, OID, b"new", 0, 5))
     assert e.value.code == CODES["OLD_NODE_VER"]  # the gateway redoes it on the new ring
     assert not st.exists(OID) and list(st.stale_copies(OID)) == [5]
+
+
+@pytest.mark.parametrize("outcome,code", [("UNAVAILABLE", "AGAIN"), ("NOT_HOLDER", "AGAIN"),
+                                          ("ABSENT", "NO_OBJ")])
+def test_a_write_waiting_on_recovery_says_no_obj_only_if_the_object_exists_nowhere(
+        sheep, outcome, code):
+    from sheep.fetch import Outcome
+
+    async def recover_object(oid, wait=5.0):
+        return Outcome[outcome]
+    sheep.recovery.recover_object = recover_object
+    with pytest.raises(SdError) as e:  # the object is not here (yet)
+        asyncio.run(peer.write(sheep, OID, b"new", 0, 5))
+    assert e.value.code == CODES[code]
+
+
+def test_a_recovery_pass_keeps_a_fixed_number_of_tasks(tmp_path):
+    """Point 10: one task per missing object made 250,000 objects cost 370 MiB."""
+    import numpy as np
+
+    from sheep import recovery
+    from sheep.fetch import Outcome
+
+    class Sheep:
+        group = FakeGroup()
+        recovery_throttle = proto.RecoveryThrottling()
+        me = proto.SdNode.make("127.0.0.1", 7000)
+    sheep = Sheep()
+    sheep.group.disable_recovery = False
+    rec = recovery.Recovery(sheep)
+    todo = np.arange(1, 250_001, dtype=np.uint64)
+    peak = {"tasks": 0, "done": 0}
+
+    async def list_missing(epoch):
+        return todo, True
+
+    async def recover_object(oid, wait=0.0):
+        peak["tasks"] = max(peak["tasks"], len(asyncio.all_tasks()))
+        peak["done"] += 1
+        if peak["done"] % 1000 == 0:
+            await asyncio.sleep(0)
+        return Outcome.PRESENT
+
+    class Driver:
+        async def notify(self, msg):
+            pass
+    sheep.group.driver = Driver()
+    rec._list_missing = list_missing
+    rec.recover_object = recover_object
+    assert asyncio.run(rec._pass(5)) is True
+    assert peak["done"] == len(todo)
+    assert peak["tasks"] <= recovery.DEFAULT_MAX_EXEC + 2

@@ -46,6 +46,59 @@ only has to provide the four guarantees above:
 Callbacks are synchronous and must not block: they run on the loop thread,
 sometimes while the driver holds a cluster-wide lock.  They may schedule
 coroutines but never await driver methods themselves.
+
+Serving: the lease and the quorum events
+----------------------------------------
+Rule: a process removed from the cluster (partitioned away, its session
+suspended or expired, frozen long enough to be declared dead) serves no
+reads and no writes from the moment the others may have moved on, and
+rejoins by itself once it can.  Two tools implement it:
+
+* :meth:`ClusterDriver.may_serve` is the per-request check (a lease
+  computed at call time); the daemon calls it when it admits every I/O
+  request.
+* ``on_quorum(False)`` / ``on_quorum(True)`` are the coarse, event-driven
+  view of the same thing (the daemon logs it, answers HALT, ...).  While
+  this process's last ``on_quorum`` said False, ``may_serve()`` is False.
+
+Ordering rules:
+
+1. A process's first event is its own ``on_join``.  A member's own
+   ``on_join`` means that it is in the primary view: the daemon may set its
+   quorum flag there.
+2. ``on_quorum`` is never called before the first own ``on_join``; calls
+   alternate (False, True, False, ...), False first.
+3. A member that was removed (zmq: out of the primary partition; zookeeper:
+   session expired) delivers nothing more of its old membership after its
+   ``on_quorum(False)``; it rejoins by itself as a fresh joiner (same
+   ``Member.ident``; the master's ``check_join`` decides), asking
+   ``events.join_opaque()`` for the join data first.  When it is accepted,
+   ``on_quorum(True)`` comes immediately before its own ``on_join`` (no
+   event in between), then the events of the new view follow as for any
+   joiner.
+4. A member that was only suspended and resumes with the same membership
+   (zookeeper: reconnected within the session) gets ``on_quorum(True)``
+   and goes on with the events of its view; nothing was lost.
+
+Callbacks must not raise
+------------------------
+A callback that raises (``on_join``, ``on_leave``, ``on_notify``,
+``on_quorum``, ``join_opaque``) has left the daemon half-updated, so the
+driver treats the member as failed, exactly as if the process had died:
+
+* from that moment it delivers no further event and ``may_serve()`` is
+  False;
+* it closes abruptly, as :meth:`ClusterDriver.close` (no leave message):
+  the peers detect a failure and remove it within the driver's bound;
+* then it calls ``events.on_driver_failure(exc)`` once, if the events
+  object has it (an exception from that one is only logged).
+
+If this happens during :meth:`ClusterDriver.join`, ``join()`` raises
+``exc`` too.  A rejoin (rule 3) that the master rejects ends the driver the
+same way, with ``exc`` a :class:`JoinRejected`.  ``check_join`` is the one
+exception: it answers a question and changes nothing, and an exception
+there counts as a rejection with an empty reply (otherwise one poisonous
+join request would take down every master in turn).
 """
 
 from __future__ import annotations
@@ -101,7 +154,8 @@ class ClusterEvents(Protocol):
         """``joined`` became a member; ``members`` is the new view.
 
         Delivered to every member of the new view, including the joiner
-        (for which it is the first event it ever receives).
+        (for which it is the first event of its membership, and means that
+        it is in the primary view: ordering rules in the module docstring).
         """
 
     def on_leave(self, left: Member, members: list[Member]) -> None:
@@ -114,11 +168,34 @@ class ClusterEvents(Protocol):
         order as joins and leaves."""
 
     def on_quorum(self, has_quorum: bool) -> None:
-        """Optional.  Drivers with a primary-partition rule (zmq) call this with
-        False when this member is cut off in a minority — it must stop serving
-        I/O and say so — and with True once it is back in the primary partition.
-        Drivers without such a rule never call it.  Called on the loop thread,
-        ordered with the other events."""
+        """Optional.  False when the driver learns that this member is out of
+        the primary view, or may be: zmq: cut off in a minority or removed
+        while alive; zookeeper: its connection to ZooKeeper is suspended or
+        its session expired.  The daemon must stop serving I/O and say so
+        (``may_serve()`` is False meanwhile anyway).  True once it is back:
+        resumed with the same membership (zookeeper: reconnected within the
+        session), or, after a rejoin, immediately before its own ``on_join``
+        (ordering rules in the module docstring).  Drivers without such
+        states (local) never call it.  Called on the loop thread, ordered
+        with the other events."""
+
+    def join_opaque(self) -> bytes:
+        """Optional.  The join data for a rejoin: a driver whose member was
+        removed (ordering rule 3) calls it, on the loop thread, before it
+        asks to join again, at most once per join request it builds, and
+        sends the result to the master's ``check_join`` instead of the
+        ``opaque`` given to :meth:`ClusterDriver.join` (which it falls back
+        to when the events object has no ``join_opaque``).  Never called
+        for the first join."""
+
+    def on_driver_failure(self, exc: BaseException) -> None:
+        """Optional.  The driver has stopped for good on its own: a callback
+        raised ``exc`` (see "Callbacks must not raise" in the module
+        docstring), or a rejoin was rejected (``exc`` is a
+        :class:`JoinRejected`).  Called once, on the loop thread, after the
+        driver closed (its peers see it as failed); no other event follows.
+        The daemon should stop serving for good (exit, or restart with a
+        new driver and a new ident)."""
 
 
 class ClusterDriver(abc.ABC):
@@ -126,7 +203,8 @@ class ClusterDriver(abc.ABC):
 
     Lifecycle: ``join`` once, then any number of ``notify``, then either
     ``leave`` (orderly) or ``close`` (abrupt; peers see a failure).  A
-    driver instance is not reusable after ``leave``/``close``.
+    driver instance is not reusable after ``leave``/``close``, nor after it
+    closed itself (``on_driver_failure``); ``close`` stays safe to call.
     """
 
     #: the name used in ``-c NAME[:OPTION]``
@@ -165,6 +243,34 @@ class ClusterDriver(abc.ABC):
         be delivered through ``on_notify`` to every member, the sender
         included (possibly before this coroutine returns).  Raises
         ``RuntimeError`` when this process is not a member.
+        """
+
+    @abc.abstractmethod
+    def may_serve(self) -> bool:
+        """Whether this process may serve I/O right now: a lease.
+
+        True only while this process is a member of the current primary
+        view *and* the other members cannot have removed it yet.  From the
+        moment the others may have moved on to a view without it
+        (partitioned away, session suspended or expired, frozen for longer
+        than the failure detector allows, leaving, closed or failed) it is
+        False.  False negatives are allowed (a lapsed lease is renewed a
+        moment later by fresh evidence); false positives are not.
+
+        It answers from the freshest knowledge: it compares the time at the
+        call (``time.monotonic()``) with a bound derived from the latest
+        evidence the driver received that the others still count it in;
+        it is never a flag that a periodic timer refreshes.  So after the
+        process was frozen (SIGSTOP/SIGCONT, a swap storm) for longer than
+        its lease it returns False until the driver has heard from its peers
+        again, even before the driver read the traffic waiting on its
+        sockets.  (The local driver's peers never remove a live process, so
+        it has no lease to run out.)
+
+        The daemon calls it at the admission of every I/O request: it does
+        no I/O, takes no lock and is O(1).  Call it on the loop thread (also
+        from inside callbacks).  Each driver documents its lease and the
+        margin to the time after which its peers may remove it.
         """
 
     @abc.abstractmethod

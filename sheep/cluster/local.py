@@ -45,6 +45,15 @@ log at once.  A 100 ms poll (one ``fstat`` when idle) is the fallback.
 Durability is against process death, not host crash: no fsync (when the
 host dies every member dies with it).  A hung-but-alive process is not
 detected as failed.
+
+Serving (``may_serve``): a member serves while it is joined and its driver
+is not closed.  Membership ends only when the process dies (its flock goes
+with it), leaves, or fails: a process that is alive, even frozen, is never
+removed, so there is no lease to run out.
+
+Failure: a callback that raises makes the driver close itself at once (its
+``.alive`` file goes, so every peer removes it at its next liveness test)
+and call ``on_driver_failure`` (base.py, "Callbacks must not raise").
 """
 
 from __future__ import annotations
@@ -143,6 +152,8 @@ class LocalDriver(ClusterDriver):
         self._task: asyncio.Task | None = None
         self._join_fut: asyncio.Future | None = None
         self._last_liveness = 0.0
+        self._release_task: asyncio.Task | None = None
+        self._fail_task: asyncio.Task | None = None
 
     # ---- public API -------------------------------------------------------
 
@@ -199,6 +210,9 @@ class LocalDriver(ClusterDriver):
 
     async def close(self) -> None:
         await self._shutdown()
+
+    def may_serve(self) -> bool:
+        return self.joined and not self._closed
 
     # ---- files, locks and sockets -----------------------------------------
 
@@ -358,11 +372,11 @@ class LocalDriver(ClusterDriver):
                 joined = next(m for m in self.view if m.ident == ident)
                 if ident == me and not self.joined:
                     self.joined = True
-                    self._deliver(self.events.on_join, joined, list(self.view), reply)
+                    self._deliver("on_join", joined, list(self.view), reply)
                     if not self._join_fut.done():
                         self._join_fut.set_result(None)
                 elif self.joined:
-                    self._deliver(self.events.on_join, joined, list(self.view), reply)
+                    self._deliver("on_join", joined, list(self.view), reply)
             elif ident == me and not self.joined and not self._join_fut.done():
                 self._join_fut.set_exception(JoinRejected(reply))
         elif kind == LEAVE:
@@ -372,18 +386,41 @@ class LocalDriver(ClusterDriver):
                 if ident == me:
                     self.joined = False
                 elif self.joined:
-                    self._deliver(self.events.on_leave, left, list(self.view))
+                    self._deliver("on_leave", left, list(self.view))
         elif kind == NOTIFY:
             if self.joined and any(m.ident == ident for m in self.view):
                 sender = next(m for m in self.view if m.ident == ident)
-                self._deliver(self.events.on_notify, sender, f[1])
+                self._deliver("on_notify", sender, f[1])
 
-    @staticmethod
-    def _deliver(callback, *args) -> None:
+    def _deliver(self, name: str, *args) -> None:
+        if self._closed:
+            return
         try:
-            callback(*args)
-        except Exception:
-            log.exception("local cluster: %s raised", getattr(callback, "__name__", callback))
+            getattr(self.events, name)(*args)
+        except Exception as exc:  # noqa: BLE001 - the member is failed, see base.py
+            self._fail(name, exc)
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        """A callback raised: from now on deliver nothing, close abruptly (peers
+        see a failure), then tell the events object."""
+        if self._closed:
+            return
+        log.error("local cluster: %s: %s raised %r; the member is failed: closing the driver",
+                  self.me.ident, name, exc, exc_info=exc)
+        self._closed, self.joined = True, False
+        if self._join_fut is not None and not self._join_fut.done():
+            self._join_fut.set_exception(exc)
+            self._join_fut.exception()   # join() re-raises it when it awaits
+        self._fail_task = self._loop.create_task(self._die(exc))
+
+    async def _die(self, exc: BaseException) -> None:
+        await self._shutdown()
+        cb = getattr(self.events, "on_driver_failure", None)
+        if cb is not None:
+            try:
+                cb(exc)
+            except Exception:
+                log.exception("local cluster: on_driver_failure raised")
 
     # ---- duties -----------------------------------------------------------
 
@@ -423,6 +460,8 @@ class LocalDriver(ClusterDriver):
             dead = [m for m in self.view if m.ident != me and not self._is_alive(m.ident)]
             if dead:
                 for m in dead:
+                    if self._closed:   # a callback failed in the previous round
+                        return
                     self._append(LEAVE, [m.ident.encode()])
                     self._catch_up()
                     self._reap(self._alive_path(m.ident))
@@ -476,12 +515,17 @@ class LocalDriver(ClusterDriver):
             self._broadcast()
 
     async def _shutdown(self) -> None:
-        if self._closed:
-            return
+        """Stop and release everything (once; concurrent callers all wait)."""
         self._closed = True
         self.joined = False
+        if self._release_task is None:
+            loop = self._loop or asyncio.get_running_loop()
+            self._release_task = loop.create_task(self._release())
+        await asyncio.shield(self._release_task)
+
+    async def _release(self) -> None:
         task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
+        if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

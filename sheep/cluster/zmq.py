@@ -33,11 +33,13 @@ its entry is delivered; each sender numbers its messages and the master only
 sequences number ``last + 1`` (FIFO, exactly once; lost requests are resent).
 
 Failure detection: every member sends something to every other member each
-100 ms; the master removes a member silent for 1 s (a ``leave`` entry).  When
-the master is silent for 1 s (or its leave is delivered), the oldest member
-that is still heard starts a *view change* with a new view id ``nv``
-(``VS``).  A member answers only a candidate younger than itself, and only
-once per ``nv`` (``VA``): it stops accepting entries of older views and
+100 ms; the master removes a member silent for 1 s (``FAIL``; a ``leave``
+entry).  When the master is silent for 1 s (or its leave is delivered), the
+oldest member that is still heard starts a *view change* with a new view id
+``nv`` (``VS``).  A member answers only a candidate younger than itself, only
+once it has not heard its master for ``VC_ANSWER`` = 0.75 s (or knows that
+it left), and only once per ``nv`` (``VA``): it stops accepting entries of
+older views and
 sends its log after the candidate's commit point, its own commit point and
 the last view it was normal in.  With answers from a majority of the
 membership (before and after the flushed log) the candidate merges them as
@@ -49,15 +51,57 @@ delivered (committed: held by a majority, which meets every quorum) is
 delivered by all survivors before the new view; the others are either kept
 in order or dropped by all; their senders re-submit them in the new view.
 
+Liveness details: a master learns of a newer view from ``ST`` (STALE)
+answers and goes out only once a majority of its membership sent one (one
+member that merely promised a view change that found no followers does not
+depose it); such a member, in view-change state for ``OUT_AFTER``, goes out
+and rejoins; and a process whose own loop stalled for more than FAIL/2
+(frozen, SIGSTOP) reads what waits on its socket for one tick before it
+judges anybody silent.
+
 Primary partition: a view needs a majority of the previous one, so two
 disjoint majorities are impossible.  A master that hears less than a
 majority of its view for 1 s, a member that has no master for 3 s, and a
 member removed while alive are *out*: they call ``on_quorum(False)`` and log
 it, drop undelivered entries, fail pending notifies, deliver nothing more,
-and keep asking to join again (same ident, never forming a cluster of their
-own).  When a master accepts them they deliver ``on_join`` for themselves
-(with a fresh view, as any joiner) and then ``on_quorum(True)``.
-Consequence: a 2-member cluster does not survive the loss of a member.
+ask ``events.join_opaque()`` for fresh join data and keep asking to join
+again (same ident, never forming a cluster of their own).  When a master
+accepts them they call ``on_quorum(True)`` and then deliver ``on_join`` for
+themselves (with a fresh view, as any joiner).  Consequence: a 2-member
+cluster does not survive the loss of a member.
+
+Serving (``may_serve``): a lease, from echoed timestamps, so that neither
+the time a message spent in a queue nor a frozen process can stretch it.
+Every message of the master to a member carries ``ts`` (the master's clock),
+``te`` (the latest ``ts`` of that member that the master received, in the
+member's clock) and ``rl`` (the master's remaining lease); every ACK of a
+member carries ``ts`` (its clock) and ``te`` (the latest master ``ts`` it
+accepted).  A member answers each heartbeat at once, and the master answers
+each ACK with a lease message (``L``), so evidence is one round trip old.
+
+* A member (state normal) serves until ``te + rl`` (its clock).  The master
+  heard it at ``te`` or later and removes it only after ``FAIL`` = 1 s of
+  silence, so ``rl`` <= ``LEASE`` = 0.5 s leaves a 0.5 s margin; and
+  ``te`` precedes the master's sending, so ``te + rl`` is at most the
+  master's own lease: a member cut off together with its master stops with
+  it.  A member the master is removing gets no ``te`` (lease 0).
+* The master serves until ``T + LEASE``, where a majority of its view
+  (itself counted as now) acknowledged a heartbeat of this view sent at
+  ``T`` or later (a joiner counts from the moment its join is sequenced: it
+  can answer nothing before it is welcomed).  A view without this master
+  needs answers from a majority, which includes one of those members; it
+  answers only after ``VC_ANSWER`` = 0.75 s without hearing the master, so
+  not before ``T + 0.75``: a 0.25 s margin (and the candidate itself waits
+  ``FAIL`` = 1 s).
+* Steady state: the lease is renewed every ``TICK`` (0.1 s); measured on
+  an idle 3-member cluster it has 0.30 to 0.50 s left (median 0.45), so a
+  loop stall or network hiccup of ~0.3 s makes ``may_serve`` False until
+  the next round trip (a false negative, never a false positive).  A
+  one-member cluster serves while it is normal.
+
+A callback that raises makes the member fail (base.py): state closed at
+once (nothing more is delivered or sent), sockets closed, then
+``on_driver_failure``; its peers remove it as a silent member.
 
 Bootstrap: a fresh joiner that hears no member for 0.6 s and no joiner of
 better rank (seed index, then ident) forms a one-member cluster after its
@@ -78,24 +122,19 @@ import zmq
 
 from . import zmq_proto as P
 from .base import ClusterDriver, ClusterEvents, JoinRejected, Member
+from .zmq_join import Joining
+from .zmq_master import Sequencer
+from .zmq_proto import FAIL, KEEP, TICK
+from .zmq_vc import ViewChange
 
 log = logging.getLogger(__name__)
 
-TICK = 0.1           # heartbeat period
-FAIL = 1.0           # silence after which a peer is considered dead
-OUT_AFTER = 3.0      # seconds without a master before a member is out
-VC_RETRY = 1.0       # a candidate retries its view change after this
-JOIN_RETRY = 0.25    # joiners resend their request
-VC_GRACE = 0.5      # a candidate waits this long for answers beyond a majority
-BOOT_WAIT = 0.6      # a fresh joiner hearing nobody forms the cluster
-KEEP = 2000          # committed entries kept for lagging members
-CHUNK = 256          # entries per resend
-
-_MEMBER_TRAFFIC = {P.ENTRIES, P.ACK, P.NACK, P.PING, P.NOTIFY_REQ, P.LEAVE_REQ, P.VC_START, P.VC_ACK}
+_MEMBER_TRAFFIC = {P.ENTRIES, P.ACK, P.NACK, P.PING, P.NOTIFY_REQ, P.LEAVE_REQ, P.VC_START, P.VC_ACK,
+                   P.LEASE_MSG}
 JOINING, NORMAL, VC, CLOSED = "joining", "normal", "view-change", "closed"
 
 
-class ZmqDriver(ClusterDriver):
+class ZmqDriver(Joining, Sequencer, ViewChange, ClusterDriver):
     """Membership over ZeroMQ; see the module docstring."""
 
     name = "zmq"
@@ -136,7 +175,15 @@ class ZmqDriver(ClusterDriver):
         self._join_fut: asyncio.Future | None = None
         self._task: asyncio.Task | None = None
         self._opaque = b""
-        self._t_join = self._t_member = self._t_better = self._t_req = 0.0
+        self._t_join = self._t_member = self._t_better = self._t_req = self._t_ack = 0.0
+        self.lease_end = 0.0               # may_serve() until then (monotonic)
+        self.m_ts: float | None = None     # member: latest ts of its master it accepted
+        self.echo: dict[str, float] = {}   # master: latest own ts each member echoed
+        self.mts: dict[str, float] = {}    # master: latest ts of each member (its clock)
+        self._cfg_ids: tuple = (None, set())
+        self.stale: set[str] = set()       # master: members that know a newer view
+        self.vc_since = 0.0
+        self._fail_task: asyncio.Task | None = None
 
     # ---- public API -------------------------------------------------------
 
@@ -177,6 +224,9 @@ class ZmqDriver(ClusterDriver):
     async def close(self) -> None:
         await self._shutdown(linger=0)
 
+    def may_serve(self) -> bool:
+        return self.state == NORMAL and self.leaving is None and time.monotonic() < self.lease_end
+
     # ---- transport --------------------------------------------------------
 
     def _open(self) -> None:
@@ -205,7 +255,7 @@ class ZmqDriver(ClusterDriver):
         self._loop.add_reader(self.pull.getsockopt(zmq.FD), self._drain)
 
     def _send(self, ep: str | None, t: str, /, **msg) -> None:
-        if not ep or ep == self.ep or self.ctx is None:
+        if not ep or ep == self.ep or self.ctx is None or self.state == CLOSED:
             return
         sock = self.socks.get(ep)
         if sock is None:
@@ -223,7 +273,7 @@ class ZmqDriver(ClusterDriver):
         self._send(self.eps.get(ident), t, **msg)
 
     def _drain(self) -> None:
-        while self.pull is not None:
+        while self.pull is not None and self.state != CLOSED:
             try:
                 frame = self.pull.recv(zmq.NOBLOCK)
             except zmq.Again:
@@ -309,190 +359,42 @@ class ZmqDriver(ClusterDriver):
     def _view(self) -> list[Member]:
         return [self._member(m) for m in self.members]
 
-    def _call(self, name: str, *args) -> None:
+    def _call(self, name: str, *args):
         cb = getattr(self.events, name, None)
-        if cb is None:
-            return
+        if cb is None or self.state == CLOSED:
+            return None
         try:
-            cb(*args)
-        except Exception:
-            log.exception("zmq cluster: %s raised", name)
+            return cb(*args)
+        except Exception as exc:  # noqa: BLE001 - the member is failed, see base.py
+            self._fail(f"{name} raised", exc)
+            return None
 
-    # ---- master -----------------------------------------------------------
-
-    def _sequence(self, e: dict) -> None:
-        e.update(g=self.last + 1, v=self.vid)
-        prev = self.log.get(self.last, {}).get("v", 0)
-        self._extend(e)
-        if e["k"] in ("join", "leave"):
-            self.mc_pending = e["g"]
-        self.acked[self.me.ident] = self.last
-        for i in set(self.voters[e["g"]]) | {m["i"] for m in self.cfg}:
-            self._to(i, P.ENTRIES, p=e["g"] - 1, pv=prev, es=[e], c=self.commit)
-        self._advance()
-
-    def _advance(self) -> None:
-        new = self.commit
-        for g in range(self.commit + 1, self.last + 1):
-            if self.log[g]["v"] != self.vid:
-                continue
-            have = {i for i, a in self.acked.items() if a >= g}
-            if not P.majority(self.voters[g], have) and self.voters[g]:
-                break
-            new = g
-        if new > self.commit:
-            self._deliver_upto(new)
-            self._heartbeat_master()
-
-    def _heartbeat_master(self) -> None:
-        pv = self.log.get(self.last, {}).get("v", 0)
-        to = {m["i"] for m in self.cfg}   # + members just removed (an orderly leaver)
-        for g in range(max(self.commit - 2, 1), self.last + 1):
-            to.update(self.voters.get(g, ()))
-        for i in to:
-            self._to(i, P.ENTRIES, p=self.last, pv=pv, es=[], c=self.commit)
-
-    def _resend(self, ident: str, c: int) -> None:
-        es = [self.log[g] for g in range(c + 1, min(self.last, c + CHUNK) + 1) if g in self.log]
-        if es and es[0]["g"] != c + 1:
-            log.warning("zmq cluster: %s is too far behind; it will be removed", ident)
+    def _fail(self, why: str, exc: BaseException) -> None:
+        """Deliver and send nothing more, close abruptly (the peers remove us
+        as silent), then tell the events object."""
+        if self.state == CLOSED:
             return
-        self._to(ident, P.ENTRIES, p=c, pv=0, es=es, c=self.commit)
+        log.error("zmq cluster: %s: %s (%r); the member is failed: closing the driver",
+                  self.me.ident, why, exc, exc_info=exc)
+        self.state, self.lease_end = CLOSED, 0.0
+        if self._join_fut is not None and not self._join_fut.done():
+            self._join_fut.set_exception(exc)
+            self._join_fut.exception()   # join() re-raises it when it awaits
+        self._fail_task = self._loop.create_task(self._die(exc))
 
-    def _welcome(self, ident: str) -> None:
-        w = self.welcomes[ident]
-        es = [self.log[g] for g in range(w["g"] + 1, self.last + 1) if g in self.log]
-        self._to(ident, P.WELCOME, es=es, c=self.commit, **w)
+    async def _die(self, exc: BaseException) -> None:
+        await self._shutdown(linger=0)
+        cb = getattr(self.events, "on_driver_failure", None)
+        if cb is not None:
+            try:
+                cb(exc)
+            except Exception:
+                log.exception("zmq cluster: on_driver_failure raised")
 
-    def _on_join_req(self, msg: dict) -> None:
-        ident = msg["i"]
-        self.eps.setdefault(ident, msg["ep"])
-        if any(m["i"] == ident for m in self.cfg):
-            if ident in self.welcomes:   # the welcome was lost: the joiner is alive
-                self.heard[ident] = time.monotonic()
-                self._welcome(ident)
-            return
-        if ident in self.rejected:
-            return self._send(msg["ep"], P.REJECT, r=self.rejected[ident])
-        if self.mc_pending:
-            return
-        joiner = Member(P.b64d(msg["node"]), ident)
-        try:
-            accept, reply = self.events.check_join(joiner, P.b64d(msg["o"]))
-            accept, reply = bool(accept), bytes(reply)
-        except Exception:
-            log.exception("zmq cluster: check_join raised; rejecting %s", ident)
-            accept, reply = False, b""
-        if not accept:
-            self.rejected[ident] = P.b64e(reply)
-            return self._send(msg["ep"], P.REJECT, r=self.rejected[ident])
-        self.eps[ident] = msg["ep"]
-        self._sequence({"k": "join", "i": ident, "node": msg["node"], "ep": msg["ep"],
-                        "r": P.b64e(reply), "nb": msg["nb"]})
-
-    def _master_tick(self, now: float) -> None:
-        self._heartbeat_master()
-        live = {m["i"] for m in self.cfg if now - self.heard.get(m["i"], now) < FAIL}
-        live.add(self.me.ident)
-        live |= {m["i"] for m in self.members if now - self.heard.get(m["i"], now) < FAIL}
-        if not (P.majority([m["i"] for m in self.cfg], live)
-                and P.majority([m["i"] for m in self.members], live)):
-            self.lost_since = self.lost_since or now
-            if now - self.lost_since > FAIL:
-                return self._go_out("the master hears less than a majority of its view")
-        else:
-            self.lost_since = None
-        if not self.mc_pending:
-            dead = [m["i"] for m in self.cfg if m["i"] not in live]
-            if dead:
-                log.info("zmq cluster: %s is silent; removing it", dead[0])
-                self._sequence({"k": "leave", "i": dead[0]})
-
-    # ---- view change ------------------------------------------------------
-
-    def _age(self, ident: str) -> int:
-        return next((x for x, m in enumerate(self.cfg) if m["i"] == ident), 10 ** 6)
-
-    def _member_tick(self, now: float) -> None:
-        for m in self.cfg:
-            if m["i"] != self.leader:
-                self._to(m["i"], P.PING)
-        self._to(self.leader, P.ACK, a=self.last)
-        if not (self.leader_left or now - self.heard.get(self.leader, now) > FAIL):
-            self.suspect_since = None
-            return
-        self.suspect_since = self.suspect_since or now
-        if now - self.suspect_since > OUT_AFTER:
-            return self._go_out("no master reachable within a majority")
-        cand = next((m["i"] for m in self.cfg if m["i"] != self.leader and (
-            m["i"] == self.me.ident or now - self.heard.get(m["i"], 0) < FAIL)), None)
-        if self.vc is not None and self.state == VC:
-            self._try_install(now)
-        if cand == self.me.ident and (self.vc is None or now - self.vc["t0"] > VC_RETRY):
-            nv = max(self.vid, self.promised) + 1
-            self.promised, self.state = nv, VC
-            self.vc = {"nv": nv, "t0": now, "cfg": [m["i"] for m in self.cfg],
-                       "acks": {self.me.ident: self._vc_state(self.commit)}}
-            log.info("zmq cluster: master %s lost; starting view change %d", self.leader, nv)
-            for m in self.cfg:
-                self._to(m["i"], P.VC_START, v=nv, c=self.commit)
-
-    def _vc_state(self, c: int) -> dict:
-        return {"nv": self.normal_vid, "last": self.last, "c": self.commit,
-                "es": [self.log[g] for g in range(c + 1, self.last + 1) if g in self.log]}
-
-    def _on_vc_start(self, msg: dict, now: float) -> None:
-        f, nv = msg["f"], msg["v"]
-        if self.state not in (NORMAL, VC) or nv <= self.promised or self._age(f) > 10 ** 5:
-            return
-        if self._age(self.me.ident) < self._age(f) or self.leader == self.me.ident:
-            return
-        if not self.leader_left and now - self.heard.get(self.leader, 0) < FAIL / 2:
-            return
-        self.promised, self.state, self.vc = nv, VC, None
-        self._to(f, P.VC_ACK, v=nv, **self._vc_state(msg["c"]))
-
-    def _on_vc_ack(self, msg: dict) -> None:
-        if self.vc is None or msg["v"] != self.vc["nv"] or self.state != VC:
-            return
-        self.vc["acks"][msg["f"]] = msg
-        self._try_install(time.monotonic())
-
-    def _try_install(self, now: float) -> None:
-        """Install the new view once a majority answered and every member
-        still heard from answered too (or VC_GRACE passed)."""
-        acks = self.vc["acks"]
-        if not P.majority(self.vc["cfg"], set(acks)):
-            return
-        heard = {i for i in self.vc["cfg"] if now - self.heard.get(i, 0) < FAIL}
-        if not heard <= set(acks) | {self.leader} and now - self.vc["t0"] < VC_GRACE:
-            return
-        merged = P.merge_logs(acks, self.log, self.commit)
-        if merged is None:
-            log.error("zmq cluster: view change %d: a log position is held by nobody", self.vc["nv"])
-            return
-        final = P.cfg_after(self.members, [e for e in merged if e["g"] > self.commit])
-        if not P.majority([m["i"] for m in final], set(acks)):
-            return
-        self._truncate(self.commit + 1)
-        for e in merged:
-            if e["g"] > self.commit:
-                self._extend(e)
-        self.vid = self.normal_vid = self.vc["nv"]
-        self.leader, self.state, self.leader_left = self.me.ident, NORMAL, False
-        self.suspect_since = self.lost_since = None
-        self.acked = {self.me.ident: self.last}
-        log.info("zmq cluster: view %d installed; %s is the master", self.vid, self.me.ident)
-        for ident, a in acks.items():
-            if ident != self.me.ident:
-                self._resend(ident, a["c"])
-        self.vc = None
-        gone = [m["i"] for m in self.cfg if m["i"] not in acks]
-        for ident in gone:
-            self._sequence({"k": "leave", "i": ident})
-        if not gone:
-            self._sequence({"k": "nop", "i": self.me.ident})
-        self._push_outbox()
+    def _ack(self, to: str | None, now: float) -> None:
+        """ACK (with the lease echo) to our master."""
+        self._t_ack = now
+        self._to(to, P.ACK, a=self.last, ts=now, te=self.m_ts)
 
     # ---- member -----------------------------------------------------------
 
@@ -507,14 +409,16 @@ class ZmqDriver(ClusterDriver):
         if v > self.vid or self.state == VC:
             self.vid = self.promised = self.normal_vid = v
             self.leader, self.state, self.vc, self.leader_left = f, NORMAL, None, False
-            self.suspect_since = None
+            self.suspect_since, self.m_ts = None, None
             for item in self.outbox.values():
                 item[2] = 0.0
         elif f != self.leader:
             return
+        self._take_lease(msg)
+        now = time.monotonic()
         p = msg["p"]
         if p > self.last or (p > self.commit and self.log[p]["v"] != msg["pv"]):
-            return self._to(f, P.NACK, c=self.commit)
+            return self._to(f, P.NACK, c=self.commit, ts=now, te=self.m_ts)
         for e in msg["es"]:
             g = e["g"]
             if g <= self.commit or (g in self.log and self.log[g]["v"] == e["v"]):
@@ -522,37 +426,17 @@ class ZmqDriver(ClusterDriver):
             if g <= self.last:
                 self._truncate(g)
             if g != self.last + 1:
-                return self._to(f, P.NACK, c=self.commit)
+                return self._to(f, P.NACK, c=self.commit, ts=now, te=self.m_ts)
             self._extend(e)
-        if msg["es"]:
-            self._to(f, P.ACK, a=self.last)
+        self._ack(f, now)   # also for a heartbeat: it renews the master's lease
         self._deliver_upto(msg["c"])
 
-    def _on_welcome(self, msg: dict) -> None:
-        if self.state != JOINING or self._join_fut is None:
-            return
-        e = msg["e"]
-        self.vid = self.promised = self.normal_vid = msg["v"]
-        self.leader, self.state = msg["f"], NORMAL
-        self.members, self.cseq = msg["members"], msg["seqn"]
-        self.log = {e["g"]: e}
-        self.voters = {}
-        self.last = self.commit = e["g"]
-        self.cfg, self.seq = list(self.members), dict(self.cseq)
-        now = time.monotonic()
-        for m in self.members:
-            self.eps[m["i"]], self.heard[m["i"]] = m["ep"], now
-        for x in msg["es"]:
-            if x["g"] == self.last + 1:
-                self._extend(x)
-        self._to(self.leader, P.ACK, a=self.last)
-        self._call("on_join", self._member(self.members[-1]), self._view(), P.b64d(e["r"]))
-        if self.rejoin:
-            log.warning("zmq cluster: back in the primary partition (view %d)", self.vid)
-            self.rejoin = False
-            self._call("on_quorum", True)
-        self._join_fut.done() or self._join_fut.set_result(None)
-        self._deliver_upto(msg["c"])
+    def _take_lease(self, msg: dict) -> None:
+        """A message of our master in our view: the lease it grants (none
+        when it does not count us in), and its ts to echo."""
+        if msg.get("ts") is not None:
+            self.m_ts = msg["ts"]
+        self.lease_end = msg["te"] + msg["rl"] if msg.get("te") is not None else 0.0
 
     def _push_outbox(self) -> None:
         """(Re)send notifies the log does not hold yet to the master."""
@@ -579,23 +463,6 @@ class ZmqDriver(ClusterDriver):
         else:
             self._to(self.leader, P.LEAVE_REQ)
 
-    def _go_out(self, why: str) -> None:
-        was_member = self.state in (NORMAL, VC)
-        log.warning("zmq cluster: %s: out of the primary partition (%s); not serving, "
-                    "asking to rejoin", self.me.ident, why)
-        self.state, self.rejoin, self.leader, self.vc = JOINING, True, None, None
-        self.log, self.voters, self.acked, self.welcomes = {}, {}, {}, {}
-        self.last = self.commit = self.mc_pending = 0
-        self.members, self.cfg, self.seq, self.cseq = [], [], {}, {}
-        self.suspect_since = self.lost_since = None
-        self.leader_left = False
-        for item in self.outbox.values():
-            item[1].done() or item[1].set_exception(RuntimeError("lost the primary partition"))
-            item[1].exception()
-        self.outbox.clear()
-        if was_member:
-            self._call("on_quorum", False)
-
     # ---- dispatch and the tick --------------------------------------------
 
     def _handle(self, msg: dict) -> None:
@@ -607,11 +474,13 @@ class ZmqDriver(ClusterDriver):
         if t == P.ENTRIES:
             self._on_entries(msg)
         elif t == P.ACK and master and msg["v"] == self.vid:
-            self.acked[f] = max(self.acked.get(f, 0), msg["a"])
-            self.welcomes.pop(f, None) if msg["a"] >= self.welcomes.get(f, {}).get("g", 1 << 62) else None
-            self._advance()
+            self._on_ack(f, msg, now)
         elif t == P.NACK and master and msg["v"] == self.vid:
+            self._take_echo(f, msg)
             self._resend(f, msg["c"])
+        elif t == P.LEASE_MSG:
+            if self.state == NORMAL and f == self.leader != self.me.ident and msg["v"] == self.vid:
+                self._take_lease(msg)
         elif t == P.NOTIFY_REQ and master and msg["n"] == self.seq.get(f, -1) + 1:
             if any(m["i"] == f for m in self.cfg):
                 self._sequence({"k": "notify", "i": f, "n": msg["n"], "d": msg["d"]})
@@ -619,8 +488,8 @@ class ZmqDriver(ClusterDriver):
             if any(m["i"] == f for m in self.cfg):
                 self._sequence({"k": "leave", "i": f})
         elif t == P.JOIN_REQ:
-            if mine and msg["i"] == self.leader:   # our master is out and rejoining
-                self.leader_left = True
+            if mine and msg["i"] == self.leader == f:   # our master is out and rejoining
+                self.leader_left = True   # (sent by itself: FIFO after its entries)
             if mine or self.rejoin:   # a cluster exists: the joiner must not form one
                 self._send(msg["ep"], P.JOIN_SEEN)
             if master:
@@ -637,53 +506,31 @@ class ZmqDriver(ClusterDriver):
         elif t == P.REJECT and self.state == JOINING:
             if self._join_fut is not None and not self._join_fut.done():
                 self._join_fut.set_exception(JoinRejected(P.b64d(msg["r"])))
-            else:
-                log.error("zmq cluster: rejoin rejected by the master: %r", P.b64d(msg["r"]))
-                self.state = CLOSED
+            else:   # base.py: a rejected rejoin ends the driver
+                self._fail("rejoin rejected by the master", JoinRejected(P.b64d(msg["r"])))
         elif t == P.WELCOME:
             self._on_welcome(msg)
         elif t == P.STALE and master and msg["v"] > self.vid:
-            self._go_out(f"a newer view {msg['v']} exists")
+            # a newer view needs a majority of us: one member that merely
+            # promised one (a failed view change) does not depose us
+            self.stale.add(f)
+            if P.majority([m["i"] for m in self.cfg], self.stale):
+                self._go_out(f"a newer view {msg['v']} exists")
         elif t == P.VC_START:
             self._on_vc_start(msg, now)
         elif t == P.VC_ACK:
             self._on_vc_ack(msg)
 
-    def _joining_tick(self, now: float) -> None:
-        if now - self._t_req >= JOIN_RETRY:
-            self._t_req = now
-            me = self.me
-            req = dict(i=me.ident, node=P.b64e(me.node), ep=self.ep, o=P.b64e(self._opaque),
-                       nb=self.next_n)
-            for ep in set(self.seeds) | set(self.eps.values()):
-                self._send(ep, P.JOIN_REQ, **req)
-        quiet = now - max(self._t_join, self._t_member, self._t_better)
-        if not self.rejoin and quiet > BOOT_WAIT and not self._join_fut.done():
-            self._bootstrap()
-
-    def _bootstrap(self) -> None:
-        try:
-            accept, reply = self.events.check_join(self.me, self._opaque)
-            accept, reply = bool(accept), bytes(reply)
-        except Exception:
-            log.exception("zmq cluster: check_join raised; not forming the cluster")
-            accept, reply = False, b""
-        if not accept:
-            self._join_fut.set_exception(JoinRejected(reply))
-            return
-        log.info("zmq cluster: no cluster answered; %s forms one at %s", self.me.ident, self.ep)
-        e = {"g": 1, "v": 1, "k": "join", "i": self.me.ident, "node": P.b64e(self.me.node),
-             "ep": self.ep, "r": P.b64e(reply), "nb": self.next_n}
-        members = [{"i": e["i"], "node": e["node"], "ep": e["ep"]}]
-        self._on_welcome({"t": P.WELCOME, "f": self.me.ident, "v": 1, "e": e, "es": [], "c": 1,
-                          "members": members, "seqn": {self.me.ident: self.next_n - 1}})
-
     async def _run(self) -> None:
+        prev = time.monotonic()
         while self.state != CLOSED:
             await asyncio.sleep(TICK)
             now = time.monotonic()
+            stalled, prev = now - prev > FAIL / 2, now
             try:
                 self._drain()
+                if stalled:   # we were frozen: read what waits before judging anyone
+                    continue
                 if self.state == JOINING:
                     self._joining_tick(now)
                 elif self.state == NORMAL and self.leader == self.me.ident:

@@ -18,15 +18,33 @@ import json
 import re
 import socket
 
+# timing (seconds); see "Failure detection" and "Serving" in sheep.cluster.zmq
+TICK = 0.1           # heartbeat period
+FAIL = 1.0           # silence after which a peer is considered dead
+LEASE = 0.5          # longest lease the evidence of one heartbeat round grants
+VC_ANSWER = 0.75     # a member answers a view change only after this much master silence
+OUT_AFTER = 3.0      # seconds without a master before a member is out
+VC_RETRY = 1.0       # a candidate retries its view change after this
+JOIN_RETRY = 0.25    # joiners resend their request
+VC_GRACE = 0.5       # a candidate waits this long for answers beyond a majority
+BOOT_WAIT = 0.6      # a fresh joiner hearing nobody forms the cluster
+KEEP = 2000          # committed entries kept for lagging members
+CHUNK = 256          # entries per resend
+
 # message types
-JOIN_REQ = "J"      # joiner -> anyone: {i, node, ep, o, nb, rejoin}
+JOIN_REQ = "J"      # joiner -> anyone: {i, node, ep, o, nb, ts}
 JOIN_SEEN = "JN"    # member -> joiner: a cluster exists, your request went on
 JOINER = "JJ"       # joiner -> joiner: {rank} (bootstrap arbitration)
 REJECT = "JR"       # master -> joiner: {r}
-WELCOME = "W"       # master -> joiner: {g, e, members, seqn, es, c}
-ENTRIES = "E"       # master -> member: {p, pv, es, c} (empty es: heartbeat)
-ACK = "A"           # member -> master: {a: last gseq held}
-NACK = "N"          # member -> master: {c: commit}, resend from c+1
+WELCOME = "W"       # master -> joiner: {g, e, members, seqn, es, c} + lease
+ENTRIES = "E"       # master -> member: {p, pv, es, c} + lease (empty es: heartbeat)
+ACK = "A"           # member -> master: {a: last gseq held} + echo
+NACK = "N"          # member -> master: {c: commit}, resend from c+1; + echo
+LEASE_MSG = "L"     # master -> member, answering an ACK: lease
+# lease fields (master -> member): ts: master's clock at sending; te: the
+# member's own latest ts the master received; rl: the master's remaining
+# lease at sending.  echo fields (member -> master): ts: member's clock at
+# sending; te: ts of the latest message of its master it accepted.
 PING = "P"          # member -> member heartbeat
 NOTIFY_REQ = "NR"   # member -> master: {n, d}
 LEAVE_REQ = "LR"    # member -> master

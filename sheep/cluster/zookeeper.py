@@ -59,9 +59,10 @@ and watch events are handed to the asyncio loop with
 ``loop.call_soon_threadsafe``; all state lives on the loop thread and all
 ``ClusterEvents`` callbacks run there, from one task, in queue order.
 
-Session loss: if this process's session expires it is considered failed
-(its peers remove it); it stops delivering events, logs an error and calls
-``events.on_quorum(False)`` when the events object has it.
+Sessions: SUSPENDED stops serving (``on_quorum(False)``), the same session
+back resumes it (``on_quorum(True)``); LOST (expired) puts the member out
+and it rejoins by itself in a new session; ``may_serve`` is a lease
+renewed by answered requests.  See :mod:`sheep.cluster.zookeeper_session`.
 
 Limits: a master whose ACK multi fails its version check (a concurrent
 LEAVE) calls ``check_join`` again for the same request; a notify whose
@@ -73,17 +74,16 @@ see it); a hung process whose kazoo thread still pings is not detected.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import contextlib
-import hashlib
 import itertools
 import json
 import logging
 import re
-import time
 
 from .base import ClusterDriver, ClusterEvents, JoinRejected, Member
+from .zookeeper_duties import Duties, _b, _dec_view, _enc, _enc_view, _seq, _stem, _unb
+from .zookeeper_session import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,6 @@ DEFAULT_CLUSTER_ID = "sheepdog"
 DEFAULT_TIMEOUT = 5.0
 ROOT = "/pysheepdog"
 POLL_INTERVAL = 1.0       # seconds between wake-ups without a watch event
-GC_INTERVAL = 2.0         # seconds between queue garbage collections
-PUBLISH_INTERVAL = 0.5    # seconds between updates of our alive/ pos
 CONNECT_TIMEOUT = 15.0
 
 _SPEC = re.compile(r"^(?P<hosts>[^/]+?)(?:/(?P<cid>[^,/]+))?(?:,timeout=(?P<timeout>[0-9.]+))?$")
@@ -117,36 +115,7 @@ def parse_option(option: str) -> tuple[str, str, float]:
     return hosts, cid, timeout
 
 
-def _stem(ident: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.]", "_", ident)[:40]
-    return f"{safe}-{hashlib.sha1(ident.encode()).hexdigest()[:12]}"
-
-
-def _seq(name: str) -> int:
-    return int(name[-10:])
-
-
-def _b(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb(text: str) -> bytes:
-    return base64.b64decode(text)
-
-
-def _enc(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode()
-
-
-def _enc_view(members: list[Member]) -> list:
-    return [[m.ident, _b(m.node)] for m in members]
-
-
-def _dec_view(data: list) -> list[Member]:
-    return [Member(_unb(n), i) for i, n in data]
-
-
-class ZookeeperDriver(ClusterDriver):
+class ZookeeperDriver(Sessions, Duties, ClusterDriver):
     """Membership through a ZooKeeper ensemble; see the module docstring."""
 
     name = "zookeeper"
@@ -159,27 +128,40 @@ class ZookeeperDriver(ClusterDriver):
         self.view: list[Member] = []
         self.version = -1          # view znode version of self.view
         self.joined = False
-        self._closed = False
-        self._expired = False
+        self._closed = self._failed = False
         self._zk = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._lease_task: asyncio.Task | None = None
+        self._fail_task: asyncio.Task | None = None
         self._join_fut: asyncio.Future | None = None
         self._left_fut: asyncio.Future | None = None
         self._changed: asyncio.Event | None = None   # set on each view change
+        self._opaque = b""
+        # written by kazoo's thread (_on_state), read anywhere
+        self._zk_state = "LOST"
+        self._zk_gen = 0           # session generation: +1 on every LOST
+        # loop thread
+        self._gen = -1             # generation of our alive znode / join request
+        self._lease = (-1, 0.0)    # (generation, serve until)
+        self._joining = False      # our join request is pending
+        self._was_member = False   # the next own join is a rejoin
+        self._quorum = True        # what on_quorum last said (True: nothing yet)
+        self._reset_session_state()
+        self._uids = itertools.count()
+        self._seen_uids: collections.OrderedDict = collections.OrderedDict()
+        self._watchers: dict = {}
+
+    def _reset_session_state(self) -> None:
         self._last_seq = -1        # last queue entry consumed
-        self._start_seq = 0        # joiner: first entry that may be our ACK
         self._dirty = {"alive", "joins", "view"}
         self._alive: set[str] = set()
         self._joins: list[str] = []
         self._zview: tuple[list[Member], int] = ([], -1)   # view znode, for joiners
         self._published = -1
         self._last_publish = self._last_gc = 0.0
-        self._uids = itertools.count()
-        self._seen_uids: collections.OrderedDict = collections.OrderedDict()
         self._req_path = ""
-        self._watchers: dict = {}
 
     # ---- paths ------------------------------------------------------------
 
@@ -227,24 +209,6 @@ class ZookeeperDriver(ClusterDriver):
         if self._wake is not None:
             self._wake.set()
 
-    def _on_state(self, state) -> None:   # kazoo thread
-        self._threadsafe(self._state_changed, str(state))
-
-    def _state_changed(self, state: str) -> None:
-        if state == "LOST" and not self._closed and (self.joined or not self._join_fut.done()):
-            log.error("zookeeper cluster: session to %s expired; %s is considered failed "
-                      "and stops delivering events", self.hosts, self.me.ident)
-            self._expired = True
-            was_member, self.joined = self.joined, False
-            if self._changed is not None:
-                self._changed.set()
-            if not self._join_fut.done():
-                self._join_fut.set_exception(ConnectionError("zookeeper session expired"))
-            if was_member and hasattr(self.events, "on_quorum"):
-                self._deliver(self.events.on_quorum, False)
-        elif state == "CONNECTED":
-            self._mark("alive")
-
     async def _commit(self, *ops: tuple) -> list:
         """Commit one multi-op; ``ops`` are ``("check", path, version)``,
         ``("set_data", path, data, version)``, ``("delete", path)`` or
@@ -270,46 +234,29 @@ class ZookeeperDriver(ClusterDriver):
         if self.me is not None:
             raise RuntimeError("join() may be called only once per driver")
         from kazoo.client import KazooClient
-        from kazoo.exceptions import NodeExistsError
-        self.me = me
+        self.me, self._opaque = me, opaque
         self._loop = asyncio.get_running_loop()
         self._wake, self._changed = asyncio.Event(), asyncio.Event()
         self._join_fut = self._loop.create_future()
         self._zk = KazooClient(hosts=self.hosts, timeout=self.timeout,
                                connection_retry={"max_tries": -1, "max_delay": 1.0})
+        self._zk.add_listener(self._on_state)
         try:
             try:
                 await self._loop.run_in_executor(None, self._zk.start, CONNECT_TIMEOUT)
             except Exception as e:
                 raise ConnectionError(f"cannot connect to ZooKeeper at {self.hosts}: {e}") from e
-            self._zk.add_listener(self._on_state)
-            for d in ("queue", "joins", "alive"):
-                await self._call(self._zk.ensure_path_async(self._p(d)))
-            with contextlib.suppress(NodeExistsError):
-                await self._call(self._zk.create_async(self._p("view"), _enc({"view": []})))
-            names = await self._call(self._zk.get_children_async(self._p("queue")))
-            self._start_seq = max((_seq(n) for n in names), default=-1) + 1
-            self._last_seq = self._start_seq - 1
-            try:
-                await self._call(self._zk.create_async(
-                    self._my_alive, _enc({"ident": me.ident, "pos": self._start_seq}),
-                    ephemeral=True))
-            except NodeExistsError:
-                raise RuntimeError(f"ident {me.ident!r} is already in use in {self.base}") from None
-            self._published = self._start_seq
-            self._req_path = await self._call(self._zk.create_async(
-                self._p("joins", f"r-{_stem(me.ident)}-"),
-                _enc({"ident": me.ident, "node": _b(me.node), "opaque": _b(opaque)}),
-                ephemeral=True, sequence=True))
-            self._wake.set()
+            await self._register()
             self._task = self._loop.create_task(self._run(), name=f"zookeeper-cluster {me.ident}")
+            self._lease_task = self._loop.create_task(self._renew_lease(),
+                                                      name=f"zookeeper-lease {me.ident}")
             await self._join_fut
         except BaseException:
             await self._shutdown()
             raise
 
     async def leave(self) -> None:
-        if not self.joined or self._closed:
+        if not self.joined or self._closed or self._failed:
             raise RuntimeError("leave() needs a joined member")
         from kazoo.exceptions import BadVersionError
         self._left_fut = self._loop.create_future()
@@ -330,10 +277,14 @@ class ZookeeperDriver(ClusterDriver):
         await self._shutdown()
 
     async def notify(self, msg: bytes) -> None:
-        from kazoo.exceptions import BadVersionError, ConnectionLoss
+        from kazoo.exceptions import (
+            BadVersionError,
+            ConnectionLoss,
+            SessionExpiredError,
+        )
         uid = f"{self.me.ident if self.me else ''}/{next(self._uids)}"
         while True:
-            if not self.joined or self._closed:
+            if not self.joined or self._closed or self._failed:
                 raise RuntimeError("notify() needs a joined member")
             v = self.version
             rec = _enc({"k": "notify", "id": self.me.ident, "uid": uid, "msg": _b(msg)})
@@ -347,6 +298,8 @@ class ZookeeperDriver(ClusterDriver):
                 # unknown outcome: retry; _apply drops a second copy by uid
                 log.warning("zookeeper cluster: connection lost during notify; retrying")
                 await asyncio.sleep(0.2)
+            except SessionExpiredError:
+                raise RuntimeError("the ZooKeeper session expired: no longer a member") from None
 
     async def close(self) -> None:
         await self._shutdown()
@@ -354,12 +307,16 @@ class ZookeeperDriver(ClusterDriver):
     async def _await_change(self, version: int) -> None:
         """Wait until this member delivered a view newer than ``version``."""
         self._mark("view")
-        while self.joined and self.version == version and not self._closed:
+        while self.joined and self.version == version and not self._closed and not self._failed:
             self._changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), POLL_INTERVAL)
 
     # ---- the queue ----------------------------------------------------------
+
+    def _current(self) -> bool:
+        """Still in the session we registered in, and alive."""
+        return not (self._closed or self._failed) and self._gen == self._zk_gen
 
     async def _catch_up(self) -> None:
         """Read and apply every queue entry after the last one consumed."""
@@ -372,7 +329,7 @@ class ZookeeperDriver(ClusterDriver):
         futs = [self._call(self._zk.get_async(self._p("queue", n))) for n in new]
         results = await asyncio.gather(*futs, return_exceptions=True)
         for name, res in zip(new, results):
-            if self._closed or self._expired:
+            if not self._current():   # nothing more of an old session
                 return
             if isinstance(res, NoNodeError):
                 if self.joined:
@@ -390,18 +347,23 @@ class ZookeeperDriver(ClusterDriver):
             if r["ok"]:
                 view = _dec_view(r["view"])
                 joined = next(m for m in view if m.ident == ident)
-                if ident == me and not self.joined and not self._join_fut.done():
-                    self.view, self.version, self.joined = view, r["ver"], True
+                if ident == me and self._joining and not self.joined:
+                    self.view, self.version, self.joined, self._joining = view, r["ver"], True, False
                     self._view_changed()
-                    self._deliver(self.events.on_join, joined, list(view), _unb(r["reply"]))
-                    self._join_fut.set_result(None)
+                    self._set_quorum(True)   # a rejoin: quorum first (base.py, rule 3)
+                    self._deliver("on_join", joined, list(view), _unb(r["reply"]))
+                    self._join_fut.done() or self._join_fut.set_result(None)
                 elif self.joined:
                     self._check_ver(r)
                     self.view, self.version = view, r["ver"]
                     self._view_changed()
-                    self._deliver(self.events.on_join, joined, list(view), _unb(r["reply"]))
-            elif ident == me and not self.joined and not self._join_fut.done():
-                self._join_fut.set_exception(JoinRejected(_unb(r["reply"])))
+                    self._deliver("on_join", joined, list(view), _unb(r["reply"]))
+            elif ident == me and self._joining and not self.joined:
+                self._joining = False
+                if not self._join_fut.done():
+                    self._join_fut.set_exception(JoinRejected(_unb(r["reply"])))
+                else:   # base.py: a rejected rejoin ends the driver
+                    self._fail("rejoin rejected by the master", JoinRejected(_unb(r["reply"])))
         elif kind == "leave" and self.joined:
             self._check_ver(r)
             left = next((m for m in self.view if m.ident == r["id"]), None)
@@ -415,7 +377,7 @@ class ZookeeperDriver(ClusterDriver):
                 elif not self._left_fut.done():
                     self._left_fut.set_result(None)
             elif left is not None:
-                self._deliver(self.events.on_leave, left, list(self.view))
+                self._deliver("on_leave", left, list(self.view))
         elif kind == "notify" and self.joined:
             uid = r["uid"]
             if uid in self._seen_uids:
@@ -425,7 +387,7 @@ class ZookeeperDriver(ClusterDriver):
                 self._seen_uids.popitem(last=False)
             sender = next((m for m in self.view if m.ident == r["id"]), None)
             if sender is not None:
-                self._deliver(self.events.on_notify, sender, _unb(r["msg"]))
+                self._deliver("on_notify", sender, _unb(r["msg"]))
 
     def _check_ver(self, r: dict) -> None:
         if r["ver"] != self.version + 1:
@@ -435,144 +397,43 @@ class ZookeeperDriver(ClusterDriver):
     def _view_changed(self) -> None:
         self._changed.set()
 
-    @staticmethod
-    def _deliver(callback, *args) -> None:
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("zookeeper cluster: %s raised", getattr(callback, "__name__", callback))
-
-    # ---- duties -------------------------------------------------------------
-
-    async def _refresh(self) -> None:
-        """Re-read the watched directories whose watch fired."""
-        zk = self._zk
-        if "alive" in self._dirty:
-            self._dirty.discard("alive")
-            self._alive = set(await self._call(zk.get_children_async(
-                self._p("alive"), watch=self._watch("alive"))))
-        if "joins" in self._dirty:
-            self._dirty.discard("joins")
-            names = await self._call(zk.get_children_async(
-                self._p("joins"), watch=self._watch("joins")))
-            self._joins = sorted(names, key=_seq)
-        if "view" in self._dirty and not self.joined:
-            self._dirty.discard("view")
-            data, stat = await self._call(zk.get_async(self._p("view"), watch=self._watch("view")))
-            self._zview = (_dec_view(json.loads(data)["view"]), stat.version)
-
-    def _is_alive(self, ident: str) -> bool:
-        return ident == self.me.ident or _stem(ident) in self._alive
-
-    async def _really_dead(self, ident: str) -> bool:
-        stat = await self._call(self._zk.exists_async(self._p("alive", _stem(ident))))
-        return stat is None
-
-    async def _duties(self) -> bool:
-        """Do one duty if one is due; True when something was appended."""
-        from kazoo.exceptions import BadVersionError, NoNodeError
-        await self._refresh()
-        view, v = (self.view, self.version) if self.joined else self._zview
-        live = [m for m in view if self._is_alive(m.ident)]
-        first_joiner = self._joins[0] if self._joins else None
-        mine = self._req_path.rsplit("/", 1)[-1]
-        responsible = (live and live[0].ident == self.me.ident) or \
-            (not live and not self.joined and first_joiner == mine)
-        try:
-            if responsible:
-                for m in view:
-                    if self._is_alive(m.ident):
-                        continue
-                    if not await self._really_dead(m.ident):
-                        self._dirty.add("alive")   # our listing was stale
-                        continue
-                    rest = [x for x in view if x.ident != m.ident]
-                    await self._append_change(rest, v, {"k": "leave", "id": m.ident})
-                    log.info("zookeeper cluster: %s failed; removed", m.ident)
-                    return True
-            if self.joined and view and view[0].ident == self.me.ident and self._joins:
-                return await self._answer(self._joins[0], view, v)
-            if not self.joined and not view and first_joiner == mine:
-                return await self._answer(mine, view, v)
-        except (BadVersionError, NoNodeError):
-            self._dirty.update(("joins", "view"))
-            return True    # somebody else acted first: catch up and re-decide
-        return False
-
-    async def _answer(self, req: str, view: list[Member], v: int) -> bool:
-        """Answer the join request ``req`` (we are the master, or forming)."""
-        from kazoo.exceptions import NoNodeError
-        path = self._p("joins", req)
-        try:
-            data, _ = await self._call(self._zk.get_async(path))
-        except NoNodeError:   # joiner died or answered already
-            self._dirty.add("joins")
-            return True
-        r = json.loads(data)
-        joiner, opaque = Member(_unb(r["node"]), r["ident"]), _unb(r["opaque"])
-        if any(m.ident == joiner.ident for m in view):
-            accept, reply = False, b"ident already a member"
-        else:
-            try:
-                accept, reply = self.events.check_join(joiner, opaque)
-                accept, reply = bool(accept), bytes(reply)
-            except Exception:
-                log.exception("zookeeper cluster: check_join raised; rejecting %s", joiner.ident)
-                accept, reply = False, b""
-        rec = {"k": "ack", "id": joiner.ident, "ok": accept, "reply": _b(reply)}
-        if accept:
-            await self._append_change(view + [joiner], v, rec, delete=path)
-        else:
-            await self._commit(("check", self._p("view"), v), ("delete", path),
-                               ("create", self._p("queue", "e-"), _enc(rec)))
-        self._dirty.add("joins")
-        return True
-
-    async def _append_change(self, new_view: list[Member], v: int, rec: dict,
-                             delete: str | None = None) -> None:
-        """CAS the view from version ``v`` to ``new_view`` and append ``rec``."""
-        rec = dict(rec, ver=v + 1)
-        if rec["k"] == "ack":
-            rec["view"] = _enc_view(new_view)
-        ops = [("set_data", self._p("view"), _enc({"view": _enc_view(new_view)}), v),
-               ("create", self._p("queue", "e-"), _enc(rec))]
-        if delete:
-            ops.insert(1, ("delete", delete))
-        await self._commit(*ops)
-        self._dirty.add("view")
-
-    async def _housekeeping(self) -> None:
-        """Publish our queue position; the master garbage-collects the queue."""
-        now = time.monotonic()
-        pos = self._last_seq + 1
-        if pos != self._published and now - self._last_publish >= PUBLISH_INTERVAL:
-            self._last_publish = now
-            await self._call(self._zk.set_async(
-                self._my_alive, _enc({"ident": self.me.ident, "pos": pos})))
-            self._published = pos
-        if not (self.joined and self.view and self.view[0].ident == self.me.ident) \
-                or now - self._last_gc < GC_INTERVAL:
+    def _deliver(self, name: str, *args) -> None:
+        cb = getattr(self.events, name, None)
+        if cb is None or self._closed or self._failed:
             return
-        self._last_gc = now
-        limit = pos
-        stems = await self._call(self._zk.get_children_async(self._p("alive")))
-        datas = await asyncio.gather(*[self._call(self._zk.get_async(self._p("alive", s)))
-                                       for s in stems], return_exceptions=True)
-        for d in datas:
-            if not isinstance(d, Exception):
-                limit = min(limit, int(json.loads(d[0]).get("pos", 0)))
-        names = await self._call(self._zk.get_children_async(self._p("queue")))
-        old = [n for n in names if _seq(n) < limit]
-        if old:
-            await asyncio.gather(*[self._call(self._zk.delete_async(self._p("queue", n)))
-                                   for n in old], return_exceptions=True)
-            log.debug("zookeeper cluster: collected %d queue entries", len(old))
+        try:
+            cb(*args)
+        except Exception as exc:  # noqa: BLE001 - the member is failed, see base.py
+            self._fail(f"{name} raised", exc)
+
+    def _fail(self, why: str, exc: BaseException) -> None:
+        """Deliver nothing more, close the session (the peers remove us at
+        once), then tell the events object."""
+        if self._closed or self._failed:
+            return
+        log.error("zookeeper cluster: %s: %s (%r); the member is failed: closing the driver",
+                  self.me.ident, why, exc, exc_info=exc)
+        self._failed, self.joined = True, False
+        if self._join_fut is not None and not self._join_fut.done():
+            self._join_fut.set_exception(exc)
+            self._join_fut.exception()   # join() re-raises it when it awaits
+        self._changed.set()
+        self._fail_task = self._loop.create_task(self._die(exc))
+
+    async def _die(self, exc: BaseException) -> None:
+        await self._shutdown()
+        cb = getattr(self.events, "on_driver_failure", None)
+        if cb is not None:
+            try:
+                cb(exc)
+            except Exception:
+                log.exception("zookeeper cluster: on_driver_failure raised")
 
     # ---- background loop ----------------------------------------------------
 
     async def _run(self) -> None:
         backoff = 0.0
-        while not self._closed:
+        while not self._closed and not self._failed:
             if backoff:
                 await asyncio.sleep(backoff)
             try:
@@ -581,13 +442,16 @@ class ZookeeperDriver(ClusterDriver):
             except TimeoutError:
                 self._dirty.add("alive")
             self._wake.clear()
-            if self._expired:
-                return
             try:
+                if self._gen != self._zk_gen:   # our session expired: rejoin in the new one
+                    if self._zk_state != "CONNECTED" or self._left_fut is not None:
+                        continue
+                    await self._register()
                 await self._catch_up()
-                if await self._duties():
+                if self._current() and await self._duties():
                     self._wake.set()
-                await self._housekeeping()
+                if self._current():
+                    await self._housekeeping()
                 backoff = 0.0
             except asyncio.CancelledError:
                 raise
@@ -605,11 +469,13 @@ class ZookeeperDriver(ClusterDriver):
         self.joined = False
         if self._changed is not None:
             self._changed.set()
-        task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for name in ("_task", "_lease_task"):
+            task = getattr(self, name)
+            setattr(self, name, None)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._join_fut is not None and not self._join_fut.done():
             self._join_fut.set_exception(ConnectionError("cluster driver closed"))
             self._join_fut.exception()   # mark retrieved
@@ -621,4 +487,3 @@ class ZookeeperDriver(ClusterDriver):
                 with contextlib.suppress(Exception):
                     zk.close()
             await self._loop.run_in_executor(None, stop)
-

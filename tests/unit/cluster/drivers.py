@@ -60,6 +60,25 @@ DRIVERS = {
 }
 
 
+def rejoined(ident):
+    """Predicate: ``ident`` went out (``on_quorum(False)``) and came back:
+    ``on_quorum(True)`` and then its own ``on_join`` (base.py, ordering rule
+    3).  Anything else right after the quorum True fails the test."""
+    def pred(ev):
+        ev = [(e["ev"], e.get("ok"), e.get("who")) for e in ev
+              if e["ev"] in ("join", "leave", "notify", "quorum")]
+        if ("quorum", False, None) not in ev:
+            return False
+        rest = ev[ev.index(("quorum", False, None)) + 1:]
+        if ("quorum", True, None) not in rest:
+            return False
+        after = rest[rest.index(("quorum", True, None)) + 1:]
+        if after and after[0] != ("join", None, ident):
+            raise AssertionError(f"{ident}: after on_quorum(True) came {after[0]}, not its own join")
+        return bool(after)
+    return pred
+
+
 class Proc:
     """One member_proc.py process; its JSON events are collected by a thread."""
 
@@ -110,6 +129,36 @@ class Proc:
                     else ("msg", e["frm"], e["msg"])
                     for e in self.events if e["ev"] in ("join", "leave", "notify")]
 
+    def serving(self, since: float = 0.0) -> list[dict]:
+        """The ``serving`` samples (transitions, and the first after a stall)
+        taken after ``since`` (a ``time.monotonic()`` value)."""
+        with self.cond:
+            return [e for e in self.events if e["ev"] == "serving" and e["t"] > since]
+
+    def stopped_serving(self, since: float, until: float) -> float:
+        """When this process stopped serving for good within (since, until):
+        the first False sample after the last True one.  (A lease may lapse
+        and be renewed for a moment, e.g. under load; what counts is that it
+        does not serve from that time on.)"""
+        window = [e for e in self.serving(since) if e["t"] < until]
+        assert window and not window[-1]["ok"], f"{self.ident} still serving: {window[-5:]}"
+        ons = [i for i, e in enumerate(window) if e["ok"]]
+        return window[ons[-1] + 1]["t"] if ons else window[0]["t"]
+
+    def is_serving(self) -> bool:
+        """The latest ``serving`` sample."""
+        s = self.serving()
+        return bool(s) and s[-1]["ok"]
+
+    def wait_serving(self, ok: bool = True, timeout: float = 10.0):
+        self.wait(lambda ev: [e["ok"] for e in ev if e["ev"] == "serving"][-1:] == [ok],
+                  timeout, f"serving={ok}")
+
+    def membership(self) -> list[dict]:
+        """join/leave/notify/quorum events, in order (no samples)."""
+        with self.cond:
+            return [e for e in self.events if e["ev"] in ("join", "leave", "notify", "quorum")]
+
     def sees(self, members: list[str]):
         """Predicate: the latest view is ``members``."""
         def pred(ev):
@@ -119,7 +168,7 @@ class Proc:
 
     def kill(self):
         if self.p.poll() is None:
-            self.p.kill()
+            self.p.kill()   # also ends a SIGSTOPped process
         self.p.wait(10)
 
     def stop(self):

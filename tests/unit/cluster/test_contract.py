@@ -162,3 +162,38 @@ def test_rejected_joiner_gets_reply_and_cluster_unchanged(cluster):
     assert r.p.wait(10) == 2
     assert a.views() == [["A"], ["A", "B"]] and b.views() == [["A", "B"]]
     assert [e["who"] for e in a.of("check_join")] == ["A", "B", "R"]
+
+
+@pytest.mark.parametrize("kind", ["notify", "join"])
+def test_a_callback_that_raises_fails_the_member(cluster, kind):
+    """base.py, "Callbacks must not raise": the member delivers nothing more,
+    stops serving at once, its driver closes abruptly (the others see it
+    leave as a failure) and ``on_driver_failure`` is called."""
+    a, b, c = form(cluster, ["A", "B", "C"])
+    c.wait_serving(True)
+    c.send(f"raise_next {kind}")
+    c.wait(lambda ev: any(e["ev"] == "armed" for e in ev), 10, "armed")
+    if kind == "notify":
+        a.send("notify 3")
+        others = [a, b]
+    else:
+        others = [a, b, cluster("D")]
+        others[-1].wait_joined(30)
+    c.wait(lambda ev: any(e["ev"] == "driver_failure" for e in ev), 20, "on_driver_failure")
+    survivors = [p.ident for p in others]
+    for p in others:
+        p.wait(p.sees(survivors), 20, "the failed member removed")
+        assert p.of("leave")[-1]["who"] == "C"
+    if kind == "notify":
+        for p in others:
+            p.wait(lambda ev: sum(e["ev"] == "notify" for e in ev) == 3, 10, "A's notifies")
+    raised = c.of("raising")
+    assert [e["cb"] for e in raised] == [kind]
+    assert c.of("driver_failure")[0]["t"] >= raised[0]["t"]
+    assert not [e for e in c.membership() if e["t"] > raised[0]["t"]], "delivered after raising"
+    assert not c.of("notify")
+    assert not [e for e in c.serving(raised[0]["t"]) if e["ok"]], "served after raising"
+    c.send("serving")
+    c.wait(lambda ev: any(e["ev"] == "may_serve" for e in ev), 10, "may_serve")
+    assert c.of("may_serve")[0]["ok"] is False
+    assert c.p.poll() is None, "the process lives on; only its driver closed"

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))   # test modules load with importlib
-from drivers import Proc, free_ports
+from drivers import Proc, free_ports, rejoined
 
 from sheep.cluster.base import create_driver
 from sheep.cluster.zmq import ZmqDriver
-from sheep.cluster.zmq_proto import cfg_after, merge_logs, parse_option
+from sheep.cluster.zmq_proto import FAIL, LEASE, cfg_after, merge_logs, parse_option
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -137,6 +139,21 @@ def netns():
             _ip("link", "del", br, check=False)
 
 
+def check_rejoin(p, cut: float) -> tuple[float, float]:
+    """Nothing delivered between quorum False and True; quorum True comes
+    right before the member's own join; it stopped serving after ``cut`` and
+    served nothing from then on until that join.  Returns (the time it
+    stopped serving for good, the time of that join)."""
+    evs = p.membership()
+    lost = next(i for i, e in enumerate(evs) if e["ev"] == "quorum" and e["t"] > cut)
+    regained = next(i for i, e in enumerate(evs) if e["ev"] == "quorum" and i > lost)
+    assert evs[lost]["ok"] is False and evs[regained]["ok"] is True
+    assert evs[lost + 1:regained] == [], f"{p.ident} delivered while out"
+    own = evs[regained + 1]
+    assert (own["ev"], own["who"]) == ("join", p.ident), f"{p.ident}: quorum True not before its join"
+    return p.stopped_serving(cut, own["t"]), own["t"]
+
+
 def test_partition_3_2_minority_stops_majority_goes_on_then_heals(netns, procs):
     spaces, addrs, move = netns
     spec = "zmq:" + ",".join(f"{a}:7100" for a in addrs)
@@ -149,9 +166,11 @@ def test_partition_3_2_minority_stops_majority_goes_on_then_heals(netns, procs):
     procs[1].send("notify 5 before")
     for p in procs:
         p.wait(lambda ev: sum(e["ev"] == "notify" for e in ev) == 5, 10, "notifies before")
+        p.wait_serving(True)
 
     minority = [procs[0], procs[4]]          # the master M0 is cut off with M4
     majority = procs[1:4]
+    t_cut = time.monotonic()
     for p in minority:
         move(procs.index(p), "cut")
     procs[0].send("notify 5 minority")       # the old master cannot commit these
@@ -164,11 +183,12 @@ def test_partition_3_2_minority_stops_majority_goes_on_then_heals(netns, procs):
         p.wait(lambda ev: any(e["ev"] == "notify" and e["msg"] == "majority#4" for e in ev), 10,
                "majority notifies")
     minority_len = {p.ident: len(p.history()) for p in minority}
+    moved_on = min(e["t"] for p in majority for e in p.of("leave") if e["who"] in ("M0", "M4"))
 
     for p in minority:
         move(procs.index(p), "main")
     for p in minority:
-        p.wait(lambda ev: any(e["ev"] == "quorum" and e["ok"] for e in ev), 20, "back in quorum")
+        p.wait(rejoined(p.ident), 20, "back in quorum, then its own join")
     final = majority[0].views()[-1]
     assert sorted(final) == sorted(idents)
     for p in procs:
@@ -189,13 +209,12 @@ def test_partition_3_2_minority_stops_majority_goes_on_then_heals(netns, procs):
         else:                  # M0, older than M1: from M1's join on, a prefix of M1's
             tail = before[before.index(ref[0]):]
             assert tail == ref[:len(tail)], f"{p.ident} delivered something the majority did not"
-        events = [e["ev"] for e in p.events]
-        lost = events.index("quorum")
-        regained = events.index("quorum", lost + 1)
-        between = [e for e in p.events[lost + 1:regained] if e["ev"] in ("join", "leave", "notify")]
-        # nothing delivered while cut off; the rejoin's own join comes just before quorum True
-        assert [(e["ev"], e["who"]) for e in between] == [("join", p.ident)]
-        assert events[regained - 1] == "join"
+        # nothing delivered while cut off, quorum True just before its own join;
+        # it stopped serving before the majority moved on (delivered the
+        # leaves), within its lease of the cut, and served nothing until then
+        stop, _ = check_rejoin(p, t_cut)
+        assert stop < moved_on, (p.ident, stop, moved_on)
+        assert stop - t_cut < LEASE + 0.3, f"{p.ident} served {stop - t_cut:.2f}s after the cut"
         # rejoined as a new member: its own join, then the majority's suffix
         assert after[0][0] == "view" and p.ident in after[0][1]
         start = len(ref) - 1 - ref[::-1].index(after[0])   # its latest incarnation
@@ -203,3 +222,54 @@ def test_partition_3_2_minority_stops_majority_goes_on_then_heals(netns, procs):
     procs[0].send("notify 3 healed")
     for p in procs:
         p.wait(lambda ev: any(e["ev"] == "notify" and e["msg"] == "healed#2" for e in ev), 10, "healed")
+        p.wait_serving(True)
+    # the rejoins asked for fresh join data
+    joins = {e["opaque"] for e in majority[0].of("check_join")}
+    assert {"M0/rejoin-1", "M4/rejoin-1"} <= joins, joins
+
+
+# ---- SIGSTOP / SIGCONT --------------------------------------------------------
+
+@pytest.mark.parametrize("who,stop", [("member", "past FAIL"), ("master", "past FAIL"),
+                                      ("member", "past LEASE only")])
+def test_sigstop_then_sigcont_serves_nothing_until_heard_again(procs, who, stop):
+    """A frozen process wakes up with a lapsed lease: ``may_serve`` at
+    SIGCONT, before the process read what waits on its socket, is False.
+    Frozen past FAIL it was removed: it serves nothing until it rejoined.
+    Frozen past LEASE only, it serves again once its master answered, and
+    nobody removed it."""
+    spec = "zmq:" + ",".join(f"127.0.0.1:{p}" for p in free_ports(3))
+    for ident in "ABC":
+        procs.append(Proc(spec, ident))
+        procs[-1].wait_joined(20)
+    for p in procs:
+        p.wait(p.sees(["A", "B", "C"]), 10, "three members")
+        p.wait_serving(True)
+    victim = procs[2] if who == "member" else procs[0]
+    rest = [p for p in procs if p is not victim]
+    t_stop = time.monotonic()
+    victim.p.send_signal(signal.SIGSTOP)
+    try:
+        if stop == "past FAIL":   # until the others moved on without it
+            for p in rest:
+                p.wait(p.sees([q.ident for q in rest]), 10, "the frozen one removed")
+        else:
+            time.sleep(LEASE + 0.1)   # the scenario: frozen past its lease, not past FAIL
+            assert time.monotonic() - t_stop < FAIL - 0.2
+        t_cont = time.monotonic()
+    finally:
+        victim.p.send_signal(signal.SIGCONT)
+    victim.wait(lambda ev: any(e["ev"] == "sigcont" for e in ev), 10, "the sample at SIGCONT")
+    assert [e["ok"] for e in victim.of("sigcont")] == [False]
+    if stop == "past FAIL":
+        victim.wait(rejoined(victim.ident), 20, "rejoined")
+        _, own = check_rejoin(victim, t_cont)
+        assert not [e for e in victim.serving(t_cont) if e["ok"] and e["t"] < own]
+        for p in procs:
+            p.wait(p.sees([q.ident for q in rest] + [victim.ident]), 10, "rejoined view")
+    else:
+        victim.wait_serving(True, 5)
+        assert not victim.of("quorum")
+        for p in rest:
+            assert not p.of("leave"), "nobody removed it"
+    victim.wait_serving(True, 10)

@@ -20,7 +20,11 @@ from sheep.cluster.zookeeper import (
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
 sys.path.insert(0, str(Path(__file__).parent))  # test modules load with importlib
-from drivers import Proc  # noqa: E402
+from drivers import Proc, rejoined
+from tcpproxy import TcpProxy
+
+from sheep.cluster.zookeeper_session import LEASE_FRACTION
+
 TIMEOUT = 2   # session timeout used by these tests (seconds)
 
 
@@ -241,3 +245,97 @@ def test_join_pending_when_master_hangs_is_answered_by_next(start):
     assert [e["who"] for e in b.of("check_join")] == ["D"]
     assert b.views() == [["A", "B"], ["B"], ["B", "D"]]
     assert d.views() == [["B", "D"]]
+
+
+# ---- cut off from ZooKeeper (a TCP proxy between one member and the server) ---
+
+@pytest.fixture
+def proxy(zookeeper):
+    p = TcpProxy(int(zookeeper.rsplit(":", 1)[1]))
+    yield p
+    p.close()
+
+
+def three_with_c_behind(start, spec, zookeeper, proxy):
+    a, b = start_members(start, "AB")
+    c = start("C", spec_=spec.replace(zookeeper, proxy.address))
+    c.wait_joined()
+    for p in (a, b, c):
+        p.wait(p.sees(["A", "B", "C"]), what="full view")
+    c.wait_serving(True)
+    return a, b, c
+
+
+def test_cut_off_past_the_session_timeout_stops_serving_then_rejoins_by_itself(
+        start, spec, zookeeper, proxy):
+    a, b, c = three_with_c_behind(start, spec, zookeeper, proxy)
+    t_cut = time.monotonic()
+    proxy.blackhole()   # silence: only timeouts can tell
+    c.wait(lambda ev: any(e["ev"] == "quorum" and not e["ok"] for e in ev), TIMEOUT + 2, "suspended")
+    for p in (a, b):
+        p.wait(p.sees(["A", "B"]), TIMEOUT + 5, "C removed")
+    t_leave = min(e["t"] for p in (a, b) for e in p.of("leave") if e["who"] == "C")
+    suspended = c.of("quorum")[0]["t"]
+    t_off = c.stopped_serving(t_cut, t_leave)   # not serving from then on
+    assert t_off - t_cut < LEASE_FRACTION * TIMEOUT + 0.3, f"served {t_off - t_cut:.2f}s after the cut"
+    assert t_off < suspended + 0.05, "served while suspended"   # (lease or state, whichever first)
+    assert suspended < t_leave
+    assert t_leave - t_cut > TIMEOUT - 0.5, "removed before its session could expire"
+
+    proxy.heal()
+    c.wait(rejoined("C"), 20, "quorum True, then its own join")
+    for p in (a, b):
+        p.wait(p.sees(["A", "B", "C"]), 10, "C back")
+    evs = c.membership()
+    lost = next(i for i, e in enumerate(evs) if e["ev"] == "quorum")
+    assert [(e["ev"], e.get("ok"), e.get("who")) for e in evs[lost:lost + 3]] == [
+        ("quorum", False, None), ("quorum", True, None), ("join", None, "C")]
+    rejoin = evs[lost + 2]
+    assert rejoin["members"] == ["A", "B", "C"]   # a fresh joiner's first view
+    assert not [e for e in c.serving(t_off) if e["ok"] and e["t"] < rejoin["t"]]
+    assert [e["opaque"] for e in a.of("check_join") if e["who"] == "C"] == ["", "C/rejoin-1"]
+    c.wait_serving(True)
+    c.send("notify 2")
+    for p in (a, b, c):
+        p.wait(lambda ev: any(e["ev"] == "notify" and e["msg"] == "C#1" for e in ev), 10, "C's notify")
+
+
+def test_short_cut_resumes_the_same_session_without_a_leave(start, spec, zookeeper, proxy):
+    a, b, c = three_with_c_behind(start, spec, zookeeper, proxy)
+    t_cut = time.monotonic()
+    proxy.drop_and_hold()   # the connection breaks; reconnecting hangs
+    c.wait(lambda ev: any(e["ev"] == "quorum" and not e["ok"] for e in ev), TIMEOUT, "suspended")
+    c.wait_serving(False, 1)
+    time.sleep(max(0.0, t_cut + TIMEOUT / 2 - time.monotonic()))   # the scenario: a 1 s outage
+    proxy.heal()
+    c.wait(lambda ev: any(e["ev"] == "quorum" and e["ok"] for e in ev), TIMEOUT, "resumed")
+    c.wait_serving(True)
+    c.send("notify 2")
+    for p in (a, b, c):
+        p.wait(lambda ev: any(e["ev"] == "notify" and e["msg"] == "C#1" for e in ev), 10, "C's notify")
+    assert [(e["ev"], e.get("ok")) for e in c.membership() if e["t"] > t_cut][:2] == [
+        ("quorum", False), ("quorum", True)]
+    assert c.views() == [["A", "B", "C"]], "same session: no rejoin"
+    assert not a.of("leave") and not b.of("leave")
+    assert [e["who"] for e in a.of("check_join")] == ["A", "B", "C"]
+
+
+def test_sigstop_past_the_session_timeout_then_sigcont_serves_nothing_until_rejoined(start):
+    """At SIGCONT kazoo still says CONNECTED (its thread did not run yet):
+    only the lease makes ``may_serve`` False there."""
+    a, b, c = start_members(start, "ABC")
+    c.wait_serving(True)
+    c.p.send_signal(signal.SIGSTOP)
+    try:
+        for p in (a, b):
+            p.wait(p.sees(["A", "B"]), TIMEOUT + 5, "C removed")
+        t_cont = time.monotonic()
+    finally:
+        c.p.send_signal(signal.SIGCONT)
+    c.wait(lambda ev: any(e["ev"] == "sigcont" for e in ev), 10, "the sample at SIGCONT")
+    assert [e["ok"] for e in c.of("sigcont")] == [False]
+    c.wait(rejoined("C"), 20, "rejoined by itself")
+    own = next(e for e in c.of("join") if e["t"] > t_cont)
+    assert own["who"] == "C" and own["members"] == ["A", "B", "C"]
+    assert not [e for e in c.serving(t_cont) if e["ok"] and e["t"] < own["t"]]
+    c.wait_serving(True)

@@ -177,6 +177,10 @@ class Sheep:
             w.cancel()
         log.info("exiting")
         self.recovery.stop()
+        try:  # what membership events already changed must reach the disk
+            await asyncio.wait_for(self.group.settled(), 10.0)
+        except Exception as e:  # noqa: BLE001 - a failed job already took the node out
+            log.warning("pending store work not finished at exit: %r", e)
         for s in servers:
             s.close()
         for conn in list(self.connections):

@@ -510,7 +510,8 @@ class Group:
         ``work`` is an async callable returning a JSON-able "main" message (or
         raising SdError).  Returns what the main step returned on this node.
         Cancelling the caller does not cancel the operation: once BLOCK is
-        sent, every node waits for our UNBLOCK, so it always goes out.
+        sent, every node waits for our UNBLOCK, so it always goes out.  It
+        returns once this node's disk work for the op (``jobs``) is done.
         """
         return await asyncio.shield(asyncio.ensure_future(self._cluster_op(work)))
 
@@ -539,7 +540,9 @@ class Group:
                 # every node waits for our UNBLOCK: leave, so they drop our turn
                 self._fatal(f"cannot send the end of a cluster operation: {e!r}")
                 raise error_for(CODES["CLUSTER_ERROR"], str(e)) from None
-            return await done
+            result = await done
+            await self.settled()  # the op's disk work is done before anyone hears of it
+            return result
         finally:
             self._turns.pop(bid, None)
             self._done.pop(bid, None)

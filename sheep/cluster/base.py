@@ -267,10 +267,12 @@ class ClusterDriver(abc.ABC):
         sockets.  (The local driver's peers never remove a live process, so
         it has no lease to run out.)
 
-        The daemon calls it at the admission of every I/O request: it does
-        no I/O, takes no lock and is O(1).  Call it on the loop thread (also
-        from inside callbacks).  Each driver documents its lease and the
-        margin to the time after which its peers may remove it.
+        The daemon calls it at the admission of every I/O request, and again
+        from an I/O thread right before a write reaches the disk (under the
+        object's store lock): it does no I/O, takes no lock, is O(1) and only
+        reads the driver's attributes, so any thread may call it (also from
+        inside callbacks).  Each driver documents its lease and the margin to
+        the time after which its peers may remove it.
         """
 
     @abc.abstractmethod

@@ -5,8 +5,10 @@
 namespace with node 2 as its gateway; writer ``min`` (VDI ``pmin``) runs in
 node 4's namespace with node 4 as its gateway, logging every request; a
 read prober reads ``pmin``'s blocks straight from node 4 and node 0 all the
-time.  Then the network splits {0, 4} (with the master, node 0) from
-{1, 2, 3}:
+time.  Then the network splits {0, 4} (with the master, node 0: the
+majority must elect a new one) from {1, 2, 3}, or (second variant) {3, 4}
+from {0, 1, 2} (the master stays with the majority, so the majority moves on
+fast while the minority members merely lost their master):
 
 * the majority must form a view of {1, 2, 3} and go on: ``maj`` keeps
   writing and never sees HALT;
@@ -41,7 +43,6 @@ from probelib.writer import block_set
 
 pytestmark = [pytest.mark.probe, pytest.mark.cluster, pytest.mark.timeout(400)]
 
-MINORITY, MAJORITY = [0, 4], [1, 2, 3]
 WRITER = {"objects": 4, "per_object": 32, "concurrency": 4, "interval": 0.02,
           "read_ratio": 0.4, "report": 0.25}
 HALT_CODE = "HALT"
@@ -53,7 +54,9 @@ def _first(pred, timeout, what):
     return time.time()
 
 
-def test_zmq_partition_3_2_with_lock_takeover(probe_dir, rnd):
+@pytest.mark.parametrize("minority", [[0, 4], [3, 4]], ids=["master-cut-off", "master-in-majority"])
+def test_zmq_partition_3_2_with_lock_takeover(probe_dir, rnd, minority):
+    maj_idx = [i for i in range(5) if i not in minority]
     net = Net(5)
     c = None
     writers: list[WriterProc] = []
@@ -84,18 +87,18 @@ def test_zmq_partition_3_2_with_lock_takeover(probe_dir, rnd):
             w.wait_ready()
             w.wait_progress(50, 60)
         blocks = block_set(WRITER["objects"], WRITER["per_object"])
-        for i in MINORITY:  # blocks this minority node holds: it can answer from its disk
+        for i in minority:  # blocks this minority node holds: it can answer from its disk
             probers.append(ReadProber(n[i].host, n[i].port, vid_min,
                                       _local_blocks(c, n[i], vid_min, blocks),
                                       timeout=0.5).start())
 
         # -- the partition ----------------------------------------------------
         t_cut = time.time()
-        net.cut([MINORITY, MAJORITY])
-        majority = [n[i] for i in MAJORITY]
+        net.cut([minority, maj_idx])
+        majority = [n[i] for i in maj_idx]
         t_view = _first(lambda: all(c.members(x) == sorted(y.key() for y in majority)
                                     for x in majority), 30, "the majority's view of 3")
-        halts = _HaltWatch([n[i] for i in MINORITY]).start()
+        halts = _HaltWatch([n[i] for i in minority]).start()
         # the takeover starts as soon as the majority moved on (not when the
         # minority admits it is one): that is when stale reads would appear
         taker = writer(3, "pmin", 1, first_pass=True)
@@ -160,7 +163,7 @@ def test_zmq_partition_3_2_with_lock_takeover(probe_dir, rnd):
                    "majority_halts": maj_halts,
                    "min_write_errors": rmin["write_errors"],
                    "min_read_errors": rmin["read_errors"]}
-        out = summarize(probe_dir, "zmq-partition", figures, findings,
+        out = summarize(probe_dir, f"zmq-partition-minority-{minority}", figures, findings,
                         {"stale_list": stale[:30],
                          "minority_acks_after_list": minority_acks_after[:30]}, cluster=c)
         bad = problems(out, [rmaj, rtake], allow_write_errors=True)

@@ -29,8 +29,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from harness import Client
-
 import qemu_client
 from probelib.block import BLOCK, ZERO_BLOCK, BlockModel, Seen, decode, describe
 from sheep import proto
@@ -336,6 +334,3 @@ def writer_figures(reports: list[dict]) -> dict:
                 1 for r in reports for i in r.get("inspections", []) if i.get("disagree")),
             "reopens": sum(len(r["reopen_list"]) for r in reports)}
 
-
-def client_for(node) -> Client:
-    return Client(node.port, node.host)

@@ -6,7 +6,9 @@ Options (``./test.sh tests/probe --rounds 300`` for a soak run):
   budget);
 * ``--probe-seed S``: the random seed of every probe (default: random,
   printed, so a failing run can be replayed);
-* ``--probe-seconds S``: how long the fuzz probes fuzz (default 8).
+* ``--probe-seconds S``: how long the fuzz probes fuzz (default 8);
+* ``--thrash-driver local|zmq``: the thrash probes' cluster driver (default
+  local; zmq detects a SIGSTOPped node after 1 s and removes it).
 
 ``probe_dir`` is a directory for one probe's clusters and writer files; it
 is removed after a passing probe; after a failing one its logs (every
@@ -37,6 +39,8 @@ def pytest_addoption(parser):
                 help="random seed of the probes (default: random, printed)")
     g.addoption("--probe-seconds", type=float, default=8.0,
                 help="seconds each fuzz probe fuzzes (default 8)")
+    g.addoption("--thrash-driver", choices=("local", "zmq"), default="local",
+                help="cluster driver of the thrash probes (default local)")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,6 +68,11 @@ def _failed(item) -> bool:
 @pytest.fixture
 def rounds(request) -> int:
     return request.config.getoption("--rounds")
+
+
+@pytest.fixture
+def thrash_driver(request) -> str:
+    return request.config.getoption("--thrash-driver")
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Kill/restart thrashing with writers that verify every acknowledged write.
 
-5 sheep on the local driver, copies 3, VDI locks on; two writer processes
+5 sheep on the local driver (``--thrash-driver zmq``: the zmq driver),
+copies 3, VDI locks on; two writer processes
 (``probelib.writer``, through ``qemu_client`` with gateway failover), each
 on its own VDI, starting on different gateways.  ``--rounds N`` rounds of
 ``probelib.thrash`` (SIGKILL a random node, SIGKILL a writer's gateway,
@@ -28,6 +29,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from harness import free_port
 from probelib.cluster import MiB, ProbeCluster, WriterProc
 from probelib.report import problems, summarize
 from probelib.thrash import Thrasher
@@ -55,8 +57,12 @@ def start_writers(c, probe_dir, rnd, names, prefix=lambda i: ()):
 
 
 @pytest.mark.parametrize("recovery", ["nowait", "wait"])
-def test_kill_restart_rounds(probe_dir, rnd, rounds, recovery):
-    c = ProbeCluster(os.path.join(probe_dir, "cluster"), NODES)  # default lock grace (8 s)
+def test_kill_restart_rounds(probe_dir, rnd, rounds, recovery, thrash_driver):
+    spec = None  # the harness's private local:PATH
+    if thrash_driver == "zmq":
+        spec = "zmq:" + ",".join(f"127.0.0.1:{free_port(20000, 29999)}" for _ in range(NODES))
+    c = ProbeCluster(os.path.join(probe_dir, "cluster"), NODES,  # default lock grace (8 s)
+                     driver_spec=spec)
     writers = []
     try:
         c.start()
@@ -80,7 +86,7 @@ def test_kill_restart_rounds(probe_dir, rnd, rounds, recovery):
                    "stalls": th.stalls,
                    "actions": {a: sum(r.action == a for r in th.rounds)
                                for a in ("kill", "gateway", "double", "stop")}}
-        out = summarize(probe_dir, f"thrash-{recovery}", figures, findings,
+        out = summarize(probe_dir, f"thrash-{recovery}-{thrash_driver}", figures, findings,
                         {"round_log": [r.line() for r in th.rounds]}, cluster=c)
         bad = problems(out, reports)
         assert not bad, "\n".join(bad + findings.evidence[:30])

@@ -27,7 +27,7 @@ def summarize(probe_dir: str, name: str, figures: dict, findings, extra: dict | 
     print(f"\n==== {name}: figures ====")
     fixed = ("rounds", "writes_acknowledged", "writes_sent", "reads_checked", "lost",
               "corrupt", "objects", "replica_mismatches", "stale_replicas", "missing_replicas",
-              "vdi_check_fixed", "writer_violations", "write_errors", "read_errors",
+              "vdi_check_fixed", "writer_violations", "writer_lost_writes", "write_errors", "read_errors",
               "unsettled_blocks", "failed_writes_inspected", "failed_writes_replicas_disagree",
               "reopens", "settled")
     for k in fixed:

@@ -327,6 +327,10 @@ def writer_figures(reports: list[dict]) -> dict:
             "writes_sent": sum(r["writes"] for r in reports),
             "reads_checked": sum(r["reads"] for r in reports),
             "writer_violations": sum(len(r["violation_list"]) for r in reports),
+            # acknowledged writes a writer's read found replaced by older data
+            # or zeros during the run (distinct block + acknowledged write)
+            "writer_lost_writes": len({(r["id"], v["block"], v["floor"]) for r in reports
+                                       for v in r["violation_list"] if v["kind"] in LOST_KINDS}),
             "write_errors": errs, "read_errors": rerrs,
             "unsettled_blocks": sum(len(r["unsettled"]) for r in reports),
             "failed_writes_inspected": sum(len(r.get("inspections", [])) for r in reports),

@@ -19,10 +19,13 @@ The rule, for a node that holds ``oid`` at epoch E and lacks a live copy:
 2. **Stale copies only when every other current holder answered "no such
    object".**  Then every member is asked for its best copy (live or stale,
    with versions); every one must answer.  The greatest version wins — but
-   only if no node that held the object at an epoch from that version's epoch
-   on is missing from the cluster (it might hold a newer copy).  If one is
-   missing, wait for it; after ``STALE_WAIT`` seconds it is enough that every
-   such epoch still has one of its holders present.
+   only if every epoch from that version's epoch on still has one of its
+   holders in the cluster.  Why that is enough: a newer write went to every
+   holder of its epoch; a present one still has it, or gave it up only when
+   its copy moved on (stale, then purged once every member of a later epoch
+   had recovered it) — to the holders of that later epoch, one of which is
+   present in turn.  If some epoch has lost all its holders, the newest copy
+   may be on them: the object waits for one of them to come back.
 3. **No copy anywhere** (every member answered, none has one): the object
    does not exist.
 4. **Install**: the fetched copy is stored with its version, under the
@@ -40,7 +43,6 @@ import asyncio
 import enum
 import logging
 import struct
-import time
 
 from sheep import proto
 from sheep.errors import CODES, SdError, error_for
@@ -49,7 +51,6 @@ from sheep.store import meta as M
 log = logging.getLogger("sheep.recovery")
 
 LIVE = 0xFFFFFFFF  # tgt_epoch of a recovery read for the live copy
-STALE_WAIT = 60.0  # s a missing former holder is waited for before rule 2 relaxes
 PROBE_FLAGS = proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD
 # probe reply (rsp.obj): copies@20 = flags, offset@24 = live version,
 # pad1@32 = best stale version (u64) + its epoch tag (u32)
@@ -99,7 +100,6 @@ class Fetcher:
 
     def __init__(self, sheep):
         self.sheep = sheep
-        self._blocked_since: dict[int, float] = {}
 
     # -- helpers ----------------------------------------------------------------
 
@@ -174,13 +174,11 @@ class Fetcher:
         try:
             sources = await self._choose(oid, epoch, ring)
             if not sources:
-                self._blocked_since.pop(oid, None)
                 return Outcome.ABSENT
             version, data = await self._first_good(sources, oid, epoch, size)
         except Retry as e:
             log.info("recovering %016x at epoch %d: %s; will retry", oid, epoch, e)
             return Outcome.UNAVAILABLE
-        self._blocked_since.pop(oid, None)
         if g.epoch != epoch:
             return Outcome.UNAVAILABLE  # the fetch spanned an epoch change: redo it
         return await self._install(oid, epoch, size, data, version)
@@ -226,43 +224,32 @@ class Fetcher:
             return []  # step 3
         cands.sort(key=lambda c: (c[0], c[2] or 0), reverse=True)
         version, node, tag = cands[0]
-        missing = self._missing_holders(oid, M.version_epoch(version), epoch)
-        if missing:
-            since = self._blocked_since.setdefault(oid, time.monotonic())
-            if time.monotonic() - since < STALE_WAIT:
-                raise Retry(f"best copy is version {M.fmt_version(version)}, but former "
-                            f"holder(s) {', '.join(missing)} may have a newer one and are "
-                            f"not in the cluster")
-            if self._missing_holders(oid, M.version_epoch(version), epoch, strict=False):
-                raise Retry("every holder of some epoch since the best copy's is missing")
-            log.warning("recovering %016x from version %s although %s did not come back "
-                        "within %.0fs", oid, M.fmt_version(version), ", ".join(missing),
-                        STALE_WAIT)
+        lost = self._lost_epochs(oid, M.version_epoch(version), epoch)
+        if lost:
+            e, holders = lost[0]
+            raise Retry(f"best copy is version {M.fmt_version(version)}, but every holder of "
+                        f"epoch {e} ({', '.join(holders)}) is missing: one of them may have a "
+                        f"newer copy")
         log.info("recovering %016x from the %s copy (version %s) on %s", oid,
                  "live" if tag is None else f"stale (epoch {tag})", M.fmt_version(version),
                  node or "this node")
         return [(n, t) for v, n, t in cands if v == version]
 
-    def _missing_holders(self, oid: int, since: int, epoch: int, strict: bool = True) -> list[str]:
-        """Former holders (epochs ``since``..``epoch``) not in the cluster now.
-        Not strict: only epochs none of whose holders is present count."""
+    def _lost_epochs(self, oid: int, since: int, epoch: int) -> list[tuple[int, list[str]]]:
+        """Epochs ``since``..``epoch`` none of whose holders of ``oid`` is in
+        the cluster now, with those holders."""
         g = self.sheep.group
         present = {(bytes(n.addr), n.port) for n in g.nodes}
         copies = self._copies(oid)
-        missing: set[str] = set()
+        lost = []
         for e in range(max(since, 1), epoch + 1):
             ring = g.epoch_ring(e)
-            if ring is None:
-                continue
-            if all((bytes(n.addr), n.port) in present for n in ring.nodes):
+            if ring is None or all((bytes(n.addr), n.port) in present for n in ring.nodes):
                 continue
             held = ring.replicas(oid, copies)
-            gone = [n for n in held if (bytes(n.addr), n.port) not in present]
-            if strict:
-                missing.update(f"{n.host}:{n.port}" for n in gone)
-            elif held and len(gone) == len(held):
-                missing.update(f"{n.host}:{n.port}" for n in gone)
-        return sorted(missing)
+            if held and not any((bytes(n.addr), n.port) in present for n in held):
+                lost.append((e, [f"{n.host}:{n.port}" for n in held]))
+        return lost
 
     async def _install(self, oid: int, epoch: int, size: int, data, version: int) -> Outcome:
         sheep = self.sheep

@@ -176,23 +176,40 @@ def test_every_member_must_answer_before_a_stale_copy_is_used(world):
     assert not sheep.store.exists(oid)
 
 
-def test_a_missing_former_holder_is_waited_for(world, monkeypatch):
+def test_an_epoch_whose_every_holder_is_missing_is_waited_for(world):
     sheep, _oid, _ = world
     g = sheep.group
-    gone = proto.SdNode.make("127.0.0.1", 7099, 64, 9)
-    old = Ring(NODES + [gone])
-    # at epochs 8-9 the cluster had one more node, which held the object
-    g.history = {e: NODES + [gone] for e in (8, 9)}
+    gone = [proto.SdNode.make("127.0.0.1", 7090 + i, 64, 10 + i) for i in range(3)]
+    old = Ring(gone)  # epoch 9: three other nodes, all missing now
+    g.history = {8: NODES, 9: gone}
+    back = Ring(NODES + [gone[0]])
     oid = next(o for o in (proto.vid_to_attr_oid(0x1234, i) for i in range(1, 100000))
                if key(ME) in map(key, g.ring.replicas(o, 3))
-               and key(gone) in map(key, old.replicas(o, 3)))
-    sheep.peers.copies[key(NODES[1])]["stale"][9] = (V(8, 3), data(b"best we have"))
+               and key(ME) in map(key, back.replicas(o, 3)))
+    sheep.peers.copies[key(NODES[1])]["stale"][8] = (V(8, 3), data(b"best we have"))
     f = Fetcher(sheep)
-    assert asyncio.run(f.recover(oid)) is Outcome.UNAVAILABLE  # gone may hold a newer one
+    assert asyncio.run(f.recover(oid)) is Outcome.UNAVAILABLE  # epoch 9's holders may have newer
     assert not sheep.store.exists(oid)
-    monkeypatch.setattr(fetch, "STALE_WAIT", 0.0)  # it did not come back in time:
-    assert asyncio.run(f.recover(oid)) is Outcome.PRESENT  # other holders of 8-9 are here
+    # one of epoch 9's holders is back (and answers: it has nothing newer)
+    g.nodes.append(gone[0])
+    g.ring = back
+    assert key(gone[0]) in map(key, old.replicas(oid, 3))
+    sheep.peers.copies[key(gone[0])] = {"live": None, "stale": {}, "error": None,
+                                        "fetch_error": None}
+    assert asyncio.run(f.recover(oid)) is Outcome.PRESENT
     assert sheep.store.read(oid, 0, 12) == b"best we have"
+
+
+def test_one_present_holder_per_epoch_is_enough(world):
+    # a 3/2 partition: the two cut-off nodes held the object, the one left
+    # of that epoch is here: the majority goes on with the best copy
+    sheep, oid, _ = world
+    g = sheep.group
+    extra = [proto.SdNode.make("127.0.0.1", 7090 + i, 64, 10 + i) for i in range(2)]
+    g.history = {9: NODES + extra}
+    sheep.peers.copies[key(NODES[2])]["stale"][9] = (V(9, 4), data(b"majority copy"))
+    assert recover(sheep, oid) is Outcome.PRESENT
+    assert sheep.store.read(oid, 0, 13) == b"majority copy"
 
 
 def test_no_copy_anywhere_is_absent_and_not_holder_is_said(world):

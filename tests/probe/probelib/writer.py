@@ -38,7 +38,9 @@ model's ``inspections`` (``disagree``: the replicas differ).
 random work and announces ``{"ev": "pass-done"}`` (a lock taker that
 supersedes all of a predecessor's data).
 ``--on-fenced stop`` stops writing once a write is FENCED (reads go on, on
-the same open VDI: reads are not fenced); the default reopens the VDI.
+the same open VDI; they carry the lock generation too, so the cluster refuses
+them with FENCED rather than serve what the writer no longer owns); the
+default reopens the VDI.
 """
 
 from __future__ import annotations

@@ -94,11 +94,15 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
         done = taker.wait_event(lambda ev: ev["ev"] == "pass-done", 120, "the taker's pass")
         t_pass = done["t"]
         t_resume = None
+        t_back = None  # when node 2 is a member again (it may serve from then on)
         if how == "sigstop":
             t_resume = time.time()
             c.sigcont(n[CUT])
-            # it cannot know how long it slept: from now on it must not serve
+            # it cannot know how long it slept: from now on it must not serve,
+            # until it has rejoined (by itself: nothing else changes)
             t_may = min(t_may, t_resume)
+            t_back = _first(lambda: all(n[CUT].key() in c.members(x) for x in others),
+                            4 * T + 20, "node 2 back in the others' view")
         # stay cut (proxy) / awake (sigstop) a few session timeouts
         deadline = time.monotonic() + 2 * T
         while time.monotonic() < deadline:
@@ -121,8 +125,9 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
 
         # -- judgement ----------------------------------------------------------
         rcut, rtake = reports[1], reports[2]
-        served = [r for r in prober.log if r[3] == "ok" and t_may < r[0] < t_heal]
-        cut_reads = [r for r in op_reads(rcut) if r[3] == "ok" and t_may < r[0] < t_heal]
+        t_end = t_back or t_heal  # the window in which node 2 must not serve
+        served = [r for r in prober.log if r[3] == "ok" and t_may < r[0] < t_end]
+        cut_reads = [r for r in op_reads(rcut) if r[3] == "ok" and t_may < r[0] < t_end]
         cut_acks = [o for o in rcut["ops"] if o[2] == "w" and o[4] == "ok" and o[0] > t_may]
         taker_acks = acks_of(rtake)
         stale = [("prober", *s) for s in stale_reads(prober.log, taker_acks, 2)]
@@ -140,6 +145,7 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
                    "stale_reads": len(stale),
                    "rejoined": rejoined,
                    "rejoin_after_heal_s": round(t_rejoin - t_heal, 2) if rejoined else None,
+                   "rejoin_after_sigcont_s": round(t_back - t_resume, 2) if t_back else None,
                    "node2_log_session": [ln for ln in log2.splitlines() if "[sheep.ops]" not in ln
                                          and any(k in ln for k in (
                                              "kazoo", "zookeeper]", "cut off", "primary partition",
@@ -151,7 +157,8 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
         bad = problems(out, [rtake], allow_write_errors=True)
         if served or cut_reads:
             bad.append(f"node 2 served {len(served)} prober reads and {len(cut_reads)} client "
-                       f"reads after its session may have expired: {(served + cut_reads)[:3]}")
+                       f"reads after its session may have expired (before it rejoined): "
+                       f"{(served + cut_reads)[:3]}")
         if cut_acks:
             bad.append(f"node 2 acknowledged {len(cut_acks)} writes after its session may have "
                        f"expired: {cut_acks[:3]}")

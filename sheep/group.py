@@ -52,6 +52,7 @@ import uuid
 from sheep import proto
 from sheep.cluster.base import Member, create_driver
 from sheep.errors import CODES, SdError, error_for
+from sheep.epochs import EpochHistory
 from sheep.jobs import Jobs
 from sheep.ring import Ring, auto_vnodes
 
@@ -104,9 +105,7 @@ class Group:
         self._running_block: str | None = None
         self.member: Member | None = None
         self.jobs = Jobs(sheep.io_thread, self._fatal)
-        self._epoch_logs: dict[int, tuple[bytes, int]] = {
-            e: rec for e in self.store.epochs() if (rec := self.store.read_epoch(e))}
-        self._rings: dict[int, Ring] = {}
+        self.history = EpochHistory(self.store, self.jobs)
         self.driver = create_driver(sheep.cfg.cluster, self)
 
     # ------------------------------------------------------------------
@@ -121,7 +120,7 @@ class Group:
 
     def _opaque(self, local_vdis: list | None = None) -> bytes:
         return json.dumps({
-            "ctime": self.config.ctime, "epoch": self.epoch, "history": self._history(),
+            "ctime": self.config.ctime, "epoch": self.epoch, "history": self.history.records(),
             "fixed_vnodes": self.sheep.cfg.vnodes is not None,
             "vdis": local_vdis or [],
             "lock_gen": self.sheep.locks.join_info(),
@@ -173,34 +172,11 @@ class Group:
         return node.addr == self.me.addr and node.port == self.me.port
 
     def epoch_nodes(self, epoch: int) -> list[proto.SdNode]:
-        rec = self._epoch_logs.get(epoch)
-        return proto.unpack_nodes(rec[0]) if rec else []
+        return self.history.nodes(epoch)
 
     def epoch_ring(self, epoch: int) -> Ring | None:
         """The ring of a past epoch (from the epoch log), None if unknown."""
-        ring = self._rings.get(epoch)
-        if ring is None:
-            rec = self._epoch_logs.get(epoch)
-            if rec is None:
-                return None
-            ring = Ring(proto.unpack_nodes(rec[0]))
-            if len(self._rings) > 256:
-                self._rings.clear()
-            self._rings[epoch] = ring
-        return ring
-
-    def _write_epoch(self, epoch: int, nodes: bytes, ts: int | None = None) -> None:
-        """Record an epoch log: in memory now, on disk in delivery order (a job)."""
-        ts = int(time.time()) if ts is None else ts
-        self._epoch_logs[epoch] = (nodes, ts)
-        self._rings.pop(epoch, None)
-        self.jobs.submit(f"writing the log of epoch {epoch}", self.store.write_epoch,
-                         epoch, nodes, ts)
-
-    def _remove_epoch(self, epoch: int) -> None:
-        self._epoch_logs.pop(epoch, None)
-        self._rings.pop(epoch, None)
-        self.jobs.submit(f"removing the log of epoch {epoch}", self.store.remove_epoch, epoch)
+        return self.history.ring(epoch)
 
     async def settled(self) -> None:
         """Wait until the disk work of every event delivered so far is done."""
@@ -215,7 +191,7 @@ class Group:
 
     def _bump_epoch(self) -> None:
         self.epoch += 1
-        self._write_epoch(self.epoch, proto.pack_nodes(self.nodes))
+        self.history.write(self.epoch, proto.pack_nodes(self.nodes))
         log.info("epoch %d: %s", self.epoch, ", ".join(str(n) for n in self.nodes))
         self.sheep.recovery.on_epoch(self.epoch - 1)
         self._notify_epoch()
@@ -320,7 +296,7 @@ class Group:
             "blocks": [list(b) for b in self._blocks],
             "epoch": self.epoch,
             "disable_recovery": self.disable_recovery,
-            "epochs": self._history(),
+            "epochs": self.history.records(),
             "weights": self.weights,
             "vdis": info.get("vdis", []),
             "state": self.sheep.vdis.snapshot(),
@@ -329,10 +305,6 @@ class Group:
             "lock_gen": info.get("lock_gen", 0),  # the joiner's highest lock generation
         }
         return True, json.dumps(snap).encode()
-
-    def _history(self) -> list:
-        """This node's epoch log as [epoch, nodes hex, timestamp] records."""
-        return [[e, rec[0].hex(), rec[1]] for e, rec in sorted(self._epoch_logs.items())]
 
     # The driver delivers events synchronously and in total order; each is
     # applied completely before the next one (and before check_join runs), so
@@ -374,7 +346,7 @@ class Group:
             if not me and self.epoch < newest:
                 self.sheep.recovery.demote_all(self.epoch)  # our data is older
             for e, nodes_hex, ts in hist:
-                self._write_epoch(e, bytes.fromhex(nodes_hex), ts)
+                self.history.write(e, bytes.fromhex(nodes_hex), ts)
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
@@ -398,14 +370,14 @@ class Group:
             cfg.shutdown = 0
             self._save_config(cfg)
             if not info.get("adopt"):  # our own history is newer otherwise
-                mine = dict(self._epoch_logs)
+                mine = dict(self.history.logs)
                 for e, nodes_hex, ts in info["epochs"]:
                     rec = mine.get(e)
                     if rec is None or rec[0].hex() != nodes_hex:
-                        self._write_epoch(e, bytes.fromhex(nodes_hex), ts)
+                        self.history.write(e, bytes.fromhex(nodes_hex), ts)
                 for e in mine:  # epochs the cluster never had (a diverged past)
                     if e > info["epoch"]:
-                        self._remove_epoch(e)
+                        self.history.remove(e)
         self.config = cfg
         self.status = info["status"]
         # the cluster-op queue as the master saw it: a foreign op may be running
@@ -562,8 +534,7 @@ class Group:
         def wipe():  # I/O waits for it: nothing touches objects of the old cluster
             store.wipe()
             store.remove_epochs()
-        self._epoch_logs.clear()
-        self._rings.clear()
+        self.history.forget_all()
         self.jobs.submit("formatting the store", wipe)
         self._save_config(cfg)
         self.config = cfg

@@ -7,46 +7,36 @@ Layout (``sheep.store.basedir`` holds config, epoch logs and the lock)::
     ROOT/meta/<oid>                 version + block checksums (sheep.store.meta)
     ROOT/meta/stale/<oid>.<epoch>   the same for a stale copy
 
-``obj/`` holds only object files and ``.stale/``, as in 1.0, so tools and
-operators can count and copy them.  ROOT is the base directory, then each
-extra directory in the given order (multi-disk); a new object goes to
+``obj/`` holds only object files and ``.stale/``, as in 1.0.  ROOT is the
+base directory, then each extra directory (multi-disk); a new object goes to
 directory ``fnv1a64(oid.to_bytes(8, 'little')) % ndirs`` (a copy in another
 directory is then deleted) and is looked up there first.  Data objects are
-pre-allocated (posix_fallocate, or ftruncate where the filesystem cannot),
-inode and ledger objects are sparse.
+pre-allocated, inode and ledger objects are sparse.
 
 Theory of operation
 -------------------
-* **Metadata before data.**  A write first makes the record durable — new
-  CRCs of the touched blocks (the old ones kept as ``prev``) and the bumped
-  version — then writes and syncs the data.  After a crash in between, the
-  block still matches ``prev`` (readable) and the version claims at least what
-  the data holds (see ``sheep.store.meta``).  A create does the same with
-  whole files: ``<meta>.tmp`` and ``<obj>.tmp`` are written and synced, the
-  record is renamed into place first, then the object, then both directories
-  are synced.
-* **Installing a fetched copy** (recovery, repair: :meth:`install`) renames the
-  object first and the record second: a crash in between leaves new data under
-  the old record, which reads report as EIO (repairable from the source) or,
-  with no old record, as a copy of unknown version — never as a copy that
-  claims more than it holds.  A copy with a greater version is never replaced.
-* **Checks under the object lock.**  Every mutating call takes the object's
-  (striped) lock and runs the caller's ``check()`` under it before touching
-  anything: the daemon checks there that the request's epoch and fencing
-  generation are still current, so that check and write are atomic with
-  respect to epoch changes and lock takeovers.
-* **Reads** run without the lock: open, fstat, pread of the touched blocks,
-  CRC check (``cur`` or ``prev``) against the cached record; on any mismatch
-  the read is retried once under the lock; a second failure is EIO.  Files are
-  opened per call, so objects deleted or replaced behind our back are noticed.
-* **Copies without a record** (moved in by hand, or the record lost): the
-  record is rebuilt from the data with version 0 (unknown) the first time the
-  copy is used, never refused forever.  A record that exists but is damaged
-  makes the copy EIO (a damaged copy is repaired, not trusted).
-* **Record cache**: an LRU keyed by oid and validated by (st_dev, st_ino,
-  st_size, directory); loaded and changed only under the object's lock.
-* Removals, renames and moves to ``.stale`` are followed by directory fsyncs
-  (batched for many moves), unless ``nosync``.
+* **Record before data.**  A write makes the record durable (new CRCs of the
+  touched blocks, old ones kept as ``prev``, bumped version), then writes and
+  syncs the data: after a crash in between every block still reads, and the
+  version never claims less than the data holds.  A create writes
+  ``<meta>.tmp`` and ``<obj>.tmp``, renames the record first, the object
+  second, then syncs both directories.
+* **Installing a fetched copy** (:meth:`install`) renames the object first:
+  a crash in between leaves new data under the old record (EIO, repairable
+  from the source) or no record (version unknown) — never a copy claiming
+  more than it holds.  A copy with a greater version is never replaced.
+* **Checks under the object lock**: every mutating call runs the caller's
+  ``check()`` under the object's (striped) lock first; the daemon checks
+  epoch and fencing there, atomically with the change.
+* **Reads** take no lock: pread of the touched blocks, CRC check (``cur`` or
+  ``prev``) against the cached record; on a mismatch the read is retried once
+  under the lock, then EIO.  Files are opened per call, so objects replaced
+  behind our back are noticed.
+* **Copies without a record** get one rebuilt from their data (version 0)
+  the first time they are used; a damaged record makes the copy EIO.
+* Record cache: an LRU keyed by oid, validated by (st_dev, st_ino, st_size,
+  directory), loaded and changed only under the object's lock.  Removals,
+  renames and moves are followed by directory fsyncs unless ``nosync``.
 """
 
 from __future__ import annotations

@@ -105,6 +105,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -274,6 +275,19 @@ class ClusterDriver(abc.ABC):
         inside callbacks).  Each driver documents its lease and the margin to
         the time after which its peers may remove it.
         """
+
+    async def _died(self, exc: BaseException) -> None:
+        """The member failed (a callback raised, a rejoin was refused): close
+        abruptly, then tell the events object, once (module docstring,
+        "Callbacks must not raise")."""
+        await self.close()
+        cb = getattr(self.events, "on_driver_failure", None)
+        if cb is not None:
+            try:
+                cb(exc)
+            except Exception:
+                logging.getLogger(__name__).exception("%s cluster: on_driver_failure raised",
+                                                      self.name)
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -411,16 +411,7 @@ class LocalDriver(ClusterDriver):
         if self._join_fut is not None and not self._join_fut.done():
             self._join_fut.set_exception(exc)
             self._join_fut.exception()   # join() re-raises it when it awaits
-        self._fail_task = self._loop.create_task(self._die(exc))
-
-    async def _die(self, exc: BaseException) -> None:
-        await self._shutdown()
-        cb = getattr(self.events, "on_driver_failure", None)
-        if cb is not None:
-            try:
-                cb(exc)
-            except Exception:
-                log.exception("local cluster: on_driver_failure raised")
+        self._fail_task = self._loop.create_task(self._died(exc))
 
     # ---- duties -----------------------------------------------------------
 

@@ -380,16 +380,7 @@ class ZmqDriver(Joining, Sequencer, ViewChange, ClusterDriver):
         if self._join_fut is not None and not self._join_fut.done():
             self._join_fut.set_exception(exc)
             self._join_fut.exception()   # join() re-raises it when it awaits
-        self._fail_task = self._loop.create_task(self._die(exc))
-
-    async def _die(self, exc: BaseException) -> None:
-        await self._shutdown(linger=0)
-        cb = getattr(self.events, "on_driver_failure", None)
-        if cb is not None:
-            try:
-                cb(exc)
-            except Exception:
-                log.exception("zmq cluster: on_driver_failure raised")
+        self._fail_task = self._loop.create_task(self._died(exc))
 
     def _ack(self, to: str | None, now: float) -> None:
         """ACK (with the lease echo) to our master."""

@@ -418,16 +418,7 @@ class ZookeeperDriver(Sessions, Duties, ClusterDriver):
             self._join_fut.set_exception(exc)
             self._join_fut.exception()   # join() re-raises it when it awaits
         self._changed.set()
-        self._fail_task = self._loop.create_task(self._die(exc))
-
-    async def _die(self, exc: BaseException) -> None:
-        await self._shutdown()
-        cb = getattr(self.events, "on_driver_failure", None)
-        if cb is not None:
-            try:
-                cb(exc)
-            except Exception:
-                log.exception("zookeeper cluster: on_driver_failure raised")
+        self._fail_task = self._loop.create_task(self._died(exc))
 
     # ---- background loop ----------------------------------------------------
 

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from qemu_client.connection import Connection, GatewayLost
 from qemu_client.session import InactiveError, LockSession
 from sheep import proto
-from sheep.errors import CODES, SdError, error_for
+from sheep.errors import CODES, FencedError, SdError, error_for
 
 log = logging.getLogger("qemu_client.block")
 
@@ -149,6 +149,7 @@ class AsyncVdi:
         self._refresher: asyncio.Task | None = None
         self._confirmed_at = float("-inf")  # loop time a request proving our lock was sent
         self._confirming: asyncio.Future | None = None
+        self._taking_back: asyncio.Future | None = None
         self.closed = False
 
     @property
@@ -284,6 +285,18 @@ class AsyncVdi:
 
     async def _call(self, op: int, args=None, payload=b"", data_length: int = 0,
                     flags: int = 0, fenced: bool = False, retry: bool = True):
+        try:
+            return await self._call_once(op, args, payload, data_length, flags, fenced, retry)
+        except FencedError:
+            # Our gateway may have dropped out of the cluster for a moment (and
+            # its locks with it) while our connection to it stayed up: take the
+            # lock back if nobody was granted the VDI since, and send again.
+            # Anything else (a takeover, an operator's unlock) stays FENCED.
+            if not (fenced and self.generation and await self._take_back()):
+                raise
+            return await self._call_once(op, args, payload, data_length, flags, fenced, retry)
+
+    async def _call_once(self, op, args, payload, data_length, flags, fenced, retry):
         sent = asyncio.get_running_loop().time()
         if not self._failover:  # e.g. sheep.nbd's in-process connection
             if fenced:
@@ -296,6 +309,35 @@ class AsyncVdi:
         if fenced and self.generation:  # the cluster accepted our generation
             self._confirmed_at = max(self._confirmed_at, sent)
         return out
+
+    async def _take_back(self) -> bool:
+        """Re-attach our lock through the current gateway (one attempt shared
+        by every request that was fenced meanwhile); True if we hold it again."""
+        s = self.session
+        if not (s.supported and s.enforced):
+            return False
+        gen = self.generation
+        if self._taking_back is None:
+            self._taking_back = asyncio.get_running_loop().create_task(self._take_back_once(gen))
+        fut = self._taking_back
+        try:
+            return await asyncio.shield(fut)
+        finally:
+            if fut.done() and self._taking_back is fut:
+                self._taking_back = None
+
+    async def _take_back_once(self, gen: int) -> bool:
+        if self.generation != gen:  # somebody took it back already
+            return True
+        try:
+            grant = await self.session.lock(self.name, "", 0, proto.LOCK_MODE_REATTACH,
+                                            generation=gen)
+        except FencedError:
+            return False
+        log.warning("VDI %s: lock taken back through the same gateway, generation %d -> %d",
+                    self.name, gen, grant.generation)
+        self.generation = grant.generation
+        return True
 
     def _needs_confirmation(self) -> bool:
         s = self.session
@@ -322,8 +364,9 @@ class AsyncVdi:
         sent = asyncio.get_running_loop().time()
         gen = self.generation
         if not await self.session.confirm(self.vid, gen):
-            raise error_for(CODES["FENCED"], f"VDI {self.name}: our lock (generation {gen}) "
-                                             f"is gone; the VDI may have another writer")
+            if not (gen and await self._take_back()):
+                raise error_for(CODES["FENCED"], f"VDI {self.name}: our lock (generation "
+                                                 f"{gen}) is gone; the VDI may have another writer")
         self._confirmed_at = max(self._confirmed_at, sent)
 
     async def _wcall(self, op: int, args: proto.ObjArgs, payload: bytes, flags: int = 0):

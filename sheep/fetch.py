@@ -27,7 +27,8 @@ The rule, for a node that holds ``oid`` at epoch E and lacks a live copy:
    present in turn.  If some epoch has lost all its holders, the newest copy
    may be on them: the object waits for one of them to come back.
 3. **No copy anywhere** (every member answered, none has one): the object
-   does not exist.
+   does not exist — unless some epoch of the history has lost all its
+   holders of it (they may have it): then not now.
 4. **Install**: the fetched copy is stored with its version, under the
    object's lock, only if the epoch is still E (checked under that lock); a
    copy already there with a greater version is never replaced.  A fetch that
@@ -52,6 +53,7 @@ log = logging.getLogger("sheep.recovery")
 
 LIVE = 0xFFFFFFFF  # tgt_epoch of a recovery read for the live copy
 PROBE_FLAGS = proto.SD_FLAG_CMD_RECOVERY | proto.SD_FLAG_CMD_WILDCARD
+MAX_FETCHES = 16  # objects fetched at once (each up to 64 MiB in memory)
 # probe reply (rsp.obj): copies@20 = flags, offset@24 = live version,
 # pad1@32 = best stale version (u64) + its epoch tag (u32)
 HAS_LIVE, HAS_STALE = 1, 2
@@ -100,6 +102,8 @@ class Fetcher:
 
     def __init__(self, sheep):
         self.sheep = sheep
+        # whole objects in memory at once, background and on-access together
+        self._fetching = asyncio.Semaphore(MAX_FETCHES)
 
     # -- helpers ----------------------------------------------------------------
 
@@ -185,6 +189,10 @@ class Fetcher:
 
     async def _first_good(self, sources, oid: int, epoch: int, size: int):
         """(version, data) from the first source that delivers."""
+        async with self._fetching:
+            return await self._first_good_locked(sources, oid, epoch, size)
+
+    async def _first_good_locked(self, sources, oid: int, epoch: int, size: int):
         why = []
         for node, tag in sources:
             try:
@@ -220,11 +228,16 @@ class Fetcher:
                 cands.append((v, n, None))
             if s is not None:
                 cands.append((s[0], n, s[1]))
-        if not cands:
-            return []  # step 3
+        if not cands:  # step 3, unless the object may live on nodes that are all away
+            lost = await self.sheep.io_thread(self._lost_epochs, oid, 1, epoch)
+            if lost:
+                e, holders = lost[-1]
+                raise Retry(f"no copy among the members, but every holder of epoch {e} "
+                            f"({', '.join(holders)}) is missing")
+            return []
         cands.sort(key=lambda c: (c[0], c[2] or 0), reverse=True)
         version, node, tag = cands[0]
-        lost = self._lost_epochs(oid, M.version_epoch(version), epoch)
+        lost = await self.sheep.io_thread(self._lost_epochs, oid, M.version_epoch(version), epoch)
         if lost:
             e, holders = lost[0]
             raise Retry(f"best copy is version {M.fmt_version(version)}, but every holder of "

@@ -101,6 +101,13 @@ class Gateway:
     def copies(self, oid: int, copies: int = 0) -> int:
         return copies or self.sheep.vdis.copies_of(proto.oid_to_vid(oid))
 
+    def _client_copies(self, oid: int, requested: int) -> int:
+        """The redundancy a client request is placed with: the VDI's own
+        (what recovery uses too) whenever the VDI is known — a client's cached
+        count is stale after ``vdi alter-copy`` — else what it asked for."""
+        st = self.sheep.vdis.state(proto.oid_to_vid(oid))
+        return st.copies if st is not None else requested
+
     def obj_size(self, oid: int) -> int:
         return proto.object_size(oid, self.sheep.vdis.shift_of(proto.oid_to_vid(oid)))
 
@@ -149,14 +156,22 @@ class Gateway:
     async def _fanout(self, oid: int, copies: int, local, remote, fence=None) -> None:
         """Run ``local(epoch)`` here / ``remote(node, epoch, ring)`` on peers, all replicas."""
         copies = self.copies(oid, copies)
+        locks, vid = self.sheep.locks, proto.oid_to_vid(oid)
+        if fence is not None:
+            # admitted only while the grant stands, and counted from the same
+            # moment on: a grant that ends waits for this fan-out (draining)
+            locks.fence_check(vid, fence.gen, fence.node)
+            locks.begin_write(vid, fence.gen)
         attempts = self._attempts(oid, copies)
         why = None
         try:
             while True:
                 epoch, ring, nodes = await attempts.asend(why)
+                self.sheep.group.check_op_token()  # a cluster op's work step that lost its turn
                 if why is not None and fence is not None:
-                    # a retry may come after the writer's lock was broken: check again
-                    self.sheep.locks.fence_check(proto.oid_to_vid(oid), fence.gen, fence.node)
+                    # a retry: fine while the grant stands or is being drained
+                    # (it was admitted before), never after the grant moved on
+                    locks.fence_check(vid, fence.gen, fence.node, draining_ok=True)
                 calls = [local(epoch) if self.sheep.group.is_me(n) else remote(n, epoch, ring)
                          for n in nodes]
                 results = await asyncio.gather(*calls, return_exceptions=True)
@@ -177,6 +192,8 @@ class Gateway:
                 raise next(e for e in errors if e.code not in RETRY_CODES)
         finally:
             await attempts.aclose()
+            if fence is not None:
+                locks.end_write(vid, fence.gen)
 
     # ------------------------------------------------------------------
     # object operations (used by client requests and internal work steps)
@@ -282,19 +299,21 @@ class Gateway:
             raise error_for(CODES["INVALID_PARMS"],
                             f"range {offset}+{length} is beyond the end of object {oid:016x}")
 
-    async def _client_fence(self, req: proto.Request):
+    async def _client_fence(self, req: proto.Request, write: bool = True):
         """Check a flagged client request's lock generation here; the fence
         the replicas check again."""
         if not req.flags & proto.SD_FLAG_CMD_SESSION:
             return None
-        await self.sheep.locks.check_write(req)
+        await self.sheep.locks.check_write(req, write)
         return self._fence(req)
 
     async def handle_read(self, req: proto.Request, payload: bytes):
         a = req.args
         self._check_range(a.oid, a.offset, req.data_length)
-        await self._client_fence(req)  # a fenced reader must not read what it cannot own
-        return None, await self.read(a.oid, a.offset, req.data_length, a.copies)
+        # a fenced reader must not read what it cannot own
+        await self._client_fence(req, write=False)
+        return None, await self.read(a.oid, a.offset, req.data_length,
+                                     self._client_copies(a.oid, a.copies))
 
     async def handle_write(self, req: proto.Request, payload: bytes):
         a = req.args
@@ -303,11 +322,12 @@ class Gateway:
         self._check_range(a.oid, a.offset, len(payload))
         if proto.is_vdi_obj(a.oid) and a.offset < proto.SD_INODE_HEADER_SIZE:
             await self._check_header_write(a, payload)
+        copies = self._client_copies(a.oid, a.copies)
         if proto.is_vdi_obj(a.oid) and a.offset + len(payload) > proto.SD_INODE_HEADER_SIZE \
                 and a.offset < proto.SD_INODE_INDEX_END:
-            await self._write_index(a, payload, fence)
+            await self._write_index(a, payload, fence, copies)
         else:
-            await self.write(a.oid, a.offset, payload, a.copies, fence)
+            await self.write(a.oid, a.offset, payload, copies, fence)
         return None, b""
 
     async def handle_create(self, req: proto.Request, payload: bytes):
@@ -321,14 +341,21 @@ class Gateway:
         if req.flags & proto.SD_FLAG_CMD_COW and a.cow_oid:
             size = self.obj_size(a.oid)
             if len(payload) != size:
-                base = bytearray(await self.read(a.cow_oid, 0, size))
+                # the parent may have just become a snapshot under writes still
+                # landing in it: copy it once they have landed
+                await self.sheep.locks.wait_drained(proto.oid_to_vid(a.cow_oid))
+                base = await self.read(a.cow_oid, 0, size)
+                if not isinstance(base, bytearray):  # (a remote read already is one)
+                    base = bytearray(base)
                 base[offset:offset + len(payload)] = payload
-                data, offset = bytes(base), 0
-        await self.create_and_write(a.oid, offset, data, a.copies, fence)
+                data, offset = base, 0  # one copy of the object, shared by every leg
+        await self.create_and_write(a.oid, offset, data, self._client_copies(a.oid, a.copies),
+                                    fence)
         return None, b""
 
     async def handle_remove(self, req: proto.Request, payload: bytes):
-        await self.remove(req.args.oid, req.args.copies)
+        a = req.args
+        await self.remove(a.oid, self._client_copies(a.oid, a.copies))
         return None, b""
 
     async def handle_discard(self, req: proto.Request, payload: bytes):
@@ -345,7 +372,8 @@ class Gateway:
             await self._write_index(args, b"\0\0\0\0", fence)
         return None, b""
 
-    async def _write_index(self, a: proto.ObjArgs, payload: bytes, fence=None) -> None:
+    async def _write_index(self, a: proto.ObjArgs, payload: bytes, fence=None,
+                           copies: int = 0) -> None:
         """WRITE_OBJ touching ``data_vdi_id``: write, then release dropped references.
 
         Every entry whose old value ``o`` was non-zero and changed drops one
@@ -357,8 +385,8 @@ class Gateway:
         first = (lo - proto.SD_INODE_HEADER_SIZE) // 4
         last = (hi - proto.SD_INODE_HEADER_SIZE + 3) // 4
         base = proto.data_vdi_id_offset(first)
-        old = await self.read(a.oid, base, 4 * (last - first))
-        await self.write(a.oid, a.offset, payload, a.copies, fence)
+        old = await self.read(a.oid, base, 4 * (last - first), copies)
+        await self.write(a.oid, a.offset, payload, copies, fence)
         new = bytearray(old)
         new[lo - base:hi - base] = payload[lo - a.offset:hi - a.offset]
         dropped = []
@@ -376,7 +404,8 @@ class Gateway:
             return
         new = int.from_bytes(payload[off - a.offset:off - a.offset + 8], "little")
         vid = proto.oid_to_vid(a.oid)
-        cur = int.from_bytes(await self.read(a.oid, off, 8, a.copies), "little")
+        copies = self._client_copies(a.oid, a.copies)
+        cur = int.from_bytes(await self.read(a.oid, off, 8, copies), "little")
         if new < cur:
             raise error_for(CODES["INVALID_PARMS"],
                             f"VDI {vid:#x}: shrinking from {cur} to {new} bytes is not supported")

@@ -43,6 +43,7 @@ into the node's cluster state:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -66,6 +67,19 @@ SHUTDOWN = "shutdown"
 KILLED = "killed"
 
 WORK_TIMEOUT = 60.0  # longest a cluster op may hold the cluster-wide turn
+
+
+class _OpToken:
+    """A running work step's right to write (see Group.check_op_token)."""
+
+    __slots__ = ("valid", "why")
+
+    def __init__(self):
+        self.valid, self.why = True, ""
+
+
+#: the token of the cluster op whose work step the current task runs
+OP_TOKEN: contextvars.ContextVar = contextvars.ContextVar("sheep_op_token", default=None)
 
 STATUS_CODE = {OK: proto.SD_STATUS_OK, WAIT_FOR_FORMAT: proto.SD_STATUS_WAIT,
                WAIT_FOR_JOIN: proto.SD_STATUS_WAIT, SHUTDOWN: proto.SD_STATUS_SHUTDOWN,
@@ -103,6 +117,7 @@ class Group:
         self._turns: dict[str, asyncio.Future] = {}
         self._done: dict[str, asyncio.Future] = {}
         self._running_block: str | None = None
+        self._op_tokens: set = set()  # work steps running on this node
         self.member: Member | None = None
         self.jobs = Jobs(sheep.io_thread, self._fatal)
         self.history = EpochHistory(self.store, self.jobs)
@@ -337,8 +352,18 @@ class Group:
         if me:
             self.quorum = True  # our own join: we are in the primary view
         if me and not info.get("self"):
+            # a history that differs from the cluster's at an epoch we both
+            # have (we were in a cluster that was force-recovered without us,
+            # or the other way round): our copies' versions are not comparable
+            theirs = {e: nodes for e, nodes, _ts in info.get("epochs", [])}
+            diverged = any(e in theirs and rec[0].hex() != theirs[e]
+                           for e, rec in self.history.logs.items() if e <= my_epoch)
             self._adopt(info)
-            if self.status == OK and 0 < my_epoch < self.epoch:
+            self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
+            if self.status == OK and 0 < my_epoch and (my_epoch < self.epoch or diverged):
+                if diverged:
+                    log.warning("our epoch history differs from the cluster's: keeping our "
+                                "objects only as stale copies")
                 self.sheep.recovery.demote_all(my_epoch)  # we missed writes meanwhile
         if info.get("adopt"):  # a restarting node brought a newer epoch history
             hist = info["adopt"]
@@ -403,6 +428,9 @@ class Group:
         if last != present:
             self._bump_epoch()
         else:
+            # the same members as before the restart: no new epoch, but a
+            # recovery interrupted by the restart must still be finished
+            self.sheep.recovery.start()
             self._notify_epoch()
 
     def _on_leave(self, left: Member, members: list[Member]) -> None:
@@ -429,13 +457,24 @@ class Group:
             self._grant_next()
         elif m["t"] == "recovered":
             self.sheep.recovery.on_recovered(m["epoch"], m["node"])
+        elif m["t"] == "lock":  # a gateway's writes of an ended grant have landed
+            try:
+                self.sheep.locks.apply_main(m)
+            except SdError:  # deterministic: ignored the same way everywhere
+                pass
         elif m["t"] == "unblock":
             if self._blocks and self._blocks[0][0] == m["id"]:
                 self._blocks.pop(0)
                 self._running_block = None
             else:
-                log.error("UNBLOCK %s from %s is not for the running cluster op (%s)",
-                          m["id"], sender.ident, self._blocks[:1])
+                # e.g. from a member whose turn was dropped when it fell out of
+                # the view: its work step may be stale, its result must not apply
+                log.error("UNBLOCK %s from %s is not for the running cluster op (%s); "
+                          "ignored", m["id"], sender.ident, self._blocks[:1])
+                fut = self._done.pop(m["id"], None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(error_for(CODES["HALT"], "the cluster dropped our turn"))
+                return
             try:
                 outcome = (True, self.sheep.apply_main(m["msg"]))
             except SdError as e:  # deterministic: the same on every node
@@ -492,9 +531,15 @@ class Group:
         loop = asyncio.get_running_loop()
         turn = self._turns[bid] = loop.create_future()
         done = self._done[bid] = loop.create_future()
+        token = _OpToken()
         try:
-            await self.driver.notify(json.dumps({"t": "block", "id": bid}).encode())
+            try:
+                await self.driver.notify(json.dumps({"t": "block", "id": bid}).encode())
+            except RuntimeError as e:  # not a member (cut off, rejoining)
+                raise error_for(CODES["HALT"], f"cannot start a cluster operation: {e}") from None
             await turn
+            self._op_tokens.add(token)
+            ctx = OP_TOKEN.set(token)
             try:
                 msg = await asyncio.wait_for(work(), WORK_TIMEOUT)
             except SdError as e:
@@ -505,9 +550,17 @@ class Group:
             except Exception as e:
                 log.exception("work step failed")
                 msg = {"op": "error", "code": CODES["SYSTEM_ERROR"], "message": str(e)}
+            finally:
+                OP_TOKEN.reset(ctx)
+                self._op_tokens.discard(token)
+            if not token.valid:
+                msg = {"op": "error", "code": CODES["HALT"], "message": token.why}
             try:
                 await self.driver.notify(
                     json.dumps({"t": "unblock", "id": bid, "msg": msg}).encode())
+            except RuntimeError as e:
+                # not a member any more: the others dropped our turn with our leave
+                raise error_for(CODES["HALT"], f"cluster operation lost: {e}") from None
             except Exception as e:
                 # every node waits for our UNBLOCK: leave, so they drop our turn
                 self._fatal(f"cannot send the end of a cluster operation: {e!r}")
@@ -583,7 +636,25 @@ class Group:
             else:
                 log.error("cut off from the majority of the cluster (minority partition): "
                           "I/O is halted until the partition heals")
+                # the others may drop our cluster-op turn: a work step still
+                # running must not write anything more (its I/O gets HALT)
+                for token in self._op_tokens:
+                    token.valid, token.why = False, "cut off while running the operation"
             self._notify_epoch()
+
+    def check_op_token(self) -> None:
+        """Gateway writes of a cluster op's work step: HALT once this node
+        may have lost its turn (see on_quorum)."""
+        token = OP_TOKEN.get()
+        if token is not None and not token.valid:
+            raise error_for(CODES["HALT"], token.why)
+
+    def _lose_turns(self, why: str) -> None:
+        """Our queued BLOCKs are gone (we rejoined): fail the ops waiting on them."""
+        queued = {b for b, _ident in self._blocks}
+        for bid, fut in list(self._turns.items()):
+            if bid not in queued and not fut.done():
+                fut.set_exception(error_for(CODES["HALT"], f"cluster operation lost: {why}"))
 
     def save_config(self) -> None:
         self._save_config(self.config)

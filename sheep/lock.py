@@ -66,6 +66,7 @@ from sheep.lock_table import EXCL, KIND_CODE, READ, SHARED, STANDBY, LockTable
 log = logging.getLogger("sheep.lock")
 
 DEFAULT_GRACE = 8.0  # seconds without news of a session before its locks go
+DRAIN_WAIT = 35.0  # s a new lock waits for a former holder's writes (> RETRY_WINDOW)
 STATE_FILE = "lock_state"
 
 #: the server connection (sheep.server.SheepProtocol) serving the current request
@@ -81,10 +82,14 @@ def _err(name: str, msg: str | None = None) -> SdError:
 
 
 class _Session:
-    __slots__ = ("conns", "expiring", "last_seen", "sid")
+    __slots__ = ("conns", "expiring", "extended", "last_seen", "sid")
 
     def __init__(self, sid: int, now: float):
         self.sid, self.last_seen, self.conns, self.expiring = sid, now, set(), False
+        self.extended = 0.0  # lease time granted for our own stalls since last heard
+
+    def heard(self, now: float) -> None:
+        self.last_seen, self.extended = now, 0.0
 
 
 class Locks:
@@ -98,6 +103,9 @@ class Locks:
         self.persisted = (self.table.generation, self.table.last_items())
         self.sessions: dict[int, _Session] = {}
         self._reaper: asyncio.Task | None = None
+        self._inflight: dict[tuple[int, int], int] = {}  # (vid, gen) -> fan-outs here
+        self._idle: dict[tuple[int, int], asyncio.Event] = {}
+        self._drains: dict[tuple[int, int], asyncio.Task] = {}
         self._last_tick: float | None = None
 
     # -- persistence of the generation counter and the latest grants ---------
@@ -138,17 +146,72 @@ class Locks:
         return f"{self.sheep.me.host}:{self.sheep.me.port}"
 
     def apply_main(self, msg: dict) -> dict:
-        out = self.table.apply(msg)
-        self._persist()
+        """A lock main step (or a ``drained`` message), in total order."""
+        try:
+            out = self.table.apply(msg)
+        finally:
+            self._changed()
         log.info("lock %s vid %#x session %016x by %s -> generation %d", msg["a"],
                  msg.get("vid", 0), msg.get("session", 0), msg.get("node", "-"), out["gen"])
         return out
 
+    def _changed(self) -> None:
+        """After any change of the table: persist it, drain what we must."""
+        self._persist()
+        me = self.me
+        for vid, (gen, node) in self.table.draining.items():
+            if node == me and (vid, gen) not in self._drains:
+                self._drains[(vid, gen)] = asyncio.get_running_loop().create_task(
+                    self._drain(vid, gen))
+
     def on_node_leave(self, node: proto.SdNode) -> None:
         vids = self.table.drop_node(f"{node.host}:{node.port}")
+        self._changed()
         if vids:
             log.info("%s left: released its locks on %s", node,
                      ", ".join(f"{v:#x}" for v in vids))
+
+    # -- draining (sheep.lock_table): writes of grants that ended ------------
+
+    def begin_write(self, vid: int, gen: int) -> None:
+        """A fan-out of a fenced write starts here (the gateway)."""
+        key = (vid, gen)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+
+    def end_write(self, vid: int, gen: int) -> None:
+        key = (vid, gen)
+        n = self._inflight.get(key, 0) - 1
+        if n > 0:
+            self._inflight[key] = n
+            return
+        self._inflight.pop(key, None)
+        ev = self._idle.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    async def _drain(self, vid: int, gen: int) -> None:
+        """Our grant ``gen`` of ``vid`` ended: once our writes of it in flight
+        are done (no new one is admitted), tell everybody (``drained``)."""
+        key = (vid, gen)
+        try:
+            while self._inflight.get(key):
+                ev = self._idle.setdefault(key, asyncio.Event())
+                await ev.wait()
+            msg = {"t": "lock", "a": "drained", "vid": vid, "gen": gen, "node": self.me}
+            while self.table.draining.get(vid) == (gen, self.me):
+                try:
+                    await self.sheep.group.driver.notify(json.dumps(msg).encode())
+                    await self.sheep.group.wait_until(
+                        lambda: self.table.draining.get(vid) != (gen, self.me), 5.0)
+                except RuntimeError:  # not a member: the others drop our entries
+                    return
+        finally:
+            self._drains.pop(key, None)
+
+    async def wait_drained(self, vid: int, timeout: float = DRAIN_WAIT) -> None:
+        """Wait until no former holder's writes to ``vid`` are still landing."""
+        if vid in self.table.draining:
+            await self.sheep.group.wait_until(lambda: vid not in self.table.draining, timeout)
 
     def join_info(self) -> dict:
         """What a joining node brings: its counter and latest grants."""
@@ -161,18 +224,19 @@ class Locks:
             mine = {"generation": mine, "last": []}
         self.table.generation = max(self.table.generation, int(mine.get("generation", 0)))
         self.table.merge_last(mine.get("last", []))
-        self._persist()
+        self._changed()
 
     def snapshot(self) -> dict:
         return self.table.snapshot()
 
     def restore(self, snap: dict | None) -> None:
         self.table.restore(snap)
-        self._persist()
+        self._changed()
 
     def on_new_vdi(self, msg: dict) -> None:
         if msg.get("replaced"):
             self.table.move(msg["replaced"], msg["vid"])
+            self._changed()
 
     def on_del_vdi(self, vid: int) -> None:
         self.table.drop_vid(vid)
@@ -188,7 +252,7 @@ class Locks:
         s = self.sessions.get(sid)
         if s is None:
             s = self.sessions[sid] = _Session(sid, now)
-        s.last_seen = now
+        s.heard(now)
         if conn is not None:
             bound = getattr(conn, "lock_sessions", None)
             if bound is None:
@@ -203,7 +267,7 @@ class Locks:
         for sid in getattr(conn, "lock_sessions", ()):
             s = self.sessions.get(sid)
             if s is not None:
-                s.last_seen = now
+                s.heard(now)
 
     def conn_closed(self, conn) -> None:
         """``conn`` is gone: the grace period of its sessions starts now."""
@@ -229,8 +293,10 @@ class Locks:
                 # this process was stopped (or its loop stalled): renewals may be
                 # waiting unread on its sockets; the time does not count against
                 # anybody's lease, and nobody is judged before they were read
-                for s in self.sessions.values():
-                    s.last_seen += stall
+                for s in self.sessions.values():  # at most one grace per silence
+                    add = min(stall, max(0.0, self.grace - s.extended))
+                    s.last_seen += add
+                    s.extended += add
                 log.warning("lock session leases extended by %.1fs: this process did not "
                             "run for that long", stall)
                 continue
@@ -282,24 +348,35 @@ class Locks:
         if gen > self.table.generation:
             await self.sheep.group.wait_until(lambda: self.table.generation >= gen, 3.0)
 
-    async def check_write(self, req: proto.Request) -> None:
-        """A client request with a lock generation, at its gateway (this node)."""
+    async def check_write(self, req: proto.Request, write: bool = True) -> None:
+        """A client request with a lock generation, at its gateway (this node).
+        Reads of a snapshot (a clone's parent) need no lock."""
         gen = proto.fence_of(req)
         if not gen or not self.enforced:
             return
         await self.fence_ready(gen)
-        self.fence_check(proto.oid_to_vid(req.args.oid), gen, self.me)
+        vid = proto.oid_to_vid(req.args.oid)
+        st = self.sheep.vdis.state(vid)
+        if not write and st is not None and st.snapshot:
+            return
+        self.fence_check(vid, gen, self.me)
 
-    def fence_check(self, vid: int, gen: int, node: str) -> None:
+    def fence_check(self, vid: int, gen: int, node: str, draining_ok: bool = False) -> None:
         """FENCED unless ``gen`` is ``vid``'s current exclusive grant, held
-        through gateway ``node``.  Only reads state: safe from an I/O thread
-        (``sheep.peer`` runs it under the object's store lock)."""
+        through gateway ``node`` — or, with ``draining_ok`` (replicas, and a
+        gateway finishing a fan-out it started), that grant being drained.
+        A write to a snapshot is READONLY unless it is such a draining write.
+        Only reads state: safe from an I/O thread (``sheep.peer`` runs it
+        under the object's store lock)."""
         if not self.enforced:
             return
+        t = self.table
+        if draining_ok and t.draining.get(vid) == (gen, node):
+            return  # admitted before its grant ended: it lands everywhere
         st = self.sheep.vdis.state(vid)
         if st is not None and st.snapshot:
-            return  # refused as READONLY by the gateway; the client follows the new VDI
-        self.table.check_write(vid, gen, node)
+            raise _err("READONLY", f"VDI {vid:#x} is a snapshot now")
+        t.check_write(vid, gen, node)
 
     # -- replies -------------------------------------------------------------
 
@@ -410,6 +487,10 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
     if action != "lock" and not sid:
         raise _err("INVALID_PARMS", "activating or re-attaching a lock needs a session id")
     me = locks.me
+    if action in ("lock", "activate", "reattach") and kind in (EXCL, READ, SHARED):
+        # a former holder's writes may still be landing: wait for them here,
+        # not while holding the cluster-wide turn (the grant is refused if not)
+        await locks.wait_drained(await sheep.vdis.find(name, tag, a.snapid))
 
     async def work():
         vid = await sheep.vdis.find(name, tag, a.snapid)

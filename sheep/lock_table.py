@@ -15,6 +15,20 @@ VDI's latest grant, or ``(generation, 0)`` of the event that ended it for
 good (a release, a forced unlock, a lapsed lease: they take a generation
 too), so "nobody was granted the VDI since" is ``last[vid] == (gen,
 session)`` and merging two tables takes the greater generation.
+
+Draining: when an exclusive grant ends while its gateway is alive — released,
+unlocked by an operator, its lease lapsed, or its VDI snapshotted (the lock
+moves to the new working VDI) — writes the gateway admitted before may still
+be on their way to the replicas.  The grant goes to ``draining[vid] = (gen,
+gateway)``: replicas still accept those writes, so each lands everywhere or
+nowhere; the gateway admits no new one, and once its writes in flight are
+done it sends ``drained`` (a message in the total order).  No new grant is
+given on a draining VDI.  So a write of a former holder either completed
+before the next holder got the VDI, or never lands: it can neither land
+after the new holder's writes nor land on some replicas only.  A gateway
+that leaves the cluster takes its draining entries with it (its writes are
+refused by epoch from then on).  A re-attach through another gateway does
+not drain: the client itself sends its writes in flight again.
 """
 
 from __future__ import annotations
@@ -54,6 +68,7 @@ class LockTable:
         # take it back only if nobody was granted the VDI since (see reattach)
         self.last: dict[int, tuple[int, int]] = {}
         self.merge_last(last or [])
+        self.draining: dict[int, tuple[int, str]] = {}  # vid -> (gen, gateway), see above
 
     # -- queries ----------------------------------------------------------
 
@@ -71,11 +86,15 @@ class LockTable:
         return [(vid, h) for vid, hs in self.locks.items() for h in hs
                 if h.session == session and (node is None or h.node == node)]
 
-    def check_write(self, vid: int, gen: int, node: str | None = None) -> None:
+    def check_write(self, vid: int, gen: int, node: str | None = None,
+                    draining_ok: bool = False) -> None:
         """Raise FENCED unless ``gen`` is ``vid``'s current exclusive grant
-        (and, given ``node``, that grant is held through gateway ``node``).
+        (and, given ``node``, that grant is held through gateway ``node``) —
+        or, with ``draining_ok``, the grant being drained through ``node``.
         Safe to call from an I/O thread: it only reads the table."""
         o = self.owner(vid)
+        if draining_ok and self.draining.get(vid) == (gen, node):
+            return
         if o is None or o.gen != gen or (node is not None and o.node != node):
             if o is None:
                 why = "the VDI is not locked any more"
@@ -93,6 +112,25 @@ class LockTable:
 
     def _put(self, vid: int, h: Holder) -> None:
         self.locks.setdefault(vid, []).append(h)
+
+    def _drain(self, vid: int, h: Holder) -> None:
+        """Exclusive grant ``h`` of ``vid`` ended: its writes in flight drain."""
+        if h.kind == EXCL:
+            self.draining[vid] = (h.gen, h.node)
+
+    def _settled(self, vid: int) -> None:
+        """No grant while a former holder's writes may still be landing."""
+        d = self.draining.get(vid)
+        if d is not None:
+            raise _err("VDI_LOCKED", f"VDI {vid:#x}: writes of the former holder (generation "
+                                     f"{d[0]} through {d[1]}) are still landing")
+
+    def drained(self, vid: int, gen: int, node: str) -> bool:
+        """The gateway ``node`` has no write of ``gen`` in flight any more."""
+        if self.draining.get(vid) == (gen, node):
+            del self.draining[vid]
+            return True
+        return False
 
     def _remove(self, vid: int, pred) -> int:
         hs = self.locks.get(vid)
@@ -116,6 +154,7 @@ class LockTable:
         if kind == EXCL:
             if others:
                 raise self._locked(vid, hs)
+            self._settled(vid)
             h = Holder(node, session, EXCL, self._next_gen(), now)
             self._remove(vid, lambda x: x.kind == STANDBY and x.session == session and session)
             self._put(vid, h)
@@ -133,6 +172,8 @@ class LockTable:
         if kind in (READ, STANDBY):
             if kind == READ and any(h.kind in (EXCL, SHARED) for h in others):
                 raise self._locked(vid, hs)
+            if kind == READ:
+                self._settled(vid)
             for h in hs:
                 if h.kind == kind and h.session == session and session:
                     h.node = node  # the same session again (e.g. after a reconnect)
@@ -177,6 +218,7 @@ class LockTable:
             self.last[vid] = (o.gen, session)
             return o.gen
         if (o is None and session and gen and self.last.get(vid) == (gen, session)
+                and vid not in self.draining
                 and not any(h.kind != STANDBY for h in self.holders(vid))):
             h = Holder(node, session, EXCL, self._next_gen(), now)
             self._put(vid, h)
@@ -187,8 +229,10 @@ class LockTable:
     def release(self, vid: int, session: int) -> int:
         """A session releases whatever it holds on ``vid`` (never fails); a
         released exclusive lock cannot be taken back."""
-        if any(h.kind == EXCL and h.session == session for h in self.holders(vid)):
-            self.last[vid] = (self._next_gen(), 0)
+        for h in self.holders(vid):
+            if h.kind == EXCL and h.session == session:
+                self._drain(vid, h)
+                self.last[vid] = (self._next_gen(), 0)
         return self._remove(vid, lambda h: h.session == session)
 
     def release_legacy(self, vid: int, node: str, ltype: int) -> int:
@@ -202,6 +246,9 @@ class LockTable:
 
     def force_unlock(self, vid: int, kinds=(EXCL, SHARED, READ)) -> int:
         """Operator's unlock: drop the holds, bump the generation (fences the holder)."""
+        for h in self.holders(vid):
+            if h.kind in kinds:
+                self._drain(vid, h)
         n = self._remove(vid, lambda h: h.kind in kinds)
         if n:
             self.last[vid] = (self._next_gen(), 0)  # the former holder cannot take it back
@@ -227,9 +274,10 @@ class LockTable:
         """Session ``(node, session)`` ended: drop all its holds; returns the vids."""
         vids = [vid for vid, h in self.holds_of(session, node)]
         for vid in set(vids):
-            if any(h.kind == EXCL for h in self.holders(vid)
-                   if h.session == session and h.node == node):
-                self.last[vid] = (self._next_gen(), 0)  # a lapsed lease is lost for good
+            for h in self.holders(vid):
+                if h.kind == EXCL and h.session == session and h.node == node:
+                    self._drain(vid, h)
+                    self.last[vid] = (self._next_gen(), 0)  # a lapsed lease is lost for good
             self._remove(vid, lambda h: h.session == session and h.node == node)
         return sorted(set(vids))
 
@@ -238,6 +286,8 @@ class LockTable:
         vids = sorted({vid for vid, hs in self.locks.items() for h in hs if h.node == node})
         for vid in vids:
             self._remove(vid, lambda h: h.node == node)
+        for vid in [v for v, (_g, n) in self.draining.items() if n == node]:
+            del self.draining[vid]  # its writes are refused by epoch from now on
         return vids
 
     def move(self, old: int, new: int) -> None:
@@ -249,14 +299,17 @@ class LockTable:
                 self._put(new, h)
                 if h.kind == EXCL:
                     self.last[new] = (h.gen, h.session)
+                    self._drain(old, h)  # its writes to the snapshot's objects
 
     def drop_vid(self, vid: int) -> None:
         self.locks.pop(vid, None)
         self.last.pop(vid, None)
+        self.draining.pop(vid, None)
 
     def clear(self) -> None:
         """Format: no locks; the generation keeps growing."""
         self.locks.clear()
+        self.draining.clear()
 
     def apply(self, msg: dict) -> dict:
         """One ``{"op": "lock"}`` main step; raises SdError (deterministically) on conflict."""
@@ -284,6 +337,9 @@ class LockTable:
         elif a == "expire":
             self.expire(msg["node"], msg["session"])
             gen = 0
+        elif a == "drained":
+            self.drained(vid, msg["gen"], msg["node"])
+            gen = 0
         else:
             raise _err("INVALID_PARMS", f"unknown lock action {a!r}")
         return {"vid": vid, "gen": gen}
@@ -293,7 +349,8 @@ class LockTable:
     def snapshot(self) -> dict:
         return {"generation": self.generation,
                 "locks": [[vid, [asdict(h) for h in hs]] for vid, hs in sorted(self.locks.items())],
-                "last": self.last_items()}
+                "last": self.last_items(),
+                "draining": sorted([vid, g, n] for vid, (g, n) in self.draining.items())}
 
     def restore(self, snap: dict | None) -> None:
         if not snap:
@@ -302,6 +359,7 @@ class LockTable:
         self.locks = {vid: [Holder(**h) for h in hs] for vid, hs in snap.get("locks", [])}
         self.last = {}
         self.merge_last(snap.get("last", []))
+        self.draining = {vid: (g, n) for vid, g, n in snap.get("draining", [])}
 
     def merge_last(self, items) -> None:
         """Take the newer of two ``last`` records per vid (a joiner's, a

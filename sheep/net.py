@@ -80,14 +80,28 @@ class Framer:
                 self.on_frame(hdr, payload)
 
 
+# a connection whose peer does not read (a stopped sheep) buffers at most this
+# much before senders wait: memory stays bounded however long the peer stalls
+SEND_HIGH_WATER = 8 << 20
+
+
 class _ClientProtocol(asyncio.Protocol):
     def __init__(self, conn: "AsyncConnection"):
         self.conn = conn
         self.framer = Framer(lambda hdr: _RSP_DLEN.unpack_from(hdr, 12)[0], self._frame)
         self.transport: asyncio.Transport | None = None
+        self.can_write = asyncio.Event()
+        self.can_write.set()
+
+    def pause_writing(self):
+        self.can_write.clear()
+
+    def resume_writing(self):
+        self.can_write.set()
 
     def connection_made(self, transport):
         self.transport = transport
+        transport.set_write_buffer_limits(high=SEND_HIGH_WATER)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -104,6 +118,7 @@ class _ClientProtocol(asyncio.Protocol):
             fut.set_result((hdr, body))
 
     def connection_lost(self, exc):
+        self.can_write.set()
         self.conn._fail_all(exc or ConnectionError("connection closed by peer"))
 
 
@@ -176,11 +191,15 @@ class AsyncConnection:
         if self.stall_timeout:
             self._sent[rid] = fut.get_loop().time()
         tr = self._proto.transport
-        if req.flags & proto.SD_FLAG_CMD_WRITE and payload:
-            tr.writelines((req.pack(), payload))
-        else:
-            tr.write(req.pack())
         try:
+            if not self._proto.can_write.is_set():  # the peer reads too slowly: wait
+                await self._proto.can_write.wait()
+                if self.closed:
+                    raise ConnectionError(f"{self.host}:{self.port}: connection closed")
+            if req.flags & proto.SD_FLAG_CMD_WRITE and payload:
+                tr.writelines((req.pack(), payload))
+            else:
+                tr.write(req.pack())
             if timeout is None:
                 hdr, body = await fut
             else:

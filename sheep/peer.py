@@ -23,9 +23,10 @@ Guarantees:
 * **Missing objects.**  A holder that lacks the object recovers it first
   (``sheep.recovery``); NO_OBJ only if no copy exists anywhere, AGAIN if that
   cannot be decided now — never NO_OBJ because recovery was not done yet.
-* **Damage.**  A live copy that fails its checksum answers EIO (the gateway
-  reads another replica) and is repaired from another holder in the
-  background.
+* **Damage.**  A live copy that fails its checksum answers EIO to reads
+  (the gateway reads another replica) and is repaired from another holder in
+  the background; a write that must merge with a damaged block repairs the
+  copy first, then writes.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def _guard(sheep, oid: int, epoch: int, fence: Fence | None):
             raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {group.epoch}")
         if not group.serving():
             raise error_for(CODES["HALT"], "this node is cut off from the cluster")
-        if fence is not None:
-            locks.fence_check(vid, fence.gen, fence.node)
+        if fence is not None:  # a former holder's draining writes still land
+            locks.fence_check(vid, fence.gen, fence.node, draining_ok=True)
     return check
 
 
@@ -89,14 +90,15 @@ def _settle(sheep, oid: int, epoch: int) -> None:
     raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {g.epoch} during a write")
 
 
-async def _with_recovery(sheep, oid: int, call, size: int):
+async def _with_recovery(sheep, oid: int, call, size: int, repair_later: bool = True):
     """Run ``call()`` (a store call on ``size`` bytes); on NO_OBJ recover the
-    object first."""
+    object first; on a damaged copy schedule its repair (``repair_later``)."""
     try:
         return await sheep.io(call, size=size)
     except SdError as e:
         if e.code != CODES["NO_OBJ"]:
-            if e.code == CODES["EIO"] and not getattr(e, "disk_failure", False):
+            if (repair_later and e.code == CODES["EIO"]
+                    and not getattr(e, "disk_failure", False)):
                 sheep.recovery.repair_later(oid)
             raise
     outcome = await sheep.recovery.recover_object(oid)
@@ -119,7 +121,17 @@ async def write(sheep, oid: int, data, offset: int, epoch: int,
     def call():
         store.write(oid, data, offset, epoch, check)
         _settle(sheep, oid, epoch)
-    await _with_recovery(sheep, oid, call, len(data))
+    try:
+        await _with_recovery(sheep, oid, call, len(data), repair_later=False)
+    except SdError as e:
+        # a partial write over a damaged block cannot be merged: repair the
+        # copy from another holder first, then write (the other replicas have
+        # the data; the client must not fail for one bad disk block)
+        if e.code != CODES["EIO"] or getattr(e, "disk_failure", False):
+            raise
+        if not await sheep.recovery.fetcher.repair(oid):
+            raise
+        await sheep.io(call, size=len(data))
 
 
 async def create(sheep, oid: int, data, offset: int, epoch: int,

@@ -130,8 +130,11 @@ class Recovery:
         self._task = asyncio.get_running_loop().create_task(self._run(self.sheep.group.epoch))
 
     def kick(self) -> None:
-        """Recovery was enabled, or the throttle changed."""
+        """Recovery was enabled, or the throttle changed (a pass that already
+        ended for this epoch is started again: nothing is left behind)."""
         self._kick.set()
+        if self._task is None or self._task.done():
+            self.start()
 
     def stop(self) -> None:
         if self._task is not None:

@@ -77,6 +77,10 @@ class SheepProtocol(asyncio.Protocol):
         # payload, or the reply buffer the client announced (capped: it is what
         # a reply may hold at most, not what it will hold)
         charge = len(payload) or min(req.data_length, MAX_PAYLOAD)
+        if req.opcode == proto.Op.CREATE_AND_WRITE_OBJ and req.flags & proto.SD_FLAG_CMD_COW:
+            # a copy-on-write create reads the whole parent object (two copies
+            # of it at times) and sends it to every replica
+            charge = max(charge, 2 * self.sheep.gateway.obj_size(req.args.oid))
         self.buffered += charge
         task = asyncio.get_running_loop().create_task(self._serve(req, payload))
         task.charge = charge

@@ -40,7 +40,7 @@ class FakeLocks:
     async def fence_ready(self, gen):
         pass
 
-    def fence_check(self, vid, gen, node):
+    def fence_check(self, vid, gen, node, draining_ok=False):
         if self.current.get(vid) != (gen, node):
             raise SdError(CODES["FENCED"])
 

@@ -94,6 +94,9 @@ class FakeSheep:
     async def io(self, fn, *args, size=None):
         return fn(*args)
 
+    async def io_thread(self, fn, *args):
+        return fn(*args)
+
 
 def an_oid(group, pred):
     """An oid (of a non-data kind: no VDI needed) whose holders satisfy ``pred``."""
@@ -251,3 +254,49 @@ def test_installed_copy_that_is_no_longer_held_becomes_stale(world):
     assert recover(sheep, oid) is Outcome.UNAVAILABLE
     assert not sheep.store.exists(oid)
     assert sheep.store.stale_copies(oid) == {10: V(8, 4)}
+
+
+def test_no_copy_among_the_members_is_not_absent_while_an_epoch_lost_every_holder(world):
+    # epochs 8-9: three other nodes held everything; all three are away now:
+    # the object may be on them, so "not now", never NO_OBJ
+    sheep, oid, _ = world
+    gone = [proto.SdNode.make("127.0.0.1", 7090 + i, 64, 20 + i) for i in range(3)]
+    sheep.group.history = {e: gone for e in (8, 9)}
+    assert recover(sheep, oid) is Outcome.UNAVAILABLE
+    sheep.group.history = {}  # no such epochs: it really exists nowhere
+    assert recover(sheep, oid) is Outcome.ABSENT
+
+
+def test_the_epoch_history_rule_runs_off_the_loop_and_builds_few_rings(world, monkeypatch):
+    """300 epochs of a flapping node: the rule must not block the event loop
+    (it runs through io_thread) and rings are built per member list, not per
+    epoch (before: 8 ms x 300 rings, seconds on the loop, for every object)."""
+    from sheep.epochs import EpochHistory
+    from sheep import epochs as epochs_mod
+
+    sheep, _oid, _ = world
+    g = sheep.group
+    g.nodes = NODES[:4]  # NODES[4] is away: epochs that had it need their rings
+    g.ring = Ring(g.nodes)
+    oid, _ = an_oid(g, lambda hs: key(ME) in map(key, hs))
+    store = type("S", (), {"epochs": lambda _s: [], "read_epoch": lambda _s, e: None})()
+    hist = EpochHistory(store, None)
+    hist.logs = {e: (proto.pack_nodes(NODES if e % 2 else NODES[:4]), 0) for e in range(1, 301)}
+    sheep.group.epoch, sheep.group.epoch_ring = 300, hist.ring
+    built = []
+    real = epochs_mod.Ring
+    monkeypatch.setattr(epochs_mod, "Ring", lambda nodes: built.append(1) or real(nodes))
+    in_thread = []
+    real_io_thread = sheep.io_thread
+
+    async def io_thread(fn, *args):
+        in_thread.append(getattr(fn, "__name__", fn))
+        return await real_io_thread(fn, *args)
+    sheep.io_thread = io_thread
+    sheep.peers.copies[key(NODES[2])]["stale"][299] = (V(1, 3), data(b"old"))
+    f = Fetcher(sheep)
+    for _ in range(3):
+        asyncio.run(f.recover(oid))
+    assert "_lost_epochs" in in_thread
+    assert 1 <= len(built) <= 2  # two member lists in the whole history
+    assert sheep.store.read(oid, 0, 3) == b"old"

@@ -21,6 +21,9 @@ def test_exclusive_lock_conflicts_and_generations_grow():
         t.lock(1, N1, 11, READ)
     t.release(1, 10)  # ends the grant for good: that takes a generation too
     assert t.owner(1) is None and not t.locks
+    with pytest.raises(VdiLockedError):  # until the writes of the former holder landed
+        t.lock(1, N1, 11, EXCL)
+    assert t.drained(1, g1, N0)
     assert t.lock(1, N1, 11, EXCL) == 3
 
 
@@ -77,6 +80,12 @@ def test_fencing():
     t.expire(N0, 10)
     with pytest.raises(FencedError):  # released: the old holder is fenced
         t.check_write(1, g)
+    t.check_write(1, g, N0, draining_ok=True)  # ... but its writes in flight still land
+    with pytest.raises(FencedError):
+        t.check_write(1, g, N1, draining_ok=True)  # (through its own gateway only)
+    t.drained(1, g, N0)
+    with pytest.raises(FencedError):
+        t.check_write(1, g, N0, draining_ok=True)
     g2 = t.lock(1, N1, 11, EXCL)
     with pytest.raises(FencedError):
         t.check_write(1, g)
@@ -234,6 +243,7 @@ def test_reattach_takes_back_a_dropped_lock_only_if_nobody_had_it_since():
     t.drop_node("n2:7001")
     gb = t.lock(7, "n3:7002", 0xB, EXCL)  # another writer takes and releases it
     t.release(7, 0xB)
+    t.drained(7, gb, "n3:7002")
     with pytest.raises(SdError) as e:
         t.reattach(7, "n3:7002", 0xA, g2)  # ... so A is fenced for good
     assert e.value.code == CODES["FENCED"] and gb > g2
@@ -245,3 +255,36 @@ def test_reattach_takes_back_a_dropped_lock_only_if_nobody_had_it_since():
     t2 = LockTable()
     t2.restore(snap)
     assert t2.last == t.last
+
+
+def test_a_grant_ending_drains_its_gateways_writes_before_anyone_else_gets_the_vdi():
+    t = LockTable()
+    for end in ("release", "force", "expire", "snapshot"):
+        t = LockTable()
+        g = t.lock(1, N0, 10, EXCL)
+        if end == "release":
+            t.release(1, 10)
+        elif end == "force":
+            t.force_unlock(1)
+        elif end == "expire":
+            t.expire(N0, 10)
+        else:
+            t.move(1, 2)  # a snapshot: the writer goes on on VDI 2
+            assert t.owner(2).gen == g
+        assert t.draining == {1: (g, N0)}, end
+        for kind in (EXCL, READ):
+            with pytest.raises(VdiLockedError):
+                t.lock(1, N1, 11, kind)
+        assert not t.drained(1, g, N1)  # only its own gateway says so
+        assert t.drained(1, g, N0) and not t.draining
+    # a gateway that left takes its draining entries with it
+    t = LockTable()
+    g = t.lock(5, N0, 10, EXCL)
+    t.force_unlock(5)
+    t.drop_node(N0)
+    assert not t.draining and t.lock(5, N1, 11, EXCL) > g
+    # the state travels to joiners
+    t.force_unlock(5)
+    t2 = LockTable()
+    t2.restore(t.snapshot())
+    assert t2.draining == t.draining != {}

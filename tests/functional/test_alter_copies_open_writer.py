@@ -1,6 +1,8 @@
-"""Adversarial review: the gateway trusts the ``copies`` a client puts in
-its requests (ObjArgs.copies), and qemu_client sends the ``nr_copies`` of the
-inode it cached at open time.
+"""``vdi alter-copy`` under an open writer (found by an adversarial review):
+the gateway used to trust the ``copies`` a client puts in its requests
+(ObjArgs.copies), and qemu_client sends the ``nr_copies`` of the inode it
+cached at open time.  Now requests are placed with the VDI's own redundancy.
+Before:
 
 After ``collie vdi alter-copy`` (run while the VDI is open but idle, the
 supported usage) the writer keeps sending the old count, so:
@@ -16,18 +18,16 @@ supported usage) the writer keeps sending the old count, so:
 """
 
 import os
-import signal
 import time
 
 import pytest
-from harness import wait_for
 from locking import collie, locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
 from sheep.ring import Ring
 
-pytestmark = [pytest.mark.review, pytest.mark.cluster, pytest.mark.lock]
+pytestmark = [pytest.mark.cluster, pytest.mark.lock]
 
 
 def _holders(c, oid, copies):
@@ -42,7 +42,7 @@ def _local_copy(node, oid, length=4096):
         return f.read(length)
 
 
-def test_grow_copies_with_an_open_writer_leaves_a_live_copy_without_acked_writes(make_cluster):
+def test_grow_copies_with_an_open_writer_reaches_every_new_replica(make_cluster):
     c = locked_cluster(make_cluster, n=3, copies=2)
     vid = new_vdi(c)
     oid = proto.vid_to_data_oid(vid, 0)
@@ -66,37 +66,7 @@ def test_grow_copies_with_an_open_writer_leaves_a_live_copy_without_acked_writes
         a.close()
 
 
-def test_grow_copies_then_lose_copies_minus_one_nodes(make_cluster):
-    """The consequence: kill the copies-1 = 2 nodes that have the write."""
-    c = locked_cluster(make_cluster, n=3, copies=2)
-    vid = new_vdi(c)
-    oid = proto.vid_to_data_oid(vid, 0)
-    a = qemu_client.open("vm", port=c.nodes[0].port)
-    try:
-        a.pwrite(0, b"A" * 4096)
-        r = collie(c.nodes[0].port, "vdi", "alter-copy", "-c", "3", "-f", "vm")
-        assert r.returncode == 0, r.stderr
-        a.pwrite(0, b"B" * 4096)  # acknowledged
-        behind = [n for n in c.nodes if _local_copy(n, oid) != b"B" * 4096]
-        if not behind:
-            pytest.skip("every replica got the write")
-        [old] = behind
-        ahead = [n for n in c.nodes if n is not old]
-    finally:
-        a.close()
-    for n in ahead:  # copies - 1 = 2 nodes at once
-        n.kill(signal.SIGKILL)
-    wait_for(lambda: len(old.client().nodes()) == 1, 20, what="the survivor alone")
-    cl = old.client()
-    try:
-        time.sleep(1)
-        data = cl.read_obj(oid, 0, 4096)
-    finally:
-        cl.close()
-    assert data == b"B" * 4096, f"acknowledged write lost: read {data[:8]!r}..."
-
-
-def test_shrink_copies_with_an_open_writer_makes_its_writes_fail(make_cluster):
+def test_shrink_copies_with_an_open_writer_keeps_writing(make_cluster):
     c = locked_cluster(make_cluster, n=3, copies=3)
     new_vdi(c)
     a = qemu_client.open("vm", port=c.nodes[0].port)

@@ -1,4 +1,5 @@
-"""Adversarial review: background recovery only starts in ``Group._bump_epoch``
+"""Recovery after a full restart with the same members (found by an adversarial review):
+background recovery only starts in ``Group._bump_epoch``
 (``Recovery.on_epoch``).  A full-cluster restart in which every node of the
 last epoch comes back does not bump the epoch, so nothing recovers the
 objects a node still lacked when the cluster went down: they stay with
@@ -8,6 +9,8 @@ later membership change.
 Then a single node failure (copies - 1 = 1 with copies 2) leaves an object
 whose only current copy is a stale one: reads are answered AGAIN for
 STALE_WAIT (60 s) and fail at the gateway after its 30 s retry window.
+
+Now the cluster starting with the same members starts background recovery too.
 """
 
 import os
@@ -21,7 +24,7 @@ from locking import collie
 from sheep import proto
 from sheep.ring import Ring
 
-pytestmark = [pytest.mark.review, pytest.mark.cluster]
+pytestmark = [pytest.mark.cluster]
 
 OBJ = proto.SD_DATA_OBJ_SIZE
 N_OBJ = 8

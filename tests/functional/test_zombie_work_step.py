@@ -1,17 +1,20 @@
-"""Adversarial review: a cluster-op work step keeps running on a gateway that
+"""A cluster-op work step of a gateway that lost its turn (found by an adversarial review): a
+cluster-op work step keeps running on a gateway that
 was removed from the cluster, and its effects are not fenced.
 
 ``Refs.release`` (after DISCARD_OBJ unlinked an object) decides in a
 cluster-op work step that the data object X is unreferenced and removes it
 (``gateway.remove``: REMOVE_PEER, no fencing generation, retried for 30 s
 across epoch changes).  If the gateway is cut off between deciding and
-removing (here: a stall injected before the removal -- tests/review_bin/
+removing (here: a stall injected before the removal -- tests/stimulus/
 slow_reclaim_sheep.py -- then SIGSTOP so that zmq removes it), the cluster
 drops its turn and the locks held through it; the writer reopens the VDI
 through another gateway (nobody holds it), re-creates X and writes it
 (acknowledged) -- and the old gateway, back in the cluster at once, goes on
 with its stale work step: its removal lands and the acknowledged write is
 gone (NO_OBJ).
+
+Now a work step's writes are refused (HALT) once its node was cut off, and an UNBLOCK of a dropped turn is ignored.
 """
 
 import pathlib
@@ -26,10 +29,10 @@ from locking import GRACE
 import qemu_client
 from sheep import proto
 
-pytestmark = [pytest.mark.review, pytest.mark.cluster, pytest.mark.lock]
+pytestmark = [pytest.mark.cluster, pytest.mark.lock]
 
 OBJ = proto.SD_DATA_OBJ_SIZE
-SLOW = str(pathlib.Path(__file__).parents[1] / "review_bin" / "slow_reclaim_sheep.py")
+SLOW = str(pathlib.Path(__file__).parents[1] / "stimulus" / "slow_reclaim_sheep.py")
 DELAY = 20.0
 
 
@@ -76,7 +79,7 @@ def test_a_removed_gateways_reclaim_deletes_a_recreated_object(tmp_path):
         g1.kill(signal.SIGCONT)
         # the cluster dropped G1 (and the locks held through it) and G1's turn;
         # G1 rejoined at once; its work step is still running
-        wait_for(lambda: "rejoined from epoch" in g1.log(), 10, what="G1 back in the cluster")
+        wait_for(lambda: "back in the primary partition" in g1.log(), 10, what="G1 back in the cluster")
         assert "removes now" not in g1.log()
         # the writer, fenced, reopens through another gateway (as the probe writer
         # does) -- nobody holds the VDI since G1 left -- and writes block 0 again

@@ -1,4 +1,5 @@
-"""Adversarial review: after ``cluster recover force`` the forced cluster
+"""A node of a history the cluster lost by force-recover (found by an adversarial review):
+after ``cluster recover force`` the forced cluster
 re-uses epoch numbers of the lost history, and a node of that lost history
 whose last epoch has the same *number* rejoins without demoting its copies
 (``Group._on_join`` demotes only when ``my_epoch < self.epoch``;
@@ -13,6 +14,8 @@ so replicas of one object differ and reads depend on the gateway.
   A, B killed; C restarted alone (WAIT_FOR_JOIN, epoch 1), forced -> epoch
   2 = {C}; C's gateway writes D2; A restarted: epoch 2 == 2, accepted, no
   demotion -> epoch 3 {A, C} with both copies live.
+
+Now a joiner whose epoch history differs from the cluster's keeps its objects only as stale copies.
 """
 
 import os
@@ -26,7 +29,7 @@ from locking import collie
 from sheep import proto
 from sheep.ring import Ring
 
-pytestmark = [pytest.mark.review, pytest.mark.cluster]
+pytestmark = [pytest.mark.cluster]
 
 OBJ = proto.SD_DATA_OBJ_SIZE
 

@@ -1,4 +1,5 @@
-"""Adversarial review: memory per connection is bounded by what requests
+"""Memory of copy-on-write creates (found by an adversarial review): memory per connection is
+bounded by what requests
 *carry* (payload, announced reply size), not by what serving them costs.
 
 * A copy-on-write CREATE_AND_WRITE_OBJ with a 4 KiB payload makes the gateway
@@ -9,6 +10,8 @@ With a replica stopped (requests stay in progress) one connection's 64
 small requests hold hundreds of MiB.  (On-access recovery has the same
 shape -- a 4 KiB read fetches a 4 MiB copy -- but completes fast enough here
 not to show.)
+
+Now a copy-on-write create is charged twice the object size, and peer connections make senders wait once 8 MiB are buffered.
 """
 
 import signal
@@ -22,7 +25,7 @@ from locking import collie
 
 from sheep import proto
 
-pytestmark = [pytest.mark.review, pytest.mark.cluster]
+pytestmark = [pytest.mark.cluster]
 
 MiB = 1 << 20
 OBJ = proto.SD_DATA_OBJ_SIZE

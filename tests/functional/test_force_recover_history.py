@@ -9,7 +9,7 @@ Its live copies hold acknowledged writes the forced cluster never saw, the
 forced cluster's copies lack them (or hold other writes): both stay *live*,
 so replicas of one object differ and reads depend on the gateway.
 
-3 nodes, copies 2, local driver:
+3 nodes, copies 3 (C alone must know the VDI), local driver:
   epoch 1 {A,B,C}; C killed -> epoch 2 {A,B}; write D1 (acked on A,B);
   A, B killed; C restarted alone (WAIT_FOR_JOIN, epoch 1), forced -> epoch
   2 = {C}; C's gateway writes D2; A restarted: epoch 2 == 2, accepted, no
@@ -57,16 +57,16 @@ def _read(node, oid):
         cl.close()
 
 
-def test_a_node_of_the_lost_history_rejoins_with_live_copies(make_cluster):
+def test_a_node_of_the_lost_history_rejoins_with_its_copies_demoted(make_cluster):
     c = make_cluster(3)
-    c.format(copies=2)
+    c.format(copies=3)
     a, b, cc = c.nodes
     cl = a.client()
     vid = cl.new_vdi("vm", 8 * OBJ)
     ring1 = Ring(cl.nodes())
     # objects that C holds at epoch 1 (so it has a copy of its own)
     idxs = [i for i in range(8)
-            if cc.port in {n.port for n in ring1.replicas(proto.vid_to_data_oid(vid, i), 2)}]
+            if cc.port in {n.port for n in ring1.replicas(proto.vid_to_data_oid(vid, i), 3)}]
     assert idxs
     for i in idxs:
         write_vdi(cl, vid, i * OBJ, b"D0" * 4)

@@ -288,11 +288,16 @@ class AsyncVdi:
         try:
             return await self._call_once(op, args, payload, data_length, flags, fenced, retry)
         except FencedError:
-            # Our gateway may have dropped out of the cluster for a moment (and
-            # its locks with it) while our connection to it stayed up: take the
-            # lock back if nobody was granted the VDI since, and send again.
-            # Anything else (a takeover, an operator's unlock) stays FENCED.
-            if not (fenced and self.generation and await self._take_back()):
+            if not (fenced and self.generation):
+                raise
+            sent = getattr(args, "pad", 0)  # the generation this request carried
+            # Sent with a generation we have replaced since (a failover, a take
+            # back by another request): just send it again with the new one.
+            # Else our gateway may have dropped out of the cluster for a moment
+            # (and its locks with it) while our connection to it stayed up:
+            # take the lock back if nobody was granted the VDI since.  Anything
+            # else (a takeover, an operator's unlock) stays FENCED.
+            if sent == self.generation and not await self._take_back(sent):
                 raise
             return await self._call_once(op, args, payload, data_length, flags, fenced, retry)
 
@@ -310,13 +315,13 @@ class AsyncVdi:
             self._confirmed_at = max(self._confirmed_at, sent)
         return out
 
-    async def _take_back(self) -> bool:
-        """Re-attach our lock through the current gateway (one attempt shared
-        by every request that was fenced meanwhile); True if we hold it again."""
+    async def _take_back(self, gen: int) -> bool:
+        """Re-attach our lock of generation ``gen`` through the current gateway
+        (one attempt shared by every request that was fenced meanwhile); True
+        if we hold it again."""
         s = self.session
         if not (s.supported and s.enforced):
             return False
-        gen = self.generation
         if self._taking_back is None:
             self._taking_back = asyncio.get_running_loop().create_task(self._take_back_once(gen))
         fut = self._taking_back
@@ -364,7 +369,7 @@ class AsyncVdi:
         sent = asyncio.get_running_loop().time()
         gen = self.generation
         if not await self.session.confirm(self.vid, gen):
-            if not (gen and await self._take_back()):
+            if not (gen and await self._take_back(gen)):
                 raise error_for(CODES["FENCED"], f"VDI {self.name}: our lock (generation "
                                                  f"{gen}) is gone; the VDI may have another writer")
         self._confirmed_at = max(self._confirmed_at, sent)

@@ -244,8 +244,8 @@ class Connection:
                     conn.close()
                     continue
                 except SdError as e:
-                    if e.code not in GATEWAY_GONE | {CODES["WAIT_FOR_JOIN"],
-                                                     CODES["WAIT_FOR_FORMAT"]}:
+                    if e.code not in GATEWAY_GONE | TRANSIENT | {CODES["WAIT_FOR_JOIN"],
+                                                                 CODES["WAIT_FOR_FORMAT"]}:
                         raise  # e.g. the lock is gone: the caller must know
                     last = e
                     conn.close()

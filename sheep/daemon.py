@@ -11,7 +11,9 @@ within about a second.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from sheep import __version__, ops, proto
@@ -93,6 +95,15 @@ class Sheep:
                 self.group._fatal(why)
                 return
 
+    def dump_tasks(self) -> None:
+        """SIGUSR1: log every asyncio task with its stack (what is this node waiting on?)."""
+        tasks = asyncio.all_tasks()
+        log.warning("SIGUSR1: %d tasks", len(tasks))
+        for t in tasks:
+            buf = io.StringIO()
+            t.print_stack(limit=12, file=buf)
+            log.warning("%s", buf.getvalue().rstrip())
+
     def apply_main(self, msg: dict):
         return ops.apply_main(self, msg)
 
@@ -137,6 +148,10 @@ class Sheep:
                 return 1
         for name in cfg.unsupported:
             log.warning("option --%s is accepted for compatibility but not implemented", name)
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.dump_tasks)
+        except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
+            pass
         loop_watch = asyncio.ensure_future(self._watch_loop())
         joining = asyncio.ensure_future(self.group.start(local_vdis))
         stopping = asyncio.ensure_future(self._exit.wait())

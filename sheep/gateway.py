@@ -191,9 +191,9 @@ class Gateway:
                     continue
                 raise next(e for e in errors if e.code not in RETRY_CODES)
         finally:
-            await attempts.aclose()
             if fence is not None:
-                locks.end_write(vid, fence.gen)
+                locks.end_write(vid, fence.gen)  # first: nothing below may skip it
+            await attempts.aclose()
 
     # ------------------------------------------------------------------
     # object operations (used by client requests and internal work steps)

@@ -205,6 +205,12 @@ class Locks:
                         lambda: self.table.draining.get(vid) != (gen, self.me), 5.0)
                 except RuntimeError:  # not a member: the others drop our entries
                     return
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # noqa: BLE001 — the VDI stays blocked until we say it
+                    log.warning("vid %#x: telling the cluster generation %d is drained "
+                                "failed (%s); trying again", vid, gen, e)
+                    await asyncio.sleep(1.0)
         finally:
             self._drains.pop(key, None)
 

@@ -455,6 +455,7 @@ class NbdConnection:
         name, snap, _vid = await self._resolve(export)
         cls = _vdi_class()
         deadline = asyncio.get_running_loop().time() + LOCK_WAIT
+        waited = False
         try:
             while True:
                 try:
@@ -465,6 +466,9 @@ class NbdConnection:
                     if e.code != CODES["VDI_LOCKED"] or \
                             asyncio.get_running_loop().time() > deadline:
                         raise
+                    if not waited:
+                        log.info("%s waits for the lock of %s: %s", self, name, e)
+                    waited = True
                 await asyncio.sleep(0.05)
         except SdError as e:
             if e.code == CODES["VDI_LOCKED"]:

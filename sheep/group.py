@@ -650,11 +650,19 @@ class Group:
             raise error_for(CODES["HALT"], token.why)
 
     def _lose_turns(self, why: str) -> None:
-        """Our queued BLOCKs are gone (we rejoined): fail the ops waiting on them."""
+        """Our queued BLOCKs are gone (we rejoined): fail the ops waiting on them.
+
+        That covers ops still waiting for their turn (nothing was done) and
+        ops whose turn had come: their UNBLOCK went out in a view we left, so
+        it will never be delivered here (the cluster applied it or dropped
+        it; its state, which we just adopted, says which) — without this
+        their caller would wait forever."""
         queued = {b for b, _ident in self._blocks}
-        for bid, fut in list(self._turns.items()):
-            if bid not in queued and not fut.done():
-                fut.set_exception(error_for(CODES["HALT"], f"cluster operation lost: {why}"))
+        for table in (self._turns, self._done):
+            for bid, fut in list(table.items()):
+                if bid not in queued and not fut.done():
+                    fut.set_exception(error_for(CODES["HALT"], f"cluster operation lost: {why}"))
+                    fut.exception()  # retrieved: the caller may be gone already
 
     def save_config(self) -> None:
         self._save_config(self.config)

@@ -173,6 +173,9 @@ class LocalConnection:
             # HALT / AGAIN: this node briefly cut off, an object being recovered:
             # nothing was done; try again, as qemu_client does over TCP
             if rsp.result in TRANSIENT and loop.time() + pause < deadline:
+                if pause == 0.05:
+                    log.info("op %#x: %s; trying again for up to %.0fs", op,
+                             error_for(rsp.result), TRANSIENT_WAIT)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 0.5)
                 continue

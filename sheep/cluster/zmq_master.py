@@ -144,7 +144,12 @@ class Sequencer:
             return
         if ident in self.rejected:
             return self._send(msg["ep"], P.REJECT, r=self.rejected[ident])
-        if self.mc_pending:
+        if self.mc_pending or self.commit < self.last:
+            # The join info (check_join) is our state, which reflects what we
+            # delivered (up to commit); the joiner receives what is sequenced
+            # after its join.  Entries sequenced but not yet delivered would
+            # fall between the two: answer only when there are none (the
+            # joiner asks again every JOIN_RETRY).
             return
         joiner = Member(P.b64d(msg["node"]), ident)
         try:

@@ -220,6 +220,11 @@ class ZookeeperDriver(Sessions, Duties, ClusterDriver):
                 txn.create(*args, sequence=True)
             else:
                 getattr(txn, op)(*args)
+        if any(op == "create" and args[0].startswith(self._p("queue", "")) for op, *args in ops):
+            # every append bumps queue/'s data version: a join ACK checks it
+            # (see Duties._answer), so no entry can slip in between the
+            # state the master gave the joiner and the ACK
+            txn.set_data(self._p("queue"), b"", -1)
         results = await self._call(txn.commit_async())
         from kazoo.exceptions import RolledBackError
         errors = [r for r in results if isinstance(r, Exception)]

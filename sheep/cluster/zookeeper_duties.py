@@ -122,6 +122,15 @@ class Duties:
             return True
         r = json.loads(data)
         joiner, opaque = Member(_unb(r["node"]), r["ident"]), _unb(r["opaque"])
+        # The joiner gets our state now (check_join) and the queue after its
+        # ACK.  Read queue/'s version, consume every entry up to it, and make
+        # the ACK conditional on that version: an entry appended meanwhile
+        # (a member's notify) fails the ACK, and we answer again.
+        qstat = await self._call(self._zk.exists_async(self._p("queue")))
+        await self._catch_up()
+        if not self._current() or (self.joined and self.version != v):
+            self._dirty.add("joins")
+            return True  # our view moved on while catching up: re-decide
         if any(m.ident == joiner.ident for m in view):
             accept, reply = False, b"ident already a member"
         else:
@@ -133,7 +142,8 @@ class Duties:
                 accept, reply = False, b""
         rec = {"k": "ack", "id": joiner.ident, "ok": accept, "reply": _b(reply)}
         if accept:
-            await self._append_change(view + [joiner], v, rec, delete=path)
+            await self._append_change(view + [joiner], v, rec, delete=path,
+                                      check=(self._p("queue"), qstat.version))
         else:
             await self._commit(("check", self._p("view"), v), ("delete", path),
                                ("create", self._p("queue", "e-"), _enc(rec)))
@@ -141,8 +151,9 @@ class Duties:
         return True
 
     async def _append_change(self, new_view: list[Member], v: int, rec: dict,
-                             delete: str | None = None) -> None:
-        """CAS the view from version ``v`` to ``new_view`` and append ``rec``."""
+                             delete: str | None = None, check: tuple | None = None) -> None:
+        """CAS the view from version ``v`` to ``new_view`` and append ``rec``
+        (and, with ``check=(path, version)``, only if ``path`` has that version)."""
         rec = dict(rec, ver=v + 1)
         if rec["k"] == "ack":
             rec["view"] = _enc_view(new_view)
@@ -150,6 +161,8 @@ class Duties:
                ("create", self._p("queue", "e-"), _enc(rec))]
         if delete:
             ops.insert(1, ("delete", delete))
+        if check:
+            ops.insert(0, ("check", *check))
         await self._commit(*ops)
         self._dirty.add("view")
 

@@ -101,8 +101,10 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
             # it cannot know how long it slept: from now on it must not serve,
             # until it has rejoined (by itself: nothing else changes)
             t_may = min(t_may, t_resume)
-            t_back = _first(lambda: all(n[CUT].key() in c.members(x) for x in others),
-                            4 * T + 20, "node 2 back in the others' view")
+            # t_back: the last moment node 2 was seen *not* back yet (a poll
+            # that began then still said so): it was surely no member before
+            t_back = _last_false(lambda: all(n[CUT].key() in c.members(x) for x in others),
+                                 4 * T + 20, "node 2 back in the others' view")
         # stay cut (proxy) / awake (sigstop) a few session timeouts
         deadline = time.monotonic() + 2 * T
         while time.monotonic() < deadline:
@@ -125,9 +127,12 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
 
         # -- judgement ----------------------------------------------------------
         rcut, rtake = reports[1], reports[2]
-        t_end = t_back or t_heal  # the window in which node 2 must not serve
-        served = [r for r in prober.log if r[3] == "ok" and t_may < r[0] < t_end]
-        cut_reads = [r for r in op_reads(rcut) if r[3] == "ok" and t_may < r[0] < t_end]
+        # the window in which node 2 must not serve: a read sent after t_may
+        # and answered before t_end was served while node 2 was surely cut off
+        t_end = t_back or t_heal
+        served = [r for r in prober.log if r[3] == "ok" and t_may < r[0] and r[1] < t_end]
+        cut_reads = [r for r in op_reads(rcut)
+                     if r[3] == "ok" and t_may < r[0] and r[1] < t_end]
         cut_acks = [o for o in rcut["ops"] if o[2] == "w" and o[4] == "ok" and o[0] > t_may]
         taker_acks = acks_of(rtake)
         stale = [("prober", *s) for s in stale_reads(prober.log, taker_acks, 2)]
@@ -175,6 +180,20 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
         c.close(keep=True)
         for p in proxies:
             p.close()
+
+
+def _last_false(pred, timeout, what):
+    """Poll ``pred`` until it holds; return when the last poll that found it
+    false began (the event happened after that moment)."""
+    deadline = time.monotonic() + timeout
+    t_false = time.time()
+    while True:
+        t = time.time()
+        if pred():
+            return t_false
+        t_false = t
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 def _first(pred, timeout, what):

@@ -61,6 +61,10 @@ def problems(out: dict, reports: list[dict], allow_write_errors: bool = False) -
               "failed_writes_replicas_disagree"):
         if out.get(k):
             p.append(f"{k} = {out[k]}")
+    unread = {w: c for w, c in (out.get("node_reads") or {}).items()
+              if any(k.startswith("open-error") or k == "read-error" for k in c)}
+    if unread:  # a settled cluster serves every reader through every node
+        p.append(f"reads through some nodes failed after settling: {unread}")
     if out.get("vdi_check_errors"):
         p.append(f"collie vdi check errors: {out['vdi_check_errors']}")
     for r in reports:

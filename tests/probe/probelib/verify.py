@@ -23,9 +23,12 @@ data or zeros; "corrupt" means torn, garbage, misplaced or foreign data.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -162,16 +165,28 @@ def settle(c, nodes, timeout: float) -> tuple[bool, str]:
     return False, f"not settled after {timeout}s: {last}"
 
 
+def _dump_tasks(node) -> None:
+    if node.pid is not None:
+        with contextlib.suppress(OSError):
+            os.kill(node.pid, signal.SIGUSR1)
+
+
 def read_through_every_node(c, nodes, exp: Expect, objs: list[int], f: Findings) -> None:
     for n in nodes:
         where = f"{exp.name}@{n.host}:{n.port}"
         counts = f.node_reads.setdefault(where, {})
+        # a node that has not answered the open for a while logs what each of
+        # its tasks waits on (SIGUSR1): the evidence for a hung request
+        dump = threading.Timer(20.0, _dump_tasks, (n,))
+        dump.start()
         try:
             v = _open_readonly(exp.name, n)
         except Exception as e:  # noqa: BLE001 - a finding, not a crash
             counts["open-error:" + type(e).__name__] = 1
             f.note(f"[{where}] read-only open failed: {e!r}")
             continue
+        finally:
+            dump.cancel()
         try:
             for idx in objs:
                 try:

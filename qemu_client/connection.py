@@ -159,12 +159,16 @@ class Connection:
                     raise GatewayLost(f"gateway lost ({e}); now on "
                                       f"{self.host}:{self.port}") from None
                 continue
-            if rsp.result in TRANSIENT and self.failover_enabled and not internal:
+            if rsp.result in TRANSIENT and not internal:
+                # nothing was done (a node briefly cut off, an object being
+                # recovered, a snapshot copying the index): try again, on
+                # another gateway if this one keeps saying HALT
                 now = loop.time()
                 transient_since = transient_since or now
                 if now - transient_since > self.failover_timeout:
                     raise error_for(rsp.result)
-                if rsp.result == CODES["HALT"] and now - transient_since > HALT_FAILOVER:
+                if rsp.result == CODES["HALT"] and now - transient_since > HALT_FAILOVER \
+                        and self.failover_enabled:
                     log.warning("gateway %s:%d keeps answering HALT; failing over",
                                 self.host, self.port)
                     await self.failover(conn, error_for(rsp.result))

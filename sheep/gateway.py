@@ -161,6 +161,7 @@ class Gateway:
             # admitted only while the grant stands, and counted from the same
             # moment on: a grant that ends waits for this fan-out (draining)
             locks.fence_check(vid, fence.gen, fence.node)
+            locks.check_not_frozen(vid)  # a snapshot is copying the index: AGAIN
             locks.begin_write(vid, fence.gen)
         attempts = self._attempts(oid, copies)
         why = None
@@ -343,7 +344,7 @@ class Gateway:
             if len(payload) != size:
                 # the parent may have just become a snapshot under writes still
                 # landing in it: copy it once they have landed
-                await self.sheep.locks.wait_drained(proto.oid_to_vid(a.cow_oid))
+                await self.sheep.locks.wait_drained(proto.oid_to_vid(a.cow_oid), code="AGAIN")
                 base = await self.read(a.cow_oid, 0, size)
                 if not isinstance(base, bytearray):  # (a remote read already is one)
                     base = bytearray(base)

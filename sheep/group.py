@@ -457,15 +457,19 @@ class Group:
             self._grant_next()
         elif m["t"] == "recovered":
             self.sheep.recovery.on_recovered(m["epoch"], m["node"])
-        elif m["t"] == "lock":  # a gateway's writes of an ended grant have landed
+        elif m["t"] == "lock":  # drained, freeze, quiet, thaw (sheep.lock_table)
             try:
                 self.sheep.locks.apply_main(m)
             except SdError:  # deterministic: ignored the same way everywhere
                 pass
+            self._notify_epoch()  # wake waiters (wait_drained, a snapshot's freeze)
         elif m["t"] == "unblock":
             if self._blocks and self._blocks[0][0] == m["id"]:
                 self._blocks.pop(0)
                 self._running_block = None
+                # whatever its outcome, a freeze its work step made ends with
+                # it (a snapshot's main step ends it too; lock_table)
+                self.sheep.locks.op_ended(proto.SdNode.unpack(sender.node))
             else:
                 # e.g. from a member whose turn was dropped when it fell out of
                 # the view: its work step may be stale, its result must not apply

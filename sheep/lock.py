@@ -54,6 +54,7 @@ in 1.0 except that exclusive locks also end when the owner's node leaves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import logging
@@ -67,6 +68,7 @@ log = logging.getLogger("sheep.lock")
 
 DEFAULT_GRACE = 8.0  # seconds without news of a session before its locks go
 DRAIN_WAIT = 35.0  # s a new lock waits for a former holder's writes (> RETRY_WINDOW)
+FREEZE_WAIT = 20.0  # s a snapshot waits for the writes in flight (< a client's 30 s timeout)
 STATE_FILE = "lock_state"
 
 #: the server connection (sheep.server.SheepProtocol) serving the current request
@@ -106,6 +108,7 @@ class Locks:
         self._inflight: dict[tuple[int, int], int] = {}  # (vid, gen) -> fan-outs here
         self._idle: dict[tuple[int, int], asyncio.Event] = {}
         self._drains: dict[tuple[int, int], asyncio.Task] = {}
+        self._quiets: dict[tuple[int, int], asyncio.Task] = {}
         self._last_tick: float | None = None
 
     # -- persistence of the generation counter and the latest grants ---------
@@ -159,10 +162,13 @@ class Locks:
         """After any change of the table: persist it, drain what we must."""
         self._persist()
         me = self.me
+        loop = asyncio.get_running_loop()
         for vid, (gen, node) in self.table.draining.items():
             if node == me and (vid, gen) not in self._drains:
-                self._drains[(vid, gen)] = asyncio.get_running_loop().create_task(
-                    self._drain(vid, gen))
+                self._drains[(vid, gen)] = loop.create_task(self._drain(vid, gen))
+        for vid, f in self.table.frozen.items():
+            if f.node == me and not f.quiet and (vid, f.gen) not in self._quiets:
+                self._quiets[(vid, f.gen)] = loop.create_task(self._quiesce(vid, f.gen))
 
     def on_node_leave(self, node: proto.SdNode) -> None:
         vids = self.table.drop_node(f"{node.host}:{node.port}")
@@ -192,32 +198,92 @@ class Locks:
     async def _drain(self, vid: int, gen: int) -> None:
         """Our grant ``gen`` of ``vid`` ended: once our writes of it in flight
         are done (no new one is admitted), tell everybody (``drained``)."""
-        key = (vid, gen)
         try:
-            while self._inflight.get(key):
-                ev = self._idle.setdefault(key, asyncio.Event())
-                await ev.wait()
-            msg = {"t": "lock", "a": "drained", "vid": vid, "gen": gen, "node": self.me}
-            while self.table.draining.get(vid) == (gen, self.me):
-                try:
-                    await self.sheep.group.driver.notify(json.dumps(msg).encode())
-                    await self.sheep.group.wait_until(
-                        lambda: self.table.draining.get(vid) != (gen, self.me), 5.0)
-                except RuntimeError:  # not a member: the others drop our entries
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # noqa: BLE001 — the VDI stays blocked until we say it
-                    log.warning("vid %#x: telling the cluster generation %d is drained "
-                                "failed (%s); trying again", vid, gen, e)
-                    await asyncio.sleep(1.0)
+            await self._announce(vid, gen, "drained",
+                                 lambda: self.table.draining.get(vid) == (gen, self.me))
         finally:
-            self._drains.pop(key, None)
+            self._drains.pop((vid, gen), None)
 
-    async def wait_drained(self, vid: int, timeout: float = DRAIN_WAIT) -> None:
-        """Wait until no former holder's writes to ``vid`` are still landing."""
+    async def _quiesce(self, vid: int, gen: int) -> None:
+        """A snapshot froze our grant ``gen`` of ``vid``: once our writes of it
+        in flight are done (no new one is admitted), say ``quiet``."""
+        def pending():
+            f = self.table.frozen.get(vid)
+            return f is not None and not f.quiet and (f.gen, f.node) == (gen, self.me)
+        try:
+            await self._announce(vid, gen, "quiet", pending)
+        finally:
+            self._quiets.pop((vid, gen), None)
+
+    async def _announce(self, vid: int, gen: int, action: str, pending) -> None:
+        """Wait until no write of ``(vid, gen)`` is in flight here, then send
+        ``action`` in the total order until ``pending()`` no longer holds."""
+        key = (vid, gen)
+        while self._inflight.get(key):
+            ev = self._idle.setdefault(key, asyncio.Event())
+            await ev.wait()
+        msg = {"t": "lock", "a": action, "vid": vid, "gen": gen, "node": self.me}
+        while pending():
+            try:
+                await self.sheep.group.driver.notify(json.dumps(msg).encode())
+                await self.sheep.group.wait_until(lambda: not pending(), 5.0)
+            except RuntimeError:  # not a member: the others drop our entries
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 — the VDI stays blocked until we say it
+                log.warning("vid %#x: telling the cluster generation %d is %s failed (%s); "
+                            "trying again", vid, gen, action, e)
+                await asyncio.sleep(1.0)
+
+    # -- freezing (sheep.lock_table): a snapshot's work step ------------------
+
+    def check_not_frozen(self, vid: int) -> None:
+        """A new fan-out of ``vid`` waits while a snapshot copies its index."""
+        if vid in self.table.frozen:
+            raise _err("AGAIN", f"VDI {vid:#x} is being snapshotted; try again")
+
+    async def freeze(self, vid: int, timeout: float = FREEZE_WAIT) -> None:
+        """From a snapshot's work step: stop new writes of ``vid`` and wait
+        until the ones admitted are done (see LockTable.freeze).  Raises
+        AGAIN (after thawing) if they are not done within ``timeout``."""
+        if not self.enforced:
+            return  # Sheepdog 1.0 mode: no generations, nothing to count
+        msg = {"t": "lock", "a": "freeze", "vid": vid, "node": self.me}
+        await self.sheep.group.driver.notify(json.dumps(msg).encode())
+        ok = await self.sheep.group.wait_until(
+            lambda: vid in self.table.frozen and self.table.is_quiet(vid), timeout)
+        if ok:
+            ok = await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
+                                                   timeout)
+        if not ok:
+            await self.thaw(vid)
+            raise _err("AGAIN", f"VDI {vid:#x}: writes in flight did not finish within "
+                                f"{timeout:.0f}s; the snapshot was not taken")
+
+    def op_ended(self, node: proto.SdNode) -> None:
+        """A cluster op of ``node`` ended (its UNBLOCK, in total order)."""
+        if self.table.frozen and self.table.thaw_all(f"{node.host}:{node.port}"):
+            self._changed()
+
+    async def thaw(self, vid: int) -> None:
+        """The snapshot's work step failed: writes of ``vid`` go on."""
+        if not self.enforced:
+            return
+        msg = {"t": "lock", "a": "thaw", "vid": vid, "node": self.me}
+        with contextlib.suppress(RuntimeError):  # not a member: dropped with our leave
+            await self.sheep.group.driver.notify(json.dumps(msg).encode())
+
+    async def wait_drained(self, vid: int, timeout: float = DRAIN_WAIT,
+                           code: str = "VDI_LOCKED") -> None:
+        """Wait until no former holder's writes to ``vid`` are still landing;
+        raises ``code`` if they still are after ``timeout``."""
         if vid in self.table.draining:
-            await self.sheep.group.wait_until(lambda: vid not in self.table.draining, timeout)
+            if not await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
+                                                     timeout):
+                g, n = self.table.draining.get(vid, (0, "?"))
+                raise _err(code, f"VDI {vid:#x}: writes of the former holder (generation "
+                                 f"{g} through {n}) are still landing after {timeout:.0f}s")
 
     def join_info(self) -> dict:
         """What a joining node brings: its counter and latest grants."""

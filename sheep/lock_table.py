@@ -29,6 +29,15 @@ after the new holder's writes nor land on some replicas only.  A gateway
 that leaves the cluster takes its draining entries with it (its writes are
 refused by epoch from then on).  A re-attach through another gateway does
 not drain: the client itself sends its writes in flight again.
+
+Freezing: a snapshot copies the working VDI's object index in its work
+step, before its main step moves the lock.  So that no write acknowledged
+before the snapshot is missing from the new working VDI's index, the work
+step first freezes the VDI (``freeze``, a message in the total order): the
+holder's gateway admits no new write of it (they are retried) and says
+``quiet`` once the ones it admitted are done; only then is the index read.
+The freeze ends with the snapshot's main step, with ``thaw`` when the work
+step fails, or when its node leaves.
 """
 
 from __future__ import annotations
@@ -57,6 +66,14 @@ class Holder:
     since: float = 0.0  # UNIX time of the grant
 
 
+@dataclass
+class Frozen:
+    gen: int  # the exclusive grant frozen (0: none)
+    node: str  # its gateway, which says "quiet"
+    by: str  # the node running the snapshot's work step
+    quiet: bool = False
+
+
 class LockTable:
     """The replicated lock state machine (pure: no I/O, no clock)."""
 
@@ -69,6 +86,7 @@ class LockTable:
         self.last: dict[int, tuple[int, int]] = {}
         self.merge_last(last or [])
         self.draining: dict[int, tuple[int, str]] = {}  # vid -> (gen, gateway), see above
+        self.frozen: dict[int, Frozen] = {}  # vid -> a snapshot's freeze, see freeze()
 
     # -- queries ----------------------------------------------------------
 
@@ -125,6 +143,47 @@ class LockTable:
             raise _err("VDI_LOCKED", f"VDI {vid:#x}: writes of the former holder (generation "
                                      f"{d[0]} through {d[1]}) are still landing")
 
+    # -- freezing (a snapshot's work step) ------------------------------------
+
+    def freeze(self, vid: int, by: str) -> None:
+        """A snapshot of ``vid`` starts (its work step runs on ``by``): the
+        holder's gateway admits no new write (AGAIN, the client retries) and
+        says ``quiet`` once its admitted ones are done.  The work step copies
+        the VDI's index only then, so no write acknowledged before the
+        snapshot is missing from the new working VDI.  Ends with the
+        snapshot's main step (``move``), ``thaw``, or ``by`` leaving."""
+        o = self.owner(vid)
+        if o is None:
+            self.frozen[vid] = Frozen(0, "", by, True)
+        else:
+            self.frozen[vid] = Frozen(o.gen, o.node, by, False)
+
+    def quiet(self, vid: int, gen: int, node: str) -> None:
+        f = self.frozen.get(vid)
+        if f is not None and (f.gen, f.node) == (gen, node):
+            f.quiet = True
+
+    def thaw(self, vid: int, by: str) -> None:
+        f = self.frozen.get(vid)
+        if f is not None and f.by == by:
+            del self.frozen[vid]
+
+    def thaw_all(self, by: str) -> list[int]:
+        """The cluster op of ``by`` ended: its freezes end with it."""
+        vids = [vid for vid, f in self.frozen.items() if f.by == by]
+        for vid in vids:
+            del self.frozen[vid]
+        return vids
+
+    def is_quiet(self, vid: int) -> bool:
+        """The freeze of ``vid`` holds no admitted write any more (or the
+        grant it froze ended: then draining covers its writes)."""
+        f = self.frozen.get(vid)
+        if f is None:
+            return False
+        o = self.owner(vid)
+        return f.quiet or o is None or (o.gen, o.node) != (f.gen, f.node)
+
     def drained(self, vid: int, gen: int, node: str) -> bool:
         """The gateway ``node`` has no write of ``gen`` in flight any more."""
         if self.draining.get(vid) == (gen, node):
@@ -163,6 +222,7 @@ class LockTable:
         if kind == SHARED:
             if any(h.kind != SHARED for h in others):
                 raise self._locked(vid, hs)
+            self._settled(vid)  # shared writers carry no generation: nothing fences the old
             if any(h.node == node and h.session == session for h in others):
                 raise _err("VDI_LOCKED", f"VDI {vid:#x}: this owner shares the lock already")
             if len(others) >= MAX_SHARED:
@@ -288,10 +348,16 @@ class LockTable:
             self._remove(vid, lambda h: h.node == node)
         for vid in [v for v, (_g, n) in self.draining.items() if n == node]:
             del self.draining[vid]  # its writes are refused by epoch from now on
+        for vid, f in list(self.frozen.items()):
+            if f.by == node:
+                del self.frozen[vid]  # its snapshot's work step is void
+            elif f.node == node:
+                f.quiet = True
         return vids
 
     def move(self, old: int, new: int) -> None:
         """A snapshot replaced working VDI ``old`` by ``new``: the writer follows."""
+        self.frozen.pop(old, None)
         moved = [h for h in self.holders(old) if h.kind in (EXCL, STANDBY)]
         if moved:
             self._remove(old, lambda h: h.kind in (EXCL, STANDBY))
@@ -305,11 +371,13 @@ class LockTable:
         self.locks.pop(vid, None)
         self.last.pop(vid, None)
         self.draining.pop(vid, None)
+        self.frozen.pop(vid, None)
 
     def clear(self) -> None:
         """Format: no locks; the generation keeps growing."""
         self.locks.clear()
         self.draining.clear()
+        self.frozen.clear()
 
     def apply(self, msg: dict) -> dict:
         """One ``{"op": "lock"}`` main step; raises SdError (deterministically) on conflict."""
@@ -340,6 +408,15 @@ class LockTable:
         elif a == "drained":
             self.drained(vid, msg["gen"], msg["node"])
             gen = 0
+        elif a == "freeze":
+            self.freeze(vid, msg["node"])
+            gen = 0
+        elif a == "quiet":
+            self.quiet(vid, msg["gen"], msg["node"])
+            gen = 0
+        elif a == "thaw":
+            self.thaw(vid, msg["node"])
+            gen = 0
         else:
             raise _err("INVALID_PARMS", f"unknown lock action {a!r}")
         return {"vid": vid, "gen": gen}
@@ -350,7 +427,8 @@ class LockTable:
         return {"generation": self.generation,
                 "locks": [[vid, [asdict(h) for h in hs]] for vid, hs in sorted(self.locks.items())],
                 "last": self.last_items(),
-                "draining": sorted([vid, g, n] for vid, (g, n) in self.draining.items())}
+                "draining": sorted([vid, g, n] for vid, (g, n) in self.draining.items()),
+                "frozen": sorted([vid, asdict(f)] for vid, f in self.frozen.items())}
 
     def restore(self, snap: dict | None) -> None:
         if not snap:
@@ -360,6 +438,7 @@ class LockTable:
         self.last = {}
         self.merge_last(snap.get("last", []))
         self.draining = {vid: (g, n) for vid, g, n in snap.get("draining", [])}
+        self.frozen = {vid: Frozen(**f) for vid, f in snap.get("frozen", [])}
 
     def merge_last(self, items) -> None:
         """Take the newer of two ``last`` records per vid (a joiner's, a

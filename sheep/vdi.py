@@ -21,6 +21,7 @@ always be created again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -352,15 +353,28 @@ class VdiTable:
         n = r.free
         copies = wst.copies
         sub = proto.VdiArgs(vdi_size=args.vdi_size or wino.vdi_size)
-        nino = await self._derive(name, n, base, sub, wino.snap_id + 1, copies,
-                                  wino.block_size_shift)
-        # N exists before W is marked: a failure here leaves W the working VDI
-        now = proto.sd_time(time.time())
+        locks = self.sheep.locks
+        if base == w:
+            # W's writer goes on until the main step moves its lock to N: its
+            # writes stop (and the admitted ones land) before W's index is
+            # copied, so N's index holds every object W has (lock_table)
+            await locks.freeze(w)
         try:
-            await self.sheep.gateway.write(proto.vid_to_vdi_oid(w), proto.INODE_SNAP_CTIME_OFF,
-                                           now.to_bytes(8, "little"), copies=copies)
-        except SdError as e:
-            raise _err("VDI_WRITE", f"cannot mark VDI {w:#x} as a snapshot: {e.message}") from None
+            nino = await self._derive(name, n, base, sub, wino.snap_id + 1, copies,
+                                      wino.block_size_shift)
+            # N exists before W is marked: a failure here leaves W the working VDI
+            now = proto.sd_time(time.time())
+            try:
+                await self.sheep.gateway.write(proto.vid_to_vdi_oid(w),
+                                               proto.INODE_SNAP_CTIME_OFF,
+                                               now.to_bytes(8, "little"), copies=copies)
+            except SdError as e:
+                raise _err("VDI_WRITE",
+                           f"cannot mark VDI {w:#x} as a snapshot: {e.message}") from None
+        except BaseException:
+            if base == w:
+                await asyncio.shield(locks.thaw(w))
+            raise
         return {"op": "new_vdi", "vid": n, "copies": copies, "policy": 0,
                 "shift": wino.block_size_shift, "parent": base, "size": nino.vdi_size,
                 "old": w, "replaced": w}

@@ -51,7 +51,7 @@ def _in_thread(fn):
     return th, out
 
 
-def test_a_copy_on_write_that_gave_up_waiting_for_the_drain_loses_an_acknowledged_write(
+def test_a_snapshot_under_a_stalled_write_is_refused_and_loses_nothing(
         tmp_path):
     c = Cluster(tmp_path, 0, extra=["--lock-grace", str(GRACE)])
     a = None
@@ -79,13 +79,20 @@ def test_a_copy_on_write_that_gave_up_waiting_for_the_drain_loses_an_acknowledge
         a.pwrite(0, b"A" * 4096)  # object 0 exists
         wa, ra = _in_thread(lambda: a.pwrite(0, W))
         wait_for(lambda: "review stimulus: write" in g.log(), 10, what="W stalled on G's disk")
-        s = subprocess.run([sys.executable, "-m", "collie", "vdi", "snapshot", "-s", "s1", "vm",
-                            "-p", str(t.port)], capture_output=True, timeout=60)
+        def snapshot():
+            return subprocess.run([sys.executable, "-m", "collie", "vdi", "snapshot", "-s", "s1",
+                                   "vm", "-p", str(t.port)], capture_output=True, timeout=60)
+        s = snapshot()
+        # since the fix, the snapshot waits for W (it freezes the VDI before
+        # copying its index) and, W still stalled, is refused with a clear
+        # error rather than taken without W
+        assert s.returncode != 0, (s.returncode, s.stderr)
+        wa.join(DELAY + 30)
+        assert not wa.is_alive() and "e" not in ra, ra  # W acknowledged
+        s = snapshot()  # W landed: now the snapshot is taken
         assert s.returncode == 0, s.stderr
         # W' to another part of object 0: READONLY, reload, copy-on-write on G
         a.pwrite(1 << 20, b"Z" * 4096)
-        wa.join(DELAY + 30)
-        assert not wa.is_alive() and "e" not in ra, ra  # W acknowledged
         got = a.pread(0, len(W))
         assert got == W, (f"acknowledged write W is missing from the working VDI after "
                           f"copy-on-write: it reads {got[:8]!r}...")

@@ -25,6 +25,7 @@ meanwhile.
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -77,10 +78,16 @@ def test_an_object_created_during_a_snapshot_work_step_is_lost_from_the_working_
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             time.sleep(2.0)  # the work step read the index, waits for R in N's inode write
             assert snap.poll() is None, "the snapshot did not wait for R"
-            # the writer's first write to object idx: accepted and acknowledged
-            a.pwrite(idx * OBJ, b"X" * 4096)
+            # the writer's first write to object idx: before the fix it was
+            # accepted and acknowledged at once; now it waits for the snapshot
+            # (AGAIN, retried) and lands in the new working VDI
+            writer = threading.Thread(target=a.pwrite, args=(idx * OBJ, b"X" * 4096))
+            writer.start()
+            writer.join(1.0)
         finally:
             r.kill(signal.SIGCONT)
+        writer.join(60)
+        assert not writer.is_alive()
         out, err = snap.communicate(timeout=60)
         assert snap.returncode == 0, err
         with qemu_client.open(name, port=t.port, snapshot="s1", failover=False) as s:

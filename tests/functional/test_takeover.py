@@ -138,10 +138,15 @@ def test_a_write_in_flight_when_a_snapshot_is_taken_lands_in_it_everywhere(make_
         try:
             wa, ra = _in_thread(lambda: a.pwrite(off, b"X" * 4096))
             wait_for(lambda: _local(g, oid) == b"X" * 4096, 10, what="X on the gateway's replica")
-            s = collie(t.port, "vdi", "snapshot", "-s", "s1", name)
-            assert s.returncode == 0, s.stderr
+            # the snapshot waits for the write in flight (it freezes the VDI
+            # before copying its index), which waits for R
+            ws, rs = _in_thread(lambda: collie(t.port, "vdi", "snapshot", "-s", "s1", name))
+            ws.join(2.0)
+            assert ws.is_alive(), "the snapshot did not wait for the write in flight"
         finally:
             r.kill(signal.SIGCONT)
+        ws.join(60)
+        assert "e" not in rs and rs["v"].returncode == 0, rs
         wa.join(60)
         assert "e" not in ra, ra
         assert _local(g, oid) == _local(r, oid) == b"X" * 4096

@@ -7,6 +7,7 @@ import pathlib
 import select
 import subprocess
 import sys
+import threading
 import time
 
 from harness import wait_for
@@ -105,3 +106,17 @@ class ClientProc:
         if self.p.poll() is None:
             self.p.kill()
         self.p.wait(10)
+
+
+def in_thread(fn):
+    """Run ``fn`` in a daemon thread: (thread, {"v": result} or {"e": exception})."""
+    out = {}
+
+    def run():
+        try:
+            out["v"] = fn()
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            out["e"] = e
+    th = threading.Thread(target=run, daemon=True)
+    th.start()
+    return th, out

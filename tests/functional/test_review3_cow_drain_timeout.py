@@ -22,11 +22,10 @@ import pathlib
 import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 from harness import Cluster, wait_for
-from locking import GRACE
+from locking import GRACE, in_thread
 
 import qemu_client
 from sheep import proto
@@ -37,18 +36,6 @@ SLOW = str(pathlib.Path(__file__).parents[1] / "stimulus" / "slow_store_write_sh
 DELAY = 45.0  # > sheep.lock.DRAIN_WAIT (35 s)
 W = b"SLOWSLOW" + b"w" * ((128 << 10) - 8)  # > INLINE_MAX: runs on an I/O thread even with -n
 
-
-def _in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["v"] = fn()
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            out["e"] = e
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return th, out
 
 
 def test_a_snapshot_under_a_stalled_write_is_refused_and_loses_nothing(
@@ -77,7 +64,7 @@ def test_a_snapshot_under_a_stalled_write_is_refused_and_loses_nothing(
 
         a = qemu_client.open("vm", port=g.port, failover=False)
         a.pwrite(0, b"A" * 4096)  # object 0 exists
-        wa, ra = _in_thread(lambda: a.pwrite(0, W))
+        wa, ra = in_thread(lambda: a.pwrite(0, W))
         wait_for(lambda: "review stimulus: write" in g.log(), 10, what="W stalled on G's disk")
         def snapshot():
             return subprocess.run([sys.executable, "-m", "collie", "vdi", "snapshot", "-s", "s1",

@@ -28,12 +28,11 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from harness import wait_for
-from locking import locked_cluster, new_vdi
+from locking import in_thread, locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
@@ -98,18 +97,6 @@ def _plan(c):
     raise AssertionError("no suitable placement")
 
 
-def _in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["v"] = fn()
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            out["e"] = e
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return th, out
-
 
 def _collie(port, *argv):
     return subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
@@ -148,18 +135,18 @@ def test_a_shared_lock_is_not_granted_while_a_former_writers_write_is_landing(ma
     u.kill(signal.SIGSTOP)
     try:
         # A's write to X: applied on G, waits for R; A's grant will drain
-        wa, ra = _in_thread(lambda: a.pwrite(x * OBJ, b"X" * 4096))
+        wa, ra = in_thread(lambda: a.pwrite(x * OBJ, b"X" * 4096))
         wait_for(lambda: _local(g, oid_x) == b"X" * 4096, 10, what="X on G")
         # an unrelated cluster op holds the turn (its inode write waits for U)
-        wc, rc = _in_thread(lambda: _collie(t.port, "vdi", "create", slow, "4M"))
+        wc, rc = in_thread(lambda: _collie(t.port, "vdi", "create", slow, "4M"))
         time.sleep(1.0)
         # the operator's unlock, then a shared lock (Sheepdog 1.0, LOCK_VDI
         # type 1), both queued behind it; the shared lock's gateway sees no
         # drain yet
-        wu, ru = _in_thread(lambda: _collie(t.port, "vdi", "lock", "unlock", name))
+        wu, ru = in_thread(lambda: _collie(t.port, "vdi", "lock", "unlock", name))
         time.sleep(1.0)
         shared = t.client()
-        ws, rs = _in_thread(lambda: shared.call(
+        ws, rs = in_thread(lambda: shared.call(
             proto.Op.LOCK_VDI, proto.VdiArgs(type=proto.LOCK_TYPE_SHARED),
             proto.vdi_name_payload(name), check=False))
         time.sleep(1.0)

@@ -19,11 +19,10 @@ of the object, replica 2 (R) is stopped while A's write X is in flight.
 
 import os
 import signal
-import threading
 
 import pytest
 from harness import wait_for
-from locking import collie, locked_cluster, new_vdi
+from locking import collie, in_thread, locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
@@ -58,18 +57,6 @@ def _plan(c, copies=2):
     raise AssertionError("no suitable placement")
 
 
-def _in_thread(fn):
-    out = {}
-
-    def run():
-        try:
-            out["v"] = fn()
-        except Exception as e:  # noqa: BLE001 - reported to the test
-            out["e"] = e
-    th = threading.Thread(target=run, daemon=True)
-    th.start()
-    return th, out
-
 
 @pytest.mark.parametrize("snapshot", [False, True], ids=["write", "write-then-snapshot"])
 def test_a_write_in_flight_when_the_lock_is_broken_lands_everywhere_before_the_next_holder(
@@ -83,12 +70,12 @@ def test_a_write_in_flight_when_the_lock_is_broken_lands_everywhere_before_the_n
     a.pwrite(off, b"A" * 4096)
     r.kill(signal.SIGSTOP)
     try:
-        wa, ra = _in_thread(lambda: a.pwrite(off, b"X" * 4096))
+        wa, ra = in_thread(lambda: a.pwrite(off, b"X" * 4096))
         wait_for(lambda: _local(g, oid) == b"X" * 4096, 10, what="X on the gateway's replica")
         u = collie(t.port, "vdi", "lock", "unlock", name)
         assert u.returncode == 0, u.stderr
         # the new holder must wait: A's write is still landing
-        wb, rb = _in_thread(lambda: qemu_client.open(name, port=t.port, failover=False))
+        wb, rb = in_thread(lambda: qemu_client.open(name, port=t.port, failover=False))
         wb.join(1.0)
         assert wb.is_alive(), "the VDI was granted while a former holder's write was landing"
     finally:
@@ -136,11 +123,11 @@ def test_a_write_in_flight_when_a_snapshot_is_taken_lands_in_it_everywhere(make_
         a.pwrite(off, b"A" * 4096)
         r.kill(signal.SIGSTOP)
         try:
-            wa, ra = _in_thread(lambda: a.pwrite(off, b"X" * 4096))
+            wa, ra = in_thread(lambda: a.pwrite(off, b"X" * 4096))
             wait_for(lambda: _local(g, oid) == b"X" * 4096, 10, what="X on the gateway's replica")
             # the snapshot waits for the write in flight (it freezes the VDI
             # before copying its index), which waits for R
-            ws, rs = _in_thread(lambda: collie(t.port, "vdi", "snapshot", "-s", "s1", name))
+            ws, rs = in_thread(lambda: collie(t.port, "vdi", "snapshot", "-s", "s1", name))
             ws.join(2.0)
             assert ws.is_alive(), "the snapshot did not wait for the write in flight"
         finally:

@@ -1,5 +1,7 @@
-"""Review 3: a snapshot taken under a running writer loses the writer's new
-objects from the working VDI (an acknowledged write is gone).
+"""Review 3: a snapshot taken under a running writer lost the writer's new
+objects from the working VDI (an acknowledged write was gone).  Fixed by the
+snapshot's freeze (sheep.lock_table): the writer's writes wait (AGAIN) until
+the snapshot is taken, then land in the new working VDI.  What was seen:
 
 ``VdiTable._snapshot_work`` (sheep/vdi.py) reads the working VDI W's
 ``data_vdi_id`` index (``_derive`` -> ``_read_index``) and writes the new
@@ -62,7 +64,7 @@ def _plan(c):
     raise AssertionError("no suitable placement")
 
 
-def test_an_object_created_during_a_snapshot_work_step_is_lost_from_the_working_vdi(
+def test_an_object_created_while_a_snapshot_is_taken_is_in_the_working_vdi(
         make_cluster):
     c = locked_cluster(make_cluster, n=4, copies=COPIES)
     name, idx, r, others = _plan(c)

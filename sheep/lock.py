@@ -59,6 +59,7 @@ import contextvars
 import json
 import logging
 import time
+import uuid
 
 from sheep import proto
 from sheep.errors import CODES, SdError, error_for
@@ -68,7 +69,8 @@ log = logging.getLogger("sheep.lock")
 
 DEFAULT_GRACE = 8.0  # seconds without news of a session before its locks go
 DRAIN_WAIT = 35.0  # s a new lock waits for a former holder's writes (> RETRY_WINDOW)
-FREEZE_WAIT = 20.0  # s a snapshot waits for the writes in flight (< a client's 30 s timeout)
+FREEZE_WAIT = 15.0  # s a snapshot waits for the writes in flight (the rest of its work
+# step may take a while too: clients retry AGAIN for 30 s)
 STATE_FILE = "lock_state"
 
 #: the server connection (sheep.server.SheepProtocol) serving the current request
@@ -108,7 +110,7 @@ class Locks:
         self._inflight: dict[tuple[int, int], int] = {}  # (vid, gen) -> fan-outs here
         self._idle: dict[tuple[int, int], asyncio.Event] = {}
         self._drains: dict[tuple[int, int], asyncio.Task] = {}
-        self._quiets: dict[tuple[int, int], asyncio.Task] = {}
+        self._quiets: dict[str, asyncio.Task] = {}  # by freeze id
         self._last_tick: float | None = None
 
     # -- persistence of the generation counter and the latest grants ---------
@@ -167,8 +169,8 @@ class Locks:
             if node == me and (vid, gen) not in self._drains:
                 self._drains[(vid, gen)] = loop.create_task(self._drain(vid, gen))
         for vid, f in self.table.frozen.items():
-            if f.node == me and not f.quiet and (vid, f.gen) not in self._quiets:
-                self._quiets[(vid, f.gen)] = loop.create_task(self._quiesce(vid, f.gen))
+            if f.node == me and not f.quiet and f.fid not in self._quiets:
+                self._quiets[f.fid] = loop.create_task(self._quiesce(vid, f.gen, f.fid))
 
     def on_node_leave(self, node: proto.SdNode) -> None:
         vids = self.table.drop_node(f"{node.host}:{node.port}")
@@ -204,25 +206,26 @@ class Locks:
         finally:
             self._drains.pop((vid, gen), None)
 
-    async def _quiesce(self, vid: int, gen: int) -> None:
-        """A snapshot froze our grant ``gen`` of ``vid``: once our writes of it
-        in flight are done (no new one is admitted), say ``quiet``."""
+    async def _quiesce(self, vid: int, gen: int, fid: str) -> None:
+        """A snapshot froze our grant ``gen`` of ``vid`` (freeze ``fid``): once
+        our writes of it in flight are done (no new one is admitted), say
+        ``quiet`` (naming that freeze: a late one cannot end a later freeze)."""
         def pending():
             f = self.table.frozen.get(vid)
-            return f is not None and not f.quiet and (f.gen, f.node) == (gen, self.me)
+            return f is not None and f.fid == fid and not f.quiet
         try:
-            await self._announce(vid, gen, "quiet", pending)
+            await self._announce(vid, gen, "quiet", pending, fid=fid)
         finally:
-            self._quiets.pop((vid, gen), None)
+            self._quiets.pop(fid, None)
 
-    async def _announce(self, vid: int, gen: int, action: str, pending) -> None:
+    async def _announce(self, vid: int, gen: int, action: str, pending, **extra) -> None:
         """Wait until no write of ``(vid, gen)`` is in flight here, then send
         ``action`` in the total order until ``pending()`` no longer holds."""
         key = (vid, gen)
         while self._inflight.get(key):
             ev = self._idle.setdefault(key, asyncio.Event())
             await ev.wait()
-        msg = {"t": "lock", "a": action, "vid": vid, "gen": gen, "node": self.me}
+        msg = {"t": "lock", "a": action, "vid": vid, "gen": gen, "node": self.me, **extra}
         while pending():
             try:
                 await self.sheep.group.driver.notify(json.dumps(msg).encode())
@@ -243,34 +246,46 @@ class Locks:
         if vid in self.table.frozen:
             raise _err("AGAIN", f"VDI {vid:#x} is being snapshotted; try again")
 
-    async def freeze(self, vid: int, timeout: float = FREEZE_WAIT) -> None:
+    async def freeze(self, vid: int, timeout: float = FREEZE_WAIT) -> str:
         """From a snapshot's work step: stop new writes of ``vid`` and wait
         until the ones admitted are done (see LockTable.freeze).  Raises
-        AGAIN (after thawing) if they are not done within ``timeout``."""
+        AGAIN (after thawing) if they are not done within ``timeout``.
+
+        Only writes that carry a lock generation are counted: with locks not
+        enforced, Sheepdog 1.0 clients (session 0) and shared writers, a
+        write may still land in W only while the index is copied."""
         if not self.enforced:
-            return  # Sheepdog 1.0 mode: no generations, nothing to count
-        msg = {"t": "lock", "a": "freeze", "vid": vid, "node": self.me}
+            return ""  # Sheepdog 1.0 mode: no generations, nothing to count
+        self.sheep.group.check_op_token()  # a work step that lost its turn freezes nothing
+        fid = uuid.uuid4().hex
+        msg = {"t": "lock", "a": "freeze", "vid": vid, "node": self.me, "fid": fid}
         await self.sheep.group.driver.notify(json.dumps(msg).encode())
+        mine = lambda: getattr(self.table.frozen.get(vid), "fid", None) == fid  # noqa: E731
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout  # one bound for both waits
         ok = await self.sheep.group.wait_until(
-            lambda: vid in self.table.frozen and self.table.is_quiet(vid), timeout)
+            lambda: not mine() or self.table.is_quiet(vid), timeout)
+        ok = ok and mine()
         if ok:
             ok = await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
-                                                   timeout)
+                                                   max(0.0, deadline - loop.time()))
         if not ok:
-            await self.thaw(vid)
+            await self.thaw(vid, fid)
             raise _err("AGAIN", f"VDI {vid:#x}: writes in flight did not finish within "
-                                f"{timeout:.0f}s; the snapshot was not taken")
+                                f"{timeout:.0f}s (or another snapshot froze it); the snapshot "
+                                f"was not taken")
+        return fid
 
     def op_ended(self, node: proto.SdNode) -> None:
         """A cluster op of ``node`` ended (its UNBLOCK, in total order)."""
         if self.table.frozen and self.table.thaw_all(f"{node.host}:{node.port}"):
             self._changed()
 
-    async def thaw(self, vid: int) -> None:
-        """The snapshot's work step failed: writes of ``vid`` go on."""
-        if not self.enforced:
+    async def thaw(self, vid: int, fid: str) -> None:
+        """The snapshot's work step failed: writes of ``vid`` go on (freeze ``fid``)."""
+        if not self.enforced or not fid:
             return
-        msg = {"t": "lock", "a": "thaw", "vid": vid, "node": self.me}
+        msg = {"t": "lock", "a": "thaw", "vid": vid, "node": self.me, "fid": fid}
         with contextlib.suppress(RuntimeError):  # not a member: dropped with our leave
             await self.sheep.group.driver.notify(json.dumps(msg).encode())
 

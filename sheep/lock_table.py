@@ -72,6 +72,7 @@ class Frozen:
     node: str  # its gateway, which says "quiet"
     by: str  # the node running the snapshot's work step
     quiet: bool = False
+    fid: str = ""  # names this freeze (a late "quiet" of an earlier one is ignored)
 
 
 class LockTable:
@@ -145,27 +146,29 @@ class LockTable:
 
     # -- freezing (a snapshot's work step) ------------------------------------
 
-    def freeze(self, vid: int, by: str) -> None:
+    def freeze(self, vid: int, by: str, fid: str = "") -> None:
         """A snapshot of ``vid`` starts (its work step runs on ``by``): the
         holder's gateway admits no new write (AGAIN, the client retries) and
         says ``quiet`` once its admitted ones are done.  The work step copies
         the VDI's index only then, so no write acknowledged before the
         snapshot is missing from the new working VDI.  Ends with the
         snapshot's main step (``move``), ``thaw``, or ``by`` leaving."""
+        if vid in self.frozen:  # one freeze at a time (cluster ops are exclusive)
+            raise _err("AGAIN", f"VDI {vid:#x} is frozen already")
         o = self.owner(vid)
         if o is None:
-            self.frozen[vid] = Frozen(0, "", by, True)
+            self.frozen[vid] = Frozen(0, "", by, True, fid)
         else:
-            self.frozen[vid] = Frozen(o.gen, o.node, by, False)
+            self.frozen[vid] = Frozen(o.gen, o.node, by, False, fid)
 
-    def quiet(self, vid: int, gen: int, node: str) -> None:
+    def quiet(self, vid: int, gen: int, node: str, fid: str = "") -> None:
         f = self.frozen.get(vid)
-        if f is not None and (f.gen, f.node) == (gen, node):
+        if f is not None and (f.gen, f.node, f.fid) == (gen, node, fid):
             f.quiet = True
 
-    def thaw(self, vid: int, by: str) -> None:
+    def thaw(self, vid: int, by: str, fid: str = "") -> None:
         f = self.frozen.get(vid)
-        if f is not None and f.by == by:
+        if f is not None and f.by == by and f.fid == fid:
             del self.frozen[vid]
 
     def thaw_all(self, by: str) -> list[int]:
@@ -409,13 +412,13 @@ class LockTable:
             self.drained(vid, msg["gen"], msg["node"])
             gen = 0
         elif a == "freeze":
-            self.freeze(vid, msg["node"])
+            self.freeze(vid, msg["node"], msg.get("fid", ""))
             gen = 0
         elif a == "quiet":
-            self.quiet(vid, msg["gen"], msg["node"])
+            self.quiet(vid, msg["gen"], msg["node"], msg.get("fid", ""))
             gen = 0
         elif a == "thaw":
-            self.thaw(vid, msg["node"])
+            self.thaw(vid, msg["node"], msg.get("fid", ""))
             gen = 0
         else:
             raise _err("INVALID_PARMS", f"unknown lock action {a!r}")

@@ -352,14 +352,17 @@ class VdiTable:
                                         f"(the working VDI of {proto.cstr(name)} is now {w:#x})")
         n = r.free
         copies = wst.copies
-        sub = proto.VdiArgs(vdi_size=args.vdi_size or wino.vdi_size)
         locks = self.sheep.locks
         if base == w:
             # W's writer goes on until the main step moves its lock to N: its
             # writes stop (and the admitted ones land) before W's index is
             # copied, so N's index holds every object W has (lock_table)
-            await locks.freeze(w)
+            fid = await locks.freeze(w)
         try:
+            if base == w:  # W may have grown before the freeze: its size now
+                wino = await self.read_header(w)
+            sub = proto.VdiArgs(vdi_size=max(args.vdi_size, wino.vdi_size) if base == w
+                                else args.vdi_size or wino.vdi_size)
             nino = await self._derive(name, n, base, sub, wino.snap_id + 1, copies,
                                       wino.block_size_shift)
             # N exists before W is marked: a failure here leaves W the working VDI
@@ -373,7 +376,7 @@ class VdiTable:
                            f"cannot mark VDI {w:#x} as a snapshot: {e.message}") from None
         except BaseException:
             if base == w:
-                await asyncio.shield(locks.thaw(w))
+                await asyncio.shield(locks.thaw(w, fid))
             raise
         return {"op": "new_vdi", "vid": n, "copies": copies, "policy": 0,
                 "shift": wino.block_size_shift, "parent": base, "size": nino.vdi_size,

@@ -288,3 +288,34 @@ def test_a_grant_ending_drains_its_gateways_writes_before_anyone_else_gets_the_v
     t2 = LockTable()
     t2.restore(t.snapshot())
     assert t2.draining == t.draining != {}
+
+
+def test_a_snapshot_freeze_is_quiet_only_for_its_own_quiet_and_ends_with_its_op():
+    t = LockTable()
+    gen = t.lock(1, "g:1", 7, EXCL)
+    t.apply({"a": "freeze", "vid": 1, "node": "s:1", "fid": "f1"})
+    assert not t.is_quiet(1)
+    with pytest.raises(SdError):  # one freeze at a time
+        t.apply({"a": "freeze", "vid": 1, "node": "x:1", "fid": "f2"})
+    t.apply({"a": "quiet", "vid": 1, "gen": gen, "node": "g:1", "fid": "old"})
+    assert not t.is_quiet(1), "a quiet of another freeze must not count"
+    t.apply({"a": "thaw", "vid": 1, "node": "s:1", "fid": "other"})
+    assert 1 in t.frozen, "a thaw of another freeze must not end this one"
+    t.apply({"a": "quiet", "vid": 1, "gen": gen, "node": "g:1", "fid": "f1"})
+    assert t.is_quiet(1)
+    assert t.restore(t.snapshot()) is None and t.is_quiet(1)  # joiners get it
+    t.move(1, 2)  # the snapshot's main step
+    assert not t.frozen and t.owner(2).session == 7
+
+
+def test_a_freeze_ends_when_its_node_leaves_and_is_quiet_when_the_gateway_does():
+    t = LockTable()
+    t.lock(1, "g:1", 7, EXCL)
+    t.freeze(1, "s:1", "f1")
+    t.drop_node("g:1")  # the holder's gateway left: its writes are refused by epoch
+    assert t.is_quiet(1)
+    t.drop_node("s:1")
+    assert not t.frozen
+    t.freeze(3, "s:1", "f3")  # nobody writes: quiet at once
+    assert t.is_quiet(3)
+    assert t.thaw_all("s:1") == [3] and not t.frozen

@@ -55,10 +55,25 @@ class FakeGroup:
     config = FakeConfig()
 
 
+class FakeLocks:
+    """Locks not enforced (Sheepdog 1.0 mode): a snapshot freezes nothing."""
+
+    def __init__(self):
+        self.frozen = []
+
+    async def freeze(self, vid):
+        self.frozen.append(vid)
+        return ""
+
+    async def thaw(self, vid, fid):
+        pass
+
+
 class FakeSheep:
     def __init__(self):
         self.gateway = FakeGateway()
         self.group = FakeGroup()
+        self.locks = FakeLocks()
         self.vdis = VdiTable(self)
 
 

@@ -111,6 +111,7 @@ class Locks:
         self._idle: dict[tuple[int, int], asyncio.Event] = {}
         self._drains: dict[tuple[int, int], asyncio.Task] = {}
         self._quiets: dict[str, asyncio.Task] = {}  # by freeze id
+        self._freezes_seen: set[str] = set()  # our freezes delivered here
         self._last_tick: float | None = None
 
     # -- persistence of the generation counter and the latest grants ---------
@@ -155,6 +156,8 @@ class Locks:
         try:
             out = self.table.apply(msg)
         finally:
+            if msg.get("a") == "freeze" and msg.get("node") == self.me:
+                self._freezes_seen.add(msg.get("fid"))  # applied or refused: it came
             self._changed()
         log.info("lock %s vid %#x session %016x by %s -> generation %d", msg["a"],
                  msg.get("vid", 0), msg.get("session", 0), msg.get("node", "-"), out["gen"])
@@ -262,10 +265,16 @@ class Locks:
         await self.sheep.group.driver.notify(json.dumps(msg).encode())
         mine = lambda: getattr(self.table.frozen.get(vid), "fid", None) == fid  # noqa: E731
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout  # one bound for both waits
-        ok = await self.sheep.group.wait_until(
-            lambda: not mine() or self.table.is_quiet(vid), timeout)
-        ok = ok and mine()
+        deadline = loop.time() + timeout  # one bound for all the waits
+        try:
+            ok = await self.sheep.group.wait_until(lambda: fid in self._freezes_seen, timeout)
+        finally:
+            self._freezes_seen.discard(fid)
+        ok = ok and mine()  # else refused: another snapshot froze it
+        if ok:
+            ok = await self.sheep.group.wait_until(
+                lambda: not mine() or self.table.is_quiet(vid), max(0.0, deadline - loop.time()))
+            ok = ok and mine()
         if ok:
             ok = await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
                                                    max(0.0, deadline - loop.time()))

@@ -123,7 +123,10 @@ class WritesInFlight:
         self.sheep.group.check_op_token()  # a work step that lost its turn freezes nothing
         fid = uuid.uuid4().hex
         msg = {"t": "lock", "a": "freeze", "vid": vid, "node": self.me, "fid": fid}
-        await self.sheep.group.driver.notify(json.dumps(msg).encode())
+        try:
+            await self.sheep.group.driver.notify(json.dumps(msg).encode())
+        except RuntimeError as e:  # not a member (cut off): nothing was frozen
+            raise _err("HALT", f"cannot freeze VDI {vid:#x} for the snapshot: {e}") from None
         mine = lambda: getattr(self.table.frozen.get(vid), "fid", None) == fid  # noqa: E731
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout  # one bound for all the waits

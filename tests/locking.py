@@ -120,3 +120,19 @@ def in_thread(fn):
     th = threading.Thread(target=run, daemon=True)
     th.start()
     return th, out
+
+
+def peer_write(node, oid, data, gen, gateway_index):
+    """A WRITE_PEER as gateway ``gateway_index`` forwards (or retries) a fenced client
+    write (sheep.gateway); returns (result, epoch)."""
+    cl = node.client()
+    try:
+        epoch = cl.cluster_info().epoch
+        args = proto.ObjArgs(oid=oid, cow_oid=1 + gateway_index)
+        proto.set_fence(args, gen)
+        req = proto.Request(proto.Op.WRITE_PEER, args, epoch=epoch, data_length=len(data),
+                            flags=proto.SD_FLAG_CMD_SESSION | proto.SD_FLAG_CMD_WRITE)
+        rsp, _ = cl.conn.request(req, data)
+        return rsp.result, epoch
+    finally:
+        cl.close()

@@ -6,28 +6,13 @@ import time
 
 import pytest
 from harness import wait_for
-from locking import GRACE, collie, lock_holders, locked_cluster, new_vdi
+from locking import GRACE, collie, lock_holders, locked_cluster, new_vdi, peer_write
 
 import qemu_client
 from sheep import proto
 from sheep.errors import CODES, FencedError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lock]
-
-
-def peer_write(node, oid, data, gen, gateway_index):
-    """A WRITE_PEER as a gateway forwards a fenced client write (sheep.gateway)."""
-    cl = node.client()
-    try:
-        epoch = cl.cluster_info().epoch
-        args = proto.ObjArgs(oid=oid, cow_oid=1 + gateway_index)
-        proto.set_fence(args, gen)
-        req = proto.Request(proto.Op.WRITE_PEER, args, epoch=epoch, data_length=len(data),
-                            flags=proto.SD_FLAG_CMD_SESSION | proto.SD_FLAG_CMD_WRITE)
-        rsp, _ = cl.conn.request(req, data)
-        return rsp.result, epoch
-    finally:
-        cl.close()
 
 
 def node_index(c, node):

@@ -32,7 +32,7 @@ import time
 
 import pytest
 from harness import wait_for
-from locking import in_thread, locked_cluster, new_vdi
+from locking import in_thread, locked_cluster, new_vdi, peer_write
 
 import qemu_client
 from sheep import proto
@@ -103,21 +103,6 @@ def _collie(port, *argv):
                           capture_output=True, timeout=90)
 
 
-def _peer_write(node, oid, data, gen, gateway_index):
-    """A WRITE_PEER as gateway ``gateway_index`` forwards (or retries) a fenced write."""
-    cl = node.client()
-    try:
-        epoch = cl.cluster_info().epoch
-        args = proto.ObjArgs(oid=oid, cow_oid=1 + gateway_index)
-        proto.set_fence(args, gen)
-        req = proto.Request(proto.Op.WRITE_PEER, args, epoch=epoch, data_length=len(data),
-                            flags=proto.SD_FLAG_CMD_SESSION | proto.SD_FLAG_CMD_WRITE)
-        rsp, _ = cl.conn.request(req, data)
-        return rsp.result
-    finally:
-        cl.close()
-
-
 @pytest.mark.cluster
 @pytest.mark.lock
 def test_a_shared_lock_is_not_granted_while_a_former_writers_write_is_landing(make_cluster):
@@ -163,7 +148,7 @@ def test_a_shared_lock_is_not_granted_while_a_former_writers_write_is_landing(ma
             shared.call(proto.Op.WRITE_OBJ, proto.ObjArgs(oid=oid_y), b"S" * 4096)
             assert _local(g, oid_y) == b"S" * 4096
             # A's gateway (re)sending a write of A's to Y, as its fan-out would
-            late = _peer_write(g, oid_y, b"a" * 4096, gen_a, g_index)
+            late, _ = peer_write(g, oid_y, b"a" * 4096, gen_a, g_index)
         assert not (result == 0 and landing), (
             f"a shared lock was granted while the former holder's write was still landing; "
             f"afterwards a write of the former holder to G (a replica) was answered "

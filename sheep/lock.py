@@ -148,8 +148,7 @@ class Locks(WritesInFlight):
         try:
             out = self.table.apply(msg)
         finally:
-            if msg.get("a") == "freeze" and msg.get("node") == self.me:
-                self._freezes_seen.add(msg.get("fid"))  # applied or refused: it came
+            self._delivered(msg)
             self._changed()
         log.info("lock %s vid %#x session %016x by %s -> generation %d", msg["a"],
                  msg.get("vid", 0), msg.get("session", 0), msg.get("node", "-"), out["gen"])

@@ -105,6 +105,11 @@ class WritesInFlight:
 
     # -- freezing (sheep.lock_table): a snapshot's work step ------------------
 
+    def _delivered(self, msg: dict) -> None:
+        """A lock message was applied (or refused) here, in total order."""
+        if msg.get("a") == "freeze" and msg.get("node") == self.me:
+            self._freezes_seen.add(msg.get("fid"))  # our freeze came: judge it now
+
     def check_not_frozen(self, vid: int) -> None:
         """A new fan-out of ``vid`` waits while a snapshot copies its index."""
         if vid in self.table.frozen:

@@ -169,6 +169,14 @@ class Node:
     def client(self) -> Client:
         return Client(self.port)
 
+    def status(self) -> int:
+        """The cluster status this node reports (SD_STATUS_*)."""
+        cl = self.client()
+        try:
+            return cl.cluster_info().status
+        finally:
+            cl.close()
+
     @property
     def obj_dir(self) -> str:
         return os.path.join(self.store, "obj")
@@ -303,3 +311,33 @@ def read_vdi(client, vid, offset, length):
         n = min(length - len(out), obj - o)
         out += client.read_obj(proto.vid_to_data_oid(vid, idx), o, n)
     return out
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def push(sock: socket.socket, frames, seconds: float = 4.0) -> int:
+    """Send ``frames`` without reading anything; return how many bytes the
+    daemon accepted before the connection stopped taking more."""
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    for frame in frames:
+        view = memoryview(frame)
+        while view:
+            try:
+                n = sock.send(view)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    return sent
+                time.sleep(0.01)
+                continue
+            sent += n
+            view = view[n:]
+    return sent

@@ -34,14 +34,6 @@ pytestmark = [pytest.mark.cluster]
 OBJ = proto.SD_DATA_OBJ_SIZE
 
 
-def _status(node):
-    cl = node.client()
-    try:
-        return cl.cluster_info().status
-    finally:
-        cl.close()
-
-
 def _version(node, oid):
     from sheep.store import meta as M
     with open(os.path.join(node.store, "meta", "%016x" % oid), "rb") as f:
@@ -80,17 +72,17 @@ def test_a_node_of_the_lost_history_rejoins_with_its_copies_demoted(make_cluster
     a.kill(signal.SIGKILL)
     b.kill(signal.SIGKILL)
     cc.start()
-    wait_for(lambda: _status(cc) == proto.SD_STATUS_WAIT, 10, what="C waiting for its nodes")
+    wait_for(lambda: cc.status() == proto.SD_STATUS_WAIT, 10, what="C waiting for its nodes")
     r = collie(cc.port, "cluster", "recover", "force", "-f")
     assert r.returncode == 0, (r.stdout, r.stderr)
-    wait_for(lambda: _status(cc) == proto.SD_STATUS_OK, 10, what="C running")
+    wait_for(lambda: cc.status() == proto.SD_STATUS_OK, 10, what="C running")
     cl = cc.client()
     for i in idxs:
         write_vdi(cl, vid, i * OBJ, b"D2" * 4)  # acknowledged by the forced cluster
     cl.close()
     a.start()
     c.wait_members(2, timeout=20)
-    wait_for(lambda: _status(a) == proto.SD_STATUS_OK, 10, what="A running")
+    wait_for(lambda: a.status() == proto.SD_STATUS_OK, 10, what="A running")
     time.sleep(2)  # let recovery run
     demoted = "rejoined from epoch" in a.log()
     seen = {}

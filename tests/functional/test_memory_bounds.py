@@ -12,10 +12,9 @@ import os
 import signal
 import socket
 import struct
-import time
 
 import pytest
-from harness import Cluster, wait_for
+from harness import Cluster, push, rss_mib, wait_for
 from nbd_raw import RawNbd
 
 from sheep import nbd, proto, server
@@ -24,35 +23,6 @@ pytestmark = [pytest.mark.cluster]
 
 MiB = 1 << 20
 OBJ = proto.SD_DATA_OBJ_SIZE
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-def push(sock: socket.socket, frames, seconds: float = 4.0) -> int:
-    """Send ``frames`` without reading anything; return how many bytes the
-    daemon accepted before the connection stopped taking more."""
-    sock.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + seconds
-    for frame in frames:
-        view = memoryview(frame)
-        while view:
-            try:
-                n = sock.send(view)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return sent
-                time.sleep(0.01)
-                continue
-            sent += n
-            view = view[n:]
-    return sent
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from harness import Cluster, write_vdi
+from harness import Cluster, push, rss_mib, write_vdi
 from locking import collie
 
 from sheep import proto
@@ -30,34 +30,6 @@ pytestmark = [pytest.mark.cluster]
 MiB = 1 << 20
 OBJ = proto.SD_DATA_OBJ_SIZE
 N = 64
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-def push(sock, frames, seconds=4.0):
-    """Send ``frames`` without reading replies; bytes the daemon took in."""
-    sock.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + seconds
-    for frame in frames:
-        view = memoryview(frame)
-        while view:
-            try:
-                n = sock.send(view)
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    return sent
-                time.sleep(0.01)
-                continue
-            sent += n
-            view = view[n:]
-    return sent
 
 
 class Peak:

@@ -30,19 +30,15 @@ OBJ = proto.SD_DATA_OBJ_SIZE
 N_OBJ = 8
 
 
-def _status(node):
-    cl = node.client()
-    try:
-        return cl.cluster_info().status
-    finally:
-        cl.close()
-
-
 def _has(node, oid):
     return os.path.exists(os.path.join(node.obj_dir, "%016x" % oid))
 
 
-def test_full_restart_without_epoch_change_never_finishes_recovery(make_cluster):
+def _lacking_node_then_power_failure(make_cluster):
+    """3 nodes, copies 2, N_OBJ objects; a 4th node D joins while recovery is
+    off (an operator's choice, or simply a slow recovery), so it holds objects
+    it does not have yet; then a power failure: every node at once, then all
+    of them back.  Returns (cluster, D, [(oid, holder ports)] D lacks)."""
     c = make_cluster(3)
     c.format(copies=2)
     a = c.nodes[0]
@@ -51,57 +47,36 @@ def test_full_restart_without_epoch_change_never_finishes_recovery(make_cluster)
     for i in range(N_OBJ):
         write_vdi(cl, vid, i * OBJ, b"D%d" % i * 8)
     cl.close()
-    # a 4th node joins while recovery is off (an operator's choice, or simply a
-    # slow recovery): it holds objects it does not have yet
     assert collie(a.port, "cluster", "recover", "disable").returncode == 0
     d = c.add_node()
     c.wait_members(4)
     ring = Ring(a.client().nodes())
-    oids = [proto.vid_to_data_oid(vid, i) for i in range(N_OBJ)]
-    lacking = [o for o in oids if d.port in {n.port for n in ring.replicas(o, 2)}
-               and not _has(d, o)]
-    assert lacking, "D holds none of the objects"
-    # power failure: every node at once, then all of them back
+    targets = [(o, [n.port for n in ring.replicas(o, 2)])
+               for o in (proto.vid_to_data_oid(vid, i) for i in range(N_OBJ))]
+    targets = [(o, ps) for o, ps in targets if d.port in ps and not _has(d, o)]
+    assert targets, "D holds none of the objects"
     for n in c.nodes:
         n.kill(signal.SIGKILL)
     for n in c.nodes:
         n.start()
-    wait_for(lambda: all(_status(n) == proto.SD_STATUS_OK for n in c.nodes), 20,
+    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 20,
              what="cluster running again")
-    info = a.client().cluster_info()
-    print("after restart: epoch", info.epoch, "disable_recovery", info.disable_recovery)
+    return c, d, targets
+
+
+def test_full_restart_without_epoch_change_never_finishes_recovery(make_cluster):
+    c, d, targets = _lacking_node_then_power_failure(make_cluster)
+    info = c.nodes[0].client().cluster_info()
     assert not info.disable_recovery
-    time.sleep(10)  # far longer than recovering 8 objects takes
-    still = [o for o in lacking if not _has(d, o)]
-    print(f"D lacks {len(still)} of the {len(lacking)} objects it holds, 10 s after restart")
-    assert not still, (f"{len(still)} objects stay under-replicated after the restart "
-                       "(no recovery pass runs without an epoch change)")
+    # far longer than recovering 8 objects takes
+    wait_for(lambda: all(_has(d, o) for o, _ in targets), 10,
+             what="D to recover the objects it holds (no recovery pass runs without an "
+                  "epoch change)")
 
 
 def test_then_one_node_failure_makes_reads_fail(make_cluster):
-    c = make_cluster(3)
-    c.format(copies=2)
-    a = c.nodes[0]
-    cl = a.client()
-    vid = cl.new_vdi("vm", N_OBJ * OBJ)
-    for i in range(N_OBJ):
-        write_vdi(cl, vid, i * OBJ, b"D%d" % i * 8)
-    cl.close()
-    assert collie(a.port, "cluster", "recover", "disable").returncode == 0
-    d = c.add_node()
-    c.wait_members(4)
-    ring = Ring(a.client().nodes())
-    oids = [proto.vid_to_data_oid(vid, i) for i in range(N_OBJ)]
-    targets = [(o, [n.port for n in ring.replicas(o, 2)]) for o in oids]
-    targets = [(o, ps) for o, ps in targets if d.port in ps and not _has(d, o)]
-    assert targets
-    for n in c.nodes:
-        n.kill(signal.SIGKILL)
-    for n in c.nodes:
-        n.start()
-    wait_for(lambda: all(_status(n) == proto.SD_STATUS_OK for n in c.nodes), 20,
-             what="cluster running again")
-    time.sleep(5)
+    c, d, targets = _lacking_node_then_power_failure(make_cluster)
+    wait_for(lambda: all(_has(d, o) for o, _ in targets), 20, what="D's recovery")
     oid, ports = targets[0]
     other = next(n for n in c.nodes if n.port in ports and n is not d)
     other.kill(signal.SIGKILL)  # ONE node

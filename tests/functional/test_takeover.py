@@ -57,7 +57,6 @@ def _plan(c, copies=2):
     raise AssertionError("no suitable placement")
 
 
-
 @pytest.mark.parametrize("snapshot", [False, True], ids=["write", "write-then-snapshot"])
 def test_a_write_in_flight_when_the_lock_is_broken_lands_everywhere_before_the_next_holder(
         make_cluster, snapshot):

@@ -68,6 +68,11 @@ class MetaError(ValueError):
     """A record that does not parse or does not fit its object."""
 
 
+class SizeMismatch(MetaError):
+    """An intact record that describes an object of another size: the object
+    file was replaced behind the store's back (e.g. copied in by hand)."""
+
+
 def nblocks(size: int) -> int:
     return -(-size // BLOCK)
 
@@ -170,8 +175,10 @@ class Meta:
         if crc32c(raw[:28]) != hcrc:
             raise MetaError("record header fails its checksum")
         n = nblocks(size)
-        if count != n or len(raw) != HDR_LEN + ENTRY * n:
-            raise MetaError(f"record covers {count} blocks ({len(raw)} bytes), object has {n}")
+        if len(raw) != HDR_LEN + ENTRY * count:
+            raise MetaError(f"record of {count} blocks is {len(raw)} bytes long")
+        if count != n:
+            raise SizeMismatch(f"record covers {count} blocks, object has {n}")
         crcs = np.frombuffer(raw, dtype="<u4", offset=HDR_LEN).reshape(n, 2).copy()
         return cls(version, crcs)
 

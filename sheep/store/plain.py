@@ -175,7 +175,9 @@ class PlainStore(StaleCopies, BaseDir, Store):
 
     @staticmethod
     def _load_meta(path: str, size: int) -> M.Meta | None:
-        """The record at ``path`` (None if absent); EIO if damaged."""
+        """The record at ``path``; None if absent or if it describes another
+        size (the copy was replaced by hand: it is then rebuilt, version 0);
+        EIO if damaged."""
         try:
             with open(path, "rb") as f:
                 raw = f.read()
@@ -185,6 +187,9 @@ class PlainStore(StaleCopies, BaseDir, Store):
             raise oserror(e, f"cannot read record {path}") from e
         try:
             return M.Meta.unpack(raw, size)
+        except M.SizeMismatch as e:
+            log.warning("%s: %s; the copy was replaced: rebuilding its record", path, e)
+            return None
         except M.MetaError as e:
             raise err("EIO", f"record {path}: {e}") from None
 

@@ -117,23 +117,31 @@ class StaleCopies:
 
     def stale_copies(self, oid: int) -> dict[int, int]:
         """epoch tag -> version of every stale copy of ``oid`` (version 0 for a
-        copy without a record; a copy whose record is damaged is left out)."""
+        copy without a record, or whose record describes another size — a
+        copy put there by hand —, as :meth:`read_stale` then rebuilds it; a
+        copy whose record is damaged is left out)."""
         name = self._check_oid(oid)
         out = {}
         with self._lock_for(oid):
             for ep, d in list(self._stale_index().get(oid, {}).items()):
                 spath, smpath = self._paths(d, name, ep)
                 try:
+                    size = os.stat(spath).st_size
+                except OSError:  # gone meanwhile, or unreadable: not a candidate
+                    continue
+                try:
                     with open(smpath, "rb") as f:
                         raw = f.read(M.HDR_LEN)
-                    if len(raw) < M.HDR_LEN or raw[:4] != M.MAGIC:
-                        continue
-                    out[ep] = int.from_bytes(raw[M.VERSION_OFF:M.VERSION_OFF + 8], "little")
                 except FileNotFoundError:
-                    if os.path.exists(spath):
-                        out[ep] = 0
+                    out[ep] = 0
+                    continue
                 except OSError:
                     continue
+                if len(raw) < M.HDR_LEN or raw[:4] != M.MAGIC:
+                    continue
+                count = int.from_bytes(raw[12:16], "little")
+                out[ep] = (int.from_bytes(raw[M.VERSION_OFF:M.VERSION_OFF + 8], "little")
+                           if count == M.nblocks(size) else 0)
         return out
 
     def list_stale(self) -> dict[int, list[int]]:

@@ -17,7 +17,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from sheep import __version__, ops, proto
-from sheep.errors import SdError
+from sheep.errors import CODES, SdError, error_for
 from sheep.gateway import Gateway
 from sheep.group import Group
 from sheep.lock import Locks
@@ -58,15 +58,51 @@ class Sheep:
         """Run a blocking store call on the I/O threads.  With ``-n`` (no sync)
         a call on at most ``INLINE_MAX`` bytes (``size``) only touches the page
         cache and runs inline.  A failing disk (not a damaged object) takes the
-        node out of the cluster, so that its objects are recovered elsewhere."""
+        node out of the cluster, so that its objects are recovered elsewhere:
+        see :meth:`disk_failed`."""
         try:
             if self.cfg.nosync and size is not None and size <= INLINE_MAX:
                 return fn(*args)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except SdError as e:
-            if getattr(e, "disk_failure", False):
-                self.group._fatal(f"disk failure: {e.message}")
-            raise
+            why = self._disk_failure(e)
+            if why is None:
+                raise
+            self.disk_failed(why)
+            raise error_for(CODES["NETWORK_ERROR"], f"disk failure: {why}") from e
+
+    def _disk_failure(self, e: SdError) -> str | None:
+        """What failed, if the store error ``e`` is the disk's, not one object's:
+        an errno of a failing device (``disk_failure``, see
+        :func:`sheep.store.basedir.oserror`), or an object directory that is
+        gone (it then answers NO_OBJ / ENOENT for everything, as with 1.0's
+        ``err_to_sderr`` ENOENT case whose directory no longer stats)."""
+        if getattr(e, "disk_failure", False):
+            return e.message
+        if e.code in (CODES["EIO"], CODES["NO_OBJ"]):
+            try:
+                return self.store.healthy()
+            except OSError as ex:
+                return f"cannot check the object directories: {ex}"
+        return None
+
+    def disk_failed(self, why: str) -> None:
+        """A disk failed (EIO from the device, or its object directory vanished).
+
+        Single-disk store: the node leaves the cluster at once (status KILLED,
+        then exit), like 1.0's ``md_do_recover`` once no disk is left
+        (``leave_cluster``); the request that met the failure is answered
+        NETWORK_ERROR (1.0's ``md_handle_eio``: "fool the requester to
+        retry"), so the gateway retries it on the ring of the next epoch,
+        without this node, and the client never sees the error.
+
+        This is the hook of the multi-disk layer: with several disks it drops
+        the failed one (its objects are recovered from the replicas) and leaves
+        only when none is left."""
+        group = getattr(self, "group", None)
+        if group is None:  # not running yet: the start-up fails on its own
+            return
+        group._fatal(f"disk failure: {why}")
 
     async def io_thread(self, fn, *args):
         """Run ``fn(*args)`` on an I/O thread, whatever its size."""
@@ -92,7 +128,7 @@ class Sheep:
             await asyncio.sleep(1.0)
             why = self.store.healthy()
             if why:
-                self.group._fatal(why)
+                self.disk_failed(why)
                 return
 
     def dump_tasks(self) -> None:

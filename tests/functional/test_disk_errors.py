@@ -125,13 +125,48 @@ class Writer(threading.Thread):
             self.error = e
 
 
-@pytest.mark.parametrize("victim_idx", [3, 0], ids=["replica", "gateway"])
-def test_disk_loss_under_a_running_writer(make_cluster, victim_idx):
-    """Issue 11 point 6: one node's object directory vanishes while a client
-    writes; that node leaves, the writer sees no error (its gateway retries on
-    the next epoch, or — when the gateway itself lost its disk — the client
-    fails over), and every acknowledged write reads back from every node."""
-    c = make_cluster(4)
+def _mount_tmpfs(path: str, like: str) -> None:
+    """A tmpfs on ``path`` as large as the filesystem of ``like`` (a limit, not
+    memory): with automatic vnodes the node gets its fair share of objects."""
+    os.makedirs(path)
+    vfs = os.statvfs(like)
+    size = vfs.f_blocks * vfs.f_frsize
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path],
+                       capture_output=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+
+
+def _remount_ro(path: str) -> bool:
+    # EBUSY while the daemon has an object file open for writing: try again
+    return subprocess.run(["mount", "-o", "remount,ro", path], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def mounts():
+    made = []
+    yield made
+    for m in made:
+        subprocess.run(["umount", "-l", m], check=False)
+
+
+@pytest.mark.parametrize("victim_idx,how", [(3, "vanish"), (0, "vanish"), (3, "read-only")],
+                         ids=["replica-vanished", "gateway-vanished", "replica-read-only"])
+def test_disk_loss_under_a_running_writer(make_cluster, mounts, victim_idx, how):
+    """Issue 11 point 6: one node's object directory vanishes (renamed away)
+    or its filesystem turns read-only (EROFS, what ext4 does on a failing
+    disk with errors=remount-ro) while a client writes; that node leaves, the
+    writer sees no error (its gateway retries on the next epoch, or — when
+    the gateway itself lost its disk — the client fails over), and every
+    acknowledged write reads back from every node afterwards."""
+    if how == "read-only":  # node 3's obj/ on a filesystem of its own
+        c = make_cluster(3)
+        n3 = c.add_node(start=False)
+        _mount_tmpfs(n3.obj_dir, c.root)
+        mounts.append(n3.obj_dir)
+        n3.start()
+    else:
+        c = make_cluster(4)
     c.format(copies=3)
     size = 32 * MiB
     vid = c.nodes[0].client().new_vdi("data", size)
@@ -141,10 +176,15 @@ def test_disk_loss_under_a_running_writer(make_cluster, victim_idx):
     nodes = [("127.0.0.1", n.port) for n in c.nodes[1:]]
     w = Writer(c.nodes[0].port, nodes, image, slots=64)
     w.start()
+    victim = c.nodes[victim_idx]
+    held = [n for n in os.listdir(victim.obj_dir) if len(n) == 16]
+    assert len(held) >= 3, "the victim must hold some of the objects written"
     try:
         wait_for(lambda: w.acked >= 20 or w.error, 60, what="the writer under way")
-        victim = c.nodes[victim_idx]
-        os.rename(victim.obj_dir, victim.obj_dir + ".gone")  # the disk is gone
+        if how == "vanish":
+            os.rename(victim.obj_dir, victim.obj_dir + ".gone")  # one step
+        else:
+            wait_for(lambda: _remount_ro(victim.obj_dir), 20, what="remount read-only")
         wait_for(lambda: not victim.alive(), 20, what="the node without its disk to leave")
         c.wait_members(3, timeout=20)
         mark = w.acked

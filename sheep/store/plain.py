@@ -32,7 +32,8 @@ Theory of operation
   ``prev``) against the cached record; on a mismatch the read is retried once
   under the lock, then EIO.  Files are opened per call, so objects replaced
   behind our back are noticed.
-* **Copies without a record** get one rebuilt from their data (version 0)
+* **Copies without a record**, or whose record describes another size (the
+  file was replaced by hand), get one rebuilt from their data (version 0)
   the first time they are used; a damaged record makes the copy EIO.
 * Record cache: an LRU keyed by oid, validated by (st_dev, st_ino, st_size,
   directory), loaded and changed only under the object's lock.  Removals,

@@ -3,11 +3,13 @@ of the cluster and its objects are recovered elsewhere, while a running writer
 sees no error; a full disk gives the client NO_SPACE.
 
 How a disk is failed here: its object directory is renamed away (one atomic
-step; the daemon then meets ENOENT for every object, which it treats as a
-vanished disk, like 1.0's ``err_to_sderr``).  Real EIO needs a failing block
-device (dm-error, a loop device): root-only and unreliable in CI containers;
-the daemon reacts to the device errnos (EIO, EROFS, ENODEV, ...) through the
-same path (``Sheep.disk_failed``)."""
+step; the daemon then meets ENOENT for every object while the directory no
+longer exists, which it treats as a vanished disk, like 1.0's
+``err_to_sderr``), or its filesystem (a tmpfs) is remounted read-only, so the
+kernel answers EROFS — what ext4 does on a failing disk with
+errors=remount-ro.  EIO itself would need a failing block device (dm-error is
+not available in the CI containers); the daemon handles every device errno
+(EIO, EROFS, ENODEV, ...) on the same path (``Sheep.disk_failed``)."""
 
 import os
 import shutil

@@ -172,6 +172,8 @@ class PlainStore(StaleCopies, BaseDir, Store):
                 return i, os.stat(os.path.join(self.obj_dirs[i], name))
             except FileNotFoundError:
                 continue
+            except OSError as e:
+                raise oserror(e, f"cannot stat object {name}") from e
         return None
 
     @staticmethod
@@ -542,10 +544,13 @@ class PlainStore(StaleCopies, BaseDir, Store):
 
     def _scan(self):
         for d in self.obj_dirs:
-            with os.scandir(d) as it:
-                for ent in it:
-                    if _OID_RE.fullmatch(ent.name) and int(ent.name, 16):
-                        yield ent
+            try:
+                with os.scandir(d) as it:
+                    for ent in it:
+                        if _OID_RE.fullmatch(ent.name) and int(ent.name, 16):
+                            yield ent
+            except OSError as e:  # (a vanished directory: EIO, see Sheep.disk_failed)
+                raise oserror(e, f"cannot list {d}") from e
 
     def list_oids(self) -> list[int]:
         """All object ids (16 hex digit, non-zero names), ascending, unique."""

@@ -164,15 +164,22 @@ class VdiTable:
                 self.states[vid] = VdiState(**s)
 
     def local_snapshot(self) -> list[dict]:
-        """VDIs whose inode objects are in the local store (start-up scan)."""
+        """VDIs whose inode objects are in the local store (start-up scan):
+        live copies, and, as 1.0's ``default_init`` (``for_each_object_in_stale``),
+        inodes that only have stale copies (the newest one is read)."""
         store = self.sheep.store
         out = []
-        for oid in store.list_oids():
-            if not proto.is_vdi_obj(oid):
-                continue
+        live = [o for o in store.list_oids() if proto.is_vdi_obj(o)]
+        seen = set(live)
+        stale = [o for o in store.list_stale() if proto.is_vdi_obj(o) and o not in seen]
+        for oid in live + sorted(stale):
             try:
-                ino = proto.InodeHeader.unpack(store.read(oid, 0, proto.SD_INODE_HEADER_SIZE))
-            except SdError:
+                if oid in seen:
+                    head = store.read(oid, 0, proto.SD_INODE_HEADER_SIZE)
+                else:
+                    head = store.read_stale(oid, store.stale_epochs(oid)[0])[1]
+                ino = proto.InodeHeader.unpack(head[:proto.SD_INODE_HEADER_SIZE])
+            except (SdError, IndexError):
                 continue
             vid = proto.oid_to_vid(oid)
             out.append(asdict(VdiState(

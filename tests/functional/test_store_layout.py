@@ -129,29 +129,32 @@ def test_objects_without_records_are_served_and_recovered(make_cluster):
         assert all(_has_record(n, oid) for n in holders), "%016x" % oid
 
 
-def test_stale_copies_without_records_are_recovered(make_cluster):
-    """Every data object is moved by hand into ``.stale/<oid>.<epoch>`` and
-    every record removed: the cluster recovers the objects from those stale
-    copies, intact, and the recovered copies have records."""
+@pytest.mark.parametrize("with_inode", [False, True], ids=["data", "data-and-inode"])
+def test_stale_copies_without_records_are_recovered(make_cluster, with_inode):
+    """Every data object (and the inode) is moved by hand into
+    ``.stale/<oid>.<epoch>`` and every record removed: the VDI is still known
+    at start (1.0 scans stale inodes too), the cluster recovers the objects
+    from those stale copies, intact, and the recovered copies have records."""
     c = make_cluster(3)
     c.format(copies=3)
     size = 16 * MiB
     vid, blob = _write(c, size)
-    data_oids = vdi_oids(vid, size)[1:]
+    oids = vdi_oids(vid, size)
+    moved = oids if with_inode else oids[1:]
     _kill_all(c)
     for n in c.nodes:
         epoch = max(int(e) for e in os.listdir(os.path.join(n.store, "epoch"))
                     if e.isdigit())
-        for oid in data_oids:
+        for oid in moved:
             name = "%016x" % oid
             os.rename(os.path.join(n.obj_dir, name),
                       os.path.join(n.obj_dir, ".stale", f"{name}.{epoch}"))
-        shutil.rmtree(os.path.join(n.store, "meta"))  # the inode stays live, unrecorded
+        shutil.rmtree(os.path.join(n.store, "meta"))
     _restart_all(c)
     _read_all(c, size, blob)  # each gateway reads its own replica first: recovers it
-    wait_for(lambda: placement_ok(c, vdi_oids(vid, size), copies=3), 60,
+    wait_for(lambda: placement_ok(c, oids, copies=3), 60,
              what="objects recovered from the stale copies")
     for n in c.nodes:
-        for oid in data_oids:
+        for oid in moved:
             assert _has_record(n, oid), f"node {n.idx}: %016x" % oid
     _read_all(c, size, blob)

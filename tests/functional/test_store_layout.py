@@ -46,7 +46,7 @@ def _kill_all(c) -> None:
     for n in c.nodes:
         os.kill(n.pid, signal.SIGKILL)
     for n in c.nodes:
-        wait_for(lambda: not n.alive(), 10, what=f"sheep {n.idx} to die")
+        wait_for(lambda n=n: not n.alive(), 10, what=f"sheep {n.idx} to die")
 
 
 def _restart_all(c) -> None:
@@ -77,7 +77,7 @@ def test_obj_dir_is_the_1_0_layout(make_cluster):
     for n in c.nodes:  # a crash-free stop
         n.kill(signal.SIGTERM)
     for n in c.nodes:
-        wait_for(lambda: not n.alive(), 20, what=f"sheep {n.idx} to stop")
+        wait_for(lambda n=n: not n.alive(), 20, what=f"sheep {n.idx} to stop")
     seen = 0
     for n in c.nodes:
         names = set(os.listdir(n.obj_dir))

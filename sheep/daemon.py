@@ -16,8 +16,8 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from sheep import __version__, ops, proto
-from sheep.errors import SdError
+from sheep import __version__, md_ops, ops, proto
+from sheep.errors import CODES, SdError
 from sheep.gateway import Gateway
 from sheep.group import Group
 from sheep.lock import Locks
@@ -64,6 +64,9 @@ class Sheep:
                 return fn(*args)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except SdError as e:
+            # several disks: a lost one is dropped and the call redone on the others
+            if e.code == CODES["EIO"] and await md_ops.drop_failed_disks(self, deep=True):
+                return await self.io(fn, *args, size=size)
             if getattr(e, "disk_failure", False):
                 self.group._fatal(f"disk failure: {e.message}")
             raise
@@ -90,6 +93,7 @@ class Sheep:
         """Leave the cluster if the store vanishes (checked every second)."""
         while True:
             await asyncio.sleep(1.0)
+            await md_ops.drop_failed_disks(self, deep=False)
             why = self.store.healthy()
             if why:
                 self.group._fatal(why)

@@ -5,6 +5,7 @@ writer runs, and the node re-weighted each time."""
 import os
 import random
 import shutil
+import subprocess
 import threading
 
 import pytest
@@ -126,7 +127,15 @@ def test_md_placement_plug_unplug_reweight(make_cluster, tmp_path):
     assert _md_call(node, proto.Op.MD_UNPLUG, [disks[0]]) == CODES["UNKNOWN"]
 
 
-def test_lost_disk_with_running_writer(make_cluster, tmp_path):
+def _remount_ro(path):
+    subprocess.run(["mount", "--bind", path, path], check=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
+
+
+@pytest.mark.parametrize("how", ["vanish", "readonly"])
+def test_lost_disk_with_running_writer(make_cluster, tmp_path, how):
+    """The disk vanishes (directory removed) or turns read-only (EROFS on
+    writes, what a filesystem does after an I/O error with errors=remount-ro)."""
     c = make_cluster(2)
     disks = [str(tmp_path / f"disk{i}") for i in range(3)]
     node = _md_node(c, disks)
@@ -163,9 +172,12 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path):
     t.start()
     try:
         wait_for(lambda: writes[0] >= 20 or errors, 30, what="the writer to run")
-        gone = victim + ".gone"
-        os.rename(victim, gone)  # the disk vanishes at once
-        shutil.rmtree(gone)
+        if how == "vanish":
+            gone = victim + ".gone"
+            os.rename(victim, gone)  # the disk vanishes at once
+            shutil.rmtree(gone)
+        else:
+            _remount_ro(victim)
         keep = [d for d in disks if d != victim]
         wait_for(lambda: [p for _, p, _, _ in _md_info(node)] == keep, 20,
                  what="the lost disk dropped")
@@ -176,6 +188,8 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path):
     finally:
         stop.set()
         t.join(60)
+        if how == "readonly":
+            subprocess.run(["umount", "-l", victim], check=False)
     assert not errors, errors
     assert node.alive() and len(_vnodes(c.nodes[0])) == 3  # the node stayed
     assert node.client().cluster_info().epoch > epoch
@@ -184,4 +198,4 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path):
         assert any(os.path.exists(os.path.join(d, "%016x" % o)) for d in keep)
     for n in c.live():
         assert _read_all(n, "lost") == bytes(model)
-    assert not os.path.exists(victim)
+    assert os.path.exists(victim) == (how == "readonly")

@@ -90,7 +90,10 @@ class Sheep:
                 log.warning("event loop stalled for %.2fs", lag)
 
     async def _watch_store(self) -> None:
-        """Leave the cluster if the store vanishes (checked every second)."""
+        """Leave the cluster if the store vanishes (checked every second); with
+        several disks, drop a lost one instead (``sheep.md_ops``)."""
+        if self.store.multi_disk:  # objects left off their home by a changed disk list
+            md_ops.rebalance_later(self)
         while True:
             await asyncio.sleep(1.0)
             await md_ops.drop_failed_disks(self, deep=False)

@@ -55,7 +55,7 @@ async def md_plug(sheep, req, payload):
     if not added:
         raise error_for(CODES["UNKNOWN"], f"no disk plugged from {','.join(paths)}")
     await disks_changed(sheep, f"plugged {','.join(added)}")
-    _spawn(sheep, _rebalance(sheep))
+    rebalance_later(sheep)
     return None, b""
 
 
@@ -71,10 +71,16 @@ async def md_unplug(sheep, req, payload):
 
 
 def _spawn(sheep, coro) -> None:
-    tasks = sheep.__dict__.setdefault("_md_tasks", set())
+    tasks = sheep.__dict__.setdefault("_md_tasks", set())  # keep a reference
     t = asyncio.get_running_loop().create_task(coro)
     tasks.add(t)
     t.add_done_callback(tasks.discard)
+
+
+def rebalance_later(sheep) -> None:
+    """Move objects to their home disks in the background (after a plug, and
+    at start-up: the disk list may differ from the last run)."""
+    _spawn(sheep, _rebalance(sheep))
 
 
 async def _rebalance(sheep) -> None:

@@ -30,6 +30,11 @@ Guarantees
   fetch of ``sheep.fetch`` bring them back from peers (never an older copy:
   those rules decide).  If every disk is lost, nothing is dropped and the
   caller takes the node out of the cluster.
+* **A dropped disk never comes back with its old copies**: lost and
+  unplugged disks are listed in ``BASE/md_dropped`` (written before the
+  disk leaves the set); a listed disk given again at start-up, or plugged,
+  is purged first and taken off the list (its copies may miss writes made
+  while it was away, and a live copy must have every acknowledged write).
 * At start-up, an object found on two disks (a crash in the middle of a
   move) keeps only the copy found first (home first); the other is deleted.
 """
@@ -48,6 +53,7 @@ from sheep.store import meta as M
 from sheep.store.basedir import err, fsync_dir, pread_full, unlink
 
 log = logging.getLogger("sheep.store")
+DROPPED = "md_dropped"  # BASE/md_dropped: disks dropped from the set, one a line
 
 
 def _is_meta_store(path: str) -> bool:
@@ -85,6 +91,13 @@ class MdDisks:
                 if _is_meta_store(d):
                     raise err("INVALID_PARMS", f"{d} is a meta-store (a sheep base "
                                                "directory), not an object disk")
+        dropped = self._dropped()
+        for d in self.obj_dirs:
+            if d in dropped:
+                log.warning("%s was dropped from the disk set earlier: purged", d)
+                self._purge(d)
+        if dropped & set(self.obj_dirs):
+            self._set_dropped(dropped - set(self.obj_dirs))
         self._spaces = [self._measure(d) for d in self.obj_dirs]
         self._placement = md.Placement(list(zip(self.obj_dirs, self._spaces)))
         if len(self.obj_dirs) > 1:
@@ -173,8 +186,23 @@ class MdDisks:
             for lk in self._locks:
                 lk.release()
 
+    def _dropped(self) -> set[str]:
+        raw = self.read_file(DROPPED) or b""
+        return {p for p in raw.decode(errors="replace").split("\n") if p}
+
+    def _set_dropped(self, paths: set[str]) -> None:
+        self.write_file(DROPPED, "".join(p + "\n" for p in sorted(paths)).encode())
+
     def _prepare_disk(self, path: str) -> int:
         """Create and purge a directory about to be plugged; its space."""
+        self._purge(path)
+        dropped = self._dropped()
+        if path in dropped:
+            self._set_dropped(dropped - {path})
+        return md.disk_space(path)
+
+    def _purge(self, path: str) -> None:
+        """Delete every object, stale copy and record of a disk directory."""
         mdir = self._meta_dir_of(path)
         for sub in (path, os.path.join(path, ".stale"), mdir, os.path.join(mdir, "stale")):
             os.makedirs(sub, exist_ok=True)
@@ -183,7 +211,6 @@ class MdDisks:
                     if ent.name not in (".stale", ".meta", "stale", md.SIZE_FILE) \
                             and ent.is_file(follow_symlinks=False):
                         unlink(ent.path)
-        return md.disk_space(path)
 
     def md_plug(self, paths: Sequence[str]) -> list[str]:
         """Add disks (purged first); returns the paths added.  Call
@@ -241,6 +268,7 @@ class MdDisks:
                 gone.append(p)
             if not gone:
                 return []
+            self._set_dropped(self._dropped() | set(gone))
             self._swap(dirs, spaces, n)
             left = self.md_rebalance()
             if left:
@@ -267,6 +295,8 @@ class MdDisks:
             lost = [dirs[i] for i in bad if i < n]
             rest = [i for i in range(n, len(dirs)) if i not in bad]
             order = keep + rest
+            with contextlib.suppress(Exception):  # the base dir may be failing too
+                self._set_dropped(self._dropped() | {dirs[i] for i in bad})
             self._swap([dirs[i] for i in order], [spaces[i] for i in order], len(keep))
             for p in lost:
                 log.error("disk %s is lost: dropped from the multi-disk set; its objects "

@@ -129,3 +129,43 @@ def test_base_dir_as_disk_is_refused(tmp_path):
     with pytest.raises(type(err("INVALID_PARMS", ""))):
         s.open()
     s.close()
+
+
+def test_dropped_disk_coming_back_is_purged(tmp_path):
+    """A disk lost (or unplugged) and given again later may hold copies that
+    missed writes: it comes back empty."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(2)]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    oids = list(range(1, 30))
+    for o in oids:
+        s.create_and_write(o, BLOCK, _data(o))
+    victim = disks[1]
+    on_victim = [o for o in oids if _where(disks, o) == [victim]]
+    assert on_victim
+    saved = str(tmp_path / "saved")
+    shutil.copytree(victim, saved)
+    shutil.rmtree(victim)
+    assert s.drop_lost_disks()[0] == [victim]
+    s.close()
+    shutil.copytree(saved, victim)  # the disk is back, with its old copies
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        assert set(s.list_oids()) == set(oids) - set(on_victim)
+        assert not [n for n in os.listdir(victim) if not n.startswith(".")]
+        assert not os.listdir(os.path.join(victim, ".meta", "stale"))
+    finally:
+        s.close()
+    with open(os.path.join(base, "md_dropped")) as f:
+        assert f.read() == ""  # purged once: the list is cleared
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        s.create_and_write(on_victim[0], BLOCK, _data(on_victim[0]))
+        s.close()
+        s.open()
+        assert s.exists(on_victim[0])
+    finally:
+        s.close()

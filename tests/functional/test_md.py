@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -199,3 +200,40 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path, how):
     for n in c.live():
         assert _read_all(n, "lost") == bytes(model)
     assert os.path.exists(victim) == (how == "readonly")
+
+
+def _collie(port, *argv, stdin=""):
+    return subprocess.run([sys.executable, "-m", "collie", "node", "md", *argv, "-p", str(port)],
+                          capture_output=True, text=True, input=stdin, timeout=60)
+
+
+def test_collie_node_md(make_cluster, tmp_path):
+    c = make_cluster(1)
+    disks = [str(tmp_path / f"disk{i}") for i in range(3)]
+    node = _md_node(c, disks[:2])
+    c.format(copies=2)
+    r = _collie(node.port, "info")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "Id\tSize\tUsed\tAvail\tUse%\tPath"
+    assert [ln.split("\t")[0] for ln in lines[1:]] == [" 0", " 1"]
+    assert [ln.split("\t")[-1] for ln in lines[1:]] == disks[:2]
+    r = _collie(c.nodes[0].port, "info", "-A", "-r")
+    assert r.returncode == 0, r.stderr
+    raw = r.stdout.splitlines()
+    want = {c.nodes[0].port: [os.path.join(c.nodes[0].store, "obj")], node.port: disks[:2]}
+    assert [(ln.split()[0], ln.split()[-1]) for ln in raw] == [
+        (f"127.0.0.1:{port}", path) for port in sorted(want) for path in want[port]]
+    # plug asks first: anything but "yes" changes nothing
+    r = _collie(node.port, "plug", disks[2], stdin="no\n")
+    assert r.returncode == 0 and "will be purged" in r.stdout
+    assert len(_md_info(node)) == 2
+    r = _collie(node.port, "plug", disks[2], "-f")
+    assert r.returncode == 0, r.stderr
+    assert [p for _, p, _, _ in _md_info(node)] == disks
+    r = _collie(node.port, "unplug", f"{disks[0]},{disks[1]}", "-f")
+    assert r.returncode == 0, r.stderr
+    assert [p for _, p, _, _ in _md_info(node)] == [disks[2]]
+    r = _collie(node.port, "unplug", disks[2], "-f")  # never the last disk
+    assert r.returncode == 1
+    assert "Failed to execute request, look for sheep.log" in r.stderr

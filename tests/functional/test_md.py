@@ -133,10 +133,13 @@ def _remount_ro(path):
     subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
 
 
+@pytest.mark.parametrize("via", ["md", "peer"])
 @pytest.mark.parametrize("how", ["vanish", "readonly"])
-def test_lost_disk_with_running_writer(make_cluster, tmp_path, how):
+def test_lost_disk_with_running_writer(make_cluster, tmp_path, how, via):
     """The disk vanishes (directory removed) or turns read-only (EROFS on
-    writes, what a filesystem does after an I/O error with errors=remount-ro)."""
+    writes, what a filesystem does after an I/O error with errors=remount-ro);
+    the writer talks to the multi-disk node itself, or to another node (the
+    multi-disk node then only sees peer requests)."""
     c = make_cluster(2)
     disks = [str(tmp_path / f"disk{i}") for i in range(3)]
     node = _md_node(c, disks)
@@ -160,7 +163,8 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path, how):
     def writer():
         rnd = random.Random(7)
         try:
-            with qemu_client.open("lost", port=node.port) as v:
+            port = node.port if via == "md" else c.nodes[0].port
+            with qemu_client.open("lost", port=port) as v:
                 while not stop.is_set():
                     off = rnd.randrange(0, SIZE - 8192) & ~511
                     data = rnd.randbytes(8192)
@@ -237,3 +241,29 @@ def test_collie_node_md(make_cluster, tmp_path):
     r = _collie(node.port, "unplug", disks[2], "-f")  # never the last disk
     assert r.returncode == 1
     assert "Failed to execute request, look for sheep.log" in r.stderr
+
+
+def test_md_node_restart_keeps_placement(make_cluster, tmp_path):
+    """A killed multi-disk node restarted with the same disks rejoins; its
+    objects end up on their md homes again and read back intact."""
+    c = make_cluster(2)
+    disks = [str(tmp_path / f"disk{i}") for i in range(2)]
+    node = _md_node(c, disks)
+    c.format(copies=3)
+    vid = node.client().new_vdi("rs", SIZE)
+    blob = os.urandom(SIZE)
+    with qemu_client.open("rs", port=node.port) as v:
+        v.pwrite(0, blob)
+    oids = vdi_oids(vid, SIZE)
+    wait_for(lambda: _placed(node, disks, oids), 30, what="objects on their md homes")
+    node.kill()
+    c.wait_members(2)
+    with qemu_client.open("rs", port=c.nodes[0].port) as v:  # written while it is away
+        v.pwrite(0, blob[:MiB][::-1])
+    blob = blob[:MiB][::-1] + blob[MiB:]
+    node.start()
+    c.wait_members(3)
+    wait_for(lambda: _placed(node, disks, oids), 60, what="objects placed after restart")
+    assert [p for _, p, _, _ in _md_info(node)] == disks
+    for n in c.live():
+        assert _read_all(n, "rs") == blob

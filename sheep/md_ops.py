@@ -11,9 +11,10 @@ what follows a disk change (1.0's ``sheep/md.c`` + ``sheep/ops.c``).
   moved); an unplug replies once the disks are drained
   (``sheep.store.md_disks``).
 * **After every change** — plug, unplug, or a lost disk dropped by
-  :func:`drop_failed_disks` — the node's weight follows its disks (1.0's
-  ``update_node_disks`` + reweight): its space becomes the sum of the disk
-  spaces and a ``weights`` cluster op publishes it, so a cluster with
+  :func:`drop_failed_disks` — the node's weight follows its disks: its space
+  becomes the sum of the disk spaces and a ``weights`` cluster op publishes
+  it (what 1.0 does only on ``dog cluster reweight``, SD_OP_REWEIGHT; here
+  it is automatic, and ``cluster reweight`` measures the same), so a cluster with
   automatic vnodes re-weights this node's vnodes and moves to a new epoch;
   the epoch change runs recovery, which brings back the objects of a lost
   disk from peers.  If the epoch does not change (same space), recovery of

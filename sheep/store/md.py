@@ -33,7 +33,8 @@ import errno
 import os
 import struct
 from bisect import bisect_left
-from typing import Sequence
+from collections.abc import Sequence
+from itertools import pairwise
 
 import numpy as np
 
@@ -86,7 +87,7 @@ class Placement:
         if not pts:
             raise ValueError("no disks")
         pts.sort()
-        for a, b in zip(pts, pts[1:]):
+        for a, b in pairwise(pts):
             if a[0] == b[0]:
                 raise ValueError(f"vdisk hash collision between {disks[a[1]][0]} "
                                  f"and {disks[b[1]][0]}")

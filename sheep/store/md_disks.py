@@ -46,7 +46,7 @@ import logging
 import os
 import shutil
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from sheep.store import md
 from sheep.store import meta as M

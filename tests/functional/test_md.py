@@ -109,7 +109,7 @@ def test_md_placement_plug_unplug_reweight(make_cluster, tmp_path):
     disks[2] = cand
     assert _md_call(node, proto.Op.MD_PLUG, [disks[2], disks[0]]) == 0
     assert [p for _, p, _, _ in _md_info(node)] == disks
-    wait_for(lambda: _vnodes(node)[node.port] > before, 10, what="more vnodes after plug")
+    wait_for(lambda: _vnodes(node)[node.port] > before, 30, what="more vnodes after plug")
     wait_for(lambda: _placed(node, disks, oids), 60, what="objects moved to the new disk")
     assert any(os.path.exists(os.path.join(disks[2], "%016x" % o)) for o in oids)
     assert _read_all(node, "md") == blob
@@ -121,7 +121,7 @@ def test_md_placement_plug_unplug_reweight(make_cluster, tmp_path):
     assert _md_call(node, proto.Op.MD_UNPLUG, [disks[0]]) == 0
     assert [p for _, p, _, _ in _md_info(node)] == disks[1:]
     assert not any(n for n in os.listdir(disks[0]) if not n.startswith("."))
-    wait_for(lambda: _vnodes(node)[node.port] < plugged, 10, what="fewer vnodes after unplug")
+    wait_for(lambda: _vnodes(node)[node.port] < plugged, 30, what="fewer vnodes after unplug")
     wait_for(lambda: _placed(node, disks[1:], oids), 60, what="objects placed after unplug")
     for n in c.live():
         assert _read_all(n, "md") == blob
@@ -184,9 +184,9 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path, how, via):
         else:
             _remount_ro(victim)
         keep = [d for d in disks if d != victim]
-        wait_for(lambda: [p for _, p, _, _ in _md_info(node)] == keep, 20,
+        wait_for(lambda: [p for _, p, _, _ in _md_info(node)] == keep, 30,
                  what="the lost disk dropped")
-        wait_for(lambda: _vnodes(node).get(node.port, before) < before, 20,
+        wait_for(lambda: _vnodes(node).get(node.port, before) < before, 30,
                  what="the node re-weighted")
         mark = writes[0]
         wait_for(lambda: writes[0] >= mark + 20 or errors, 30, what="writes after the loss")
@@ -208,7 +208,8 @@ def test_lost_disk_with_running_writer(make_cluster, tmp_path, how, via):
 
 def _collie(port, *argv, stdin=""):
     return subprocess.run([sys.executable, "-m", "collie", "node", "md", *argv, "-p", str(port)],
-                          capture_output=True, text=True, input=stdin, timeout=60)
+                          capture_output=True, text=True, input=stdin, timeout=60,
+                          check=False)
 
 
 def test_collie_node_md(make_cluster, tmp_path):

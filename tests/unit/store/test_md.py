@@ -109,7 +109,8 @@ def test_disk_space_is_recorded_once(tmp_path):
     try:
         raw = os.getxattr(d, md.XATTR)
     except OSError:
-        raw = open(os.path.join(d, md.SIZE_FILE), "rb").read()
+        with open(os.path.join(d, md.SIZE_FILE), "rb") as f:
+            raw = f.read()
     assert struct.unpack("<Q", raw)[0] == s
     os.setxattr(d, md.XATTR, struct.pack("<Q", 5 * GiB))
     assert md.disk_space(d) == 5 * GiB  # the recorded value wins over a new measure

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from sheep.store import md
-from sheep.store.plain import BLOCK, PlainStore
 from sheep.store.basedir import err
+from sheep.store.plain import BLOCK, PlainStore
 
 
 def _data(o: int) -> bytes:
@@ -38,7 +38,7 @@ def _check_home(s, disks, oids):
 
 
 def test_plug_moves_objects_home_and_keeps_versions(md_store):
-    s, base, disks = md_store
+    s, _base, disks = md_store
     oids = list(range(1, 60))
     versions = {o: s.create_and_write(o, BLOCK, _data(o), epoch=3) for o in oids}
     _check_home(s, disks, oids)
@@ -59,7 +59,7 @@ def test_plug_moves_objects_home_and_keeps_versions(md_store):
 
 
 def test_unplug_drains_live_and_stale_copies(md_store):
-    s, base, disks = md_store
+    s, _base, disks = md_store
     oids = list(range(1, 60))
     for o in oids:
         s.create_and_write(o, BLOCK, _data(o))
@@ -81,7 +81,7 @@ def test_unplug_drains_live_and_stale_copies(md_store):
 
 
 def test_lost_disk_is_dropped_and_its_objects_are_absent(md_store):
-    s, base, disks = md_store
+    s, _base, disks = md_store
     oids = list(range(1, 60))
     for o in oids:
         s.create_and_write(o, BLOCK, _data(o))

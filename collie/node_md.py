@@ -9,13 +9,14 @@ first unless ``-f``.
 
 from __future__ import annotations
 
-from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
-from collie.cluster import confirm
-from collie.output import Out
 from sheep import proto
 from sheep.errors import strerror
 from sheep.proto import Op, Request
 from sheep.store.md import MD_INFO_SIZE, unpack_md_info
+
+from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
+from collie.cluster import confirm
+from collie.output import Out
 
 PLUG_PRINT = ("    __\n"
               "   ()'`;\n"

@@ -12,7 +12,9 @@ second consistent-hash ring, a ring of *vdisks*:
   wrapping to the smallest point (``rb_nsearch`` in 1.0);
 * two disks yielding the same point is refused (1.0 panics).
 
-The disks are the extra directories given on the command line
+Paths are made absolute first (1.0 hashes the string as given: the same
+for the absolute paths one normally gives).  The disks are the extra
+directories given on the command line
 (``sheep BASE,DIR1,DIR2``; objects go straight into ``DIRn/``), or
 ``BASE/obj`` alone when none is given.  A disk's space is measured once, when
 the disk is first used, and kept in the directory's ``user.md.size`` extended

@@ -152,9 +152,10 @@ class MdDisks:
 
     def md_info(self) -> list[tuple[str, int, int]]:
         """``[(path, free bytes, used bytes), ...]`` like 1.0's ``md_get_info``:
-        free from statvfs, used = allocated bytes of the object files."""
+        in path order (1.0 walks its disk tree, sorted by ``strcmp``), free
+        from statvfs, used = allocated bytes of the object files."""
         out = []
-        for path in self.obj_dirs[:self._nplace]:
+        for path in sorted(self.obj_dirs[:self._nplace], key=os.fsencode):
             free = used = 0
             with contextlib.suppress(OSError):
                 vfs = os.statvfs(path)

@@ -169,3 +169,17 @@ def test_dropped_disk_coming_back_is_purged(tmp_path):
         assert s.exists(on_victim[0])
     finally:
         s.close()
+
+
+def test_md_info_lists_disks_in_path_order(tmp_path):
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / n) for n in ("zz", "aa", "mm")]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        s.create_and_write(1, BLOCK, _data(1))
+        info = s.md_info()
+        assert [p for p, _, _ in info] == sorted(disks)
+        assert sum(u for _, _, u in info) >= BLOCK and all(f > 0 for _, f, _ in info)
+    finally:
+        s.close()

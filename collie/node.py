@@ -12,6 +12,7 @@ from sheep.proto import Op, Request
 
 from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
                            Client, CollieError)
+from collie.node_md import register as register_md
 from collie.output import Out
 
 
@@ -242,3 +243,4 @@ def register(reg) -> None:
     p.add_argument("action", nargs="?", choices=["info", "set-throttle", "get-throttle"],
                    metavar="{info,set-throttle,get-throttle}")
     p.add_argument("values", nargs="*", metavar="<max> <interval>")
+    register_md(reg, sub)  # node md info|plug|unplug (collie/node_md.py)

@@ -16,7 +16,7 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from sheep import __version__, ops, proto
+from sheep import __version__, md_ops, ops, proto
 from sheep.errors import CODES, SdError, error_for
 from sheep.gateway import Gateway
 from sheep.group import Group
@@ -65,6 +65,10 @@ class Sheep:
                 return fn(*args)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except SdError as e:
+            # several disks: a lost one is dropped and the call redone on the others
+            if ((e.code == CODES["EIO"] or getattr(e, "disk_failure", False))
+                    and self.store.multi_disk and await md_ops.drop_failed_disks(self, deep=True)):
+                return await self.io(fn, *args, size=size)
             why = self._disk_failure(e)
             if why is None:
                 raise
@@ -123,9 +127,13 @@ class Sheep:
                 log.warning("event loop stalled for %.2fs", lag)
 
     async def _watch_store(self) -> None:
-        """Leave the cluster if the store vanishes (checked every second)."""
+        """Leave the cluster if the store vanishes (checked every second); with
+        several disks, drop a lost one instead (``sheep.md_ops``)."""
+        if self.store.multi_disk:  # objects left off their home by a changed disk list
+            md_ops.rebalance_later(self)
         while True:
             await asyncio.sleep(1.0)
+            await md_ops.drop_failed_disks(self, deep=False)
             why = self.store.healthy()
             if why:
                 self.disk_failed(why)

@@ -26,7 +26,7 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from sheep import group as G
-from sheep import lock, peer, proto, repair, vdi_copies
+from sheep import lock, md_ops, peer, proto, repair, vdi_copies
 from sheep.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.ops")
@@ -477,6 +477,8 @@ _TABLE = [
     (Op.OIDS_EXIST, "local", True, repair.oids_exist),
     (Op.GET_LOCKS, "local", False, lock.get_locks),
 ]
+
+_TABLE += md_ops.OPS  # MD_INFO / MD_PLUG / MD_UNPLUG (sheep.md_ops)
 
 OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h) for op, kind, force, h in _TABLE}
 

@@ -7,10 +7,14 @@ Layout (``sheep.store.basedir`` holds config, epoch logs and the lock)::
     ROOT/meta/<oid>                 version + block checksums (sheep.store.meta)
     ROOT/meta/stale/<oid>.<epoch>   the same for a stale copy
 
-``obj/`` holds only object files and ``.stale/``, as in 1.0.  ROOT is the
-base directory, then each extra directory (multi-disk); a new object goes to
-directory ``fnv1a64(oid.to_bytes(8, 'little')) % ndirs`` (a copy in another
-directory is then deleted) and is looked up there first.  Data objects are
+``obj/`` holds only object files and ``.stale/``, as in 1.0.  With extra
+directories (``sheep BASE,DIR1,DIR2``, multi-disk) the objects go straight
+into each ``DIRn/`` (1.0's layout: ``DIRn/<oid>``, ``DIRn/.stale/``) and
+their records into ``DIRn/.meta/``; ``BASE/obj`` then stays empty.  Which
+disk holds an object is 1.0's md placement (``sheep.store.md``); the disk
+set can change at run time (``sheep.store.md_disks``).  An object is looked
+up on its home disk first, then on the others (a copy not moved yet); a new
+copy goes home and a copy on another disk is then deleted.  Data objects are
 pre-allocated, inode and ledger objects are sparse.
 
 Theory of operation
@@ -54,9 +58,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sheep.errors import CODES, SdError
-from sheep.proto import fnv1a64
 from sheep.store import meta as M
 from sheep.store.base import Store
+from sheep.store.md_disks import MdDisks
 from sheep.store.stale import StaleCopies
 from sheep.store.basedir import (BaseDir, err, fsync_dir, oserror, pread_full, pwrite_full,
                                  unlink)
@@ -85,16 +89,12 @@ class _Entry:
         self.meta = meta
 
 
-class PlainStore(StaleCopies, BaseDir, Store):
+class PlainStore(MdDisks, StaleCopies, BaseDir, Store):
     """File-per-object store; see the module docstring for the format."""
 
     def __init__(self, base_dir: str, extra_dirs: Sequence[str] = (), nosync: bool = False):
         super().__init__(base_dir, nosync)
-        roots = [self.base_dir] + [os.path.abspath(d) for d in extra_dirs]
-        if len(set(roots)) != len(roots):
-            raise ValueError(f"duplicate store directories: {roots}")
-        self.obj_dirs = [os.path.join(r, "obj") for r in roots]
-        self.meta_dirs = [os.path.join(r, "meta") for r in roots]
+        self._md_init(extra_dirs)
         self._locks = [threading.Lock() for _ in range(_NSTRIPES)]
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -109,10 +109,12 @@ class PlainStore(StaleCopies, BaseDir, Store):
         if not self._lock_base():
             return
         try:
+            os.makedirs(os.path.join(self.base_dir, "obj"), exist_ok=True)
             for d in range(len(self.obj_dirs)):
                 os.makedirs(os.path.join(self.obj_dirs[d], ".stale"), exist_ok=True)
                 os.makedirs(os.path.join(self.meta_dirs[d], "stale"), exist_ok=True)
                 self._tidy(d)
+            self._md_open()
         except OSError as e:
             raise oserror(e, f"cannot set up store in {self.base_dir}") from e
 
@@ -128,8 +130,7 @@ class PlainStore(StaleCopies, BaseDir, Store):
         return self._locks[(oid ^ (oid >> 32)) % _NSTRIPES]
 
     def _home(self, oid: int) -> int:
-        n = len(self.obj_dirs)
-        return 0 if n == 1 else fnv1a64(oid.to_bytes(8, "little")) % n
+        return 0 if len(self.obj_dirs) == 1 else self._placement.disk_of(oid)
 
     def _search_order(self, oid: int) -> list[int]:
         home = self._home(oid)
@@ -543,14 +544,23 @@ class PlainStore(StaleCopies, BaseDir, Store):
         return None if found is None else found[1].st_size
 
     def _scan(self):
-        for d in self.obj_dirs:
+        dirs = self.obj_dirs
+        for d in dirs:
             try:
-                with os.scandir(d) as it:
+                it = os.scandir(d)
+            except FileNotFoundError as e:
+                if len(dirs) == 1:  # (a vanished directory: see Sheep.disk_failed)
+                    raise oserror(e, f"cannot list {d}") from e
+                continue  # a lost disk: sheep.store.md_disks drops it
+            except OSError as e:
+                raise oserror(e, f"cannot list {d}") from e
+            with it:
+                try:
                     for ent in it:
                         if _OID_RE.fullmatch(ent.name) and int(ent.name, 16):
                             yield ent
-            except OSError as e:  # (a vanished directory: EIO, see Sheep.disk_failed)
-                raise oserror(e, f"cannot list {d}") from e
+                except OSError as e:
+                    raise oserror(e, f"cannot list {d}") from e
 
     def list_oids(self) -> list[int]:
         """All object ids (16 hex digit, non-zero names), ascending, unique."""
@@ -608,14 +618,22 @@ class PlainStore(StaleCopies, BaseDir, Store):
                 os.close(fd)
 
     def healthy(self) -> str | None:
-        """None if every object directory is still there; else what is wrong."""
-        for d in self.obj_dirs + self.meta_dirs:
+        """None if the base directory and every object directory are still
+        there; else what is wrong (with several disks, a lost one is dropped
+        by :meth:`drop_lost_disks` instead)."""
+        dirs = self.obj_dirs + self.meta_dirs if len(self.obj_dirs) == 1 else []
+        for d in [self._epoch_dir] + dirs:
             if not os.path.isdir(d):
                 return f"object directory {d} has vanished"
         return None
 
     def capacity(self) -> int:
-        """Total size of the distinct filesystems holding object dirs."""
+        """Single disk (``BASE/obj``): total size of its filesystem.  Once
+        extra disks are given or plugged: the sum of their recorded spaces
+        (1.0's ``md_init_space``), so that losing, plugging or unplugging one
+        re-weights the node."""
+        if self._md_mode:
+            return self.md_space()
         seen: set[int] = set()
         total = 0
         for d in self.obj_dirs:

@@ -9,7 +9,6 @@ import threading
 import pytest
 
 from sheep.errors import CODES, SdError
-from sheep.proto import fnv1a64
 from sheep.store.base import Store
 from sheep.store.plain import BLOCK, HDR_LEN, PlainStore
 
@@ -392,29 +391,34 @@ def test_second_process_cannot_open(tmp_path):
 # -- extra dirs --------------------------------------------------------------
 
 def test_extra_dirs_placement(tmp_path):
+    """Extra dirs hold the objects themselves (1.0: DIR/<oid>), placed by md."""
+    from sheep.store import md
+
     dirs = [str(tmp_path / "base"), str(tmp_path / "d1"), str(tmp_path / "d2")]
     s = PlainStore(dirs[0], dirs[1:], nosync=True)
     s.open()
     try:
+        place = md.Placement([(d, md.disk_space(d)) for d in dirs[1:]])
         oids = list(range(1, 40))
         for o in oids:
             s.create_and_write(o, BLOCK, o.to_bytes(8, "little"))
         used_dirs = set()
         for o in oids:
-            want = fnv1a64(o.to_bytes(8, "little")) % 3
+            want = 1 + place.disk_of(o)
             used_dirs.add(want)
-            for i, d in enumerate(dirs):
-                p = os.path.join(d, "obj", "%016x" % o)
-                assert os.path.exists(p) == (i == want)
+            assert not os.path.exists(os.path.join(dirs[0], "obj", "%016x" % o))
+            for i, d in enumerate(dirs[1:], 1):
+                assert os.path.exists(os.path.join(d, "%016x" % o)) == (i == want)
+                assert os.path.exists(os.path.join(d, ".meta", "%016x" % o)) == (i == want)
             assert s.read(o, 0, 8) == o.to_bytes(8, "little")
-        assert used_dirs == {0, 1, 2}
+        assert used_dirs == {1, 2}
         assert s.list_oids() == oids
         assert s.used() == len(oids) * BLOCK
-        # An object found in a non-home directory (e.g. copied there) is used.
+        # An object found in a non-home directory (e.g. not moved yet) is used.
         o = oids[0]
-        home = fnv1a64(o.to_bytes(8, "little")) % 3
-        other = (home + 1) % 3
-        for sub in ("obj", "meta"):
+        home = 1 + place.disk_of(o)
+        other = 3 - home
+        for sub in ("", ".meta"):
             os.rename(os.path.join(dirs[home], sub, "%016x" % o),
                       os.path.join(dirs[other], sub, "%016x" % o))
         assert s.exists(o) and s.read(o, 0, 8) == o.to_bytes(8, "little")
@@ -422,8 +426,8 @@ def test_extra_dirs_placement(tmp_path):
         assert s.read(o, 0, 5) == b"moved"
         # Re-creating puts it home and drops the shadowed copy.
         s.create_and_write(o, BLOCK, b"home")
-        assert os.path.exists(os.path.join(dirs[home], "obj", "%016x" % o))
-        assert not os.path.exists(os.path.join(dirs[other], "obj", "%016x" % o))
+        assert os.path.exists(os.path.join(dirs[home], "%016x" % o))
+        assert not os.path.exists(os.path.join(dirs[other], "%016x" % o))
         s.remove(o)
         assert not s.exists(o)
     finally:

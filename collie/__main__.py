@@ -14,7 +14,7 @@ import ipaddress
 import os
 import sys
 
-from collie import cluster, node, vdi
+from collie import __version__, cluster, node, vdi
 from collie.client import EXIT_USAGE, Client, CollieError
 from collie.output import Out
 
@@ -103,7 +103,7 @@ class Registry:
 
 def build_parser() -> Parser:
     prog = prog_name()
-    top = Parser(prog=prog, description="Sheepdog administrator utility",
+    top = Parser(prog=prog, description=f"Sheepdog administrator utility (version {__version__})",
                  usage=f"{prog} <command> <subcommand> [options]",
                  epilog=f"For more information, run "
                         f"'{prog} <command> <subcommand> --help'.")
@@ -116,11 +116,40 @@ def build_parser() -> Parser:
     return top
 
 
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse like dog: the words naming the command (``vdi``, ``object``,
+    ``map``...) come first, then options and arguments in any order, as
+    getopt_long with argument permutation accepts them (``vdi read big -s s1
+    0 16``); ``--`` ends the options.  Anything that does not name a known
+    command is left to argparse, which reports it."""
+    words: list[tuple[str, str]] = []  # (dest, chosen name) of each level
+    node, i = parser, 0
+    while (sub := _subparsers(node)) is not None:
+        if i >= len(argv) or argv[i] not in sub.choices:
+            return parser.parse_args(argv)
+        words.append((sub.dest, argv[i]))
+        node, i = sub.choices[argv[i]], i + 1
+    args = node.parse_intermixed_args(argv[i:])
+    for dest, name in words:
+        setattr(args, dest, name)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        sys.stdout.write(f"Sheepdog administrator utility (version {__version__})\n")
+        return 0
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except UsageExit as e:
         return e.code
     out = Out(raw=getattr(args, "raw", False))

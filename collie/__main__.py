@@ -93,10 +93,10 @@ class Registry:
         sp.set_defaults(func=func)
         return sp
 
-    def group(self, name: str, help: str):
-        sp = self.subparsers.add_parser(name, help=help, description=help)
+    def group(self, name: str, help: str, subparsers=None):
+        sp = (subparsers or self.subparsers).add_parser(name, help=help, description=help)
         sub = sp.add_subparsers(dest=f"{name}_cmd", metavar="<subcommand>",
-                                parser_class=Parser, prog=f"{prog_name()} {name}")
+                                parser_class=Parser, prog=sp.prog)
         sub.required = True
         return sp, sub
 

@@ -1,0 +1,111 @@
+"""``collie node md info|plug|unplug``: multi-disk management (dog/node.c).
+
+Wire format (SD_OP_MD_INFO reply, ``struct sd_md_info``): 64 disk slots of
+4120 bytes each -- i32 ``idx``, 4 pad bytes, u64 ``free``, u64 ``used``,
+``char path[4096]`` -- then i32 ``nr`` (slots used) at offset 263680, the
+whole padded to 263688 bytes.  MD_PLUG / MD_UNPLUG carry the comma-separated
+directory list, NUL-terminated, with SD_FLAG_CMD_WRITE.  Output and messages
+are dog's: the table header is printed first (also before a failure), ``-A``
+prints a ``Node <i>:`` line before each node's rows.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from sheep import proto
+from sheep.errors import strerror
+from sheep.proto import Op, Request
+
+from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
+from collie.output import Out
+
+MD_MAX_DISK = 64
+MD_DISK_SIZE = 4 + 4 + 8 + 8 + 4096
+MD_NR_OFFSET = MD_MAX_DISK * MD_DISK_SIZE  # 263680
+MD_INFO_SIZE = MD_NR_OFFSET + 8  # 263688
+
+
+def unpack_md_info(buf: bytes) -> list[tuple[int, int, int, str]]:
+    """(idx, free, used, path) of each disk in use."""
+    buf = buf.ljust(MD_INFO_SIZE, b"\0")
+    nr = struct.unpack_from("<i", buf, MD_NR_OFFSET)[0]
+    disks = []
+    for i in range(max(0, min(nr, MD_MAX_DISK))):
+        off = i * MD_DISK_SIZE
+        idx, free, used = struct.unpack_from("<i4xQQ", buf, off)
+        path = proto.cstr(buf[off + 24:off + MD_DISK_SIZE])
+        disks.append((idx, free, used, path))
+    return disks
+
+
+def pack_md_info(disks) -> bytes:
+    """The reverse of :func:`unpack_md_info` (for tests and servers)."""
+    out = bytearray(MD_INFO_SIZE)
+    for i, (idx, free, used, path) in enumerate(disks):
+        off = i * MD_DISK_SIZE
+        struct.pack_into("<i4xQQ", out, off, idx, free, used)
+        raw = path.encode()[:4095]
+        out[off + 24:off + 24 + len(raw)] = raw
+    struct.pack_into("<i", out, MD_NR_OFFSET, len(disks))
+    return bytes(out)
+
+
+def _node_md_info(client: Client, out: Out, node: proto.SdNode | None) -> None:
+    req = Request(Op.MD_INFO, data_length=MD_INFO_SIZE)
+    rsp, data = client.exec(req) if node is None else client.node_exec(node, req)
+    if rsp.result:
+        raise CollieError(f"failed to get multi-disk infomation: {strerror(rsp.result)}",
+                          code=EXIT_FAILURE)
+    for idx, free, used, path in unpack_md_info(data):
+        size = free + used
+        ratio = int(used / size * 100) if size else 0
+        out.line(f"{idx:2d}\t{out.size(size)}\t{out.size(used)}\t{out.size(free)}\t"
+                 f"{ratio:3d}%\t{path}")
+
+
+def md_info(args, client: Client, out: Out) -> int:
+    nodes = client.update_node_list()
+    out.line("Id\tSize\tUsed\tAvail\tUse%\tPath")
+    if not args.all:
+        _node_md_info(client, out, None)
+        return EXIT_SUCCESS
+    for i, n in enumerate(nodes):
+        out.line(f"Node {i}:")
+        _node_md_info(client, out, n)
+    return EXIT_SUCCESS
+
+
+def _plug(client: Client, disks: str | None, plug: bool) -> int:
+    if disks is None:
+        raise CollieError(f"Usage: node md {'plug' if plug else 'unplug'} <disks>",
+                          code=EXIT_USAGE)
+    if not disks:
+        raise CollieError("Empty path isn't allowed", code=EXIT_FAILURE)
+    payload = disks.encode() + b"\0"
+    rsp, _ = client.exec(Request(Op.MD_PLUG if plug else Op.MD_UNPLUG,
+                                 flags=proto.SD_FLAG_CMD_WRITE,
+                                 data_length=len(payload)), payload)
+    if rsp.result:
+        raise CollieError("Failed to execute request, look for sheep.log for more "
+                          "information", code=EXIT_FAILURE)
+    return EXIT_SUCCESS
+
+
+def md_plug(args, client: Client, out: Out) -> int:
+    return _plug(client, args.disks, True)
+
+
+def md_unplug(args, client: Client, out: Out) -> int:
+    return _plug(client, args.disks, False)
+
+
+def register(reg, sub) -> None:
+    _, msub = reg.group("md", "See 'dog node md' for more information", subparsers=sub)
+    p = reg.add("info", md_info, "show multi-disk information", subparsers=msub)
+    p.add_argument("-A", "--all", action="store_true",
+                   help="show md information of all the nodes")
+    for name, func, help in (("plug", md_plug, "plug more disk(s) into node"),
+                             ("unplug", md_unplug, "unplug disk(s) from node")):
+        p = reg.add(name, func, help, subparsers=msub)
+        p.add_argument("disks", nargs="?", metavar="<disks>")

@@ -439,14 +439,14 @@ def vdi_write(args, client: Client, out: Out) -> int:
 
 def vdi_graph(args, client: Client, out: Out) -> int:
     """``vdi graph``: the VDI family as a Graphviz digraph (dog's print_vdi_graph):
-    an edge parent -> vid per VDI, the working VDIs red, ``Tag`` is the snap id
-    in hex (as dog prints it)."""
+    an edge parent -> vid per VDI, the working VDIs red, ``Tag`` is parse_vdi's
+    snap id in hex (0 for a working VDI), as dog prints it."""
     out.write('digraph G {\n  node [shape = "box", fontname = "Courier"];\n\n'
               '  "0" [shape = "ellipse", label = "root"];\n\n')
     for e in client.parse_vdi(with_index=False):
         ino = e.inode
         t = ino.create_time >> 32
-        label = (f"Name: {e.name:>10s}\\nTag:  {ino.snap_id:10x}\\n"
+        label = (f"Name: {e.name:>10s}\\nTag:  {e.snapid:10x}\\n"
                  f"Size: {out.size(ino.vdi_size):>10s}\\n"
                  f"Date: {strftime_local('%Y-%m-%d', t):>10s}\\n"
                  f"Time: {strftime_local('%H:%M:%S', t):>10s}")

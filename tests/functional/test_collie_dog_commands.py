@@ -105,10 +105,10 @@ def test_vdi_graph_intermixed_options_version(make_cluster):
               rf'"Name:        big\\nTag:           1\\nSize:     8\.0 MB\\nDate: {date}"'
               r'\n  \];\n\n',
         work: rf'  "{snap}" -> "{work}";\n  "{work}" \[\n    group = "big",\n    label = '
-              rf'"Name:        big\\nTag:           2\\nSize:     8\.0 MB\\nDate: {date}",'
+              rf'"Name:        big\\nTag:           0\\nSize:     8\.0 MB\\nDate: {date}",'
               r'\n    color="red"\n  \];\n\n',
         clone: rf'  "{snap}" -> "{clone}";\n  "{clone}" \[\n    group = "cl",\n    label = '
-               rf'"Name:         cl\\nTag:           1\\nSize:     8\.0 MB\\nDate: {date}",'
+               rf'"Name:         cl\\nTag:           0\\nSize:     8\.0 MB\\nDate: {date}",'
                r'\n    color="red"\n  \];\n\n',
     }
     for vid, pat in blocks.items():

@@ -123,6 +123,30 @@ def _subparsers(parser: argparse.ArgumentParser):
     return None
 
 
+def _permute(parser: argparse.ArgumentParser, tokens: list[str]) -> list[str]:
+    """getopt_long's permutation: options (with their values) first, then
+    ``--`` and the arguments in their order; after ``--`` all are arguments."""
+    opts: list[str] = []
+    pos: list[str] = []
+    it = iter(tokens)
+    for t in it:
+        if t == "--":
+            pos.extend(it)
+            break
+        if len(t) < 2 or not t.startswith("-") or parser._negative_number_matcher.match(t):
+            pos.append(t)
+            continue
+        opts.append(t)
+        name = t.split("=", 1)[0] if t.startswith("--") else t[:2]
+        action = parser._option_string_actions.get(name)
+        inline = "=" in t if t.startswith("--") else len(t) > 2
+        if action is not None and action.nargs != 0 and not inline:
+            value = next(it, None)
+            if value is not None:
+                opts.append(value)
+    return opts + ["--"] + pos if pos else opts
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse like dog: the words naming the command (``vdi``, ``object``,
     ``map``...) come first, then options and arguments in any order, as
@@ -136,7 +160,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
             return parser.parse_args(argv)
         words.append((sub.dest, argv[i]))
         node, i = sub.choices[argv[i]], i + 1
-    args = node.parse_intermixed_args(argv[i:])
+    args = node.parse_args(_permute(node, argv[i:]))
     for dest, name in words:
         setattr(args, dest, name)
     return args

@@ -2,7 +2,9 @@
 
 Usage mirrors Sheepdog 1.0's ``dog <command> <subcommand> [options] args``;
 the common options (-a/--address, -p/--port, -r/--raw where dog has it,
--v/--verbose, -h/--help) are given after the subcommand.  ``main(argv)``
+-v/--verbose, -h/--help) and the subcommand's own options may come anywhere
+after the command words, between or after the arguments (getopt_long's
+permutation, see :func:`parse_args`).  ``main(argv)``
 returns the exit status (0 success, 1 failure, 2 system failure, 3 exists,
 5 missing, 64 usage) instead of exiting, so tests can call it directly.
 """
@@ -168,7 +170,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["--version"], ["-V"]):
+    if argv[:1] == ["--version"]:  # 1.0's dog only shows it in --help; see docs/
         sys.stdout.write(f"Sheepdog administrator utility (version {__version__})\n")
         return 0
     parser = build_parser()

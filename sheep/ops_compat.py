@@ -9,7 +9,9 @@ trivially, answering what a 1.0 build without the feature answers.
 * NOTIFY_VDI_DEL: SUCCESS (1.0 drops object-list cache entries; none here).
 * NOTIFY_VDI_ADD: implemented (a cluster op): marks ``new_vid`` in use when
   ``set_bitmap``, records its copies / policy / object size, and turns
-  ``old_vid`` into a snapshot -- what farm's snapshot load sends.
+  ``old_vid`` into a snapshot -- what farm's snapshot load sends.  As in
+  1.0, the sender writes the inode next; until then a name lookup that
+  reaches that vid answers the inode's read error rather than "not found".
 * MD_INFO/PLUG/UNPLUG: NO_SUPPORT until the multi-disk store answers them.
 * NFS_CREATE/DELETE stay unknown (INVALID_PARMS), as in a 1.0 build without NFS.
 """

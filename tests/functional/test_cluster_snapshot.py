@@ -47,10 +47,24 @@ def test_snapshot_save_list_load(make_cluster, tmp_path):
     ok(port, "vdi", "write", "disk", str(4 * MB + 7), "3000", stdin=b1)  # working only
     ok(port, "vdi", "clone", "-s", "snap1", "disk", "clone")
     ok(port, "vdi", "write", "clone", "100", "5", stdin=b"clone")
+    # a chain of two snapshots, and a family whose working VDI was deleted
+    ok(port, "vdi", "create", "chain", "8M")
+    for i, tag in enumerate(("c1", "c2")):
+        ok(port, "vdi", "write", "chain", str(i * 4 * MB), "9", stdin=f"chain-{tag}".encode())
+        ok(port, "vdi", "snapshot", "-s", tag, "chain")
+    ok(port, "vdi", "write", "chain", "3", "4", stdin=b"tail")
+    ok(port, "vdi", "create", "gone", "4M")
+    ok(port, "vdi", "write", "gone", "0", "4", stdin=b"kept")
+    ok(port, "vdi", "snapshot", "-s", "g1", "gone")
+    ok(port, "vdi", "delete", "gone")
     want = {
         ("disk", ""): ok(port, "vdi", "read", "disk"),
         ("disk", "snap1"): ok(port, "vdi", "read", "-s", "snap1", "disk"),
         ("clone", ""): ok(port, "vdi", "read", "clone"),
+        ("chain", ""): ok(port, "vdi", "read", "chain"),
+        ("chain", "c1"): ok(port, "vdi", "read", "-s", "c1", "chain"),
+        ("chain", "c2"): ok(port, "vdi", "read", "-s", "c2", "chain"),
+        ("gone", "g1"): ok(port, "vdi", "read", "-s", "g1", "gone"),
     }
     assert want[("disk", "snap1")] != want[("disk", "")]
     rows = family(port)
@@ -86,9 +100,8 @@ def test_snapshot_save_list_load(make_cluster, tmp_path):
     assert r.returncode == 0, r.stderr.decode()
 
     assert family(port) == rows
-    assert ok(port, "vdi", "read", "disk") == want[("disk", "")]
-    assert ok(port, "vdi", "read", "-s", "snap1", "disk") == want[("disk", "snap1")]
-    assert ok(port, "vdi", "read", "clone") == want[("clone", "")]
+    for (name, tag), data in want.items():
+        assert ok(port, "vdi", "read", *(("-s", tag) if tag else ()), name) == data, (name, tag)
     # the restored family still works: write to the clone, the snapshot is unchanged
     ok(port, "vdi", "write", "clone", "0", "3", stdin=b"new")
     assert ok(port, "vdi", "read", "clone", "0", "3") == b"new"

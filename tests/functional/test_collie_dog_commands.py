@@ -54,6 +54,17 @@ def test_node_stat_log_level_md(make_cluster, data8k):
     assert int(a[0]) == 0  # nothing in flight once the commands are done
     assert int(a[6]) >= int(b[6]) + 8192  # bytes written through this gateway
 
+    # -w: a sample a second, with bandwidth and requests since the previous one
+    w = subprocess.Popen([sys.executable, "-m", "collie", "node", "stat", "-w", "-r",
+                          "-p", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        samples = [w.stdout.readline() for _ in range(4)]
+    finally:
+        w.kill()
+        w.wait()
+    assert all(len(ln.rstrip("\n").split("\t")) == 11 for ln in samples), samples
+    assert samples[0].split("\t")[8:] == ["0", "0", "0\n"]  # first sample: no delta
+
     assert ok(port, "node", "log", "level", "get") == "info (6)\n"
     ok(port, "node", "log", "level", "set", "debug")
     assert ok(port, "node", "log", "level", "get") == "debug (7)\n"

@@ -2,7 +2,9 @@
 
 Usage mirrors Sheepdog 1.0's ``dog <command> <subcommand> [options] args``;
 the common options (-a/--address, -p/--port, -r/--raw where dog has it,
--v/--verbose, -h/--help) are given after the subcommand.  ``main(argv)``
+-v/--verbose, -h/--help) and the subcommand's own options may come anywhere
+after the command words, between or after the arguments (getopt_long's
+permutation, see :func:`parse_args`).  ``main(argv)``
 returns the exit status (0 success, 1 failure, 2 system failure, 3 exists,
 5 missing, 64 usage) instead of exiting, so tests can call it directly.
 """
@@ -14,7 +16,7 @@ import ipaddress
 import os
 import sys
 
-from collie import cluster, node, vdi
+from collie import __version__, cluster, node, vdi
 from collie.client import EXIT_USAGE, Client, CollieError
 from collie.output import Out
 
@@ -93,17 +95,17 @@ class Registry:
         sp.set_defaults(func=func)
         return sp
 
-    def group(self, name: str, help: str):
-        sp = self.subparsers.add_parser(name, help=help, description=help)
+    def group(self, name: str, help: str, subparsers=None):
+        sp = (subparsers or self.subparsers).add_parser(name, help=help, description=help)
         sub = sp.add_subparsers(dest=f"{name}_cmd", metavar="<subcommand>",
-                                parser_class=Parser, prog=f"{prog_name()} {name}")
+                                parser_class=Parser, prog=sp.prog)
         sub.required = True
         return sp, sub
 
 
 def build_parser() -> Parser:
     prog = prog_name()
-    top = Parser(prog=prog, description="Sheepdog administrator utility",
+    top = Parser(prog=prog, description=f"Sheepdog administrator utility (version {__version__})",
                  usage=f"{prog} <command> <subcommand> [options]",
                  epilog=f"For more information, run "
                         f"'{prog} <command> <subcommand> --help'.")
@@ -116,11 +118,64 @@ def build_parser() -> Parser:
     return top
 
 
+def _subparsers(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def _permute(parser: argparse.ArgumentParser, tokens: list[str]) -> list[str]:
+    """getopt_long's permutation: options (with their values) first, then
+    ``--`` and the arguments in their order; after ``--`` all are arguments."""
+    opts: list[str] = []
+    pos: list[str] = []
+    it = iter(tokens)
+    for t in it:
+        if t == "--":
+            pos.extend(it)
+            break
+        if len(t) < 2 or not t.startswith("-") or parser._negative_number_matcher.match(t):
+            pos.append(t)
+            continue
+        opts.append(t)
+        name = t.split("=", 1)[0] if t.startswith("--") else t[:2]
+        action = parser._option_string_actions.get(name)
+        inline = "=" in t if t.startswith("--") else len(t) > 2
+        if action is not None and action.nargs != 0 and not inline:
+            value = next(it, None)
+            if value is not None:
+                opts.append(value)
+    return opts + ["--"] + pos if pos else opts
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse like dog: the words naming the command (``vdi``, ``object``,
+    ``map``...) come first, then options and arguments in any order, as
+    getopt_long with argument permutation accepts them (``vdi read big -s s1
+    0 16``); ``--`` ends the options.  Anything that does not name a known
+    command is left to argparse, which reports it."""
+    words: list[tuple[str, str]] = []  # (dest, chosen name) of each level
+    node, i = parser, 0
+    while (sub := _subparsers(node)) is not None:
+        if i >= len(argv) or argv[i] not in sub.choices:
+            return parser.parse_args(argv)
+        words.append((sub.dest, argv[i]))
+        node, i = sub.choices[argv[i]], i + 1
+    args = node.parse_args(_permute(node, argv[i:]))
+    for dest, name in words:
+        setattr(args, dest, name)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:  # 1.0's dog only shows it in --help; see docs/
+        sys.stdout.write(f"Sheepdog administrator utility (version {__version__})\n")
+        return 0
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except UsageExit as e:
         return e.code
     out = Out(raw=getattr(args, "raw", False))

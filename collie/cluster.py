@@ -317,3 +317,5 @@ def register(reg) -> None:
     vdi_backup.register_cluster(reg, sub)
     from collie import vdi_check
     vdi_check.register_cluster(reg, sub)
+    from collie import cluster_snapshot
+    cluster_snapshot.register(reg, sub)

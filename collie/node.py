@@ -1,4 +1,5 @@
-"""``collie node``: list, info, recovery, kill (dog/node.c)."""
+"""``collie node``: list, info, recovery, kill, stat, log level, vnodes
+(dog/node.c); ``node md`` is in :mod:`collie.node_md`."""
 
 from __future__ import annotations
 
@@ -214,11 +215,92 @@ def node_vnodes(args, client: Client, out: Out) -> int:
         return EXIT_SUCCESS
     if args.count is None:
         raise CollieError("usage: node vnodes set <count>", code=EXIT_USAGE)
-    payload = struct.pack("<i", args.count)
+    # as dog sends it: 8 bytes, the count little-endian (the daemon reads an i32)
+    payload = struct.pack("<q", args.count)
     rsp, _ = client.exec(Request(Op.SET_VNODES, flags=proto.SD_FLAG_CMD_WRITE,
-                                 data_length=4), payload)
+                                 data_length=len(payload)), payload)
     if rsp.result:
         raise CollieError(f"failed to set vnodes: {strerror(rsp.result)}", code=EXIT_FAILURE)
+    return EXIT_SUCCESS
+
+
+_STAT_HEAD = "Request\tActive\tTotal\tWrite\tRead\tRemove\tFlush\tAll WR\tAll RD"
+
+
+def _get_stat(client: Client) -> proto.SdStat:
+    rsp, data = client.exec(Request(Op.STAT, data_length=proto.SdStat.SIZE))
+    if rsp.result:
+        raise CollieError(f"failed to get stat information: {strerror(rsp.result)}",
+                          code=EXIT_FAILURE)
+    return proto.SdStat.unpack(data.ljust(proto.SdStat.SIZE, b"\0"))
+
+
+def stat_lines(st: proto.SdStat, out: Out, last: proto.SdStat | None = None) -> list[str]:
+    """dog's two lines (client = gateway, peer); dog's header says "Write Read" but
+    prints the read count first, and the peer's flush column is always 0.  With
+    ``last`` (``-w``), the bytes and requests since then are appended."""
+    rows = []
+    for pre, title in (("gw", "Client"), ("peer", "Peer")):
+        def g(name):
+            return getattr(st, f"{pre}_{name}")
+        flush = st.gw_flush if pre == "gw" else 0
+        cols = [g("active"), g("total"), g("read"), g("write"), g("remove"), flush,
+                out.size(g("rx")), out.size(g("tx"))]
+        if last is not None:
+            cols += [out.size(g("rx") - getattr(last, f"{pre}_rx")),
+                     out.size(g("tx") - getattr(last, f"{pre}_tx")),
+                     str(g("total") - getattr(last, f"{pre}_total"))]
+        rows.append(("" if out.raw else title + "\t") + "\t".join(map(str, cols)))
+    if not out.raw:
+        head = _STAT_HEAD + ("\tWRBW\tRDBW\tRPS" if last is not None else "")
+        rows[0] = head + "\n" + rows[0]
+    return rows
+
+
+def node_stat(args, client: Client, out: Out) -> int:
+    """``node stat [-w]``: the counters of the node given by -a/-p (SD_OP_STAT)."""
+    st = _get_stat(client)
+    if not args.watch:
+        for row in stat_lines(st, out):
+            out.line(row)
+        return EXIT_SUCCESS
+    last = st
+    while True:
+        for row in stat_lines(st, out, last):
+            out.line(row)
+        out.stdout.flush()
+        last = st
+        time.sleep(1)
+        st = _get_stat(client)
+
+
+LOG_LEVELS = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+
+
+def node_log_level(args, client: Client, out: Out) -> int:
+    """``node log level get|set <level>|list`` (dog's do_loglevel_get/set)."""
+    if args.action == "list":
+        for i, name in enumerate(LOG_LEVELS):
+            out.line(f"{name}\t({i})")
+        return EXIT_SUCCESS
+    if args.action == "get":
+        rsp, data = client.exec(Request(Op.GET_LOGLEVEL, data_length=4))
+        if rsp.result or len(data) < 4:
+            raise CollieError("Failed to execute request", code=255)
+        level = struct.unpack_from("<i", data)[0]
+        name = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else "unknown loglevel"
+        out.line(f"{name} ({level})")
+        return EXIT_SUCCESS
+    if args.level is None:
+        raise CollieError("Usage: node log level set <log level>", code=EXIT_USAGE)
+    if args.level not in LOG_LEVELS:  # dog takes the names only
+        raise CollieError(f"invalid loglevel: {args.level}", "available loglevels:",
+                          *(f"{n}\t({i})" for i, n in enumerate(LOG_LEVELS)), code=255)
+    payload = struct.pack("<i", LOG_LEVELS.index(args.level))
+    rsp, _ = client.exec(Request(Op.SET_LOGLEVEL, flags=proto.SD_FLAG_CMD_WRITE,
+                                 data_length=4), payload)
+    if rsp.result:
+        raise CollieError("Failed to execute request", code=255)
     return EXIT_SUCCESS
 
 
@@ -243,4 +325,11 @@ def register(reg) -> None:
     p.add_argument("action", nargs="?", choices=["info", "set-throttle", "get-throttle"],
                    metavar="{info,set-throttle,get-throttle}")
     p.add_argument("values", nargs="*", metavar="<max> <interval>")
+    p = reg.add("stat", node_stat, "show stat information about the node", raw=True,
+                subparsers=sub)
+    p.add_argument("-w", "--watch", action="store_true", help="watch the stat every second")
+    _, lsub = reg.group("log", "show or set log level of the node", subparsers=sub)
+    p = reg.add("level", node_log_level, "manipulate loglevel", subparsers=lsub)
+    p.add_argument("action", choices=["get", "set", "list"])
+    p.add_argument("level", nargs="?", metavar="<log level>")
     register_md(reg, sub)  # node md info|plug|unplug (collie/node_md.py)

@@ -1,18 +1,23 @@
-"""``collie node md info|plug|unplug`` (dog/node.c ``node md``).
+"""``collie node md info|plug|unplug``: multi-disk management (dog/node.c).
 
-Registered by ``collie.node.register``.  Output and messages follow 1.0's
-dog: ``md info`` prints ``Id Size Used Avail Use% Path`` per disk of the
--a/-p node (``-A``: of every node, each under ``Node N:``); ``plug`` and
-``unplug`` send the comma-separated directory list and ask for confirmation
-first unless ``-f``.
+Wire format (SD_OP_MD_INFO reply, ``struct sd_md_info``): 64 disk slots of
+4120 bytes each -- i32 ``idx``, 4 pad bytes, u64 ``free``, u64 ``used``,
+``char path[4096]`` -- then i32 ``nr`` (slots used) at offset 263680, the
+whole padded to 263688 bytes.  MD_PLUG / MD_UNPLUG carry the comma-separated
+directory list, NUL-terminated, with SD_FLAG_CMD_WRITE.  Output and messages
+are dog's: the table header is printed first (also before a failure), ``-A``
+prints a ``Node <i>:`` line before each node's rows, ``-r`` prints
+``HOST:PORT idx size used avail use% path`` lines instead; ``plug`` and
+``unplug`` ask for confirmation first unless ``-f``.
 """
 
 from __future__ import annotations
 
+import struct
+
 from sheep import proto
 from sheep.errors import strerror
 from sheep.proto import Op, Request
-from sheep.store.md import MD_INFO_SIZE, unpack_md_info
 
 from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
 from collie.cluster import confirm
@@ -29,19 +34,45 @@ UNPLUG_PRINT = ("    __\n"
                 "  /  |   Caution! Recovery will be triggered after unplugging.\n"
                 "(/_)_|_  Are you sure you want to continue? [yes/no]: ")
 
+MD_MAX_DISK = 64
+MD_DISK_SIZE = 4 + 4 + 8 + 8 + 4096
+MD_NR_OFFSET = MD_MAX_DISK * MD_DISK_SIZE  # 263680
+MD_INFO_SIZE = MD_NR_OFFSET + 8  # 263688
 
-def _node_md_info(client: Client, node: proto.SdNode | None, out: Out) -> None:
+
+def unpack_md_info(buf: bytes) -> list[tuple[int, int, int, str]]:
+    """(idx, free, used, path) of each disk in use."""
+    buf = buf.ljust(MD_INFO_SIZE, b"\0")
+    nr = struct.unpack_from("<i", buf, MD_NR_OFFSET)[0]
+    disks = []
+    for i in range(max(0, min(nr, MD_MAX_DISK))):
+        off = i * MD_DISK_SIZE
+        idx, free, used = struct.unpack_from("<i4xQQ", buf, off)
+        path = proto.cstr(buf[off + 24:off + MD_DISK_SIZE])
+        disks.append((idx, free, used, path))
+    return disks
+
+
+def pack_md_info(disks) -> bytes:
+    """The reverse of :func:`unpack_md_info` (for tests and servers)."""
+    out = bytearray(MD_INFO_SIZE)
+    for i, (idx, free, used, path) in enumerate(disks):
+        off = i * MD_DISK_SIZE
+        struct.pack_into("<i4xQQ", out, off, idx, free, used)
+        raw = path.encode()[:4095]
+        out[off + 24:off + 24 + len(raw)] = raw
+    struct.pack_into("<i", out, MD_NR_OFFSET, len(disks))
+    return bytes(out)
+
+
+def _node_md_info(client: Client, out: Out, node: proto.SdNode | None) -> None:
     req = Request(Op.MD_INFO, data_length=MD_INFO_SIZE)
-    if node is None:
-        rsp, body = client.exec(req)
-        where = f"{client.host}:{client.port}"
-    else:
-        rsp, body = client.node_exec(node, req)
-        where = f"{node.host}:{node.port}"
+    rsp, data = client.exec(req) if node is None else client.node_exec(node, req)
+    where = f"{client.host}:{client.port}" if node is None else f"{node.host}:{node.port}"
     if rsp.result:
-        raise CollieError(f"failed to get multi-disk information: {strerror(rsp.result)}",
+        raise CollieError(f"failed to get multi-disk infomation: {strerror(rsp.result)}",
                           code=EXIT_FAILURE)
-    for idx, path, free, used in unpack_md_info(body.ljust(MD_INFO_SIZE, b"\0")):
+    for idx, free, used, path in unpack_md_info(data):
         size = free + used
         ratio = int(used / size * 100) if size else 0
         if out.raw:
@@ -53,47 +84,54 @@ def _node_md_info(client: Client, node: proto.SdNode | None, out: Out) -> None:
 
 
 def md_info(args, client: Client, out: Out) -> int:
+    nodes = client.update_node_list()
     if not out.raw:
         out.line("Id\tSize\tUsed\tAvail\tUse%\tPath")
     if not args.all:
-        _node_md_info(client, None, out)
+        _node_md_info(client, out, None)
         return EXIT_SUCCESS
-    for i, n in enumerate(client.update_node_list()):
+    for i, n in enumerate(nodes):
         if not out.raw:
             out.line(f"Node {i}:")
-        _node_md_info(client, n, out)
+        _node_md_info(client, out, n)
     return EXIT_SUCCESS
 
 
-def _plug_unplug(args, client: Client, out: Out, plug: bool) -> int:
-    if not args.disks:
-        raise CollieError(f"usage: node md {'plug' if plug else 'unplug'} <disks>",
+def _plug(client: Client, out: Out, args, plug: bool) -> int:
+    disks = args.disks
+    if disks is None:
+        raise CollieError(f"Usage: node md {'plug' if plug else 'unplug'} <disks>",
                           code=EXIT_USAGE)
+    if not disks:
+        raise CollieError("Empty path isn't allowed", code=EXIT_FAILURE)
     if not args.force:
         confirm(out, PLUG_PRINT if plug else UNPLUG_PRINT)
-    payload = args.disks.encode() + b"\0"
+    payload = disks.encode() + b"\0"
     rsp, _ = client.exec(Request(Op.MD_PLUG if plug else Op.MD_UNPLUG,
-                                 flags=proto.SD_FLAG_CMD_WRITE, data_length=len(payload)),
-                         payload)
+                                 flags=proto.SD_FLAG_CMD_WRITE,
+                                 data_length=len(payload)), payload)
     if rsp.result:
         raise CollieError("Failed to execute request, look for sheep.log for more "
                           "information", code=EXIT_FAILURE)
     return EXIT_SUCCESS
 
 
-def node_md(args, client: Client, out: Out) -> int:
-    if args.action == "info":
-        return md_info(args, client, out)
-    return _plug_unplug(args, client, out, args.action == "plug")
+def md_plug(args, client: Client, out: Out) -> int:
+    return _plug(client, out, args, True)
+
+
+def md_unplug(args, client: Client, out: Out) -> int:
+    return _plug(client, out, args, False)
 
 
 def register(reg, sub) -> None:
-    """Add ``md`` to the ``node`` subcommands."""
-    p = reg.add("md", node_md, "show multi-disk information (info), plug more disk(s) "
-                "into the node (plug <disks>) or unplug disk(s) from it (unplug <disks>); "
-                "<disks>: comma-separated directories", raw=True, subparsers=sub)
-    p.add_argument("action", choices=["info", "plug", "unplug"])
-    p.add_argument("disks", nargs="?", metavar="<disks>")
+    _, msub = reg.group("md", "See 'dog node md' for more information", subparsers=sub)
+    p = reg.add("info", md_info, "show multi-disk information", raw=True, subparsers=msub)
     p.add_argument("-A", "--all", action="store_true",
                    help="show md information of all the nodes")
-    p.add_argument("-f", "--force", action="store_true", help="ignore the confirmation")
+    for name, func, help in (("plug", md_plug, "plug more disk(s) into node"),
+                             ("unplug", md_unplug, "unplug disk(s) from node")):
+        p = reg.add(name, func, help, subparsers=msub)
+        p.add_argument("disks", nargs="?", metavar="<disks>",
+                       help="comma-separated directories")
+        p.add_argument("-f", "--force", action="store_true", help="do not ask for confirmation")

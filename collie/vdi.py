@@ -437,6 +437,26 @@ def vdi_write(args, client: Client, out: Out) -> int:
     return EXIT_SUCCESS
 
 
+def vdi_graph(args, client: Client, out: Out) -> int:
+    """``vdi graph``: the VDI family as a Graphviz digraph (dog's print_vdi_graph):
+    an edge parent -> vid per VDI, the working VDIs red, ``Tag`` is parse_vdi's
+    snap id in hex (0 for a working VDI), as dog prints it."""
+    out.write('digraph G {\n  node [shape = "box", fontname = "Courier"];\n\n'
+              '  "0" [shape = "ellipse", label = "root"];\n\n')
+    for e in client.parse_vdi(with_index=False):
+        ino = e.inode
+        t = ino.create_time >> 32
+        label = (f"Name: {e.name:>10s}\\nTag:  {e.snapid:10x}\\n"
+                 f"Size: {out.size(ino.vdi_size):>10s}\\n"
+                 f"Date: {strftime_local('%Y-%m-%d', t):>10s}\\n"
+                 f"Time: {strftime_local('%H:%M:%S', t):>10s}")
+        tail = '"\n  ];\n\n' if ino.is_snapshot else '",\n    color="red"\n  ];\n\n'
+        out.write(f'  "{ino.parent_vdi_id:x}" -> "{e.vid:x}";\n'
+                  f'  "{e.vid:x}" [\n    group = "{e.name}",\n    label = "{label}{tail}')
+    out.write("}\n")
+    return EXIT_SUCCESS
+
+
 # ---------------------------------------------------------------------------
 
 
@@ -490,6 +510,7 @@ def register(reg) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     cmd("tree", vdi_tree, "show images in tree view format")
+    cmd("graph", vdi_graph, "show images in Graphviz dot format")
     cmd("resize", vdi_resize, "resize an image", ("name", "size"))
     cmd("read", vdi_read, "read data from an image",
         ("name", "offset?", "len?"), snap=True)

@@ -26,7 +26,8 @@ from typing import Awaitable, Callable
 import numpy as np
 
 from sheep import group as G
-from sheep import lock, md_ops, peer, proto, repair, vdi_copies
+from sheep import lock, md_ops, peer, proto, repair, stats, vdi_copies
+from sheep import ops_compat as compat
 from sheep.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.ops")
@@ -208,7 +209,7 @@ async def get_hash(sheep, req, payload):
 
 
 async def stat(sheep, req, payload):
-    return None, proto.SdStat().pack()
+    return None, stats.counters(sheep).pack()
 
 
 async def get_loglevel(sheep, req, payload):
@@ -315,15 +316,19 @@ async def force_recover(sheep, req, payload):
 
 
 async def set_vnodes(sheep, req, payload):
-    if len(payload) != 4:
-        raise _err("INVALID_PARMS", "SET_VNODES needs a 4-byte vnode count")
-    count = struct.unpack("<i", payload)[0]
+    # 1.0 reads an int from the start of the payload; its dog sends 8 bytes
+    if len(payload) < 4:
+        raise _err("INVALID_PARMS", "SET_VNODES needs a vnode count (i32 at offset 0)")
+    count = struct.unpack_from("<i", payload)[0]
     g = sheep.group
+    # 1.0's local_set_vnodes: gateway, then strategy, then range
+    if sheep.cfg.gateway:
+        raise _err("GATEWAY_MODE", "failed to set vnodes, cause operating in gateway mode")
     if g.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:
-        raise _err("INVALID_PARMS", "the cluster uses automatic vnodes; format it with -V "
-                                    "to set vnode counts by hand")
-    if not 1 <= count <= 65535 or sheep.cfg.gateway:
-        raise _err("INVALID_PARMS", "vnode count must be 1..65535 (and not on a gateway)")
+        raise _err("INVALID_VNODES_STRATEGY", "the cluster uses automatic vnodes; format "
+                                              "it with -V to set vnode counts by hand")
+    if not 1 <= count <= 65535:
+        raise _err("INVALID_PARMS", f"invalid vnodes: {count}")
     key = f"{sheep.me.host}:{sheep.me.port}"
 
     async def work():
@@ -410,7 +415,7 @@ MAIN = {"force_recover": _main_force_recover, "recovery": _main_recovery, "weigh
         "del_vdi": _main_del_vdi, "attr": _main_attr, "error": _main_error,
         "reclaim": _main_nothing, "lock": lock.main_lock,
         "alter_cluster_copy": vdi_copies.apply_alter_cluster_copy,
-        "alter_vdi_copy": vdi_copies.apply_alter_vdi_copy}
+        "alter_vdi_copy": vdi_copies.apply_alter_vdi_copy, "vdi_add": compat.main_vdi_add}
 
 
 # ---------------------------------------------------------------------------
@@ -476,6 +481,17 @@ _TABLE = [
     (Op.REPAIR_REPLICA, "local", False, repair.repair_replica),
     (Op.OIDS_EXIST, "local", True, repair.oids_exist),
     (Op.GET_LOCKS, "local", False, lock.get_locks),
+    # in 1.0's table although this daemon has no object cache / tracer (see above)
+    (Op.GET_CACHE_INFO, "local", False, compat.empty_reply),
+    (Op.CACHE_PURGE, "local", False, compat.empty_reply),
+    (Op.TRACE_ENABLE, "local", True, compat.empty_reply),
+    (Op.TRACE_DISABLE, "local", True, compat.empty_reply),
+    (Op.TRACE_STATUS, "local", True, compat.empty_reply),
+    (Op.TRACE_READ_BUF, "local", True, compat.empty_reply),
+    (Op.PREVENT_INODE_UPDATE, "local", False, success),
+    (Op.ALLOW_INODE_UPDATE, "local", False, success),
+    (Op.NOTIFY_VDI_DEL, "cluster", True, success),  # drops object-list cache entries: none here
+    (Op.NOTIFY_VDI_ADD, "cluster", True, compat.notify_vdi_add),
 ]
 
 _TABLE += md_ops.OPS  # MD_INFO / MD_PLUG / MD_UNPLUG (sheep.md_ops)
@@ -512,8 +528,10 @@ async def dispatch(sheep, req: proto.Request, payload: bytes) -> tuple[proto.Res
     """Run one request to completion; always returns a reply."""
     rsp = proto.Response(req.opcode, id=req.id)
     body = b""
+    counted = None
     try:
         spec = admit(sheep, req)
+        counted = stats.count_begin(sheep, req, spec.kind)
         out = await spec.handler(sheep, req, payload)
         if len(out) == 3:
             args, body, rsp.result = out
@@ -531,6 +549,9 @@ async def dispatch(sheep, req: proto.Request, payload: bytes) -> tuple[proto.Res
         log.exception("request %#x failed", req.opcode)
         rsp.result = CODES["SYSTEM_ERROR"]
         body = b""
+    finally:
+        if counted:
+            stats.count_end(sheep, counted)
     cap = req.reply_capacity
     if len(body) > cap:
         log.warning("reply to %#x truncated from %d to %d bytes", req.opcode, len(body), cap)

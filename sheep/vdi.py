@@ -261,9 +261,21 @@ class VdiTable:
                                              4 * n, copies=self.copies_of(vid))
 
     async def _write_inode(self, ino: proto.InodeHeader, index: bytes = b"") -> None:
-        """One create of the whole (sparse) inode object: header, then the index."""
-        await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
-                                                  ino.pack() + index, copies=ino.nr_copies)
+        """One create of the whole (sparse) inode object: header, then the index.
+
+        Any failure (a full disk: NO_SPACE, EIO, ...) is VDI_WRITE, "Failed to
+        write to requested VDI", as 1.0's ``create_vdi``/``clone_vdi``/
+        ``snapshot_vdi`` report it; the cause goes to the log.  The vid is
+        registered only after this succeeded, so a failed create leaves no
+        trace in the bitmaps (1.0 leaves the vid allocated)."""
+        try:
+            await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
+                                                      ino.pack() + index, copies=ino.nr_copies)
+        except SdError as e:
+            log.error("cannot write the inode of new VDI %s (%#x): %s",
+                      proto.cstr(ino.name), ino.vdi_id, e.message)
+            raise _err("VDI_WRITE", f"cannot write the inode of VDI {ino.vdi_id:#x}: "
+                                    f"{e.message}") from None
 
     async def _derive(self, name: bytes, vid: int, base: int, args: proto.VdiArgs,
                       snap_id: int, copies: int, shift: int) -> proto.InodeHeader:

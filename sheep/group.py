@@ -379,7 +379,7 @@ class Group:
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
-        self.sheep.vdis.merge(info.get("vdis", []))
+        self.sheep.vdis.merge(info.get("vdis", []), behind=info.get("epoch", 0) < self.epoch)
         self.sheep.locks.on_join(info)  # generations: the max with the joiner's
         self.members = list(members)
         self._rebuild_nodes()

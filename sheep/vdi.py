@@ -161,13 +161,17 @@ class VdiTable:
         for s in snap["states"]:
             self.states[s["vid"]] = VdiState(**s)
 
-    def merge(self, entries: list[dict]) -> None:
+    def merge(self, entries: list[dict], behind: bool = False) -> None:
         """Union in VDIs a node found on its own disk (deterministic on all nodes).
 
         When ids are recycled, a vid the table knows is left as it is (the
-        record may be of a collected VDI whose id was reused, see
-        ``sheep.vdi_recycle``)."""
+        record may be of a collected VDI whose id was reused), and a node
+        ``behind`` the cluster (it joins with an older epoch: it missed
+        changes, collections among them) adds nothing: the cluster's table is
+        newer than its disk (see ``sheep.vdi_recycle``)."""
         recycling = self.recycling
+        if recycling and behind:
+            return
         for s in entries:
             vid = s["vid"]
             if recycling and vid in self.states:

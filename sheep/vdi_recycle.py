@@ -40,10 +40,12 @@ ids are cleared only by the ordered main step, after the removals, so no
 NEW_VDI can take an id whose inode is still being removed.
 
 Joining nodes: their on-disk VDI records never change the state or bits of a
-vid the cluster already knows (a recycled vid reused meanwhile stays live);
-records of vids the cluster does not know are merged as in the default mode
-(a node that was away during a collection brings the old VDIs back as
-deleted or live ones: ids are leaked or old VDIs reappear, data is not mixed).
+vid the cluster already knows (a recycled vid reused meanwhile stays live),
+and a node that joins with an older epoch than the cluster's (it was away, so
+it may have missed collections) adds no records at all: the running cluster's
+table is newer than its disk.  Only nodes joining at the cluster's epoch (a
+whole-cluster restart gathering its members) contribute unknown vids, as in
+the default mode.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ size, list 1.0's vnode counts already before format, keep them after format
 and keep their measured space across a restart however full the disk got."""
 
 import subprocess
+import sys
 
 import pytest
 from harness import Cluster, Node, free_port, wait_for
@@ -91,5 +92,15 @@ def test_rounding_gives_220_with_4_mib_used_and_space_survives_restart(tmp_path,
         big.start()
         c.wait_members(3)
         wait_for(lambda: _listed(c) == before, 10, what="same space and vnodes after restart")
+        # reweight re-reads every node's space (STAT_SHEEP): the same weights
+        r = subprocess.run([sys.executable, "-m", "collie", "cluster", "reweight",
+                            "-p", str(c.nodes[0].port)], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert _listed(c) == before
+        cl = big.client()
+        rsp, _ = cl.call(proto.Op.STAT_SHEEP)
+        cl.close()
+        assert rsp.args.store_size == before[big.port][1]  # 1.0: md_get_size, the space
     finally:
         c.close()

@@ -78,3 +78,20 @@ def test_full_disk_create_snapshot_clone_report_vdi_write(make_cluster, small_fs
     assert collie(port, "vdi", "clone", "-s", "s1", "base", "cl").returncode == 0
     assert collie(port, "vdi", "snapshot", "-s", "s2", "base").returncode == 0
     assert c.nodes[0].alive()
+
+
+def test_full_disk_during_preallocation_reports_the_object(make_cluster, small_fs):
+    c = make_cluster(1, store_root=str(small_fs))
+    c.format(copies=1)
+    port = c.nodes[0].port
+    r = collie(port, "vdi", "create", "-P", "pre", "64M")  # 16 objects on 24 MiB
+    assert r.returncode == 1, r.stderr
+    vid = proto.vdi_name_hash("pre")
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    prefix = "Failed to write object "
+    assert lines[0].startswith(prefix), r.stderr
+    oid = int(lines[0][len(prefix):].split(":")[0], 16)  # dog: %PRIx64, no padding
+    assert lines[0] == f"Failed to write object {oid:x}: Server has no space for new objects"
+    assert proto.oid_to_vid(oid) == vid and 0 < proto.data_oid_to_idx(oid) < 16
+    assert c.nodes[0].alive()

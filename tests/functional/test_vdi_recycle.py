@@ -112,3 +112,57 @@ def test_family_is_recycled_only_when_all_of_it_is_deleted(rcluster):
         bms.add(bytes(body))
         cl.close()
     assert len(bms) == 1
+
+
+def test_node_away_during_recycling_brings_no_old_data_back(rcluster):
+    c = rcluster
+    p = c.nodes[0].port
+    collie(p, "vdi", "create", "b", "8M")  # vid 1, on every node (copies 2 of 3)
+    secret = bytes([0xA5]) * (8 * MB)
+    collie(p, "vdi", "write", "b", "0", str(len(secret)), stdin=secret)
+    away = c.nodes[2]
+    away.kill()
+    c.wait_members(2)
+    collie(p, "vdi", "delete", "b")
+    collie(p, "vdi", "create", "n", "8M")  # takes the recycled id 1
+    assert vids(p) == {"n": [1]}
+    away.start()
+    c.wait_members(3)
+    for n in c.nodes:  # the returning node's old inode 1 ("b") changes nothing
+        assert vids(n.port) == {"n": [1]}
+    part = os.urandom(MB)
+    with qemu_client.open("n", port=away.port) as v:
+        assert v.pread(0, 8 * MB) == bytes(8 * MB)
+        v.pwrite(MB, part)
+    for n in c.nodes:
+        with qemu_client.open("n", port=n.port) as v:
+            got = v.pread(0, 8 * MB)
+        assert got[MB:2 * MB] == part
+        assert got[:MB] == bytes(MB) and got[2 * MB:] == bytes(6 * MB)
+
+
+def test_restart_keeps_recycled_state_and_rollback_works(rcluster):
+    c = rcluster
+    p = c.nodes[0].port
+    for name in ("a", "b"):
+        collie(p, "vdi", "create", name, "8M")
+    collie(p, "vdi", "delete", "a")  # id 1 free again
+    v1 = os.urandom(MB)
+    collie(p, "vdi", "write", "b", "0", str(MB), stdin=v1)
+    collie(p, "vdi", "snapshot", "-s", "snap", "b")  # the working b gets id 1
+    assert vids(p) == {"b": [1, 2]}
+    collie(p, "vdi", "write", "b", "0", str(MB), stdin=os.urandom(MB))
+    collie(p, "vdi", "rollback", "-f", "-s", "snap", "b")  # working 1 deleted, new one
+    assert vids(p) == {"b": [2, 3]}
+    assert collie(p, "vdi", "read", "b", "0", str(MB)).stdout == v1
+    for n in c.nodes:
+        n.kill()
+    for n in c.nodes:
+        n.start()
+    c.wait_members(3)
+    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 20,
+             what="cluster running again")
+    assert vids(p) == {"b": [2, 3]}
+    collie(p, "vdi", "create", "c", "8M")  # 1 is still deleted-but-kept (family of 2)
+    assert vids(p) == {"b": [2, 3], "c": [4]}
+    assert collie(c.nodes[1].port, "vdi", "read", "b", "0", str(MB)).stdout == v1

@@ -33,7 +33,9 @@ which removes the objects of the vid it finds on each node's disk in the main
 step): a VDI reads an object only through its own index, whose entries start
 at 0 (create) or point to its parent's objects (clone); an object named with
 its own vid is read only after the VDI created it, and a create replaces the
-whole object (zeros + data) with a version above any local copy.  So any
+whole object (zeros + data) with a version above the live copy it replaces
+(an old copy elsewhere is at most a stale copy, which never wins over a live
+one, ``sheep.fetch``).  So any
 leftover copy of an object of a recycled vid — on a node that was away during
 the collection, or leaked — is never visible through the new VDI.  Collected
 ids are cleared only by the ordered main step, after the removals, so no

@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.parse(argv)
     except config.ConfigError as e:
         sys.stderr.write(f"sheep: {e}\n")
+        if e.details:
+            sys.stdout.write(e.details)
         return 1
     for d in cfg.stores:
         try:

@@ -3,6 +3,17 @@
 Options follow Sheepdog 1.0's ``sheep`` (same letters, same meaning).  Invalid
 values raise :class:`ConfigError` with the message to print; nothing here
 touches the disk or the network.
+
+Error messages of the options 1.0 has are 1.0's own words (``sheep/sheep.c``,
+``lib/net.c``): ``Invalid port number '0'``, ``Invalid zone id 'a': must be an
+integer between 0 and 4294967295``, ``Invalid number of vnodes '0': must be
+an integer between 1 and 65535``, ``Options '-g' and '-V' can not be both
+specified`` (in either order), ``Invalid address: 'x'`` (-y), ``Bad address
+'x'`` (-b), ``Invalid cluster driver 'x'``, ``Invalid log level 'x'``.  As in
+1.0, numbers are decimal (``str_to_u16``/``str_to_u32``); an unknown option
+or a missing value ends with ``Try 'sheep --help' for more information.`` and
+exit code 1.  Options 1.0 does not have (``--nbd``, ``--lock-grace``, the
+``-R`` value checks) keep their own messages.
 """
 
 from __future__ import annotations
@@ -22,7 +33,31 @@ LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
 
 
 class ConfigError(Exception):
-    """A bad option value; ``str()`` is the message for the user."""
+    """A bad option value; ``str()`` is the message for the user (stderr),
+    ``details`` what 1.0 prints after it on stdout (e.g. the log levels)."""
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
+
+
+LOG_LEVEL_HELP = ("Available log levels:\n"
+                  "  Level      Description\n"
+                  "  emerg      system has failed and is unusable\n"
+                  "  alert      action must be taken immediately\n"
+                  "  crit       critical conditions\n"
+                  "  err        error conditions\n"
+                  "  warning    warning conditions\n"
+                  "  notice     normal but significant conditions\n"
+                  "  info       informational notices\n"
+                  "  debug      debugging messages\n")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with 1.0's reaction to a bad command line (usage(1))."""
+
+    def error(self, message):
+        self.exit(1, f"sheep: {message}\nTry 'sheep --help' for more information.\n")
 
 
 @dataclass
@@ -56,7 +91,7 @@ class Config:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sheep",
         description="pysheepdog daemon: stores objects, serves clients, takes part "
                     "in cluster membership. STORE[,STORE...]: the base directory "
@@ -110,11 +145,20 @@ def _int(value: str, what: str, lo: int, hi: int) -> int:
     return n
 
 
-def _addr(value: str, what: str) -> str:
+def _dec(value: str, lo: int, hi: int) -> int | None:
+    """1.0's ``str_to_u16``/``str_to_u32`` plus its range check: a decimal
+    number in ``lo..hi``, else None."""
+    if not re.fullmatch(r"\s*\+?[0-9]+", value):
+        return None
+    n = int(value)
+    return n if lo <= n <= hi else None
+
+
+def _addr(value: str, message: str) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise ConfigError(f"Invalid {what} '{value}': not an IP address") from None
+        raise ConfigError(message.format(value)) from None
     return value
 
 
@@ -135,20 +179,26 @@ def parse(argv: list[str]) -> Config:
     if not stores:
         raise ConfigError("no store directory given")
     cfg = Config(stores=[os.path.abspath(s) for s in stores])
-    cfg.port = _int(ns.port, "port number", 1, 65535)
+    cfg.port = _dec(ns.port, 1, 0xFFFF)
+    if cfg.port is None:
+        raise ConfigError(f"Invalid port number '{ns.port}'")
     if ns.zone is not None:
-        cfg.zone = _int(ns.zone, "zone id", 0, 0xFFFFFFFF)
+        cfg.zone = _dec(ns.zone, 0, 0xFFFFFFFF)
+        if cfg.zone is None:
+            raise ConfigError(f"Invalid zone id '{ns.zone}': must be an integer between "
+                              f"0 and {0xFFFFFFFF}")
     from sheep.cluster.base import DRIVERS  # the registry; drivers import lazily
 
     drv = ns.cluster.split(":", 1)[0]
     if drv not in DRIVERS:
-        raise ConfigError(f"Invalid cluster driver '{ns.cluster}': supported drivers: "
-                          + ", ".join(sorted(DRIVERS)))
+        raise ConfigError(f"Invalid cluster driver '{ns.cluster}'",
+                          "\nSupported features:\n\tCluster drivers: "
+                          + " ".join(sorted(DRIVERS)) + "\n")
     cfg.cluster = ns.cluster
     if ns.myaddr:
-        cfg.myaddr = _addr(ns.myaddr, "address")
+        cfg.myaddr = _addr(ns.myaddr, "Invalid address: '{}'")
     if ns.bindaddr:
-        cfg.bindaddr = _addr(ns.bindaddr, "bind address")
+        cfg.bindaddr = _addr(ns.bindaddr, "Bad address '{}'")
     cfg.nosync = ns.nosync
     if ns.log:
         for item in ns.log.split(","):
@@ -158,20 +208,28 @@ def parse(argv: list[str]) -> Config:
             elif key == "level" and val:
                 if val in LOG_LEVELS:
                     cfg.log_level = LOG_LEVELS[val]
+                elif _dec(val, 0, 7) is not None:  # a number 0..7 too (older sheep)
+                    cfg.log_level = int(val)
                 else:
-                    cfg.log_level = _int(val, "log level", 0, 7)
+                    raise ConfigError(f"Invalid log level '{val}'", LOG_LEVEL_HELP)
             elif key in ("format", "dst"):
                 pass
             else:
                 raise ConfigError(f"Invalid log option '{item}' (use dir=PATH,level=LEVEL)")
     cfg.foreground = ns.foreground
     cfg.gateway = ns.gateway
+    if ns.gateway and ns.vnodes is not None:
+        raise ConfigError("Options '-g' and '-V' can not be both specified")
     if ns.vnodes is not None:
-        cfg.vnodes = _int(ns.vnodes, "number of vnodes", 1, 65535)
+        cfg.vnodes = _dec(ns.vnodes, 1, 0xFFFF)
+        if cfg.vnodes is None:
+            raise ConfigError(f"Invalid number of vnodes '{ns.vnodes}': must be an integer "
+                              f"between 1 and {0xFFFF}")
     cfg.pidfile = os.path.abspath(ns.pidfile) if ns.pidfile else None
     if ns.nbd is not None:
         host, _, port = ns.nbd.rpartition(":")
-        cfg.nbd = (_addr(host, "NBD address") if host else "127.0.0.1",
+        cfg.nbd = (_addr(host, "Invalid NBD address '{}': not an IP address")
+                   if host else "127.0.0.1",
                    _int(port, "NBD port number", 1, 65535))
     if ns.recovery is not None:
         for item in ns.recovery.split(","):

@@ -23,6 +23,7 @@ from sheep.group import Group
 from sheep.lock import Locks
 from sheep.recovery import Recovery
 from sheep.server import start_servers
+from sheep.space import node_space
 from sheep.store.plain import PlainStore
 from sheep.vdi import VdiTable
 
@@ -166,7 +167,9 @@ class Sheep:
         """Serve until asked to exit; ``ready(error_or_None)`` is called once."""
         self._exit = asyncio.Event()
         cfg = self.cfg
-        space = 0 if cfg.gateway else self.store.capacity()
+        # 1.0's init_disk_space: free space, measured once and kept in config
+        space = 0 if cfg.gateway else await self.io_thread(
+            node_space, self.store, self.store.obj_dirs)
         vnodes = 0 if cfg.gateway else (cfg.vnodes or proto.SD_DEFAULT_VNODES)
         self.me = proto.SdNode.make(cfg.myaddr, cfg.port, vnodes, cfg.zone, space)
         self.vdis = VdiTable(self)

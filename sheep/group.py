@@ -171,7 +171,11 @@ class Group:
             if w is not None:
                 n = n.replace(nr_vnodes=w[0] if n.nr_vnodes else 0, space=w[1])
             nodes.append(n)
-        if self.formatted and self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:
+        # before format a node weighs by its own strategy (1.0: sys->cinfo.flags
+        # starts with AUTO_VNODES unless -V), so "node list" shows the weights
+        auto = (self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES if self.formatted
+                else self.sheep.cfg.vnodes is None)
+        if auto:
             weights = auto_vnodes([n.space if n.nr_vnodes else 0 for n in nodes])
             nodes = [n.replace(nr_vnodes=w) for n, w in zip(nodes, weights)]
         self.nodes = proto.sort_nodes(nodes)
@@ -375,7 +379,7 @@ class Group:
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
-        self.sheep.vdis.merge(info.get("vdis", []))
+        self.sheep.vdis.merge(info.get("vdis", []), behind=info.get("epoch", 0) < self.epoch)
         self.sheep.locks.on_join(info)  # generations: the max with the joiner's
         self.members = list(members)
         self._rebuild_nodes()

@@ -114,7 +114,8 @@ async def cluster_info(sheep, req, payload):
 async def stat_sheep(sheep, req, payload):
     if sheep.cfg.gateway:
         return proto.NodeRsp(), b""
-    cap = await sheep.io(sheep.store.capacity)
+    # 1.0's md_get_size: the node's space (its weight, see sheep.space)
+    cap = sheep.me.space
     used = await sheep.io(sheep.store.used)
     return proto.NodeRsp(store_size=cap, store_free=max(cap - used, 0)), b""
 
@@ -338,14 +339,14 @@ async def set_vnodes(sheep, req, payload):
 
 
 async def reweight(sheep, req, payload):
-    """Re-measure every node's capacity; vnodes follow when they are automatic."""
+    """Re-read every node's space (STAT_SHEEP); vnodes follow when they are automatic."""
     async def work():
         weights = {}
         for n in sheep.group.nodes:
             if not n.nr_vnodes:
                 continue
             if sheep.group.is_me(n):
-                space = sheep.store.capacity()
+                space = sheep.me.space
             else:
                 rsp, _ = await sheep.gateway.peers.request(n, proto.Request(proto.Op.STAT_SHEEP))
                 space = rsp.args.store_size

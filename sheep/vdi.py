@@ -16,7 +16,9 @@ clone or rebase must be a live snapshot, so a backing image is always
 read-only.  Deletion goes beyond 1.0 too: the server releases every data
 reference the deleted VDI still holds (reclaiming objects nobody else holds,
 see ``sheep.refcount``) and clears the inode's name, so a deleted name can
-always be created again.
+always be created again.  In clusters formatted with ``-R`` ids are
+allocated from 1 and the ids of fully deleted families are reused
+(``sheep.vdi_recycle``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sheep import proto
+from sheep import proto, vdi_recycle
 from sheep.errors import CODES, SdError, error_for
 from sheep.refcount import Refs
 
@@ -124,6 +126,12 @@ class VdiTable:
             st = self.states.get(vid)
         return st
 
+    @property
+    def recycling(self) -> bool:
+        """The cluster reuses the ids of deleted families (``format -R``)."""
+        g = getattr(self.sheep, "group", None)
+        return bool(g is not None and g.config.flags & proto.SD_CLUSTER_FLAG_RECYCLE_VID)
+
     def copies_of(self, vid: int) -> int:
         st = self.states.get(vid)
         return st.copies if st else self.sheep.group.config.copies or proto.SD_DEFAULT_COPIES
@@ -153,10 +161,21 @@ class VdiTable:
         for s in snap["states"]:
             self.states[s["vid"]] = VdiState(**s)
 
-    def merge(self, entries: list[dict]) -> None:
-        """Union in VDIs a node found on its own disk (deterministic on all nodes)."""
+    def merge(self, entries: list[dict], behind: bool = False) -> None:
+        """Union in VDIs a node found on its own disk (deterministic on all nodes).
+
+        When ids are recycled, a vid the table knows is left as it is (the
+        record may be of a collected VDI whose id was reused), and a node
+        ``behind`` the cluster (it joins with an older epoch: it missed
+        changes, collections among them) adds nothing: the cluster's table is
+        newer than its disk (see ``sheep.vdi_recycle``)."""
+        recycling = self.recycling
+        if recycling and behind:
+            return
         for s in entries:
             vid = s["vid"]
+            if recycling and vid in self.states:
+                continue
             self.set(self.inuse, vid)
             if s["deleted"]:
                 self.set(self.deleted, vid)
@@ -201,6 +220,8 @@ class VdiTable:
     async def lookup(self, name: bytes, tag: bytes = b"", snapid: int = 0) -> Lookup:
         name = proto.pad(name, 256)
         tag = proto.pad(tag, 256)
+        if self.recycling:
+            return await vdi_recycle.lookup(self, name, tag, snapid)
         has_tag = tag != bytes(256) or snapid != 0
         start = proto.vdi_name_hash(name) or 1
         if not self.test(self.inuse, start):
@@ -268,9 +289,21 @@ class VdiTable:
                                              4 * n, copies=self.copies_of(vid))
 
     async def _write_inode(self, ino: proto.InodeHeader, index: bytes = b"") -> None:
-        """One create of the whole (sparse) inode object: header, then the index."""
-        await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
-                                                  ino.pack() + index, copies=ino.nr_copies)
+        """One create of the whole (sparse) inode object: header, then the index.
+
+        Any failure (a full disk: NO_SPACE, EIO, ...) is VDI_WRITE, "Failed to
+        write to requested VDI", as 1.0's ``create_vdi``/``clone_vdi``/
+        ``snapshot_vdi`` report it; the cause goes to the log.  The vid is
+        registered only after this succeeded, so a failed create leaves no
+        trace in the bitmaps (1.0 leaves the vid allocated)."""
+        try:
+            await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
+                                                      ino.pack() + index, copies=ino.nr_copies)
+        except SdError as e:
+            log.error("cannot write the inode of new VDI %s (%#x): %s",
+                      proto.cstr(ino.name), ino.vdi_id, e.message)
+            raise _err("VDI_WRITE", f"cannot write the inode of VDI {ino.vdi_id:#x}: "
+                                    f"{e.message}") from None
 
     async def _derive(self, name: bytes, vid: int, base: int, args: proto.VdiArgs,
                       snap_id: int, copies: int, shift: int) -> proto.InodeHeader:
@@ -409,7 +442,7 @@ class VdiTable:
         copies = self.copies_of(vid)
         ino = await self.read_header(vid)
         if ino.vdi_size == 0 and not ino.name.strip(b"\0"):
-            return {"op": "del_vdi", "vid": vid}
+            return await self._collect({"op": "del_vdi", "vid": vid})
         index = await self._read_index(vid, ino.nr_objects)
         dropped = [(v, i) for i, v in enumerate(memoryview(index).cast("I")) if v]
         ino.name = bytes(256)
@@ -418,7 +451,12 @@ class VdiTable:
         await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(vid), 0, ino.pack(),
                                                   copies=copies)
         await self.refs.reclaim_locked(dropped)
-        return {"op": "del_vdi", "vid": vid}
+        return await self._collect({"op": "del_vdi", "vid": vid})
+
+    async def _collect(self, msg: dict) -> dict:
+        if self.recycling:
+            msg["gc"] = await vdi_recycle.collect_work(self, msg["vid"])
+        return msg
 
     def apply_del_vdi(self, msg: dict) -> proto.VdiRsp:
         vid = msg["vid"]
@@ -427,6 +465,7 @@ class VdiTable:
         if st:
             st.deleted = True
         log.info("VDI %#x deleted", vid)
+        vdi_recycle.apply_collect(self, msg.get("gc") or [])
         return proto.VdiRsp(vdi_id=vid)
 
     # ------------------------------------------------------------------

@@ -1,13 +1,11 @@
 """VDI ids, lookup and the NEW_VDI/DEL_VDI algorithms (PROTOCOL §12) against an
 in-memory object store standing in for the gateway (no daemons)."""
 
-import asyncio
-
 import pytest
+from vdi_fakes import FakeSheep, del_vdi, header, new_vdi, run, snapshot
 
 from sheep import proto
 from sheep.errors import CODES, SdError
-from sheep.vdi import VdiTable
 
 # names found offline whose 24-bit FNV-1a hashes collide / neighbour
 SAME = ["n164422", "n583384", "n1235039", "n1307514"]  # all hash to 0x12f46
@@ -15,98 +13,9 @@ NEXT = "n285054"  # hashes to 0x12f47: its run interleaves with SAME's
 EDGE = "n1739616"  # hashes to 0xfffffe: its run wraps around to vid 1
 
 
-class FakeGateway:
-    """Objects as sparse byte arrays in a dict (what the replicas would hold)."""
-
-    def __init__(self):
-        self.objs: dict[int, bytearray] = {}
-        self.reads = 0
-
-    async def read(self, oid, offset, length, copies=0):
-        self.reads += 1
-        if oid not in self.objs:
-            raise SdError(CODES["NO_OBJ"])
-        buf = self.objs[oid]
-        return bytes(buf[offset:offset + length]).ljust(length, b"\0")
-
-    async def write(self, oid, offset, data, copies=0):
-        if oid not in self.objs:
-            raise SdError(CODES["NO_OBJ"])
-        buf = self.objs[oid]
-        if len(buf) < offset + len(data):
-            buf.extend(bytes(offset + len(data) - len(buf)))
-        buf[offset:offset + len(data)] = data
-
-    async def create_and_write(self, oid, offset, data, copies=0):
-        self.objs[oid] = bytearray(offset) + bytearray(data)
-
-    async def remove(self, oid, copies=0):
-        if self.objs.pop(oid, None) is None:
-            raise SdError(CODES["NO_OBJ"])
-
-
-class FakeConfig:
-    copies = 3
-    copy_policy = 0
-    block_size_shift = 22
-
-
-class FakeGroup:
-    config = FakeConfig()
-
-
-class FakeLocks:
-    """Locks not enforced (Sheepdog 1.0 mode): a snapshot freezes nothing."""
-
-    def __init__(self):
-        self.frozen = []
-
-    async def freeze(self, vid):
-        self.frozen.append(vid)
-        return ""
-
-    async def thaw(self, vid, fid):
-        pass
-
-
-class FakeSheep:
-    def __init__(self):
-        self.gateway = FakeGateway()
-        self.group = FakeGroup()
-        self.locks = FakeLocks()
-        self.vdis = VdiTable(self)
-
-
-def run(coro):
-    return asyncio.run(coro)
-
-
 @pytest.fixture
 def sheep():
     return FakeSheep()
-
-
-def new_vdi(sheep, name, size=1 << 24, base=0, snapid=0, copies=0):
-    """NEW_VDI as the cluster op does it: work step, then main step."""
-    args = proto.VdiArgs(vdi_size=size, base_vdi_id=base, snapid=snapid, copies=copies)
-    msg = run(sheep.vdis.new_vdi_work(proto.pad(name, 256), args))
-    return sheep.vdis.apply_new_vdi(msg).vdi_id
-
-
-def del_vdi(sheep, name, tag="", snapid=0):
-    msg = run(sheep.vdis.del_vdi_work(proto.pad(name, 256), proto.pad(tag, 256), snapid))
-    return sheep.vdis.apply_del_vdi(msg).vdi_id
-
-
-def header(sheep, vid):
-    return run(sheep.vdis.read_header(vid))
-
-
-def snapshot(sheep, name, tag=""):
-    w = run(sheep.vdis.find(proto.pad(name, 256)))
-    if tag:
-        run(sheep.gateway.write(proto.vid_to_vdi_oid(w), proto.INODE_TAG_OFF, proto.pad(tag, 256)))
-    return w, new_vdi(sheep, name, base=w, snapid=1)
 
 
 def test_hashes_of_the_test_names():

@@ -167,9 +167,14 @@ class Sheep:
         """Serve until asked to exit; ``ready(error_or_None)`` is called once."""
         self._exit = asyncio.Event()
         cfg = self.cfg
-        # 1.0's init_disk_space: free space, measured once and kept in config
-        space = 0 if cfg.gateway else await self.io_thread(
-            node_space, self.store, self.store.obj_dirs)
+        # 1.0's init_disk_space: free space, measured once and kept in config;
+        # several disks: the sum of each disk's recorded free space (md_init_space)
+        if cfg.gateway:
+            space = 0
+        elif self.store.multi_disk:
+            space = self.store.md_space()
+        else:
+            space = await self.io_thread(node_space, self.store, self.store.obj_dirs)
         vnodes = 0 if cfg.gateway else (cfg.vnodes or proto.SD_DEFAULT_VNODES)
         self.me = proto.SdNode.make(cfg.myaddr, cfg.port, vnodes, cfg.zone, space)
         self.vdis = VdiTable(self)

@@ -171,7 +171,9 @@ class Group:
         for m in self.members:
             n = proto.SdNode.unpack(m.node)
             w = self.weights.get(_node_key(n))
-            if w is not None:
+            if m.ident in self._refused:  # holds nothing until it is gone (sheep.joins)
+                n = n.replace(nr_vnodes=0, space=0)
+            elif w is not None:
                 n = n.replace(nr_vnodes=w[0] if n.nr_vnodes else 0, space=w[1])
             nodes.append(n)
         if self.formatted and self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:

@@ -15,7 +15,11 @@ Guarantees:
   The refused node logs the reason and exits (code 1) on its own join event,
   before it was ever in state OK, so it never serves or recovers an object
   (peer and gateway I/O need state OK, ``sheep.ops.admit``); the members do
-  not merge its VDIs and do not count it as present for a restart.
+  not merge its VDIs and do not count it as present for a restart.  Unlike
+  1.0, the members give it 0 vnodes (it is logged as ``ADDR:PORT:0``): no
+  object is ever placed on it, so no write waits for it and no epoch of the
+  history has it as the only holder of an object (which would make recovery
+  wait for it forever, ``sheep.fetch`` rule 2) — deliberately stronger.
 * **Refused** (1.0's checks, plus the ones marked *stronger*):
 
   - a formatted node whose cluster creation time differs from the

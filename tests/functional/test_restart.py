@@ -25,6 +25,11 @@ def _epoch_lines(port):
     return [ln.split(None, 2)[2] for ln in out.splitlines() if ln[:4].isdigit()]
 
 
+def _members(line):
+    """The node entries ("ADDR:PORT:VNODES") of an epoch line, as a set."""
+    return set(line.split(None, 1)[1].strip("[]").split(", "))
+
+
 def _running(node):
     return node.client().cluster_info().status == proto.SD_STATUS_OK
 
@@ -116,13 +121,17 @@ def test_older_epoch_node_admitted_while_waiting(make_cluster, data8k, order):
     assert "kept only as stale copies" in c.nodes[2].log()  # it missed epoch 2
 
 
-def test_foreign_cluster_and_vnode_strategy_refused(make_cluster):
+def test_foreign_cluster_and_vnode_strategy_refused(make_cluster, data8k):
     """Refused as 1.0 refuses: the launcher exits 0, the daemon logs why and
     exits, and the running cluster's epoch history has its join and leave."""
     a = make_cluster(2)
     a.format(copies=2)
+    assert _collie(a.nodes[0].port, "vdi", "create", "disk", "16M").returncode == 0
+    r = _collie(a.nodes[0].port, "vdi", "write", "disk", str(OFF), "8192", stdin=data8k)
+    assert r.returncode == 0, r.stderr
     other = make_cluster(1)
     other.format(copies=1)
+    assert _collie(other.nodes[0].port, "vdi", "create", "theirs", "4M").returncode == 0
     other.nodes[0].kill(signal.SIGTERM)
     wait_for(lambda: not other.nodes[0].alive(), 10, what="stop")
     port = a.nodes[0].port
@@ -133,8 +142,10 @@ def test_foreign_cluster_and_vnode_strategy_refused(make_cluster):
     assert "creation time" in log and "INVALID_CTIME" in log
     lines = _epoch_lines(port)
     assert [ln.split()[0] for ln in lines] == ["3", "2", "1"], lines
-    assert f":{stray.port}" in lines[1] and f":{stray.port}" not in lines[0]
+    # a member for a moment, holding nothing (0 vnodes): the ring never changed
+    assert f":{stray.port}:0" in lines[1] and f":{stray.port}" not in lines[0]
     assert lines[0].split(None, 1)[1] == lines[2].split(None, 1)[1]
+    assert _members(lines[1]) - {f"127.0.0.1:{stray.port}:0"} == _members(lines[2])
     # fixed vnodes (-V) cannot join an automatic-vnodes cluster
     fixed = a.add_node(start=False)
     fixed.extra += ["-V", "64"]
@@ -142,11 +153,16 @@ def test_foreign_cluster_and_vnode_strategy_refused(make_cluster):
     assert "INVALID_VNODES_STRATEGY" in log and "vnodes" in log
     lines = _epoch_lines(port)
     assert [ln.split()[0] for ln in lines][:2] == ["5", "4"], lines
-    assert f":{fixed.port}" in lines[1] and f":{fixed.port}" not in lines[0]
+    assert f":{fixed.port}:0" in lines[1] and f":{fixed.port}" not in lines[0]
     a.wait_members(2)
     for n in a.nodes[:2]:
         assert _epoch_lines(n.port) == lines
         assert _running(n)
+        # nothing of the other cluster came in, nothing of ours went out
+        r = _collie(n.port, "vdi", "list")
+        assert r.returncode == 0 and b"disk" in r.stdout and b"theirs" not in r.stdout
+        r = _collie(n.port, "vdi", "read", "disk", str(OFF), "8192")
+        assert r.returncode == 0 and r.stdout == data8k
 
 
 def test_vnodes_reweight_and_node_kill(make_cluster):

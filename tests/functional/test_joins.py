@@ -4,9 +4,10 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
-from harness import wait_for
+from harness import free_port, wait_for
 
 from sheep import proto
 from sheep.joins import RESTART_VNODES_MSG
@@ -144,3 +145,32 @@ def test_eight_nodes_killed_and_restarted_in_parallel(make_cluster, data8k):
         for n in early:  # the older nodes serve the newer data, not their own copy
             assert _read_ok(n.port, data)
         assert _read_ok(rest[rnd].port, data)
+
+
+@pytest.fixture(params=["local", "zmq", "zookeeper"])
+def driver_spec(request):
+    if request.param == "local":
+        return None  # the harness's private local:PATH
+    if request.param == "zmq":
+        return "zmq:" + ",".join(f"127.0.0.1:{free_port(20000, 29999)}" for _ in range(3))
+    zk = request.getfixturevalue("zookeeper")
+    return f"zookeeper:{zk}/joins-{uuid.uuid4().hex[:10]},timeout=2"
+
+
+@pytest.mark.timeout(180)
+def test_refused_join_is_a_join_and_a_leave_on_every_driver(make_cluster, driver_spec):
+    """1.0: the refused node is delivered as a member, then exits; the running
+    cluster logs its join and its leave (with 0 vnodes: it holds nothing)."""
+    c = make_cluster(2, driver_spec=driver_spec)
+    c.format(copies=2)
+    fixed = c.add_node(start=False)
+    fixed.extra += ["-V", "64"]
+    log = fixed.start_refused("failed to join the cluster")
+    assert "INVALID_VNODES_STRATEGY" in log
+    wait_for(lambda: [ln.split()[0] for ln in _epoch_lines(c.nodes[0].port)] == ["3", "2", "1"],
+             15, what="join and leave epochs")
+    lines = _epoch_lines(c.nodes[0].port)
+    assert f"127.0.0.1:{fixed.port}:0" in lines[1] and f":{fixed.port}" not in lines[0]
+    c.wait_members(2, timeout=15)
+    assert _epoch_lines(c.nodes[1].port) == lines
+    assert all(_running(n) for n in c.nodes[:2])

@@ -335,19 +335,21 @@ class Group:
                     log.warning("our epoch history differs from the cluster's: keeping our "
                                 "objects only as stale copies")
                 self.sheep.recovery.demote_all(my_epoch)  # we missed writes meanwhile
+        was_formatted = self.formatted
+        if not me and info.get("adopt_config") and not was_formatted:
+            # an unformatted cluster takes over the joiner's cluster info (1.0)
+            cfg = proto.SheepdogConfig.unpack(bytes.fromhex(info["adopt_config"]))
+            cfg.space, cfg.shutdown = self.me.space, 0
+            self._save_config(cfg)
+            self.config, self.status = cfg, WAIT_FOR_JOIN
+            self.epoch = info["epoch"]
+            log.info("took over the cluster info of %s (formatted, creation time %d)",
+                     proto.SdNode.unpack(joined.node), cfg.ctime)
         if info.get("adopt"):  # a restarting node brought a newer epoch history
             hist = info["adopt"]
             newest = max(e for e, _, _ in hist)
-            if not me and self.formatted and self.epoch < newest:
+            if not me and was_formatted and self.epoch < newest:
                 self.sheep.recovery.demote_all(self.epoch)  # our data is older
-            if not me and info.get("adopt_config") and not self.formatted:
-                # an unformatted cluster takes over the joiner's cluster info (1.0)
-                cfg = proto.SheepdogConfig.unpack(bytes.fromhex(info["adopt_config"]))
-                cfg.space, cfg.shutdown = self.me.space, 0
-                self._save_config(cfg)
-                self.config, self.status = cfg, WAIT_FOR_JOIN
-                log.info("took over the cluster info of %s (formatted, creation time %d)",
-                         proto.SdNode.unpack(joined.node), cfg.ctime)
             for e, nodes_hex, ts in hist:
                 self.history.write(e, bytes.fromhex(nodes_hex), ts)
             self.epoch = newest

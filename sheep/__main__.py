@@ -1,9 +1,18 @@
 """``sheep`` command: argv → config → (daemonize) → run a node.
 
-Daemonizes by default: the launching process exits 0 once the daemon has
-locked its store, is listening and has joined the cluster (or after 10 s of
-trying to join); it exits 1 with the reason on stderr if the daemon could not
-start.  ``-f`` stays in the foreground.  SIGTERM and SIGINT stop the daemon.
+Daemonizes by default.  As in Sheepdog 1.0, the launching process exits 0
+once the daemon has started, and what happens to the daemon afterwards is in
+its log.  "Started" means: the daemon locked its store, wrote its pid file
+and listens; the launcher then also waits until its join was decided (at
+most 10 s), so that a script that starts nodes one by one gets them in that
+order.  A join the cluster refuses, or a restart with the other vnode
+strategy (``sheep.joins``), is logged and the daemon exits 1 — the launcher
+exits 0 all the same (1.0: the config check and the join come after its
+launcher returned).  The launcher exits 1, with the reason on stderr, only
+when the daemon could not start: bad options, the store locked by another
+daemon or unreadable, the pid file or the port unusable (1.0 reports only
+the lock there; a busy port is reported too, deliberately).  ``-f`` stays in
+the foreground.  SIGTERM and SIGINT stop the daemon.
 """
 
 from __future__ import annotations

@@ -17,9 +17,11 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 from sheep import __version__, md_ops, ops, proto
+from sheep.cluster.base import JoinRejected
 from sheep.errors import CODES, SdError, error_for
 from sheep.gateway import Gateway
-from sheep.group import Group
+from sheep.group import KILLED, Group
+from sheep.joins import restart_vnodes_error
 from sheep.lock import Locks
 from sheep.recovery import Recovery
 from sheep.server import start_servers
@@ -204,6 +206,13 @@ class Sheep:
             asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self.dump_tasks)
         except (NotImplementedError, RuntimeError):  # not the main thread (in-process tests)
             pass
+        refusal = restart_vnodes_error(self.group.config, cfg.vnodes is not None, cfg.gateway)
+        if refusal:  # 1.0 refuses it at start-up, before joining (sheep.joins)
+            log.error("%s", refusal)
+            ready(None)  # the daemon did start; its refusal is in the log (1.0)
+            for s in servers:
+                s.close()
+            return 1
         loop_watch = asyncio.ensure_future(self._watch_loop())
         joining = asyncio.ensure_future(self.group.start(local_vdis))
         stopping = asyncio.ensure_future(self._exit.wait())
@@ -226,18 +235,26 @@ class Sheep:
         stopping.cancel()
         try:
             joining.result()
-        except Exception as e:  # JoinRejected, driver errors
-            reason = getattr(e, "reply", b"") or str(e).encode()
-            msg = f"failed to join the cluster: {reason.decode(errors='replace')}"
+        except JoinRejected as e:  # the master could not even judge the join
+            log.error("failed to join the cluster: %s", e.reply.decode(errors="replace"))
+            ready(None)  # the daemon started; a refused join is only logged (1.0)
+            for s in servers:
+                s.close()
+            return 1
+        except Exception as e:  # driver errors
+            msg = f"failed to join the cluster: {e}"
             log.error(msg)
             ready(msg)
             for s in servers:
                 s.close()
             return 1
-        log.info("sheepdog daemon (version %s) started: %s, zone %d, vnodes %d, driver %s, "
-                 "store %s%s", __version__, self.me, self.me.zone, self.me.nr_vnodes,
-                 cfg.cluster, ",".join(cfg.stores), " (nosync)" if cfg.nosync else "")
-        ready(None)
+        if self.group.status == KILLED:  # refused (logged by the group): join, then leave
+            ready(None)
+        else:
+            log.info("sheepdog daemon (version %s) started: %s, zone %d, vnodes %d, driver %s, "
+                     "store %s%s", __version__, self.me, self.me.zone, self.me.nr_vnodes,
+                     cfg.cluster, ",".join(cfg.stores), " (nosync)" if cfg.nosync else "")
+            ready(None)
         watchers = [asyncio.ensure_future(self._watch_store()), loop_watch]
         await self._exit.wait()
         for w in watchers:

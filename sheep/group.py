@@ -20,11 +20,16 @@ into the node's cluster state:
   else runs a work step meanwhile) and sends UNBLOCK carrying the result; on
   delivery every member applies the op's ``main`` step.  A member that leaves
   while holding or waiting for the block loses its turn.
-* **Joining.**  The master validates a joiner (cluster creation time) and
+* **Joining.**  The master applies the join rules (``sheep.joins``) and
   replies with a snapshot of the cluster state, which the joiner adopts; the
-  VDIs the joiner found on its own disk are merged by every member.
+  VDIs the joiner found on its own disk are merged by every member.  A
+  refused join is delivered too (as in 1.0): the refused node is a member
+  for a moment (a running cluster logs its join and its leave as epochs),
+  logs why and exits; it never reaches state OK, so it serves nothing.
 * **Restart.**  A node that restarts with a formatted store waits
-  (WAIT_FOR_JOIN) until every node of the latest epoch is back, then runs.
+  (WAIT_FOR_JOIN) until every node of the newest epoch is back, then runs;
+  nodes with older epochs are admitted meanwhile (their objects become
+  stale copies) and a node with a newer epoch brings its history.
 * **Disk work off the loop.**  Callbacks run on the event loop, next to the
   driver's heartbeats, and never block: the disk work an event implies
   (epoch log, moves to ``.stale``, format, config) is queued, in delivery
@@ -55,16 +60,12 @@ from sheep.cluster.base import Member, create_driver
 from sheep.errors import CODES, SdError, error_for
 from sheep.epochs import EpochHistory
 from sheep.jobs import Jobs
+# internal cluster status (mirrors cluster_info.status plus "never formatted")
+from sheep.joins import KILLED, OK, SHUTDOWN, WAIT_FOR_FORMAT, WAIT_FOR_JOIN, verdict
 from sheep.ring import Ring, auto_vnodes
 
 log = logging.getLogger("sheep.group")
 
-# internal cluster status (mirrors cluster_info.status plus "never formatted")
-WAIT_FOR_FORMAT = "wait_for_format"
-WAIT_FOR_JOIN = "wait_for_join"
-OK = "ok"
-SHUTDOWN = "shutdown"
-KILLED = "killed"
 
 WORK_TIMEOUT = 60.0  # longest a cluster op may hold the cluster-wide turn
 
@@ -112,6 +113,7 @@ class Group:
         # "cluster reweight"; keyed "addr:port", replicated like all state
         self.weights: dict[str, list[int]] = {}
         self.quorum = True
+        self._refused: set[str] = set()  # idents of members whose join was refused
         self._epoch_changed = asyncio.Event()
         self._blocks: list[tuple[str, str]] = []  # (block id, sender ident) in delivery order
         self._turns: dict[str, asyncio.Future] = {}
@@ -136,6 +138,7 @@ class Group:
     def _opaque(self, local_vdis: list | None = None) -> bytes:
         return json.dumps({
             "ctime": self.config.ctime, "epoch": self.epoch, "history": self.history.records(),
+            "config": self.config.pack().hex() if self.formatted else None,
             "fixed_vnodes": self.sheep.cfg.vnodes is not None,
             "vdis": local_vdis or [],
             "lock_gen": self.sheep.locks.join_info(),
@@ -168,7 +171,9 @@ class Group:
         for m in self.members:
             n = proto.SdNode.unpack(m.node)
             w = self.weights.get(_node_key(n))
-            if w is not None:
+            if m.ident in self._refused:  # holds nothing until it is gone (sheep.joins)
+                n = n.replace(nr_vnodes=0, space=0)
+            elif w is not None:
                 n = n.replace(nr_vnodes=w[0] if n.nr_vnodes else 0, space=w[1])
             nodes.append(n)
         # before format a node weighs by its own strategy (1.0: sys->cinfo.flags
@@ -247,79 +252,40 @@ class Group:
     # ------------------------------------------------------------------
     # ClusterEvents (called by the driver, in total order)
 
-    def _reject(self, code: str, msg: str) -> tuple[bool, bytes]:
-        log.warning(msg)
-        return False, json.dumps({"error": msg, "code": CODES[code]}).encode()
-
     def check_join(self, joiner: Member, opaque: bytes) -> tuple[bool, bytes]:
-        """Master only: the join rules (see module docstring), then the snapshot.
-
-        * a node formatted for another cluster (ctime differs) is rejected;
-        * a fixed-vnodes (-V) node cannot join an automatic-vnodes cluster,
-          nor the other way round (gateways, with 0 vnodes, are exempt);
-        * while the cluster waits for the nodes of its last epoch
-          (restart), a node with a wiped store or an older epoch is rejected
-          — it may join once the cluster runs; a node with a newer epoch is
-          accepted and its epoch history becomes the cluster's;
-        * a running cluster rejects a node whose epoch is newer than its own
-          (it comes from a history the cluster does not have).
-        """
+        """Master only: the join rules (``sheep.joins.verdict``), then the
+        snapshot.  A refused joiner is accepted by the driver all the same
+        (1.0 semantics): the reply says why it is refused, the joiner exits
+        on its own join event and every member applies join and leave."""
         info = json.loads(opaque or b"{}")
         jnode = proto.SdNode.unpack(joiner.node)
-        jctime, jepoch = info.get("ctime", 0), info.get("epoch", 0)
         if joiner.ident == (self.member.ident if self.member else None):
             # first member: accept ourselves; our own state is the cluster state
             return True, json.dumps({"self": True, "vdis": info.get("vdis", []),
                                      "lock_gen": info.get("lock_gen", 0)}).encode()
-        if self.status in (SHUTDOWN, KILLED):
-            return self._reject("SHUTDOWN", f"node {jnode} rejected: the cluster is shutting down")
-        if not self.formatted and jctime:
-            return self._reject("INVALID_CTIME",
-                                f"node {jnode} rejected: it belongs to a formatted cluster but this "
-                                f"cluster is not formatted (start the nodes of its cluster first)")
-        if self.formatted and jctime and jctime != self.config.ctime:
-            return self._reject("INVALID_CTIME",
-                                f"node {jnode} rejected: its cluster creation time differs "
-                                f"(it was formatted for another cluster)")
-        if self.formatted and jnode.nr_vnodes:
-            auto = bool(self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES)
-            if auto and info.get("fixed_vnodes"):
-                return self._reject("INVALID_VNODES_STRATEGY",
-                                    f"node {jnode} rejected: it uses fixed vnodes (-V) but the "
-                                    f"cluster uses automatic vnodes")
-            if not auto and not info.get("fixed_vnodes"):
-                return self._reject("INVALID_VNODES_STRATEGY",
-                                    f"node {jnode} rejected: the cluster uses fixed vnodes "
-                                    f"(formatted with -V); start the node with -V")
-        adopt = None
-        if self.status == WAIT_FOR_JOIN:
-            if not jctime:
-                return self._reject("INVALID_CTIME",
-                                    f"node {jnode} rejected: its store is empty (wiped?) while the "
-                                    f"cluster waits for the nodes of epoch {self.epoch} with their "
-                                    f"data; it may join once the cluster runs")
-            if jepoch < self.epoch:
-                return self._reject("OLD_NODE_VER",
-                                    f"node {jnode} rejected: stale epoch {jepoch}, the cluster is at "
-                                    f"epoch {self.epoch} and waits for that epoch's nodes; start it "
-                                    f"again once the cluster runs")
-            if jepoch > self.epoch:
-                adopt = info.get("history", [])
-        elif self.status == OK and jctime and jepoch > self.epoch:
-            return self._reject("NEW_NODE_VER",
-                                f"node {jnode} rejected: its epoch {jepoch} is newer than the "
-                                f"cluster's {self.epoch}")
+        v = verdict(self.status, self.config, self.epoch, jnode, info)
+        if v.refused:
+            code, msg = v.refused
+            log.warning("%s", msg)
+            return True, json.dumps({"refused": {"code": CODES[code], "name": code,
+                                                 "error": msg}}).encode()
+        config, status, epoch, epochs = self.config.pack().hex(), self.status, self.epoch, None
+        if v.config:  # an unformatted cluster takes over the joiner's cluster info
+            config, status = v.config, WAIT_FOR_JOIN
+            epoch, epochs = info.get("epoch", 0), v.adopt
         snap = {
-            "config": self.config.pack().hex(),
-            "status": self.status,
+            "config": config,
+            "status": status,
             "blocks": [list(b) for b in self._blocks],
-            "epoch": self.epoch,
+            "epoch": epoch,
             "disable_recovery": self.disable_recovery,
-            "epochs": self.history.records(),
+            "epochs": self.history.records() if epochs is None else epochs,
             "weights": self.weights,
             "vdis": info.get("vdis", []),
             "state": self.sheep.vdis.snapshot(),
-            "adopt": adopt,
+            "adopt": v.adopt,
+            "adopt_config": v.config,
+            "refused": sorted(self._refused),
             "locks": self.sheep.locks.snapshot(),
             "lock_gen": info.get("lock_gen", 0),  # the joiner's highest lock generation
         }
@@ -352,6 +318,9 @@ class Group:
     def _on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
         info = json.loads(reply or b"{}")
         me = self.member is not None and joined.ident == self.member.ident
+        if info.get("refused"):
+            self._on_refused_join(joined, members, info["refused"], me)
+            return
         my_epoch = self.epoch  # what this node's own store knew before the join
         if me:
             self.quorum = True  # our own join: we are in the primary view
@@ -364,15 +333,26 @@ class Group:
                            for e, rec in self.history.logs.items() if e <= my_epoch)
             self._adopt(info)
             self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
-            if self.status == OK and 0 < my_epoch and (my_epoch < self.epoch or diverged):
+            if (self.status in (OK, WAIT_FOR_JOIN) and 0 < my_epoch
+                    and (my_epoch < self.epoch or diverged)):
                 if diverged:
                     log.warning("our epoch history differs from the cluster's: keeping our "
                                 "objects only as stale copies")
                 self.sheep.recovery.demote_all(my_epoch)  # we missed writes meanwhile
+        was_formatted = self.formatted
+        if not me and info.get("adopt_config") and not was_formatted:
+            # an unformatted cluster takes over the joiner's cluster info (1.0)
+            cfg = proto.SheepdogConfig.unpack(bytes.fromhex(info["adopt_config"]))
+            cfg.space, cfg.shutdown = self.me.space, 0
+            self._save_config(cfg)
+            self.config, self.status = cfg, WAIT_FOR_JOIN
+            self.epoch = info["epoch"]
+            log.info("took over the cluster info of %s (formatted, creation time %d)",
+                     proto.SdNode.unpack(joined.node), cfg.ctime)
         if info.get("adopt"):  # a restarting node brought a newer epoch history
             hist = info["adopt"]
             newest = max(e for e, _, _ in hist)
-            if not me and self.epoch < newest:
+            if not me and was_formatted and self.epoch < newest:
                 self.sheep.recovery.demote_all(self.epoch)  # our data is older
             for e, nodes_hex, ts in hist:
                 self.history.write(e, bytes.fromhex(nodes_hex), ts)
@@ -388,6 +368,28 @@ class Group:
             self._bump_epoch()
         elif self.status == WAIT_FOR_JOIN:
             self._maybe_start_after_restart()
+        else:
+            self._notify_epoch()
+
+    def _on_refused_join(self, joined: Member, members: list[Member], why: dict,
+                         me: bool) -> None:
+        """A join the master refused: the refused node logs why and exits;
+        the others count it as a member until it leaves (join and leave are
+        epochs of a running cluster, as in 1.0) but take nothing from it."""
+        if me:
+            log.error("failed to join the cluster: %s (%s); exiting", why.get("error"),
+                      why.get("name"))
+            self.status = KILLED  # never serves: it was never in state OK
+            self._notify_epoch()
+            self.sheep.request_exit(0.0, code=1)
+            return
+        self._refused.add(joined.ident)
+        self.members = list(members)
+        self._rebuild_nodes()
+        log.info("%s joined (refused: %s); %d members", proto.SdNode.unpack(joined.node),
+                 why.get("name"), len(members))
+        if self.status == OK:
+            self._bump_epoch()
         else:
             self._notify_epoch()
 
@@ -415,12 +417,16 @@ class Group:
         self.epoch = info["epoch"]
         self.weights = dict(info.get("weights", {}))
         self.disable_recovery = info.get("disable_recovery", False)
+        self._refused = set(info.get("refused", []))
         self.sheep.vdis.restore(info["state"])
         self.sheep.locks.restore(info.get("locks"))
 
     def _maybe_start_after_restart(self) -> None:
+        """Start once every node of the newest epoch is a member (1.0
+        ``enough_nodes_gathered``); refused joiners do not count."""
         last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
-        present = {_node_key(n) for n in self.nodes}
+        present = {_node_key(proto.SdNode.unpack(m.node)) for m in self.members
+                   if m.ident not in self._refused}
         if last and last <= present:
             self._start_running(f"all nodes of epoch {self.epoch} are back")
 
@@ -438,6 +444,7 @@ class Group:
             self._notify_epoch()
 
     def _on_leave(self, left: Member, members: list[Member]) -> None:
+        self._refused.discard(left.ident)
         self.members = list(members)
         self._rebuild_nodes()
         log.info("%s left; %d members", proto.SdNode.unpack(left.node), len(members))

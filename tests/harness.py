@@ -143,6 +143,38 @@ class Node:
             raise RuntimeError(f"sheep {self.idx} failed to start: {r.stderr.strip()}")
         self.pid = int(wait_for(lambda: open(self.pidfile).read().strip(), 10, what="pidfile"))
 
+    def launch(self) -> subprocess.Popen:
+        """Run the launcher without waiting for it (parallel starts); then ``launched``."""
+        return subprocess.Popen(self.argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+
+    def launched(self, p: subprocess.Popen) -> None:
+        """Finish a ``launch``: the launcher exited 0 and the daemon's pid is known."""
+        _, err = p.communicate(timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"sheep {self.idx} failed to start: {err.strip()}")
+        self.pid = int(wait_for(lambda: open(self.pidfile).read().strip(), 10, what="pidfile"))
+
+    def start_refused(self, expect: str, timeout: float = 30.0) -> str:
+        """Start a node that is refused (its join, or its restart): as in 1.0
+        the launcher exits 0, the daemon logs why and exits.  Waits until the
+        reason ``expect`` is in its log and the daemon is gone (port closed,
+        pid file removed); returns the log."""
+        r = subprocess.run(self.argv(), capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise AssertionError(f"launcher of sheep {self.idx} exited {r.returncode}: "
+                                 f"{r.stderr.strip()}")
+        wait_for(lambda: expect in self.log(), timeout, what=f"{expect!r} in sheep {self.idx} log")
+
+        def gone():
+            if os.path.exists(self.pidfile):
+                return False
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) != 0
+        wait_for(gone, timeout, what=f"refused sheep {self.idx} to exit")
+        self.pid = None
+        return self.log()
+
     def alive(self) -> bool:
         if self.pid is None:
             return False

@@ -10,6 +10,8 @@ until a deadline.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import pathlib
 import random
@@ -19,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from sheep import proto
@@ -26,6 +29,10 @@ from sheep.errors import error_for
 from sheep.net import BlockingConnection
 
 _used_ports: set[int] = set()
+# ports handed out by any test process on this machine (one file per port,
+# holding the claimer's pid), so that parallel test runs do not pick the same
+# port between "found free" and "the daemon binds it"
+_PORT_DIR = os.path.join(tempfile.gettempdir(), "pysheepdog-test-ports")
 DATA = pathlib.Path(__file__).parent / "data"
 
 
@@ -58,9 +65,45 @@ def free_port(lo: int = 7000, hi: int = 7999) -> int:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
+        if not _claim(port):
+            continue
         _used_ports.add(port)
         return port
     raise RuntimeError("no free port")
+
+
+def _claim(port: int) -> bool:
+    """Claim ``port`` machine-wide for this process; False if a live test
+    process holds it.  Claims are released when this process exits."""
+    os.makedirs(_PORT_DIR, exist_ok=True)
+    path = os.path.join(_PORT_DIR, str(port))
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    os.kill(int(f.read() or 0) or -1, 0)
+                return False  # its holder is alive
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # a dead holder's claim
+                continue
+            except PermissionError:
+                return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False
+
+
+@atexit.register
+def _release_claims() -> None:
+    for port in _used_ports:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(_PORT_DIR, str(port)))
+    with contextlib.suppress(OSError):
+        os.rmdir(_PORT_DIR)  # only if no other process holds a claim
 
 
 def wait_for(pred, timeout: float = 10.0, interval: float = 0.02, what: str = "condition"):

@@ -33,18 +33,19 @@ from sheep import proto
 log = logging.getLogger("sheep.space")
 
 
-def free_space(dirs) -> int:
-    """Sum of ``f_frsize * f_bavail`` over the distinct filesystems of ``dirs``."""
+def free_space(dirs, total: bool = False) -> int:
+    """Sum of ``f_frsize * f_bavail`` (``total``: ``* f_blocks``) over the
+    distinct filesystems of ``dirs``."""
     seen: set[int] = set()
-    total = 0
+    space = 0
     for d in dirs:
         dev = os.stat(d).st_dev
         if dev in seen:
             continue
         seen.add(dev)
         vfs = os.statvfs(d)
-        total += vfs.f_frsize * vfs.f_bavail
-    return total
+        space += vfs.f_frsize * (vfs.f_blocks if total else vfs.f_bavail)
+    return space
 
 
 def node_space(store, dirs) -> int:

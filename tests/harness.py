@@ -416,3 +416,34 @@ def push(sock: socket.socket, frames, seconds: float = 4.0) -> int:
             sent += n
             view = view[n:]
     return sent
+
+
+def collie_run(port: int, *argv, stdin=None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``collie ARGV -p PORT`` as a user runs it; bytes in, bytes out."""
+    return subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
+                          input=stdin, capture_output=True, timeout=timeout, check=False)
+
+
+def collie_ok(port: int, *argv, stdin=None, ok: bool = True) -> subprocess.CompletedProcess:
+    """:func:`collie_run`, asserting exit 0 unless ``ok=False``."""
+    r = collie_run(port, *argv, stdin=stdin, timeout=120)
+    if ok:
+        assert r.returncode == 0, (argv, r.stderr.decode())
+    return r
+
+
+def epoch_lines(port: int) -> list[str]:
+    """``collie cluster info``'s epoch table (newest first): "EPOCH [nodes]"."""
+    out = collie_run(port, "cluster", "info").stdout.decode()
+    return [ln.split(None, 2)[2] for ln in out.splitlines() if ln[:4].isdigit()]
+
+
+@contextlib.contextmanager
+def tmpfs(path: pathlib.Path, size: str):
+    """A tmpfs of ``size`` mounted on ``path`` (created) for the block; unmounted after."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -58,6 +58,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from sheep.errors import CODES, SdError
+from sheep.space import free_space
 from sheep.store import meta as M
 from sheep.store.base import Store
 from sheep.store.md_disks import MdDisks
@@ -634,16 +635,7 @@ class PlainStore(MdDisks, StaleCopies, BaseDir, Store):
         re-weights the node."""
         if self._md_mode:
             return self.md_space()
-        seen: set[int] = set()
-        total = 0
-        for d in self.obj_dirs:
-            dev = os.stat(d).st_dev
-            if dev in seen:
-                continue
-            seen.add(dev)
-            vfs = os.statvfs(d)
-            total += vfs.f_blocks * vfs.f_frsize
-        return total
+        return free_space(self.obj_dirs, total=True)
 
     def used(self) -> int:
         """Sum of the object file sizes (apparent sizes)."""

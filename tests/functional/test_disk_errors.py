@@ -17,7 +17,7 @@ import subprocess
 import threading
 
 import pytest
-from harness import placement_ok, vdi_oids, wait_for
+from harness import placement_ok, tmpfs, vdi_oids, wait_for
 
 import qemu_client
 from sheep.errors import SdError
@@ -45,11 +45,8 @@ def test_vanished_store_leaves_and_is_recovered(make_cluster):
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "small", "24m") as mnt:
+        yield mnt
 
 
 def test_full_disk_gives_no_space(make_cluster, small_fs):

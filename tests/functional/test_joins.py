@@ -2,12 +2,10 @@
 
 import os
 import signal
-import subprocess
-import sys
 import uuid
 
 import pytest
-from harness import free_port, wait_for
+from harness import collie_run, epoch_lines, free_port, wait_for
 
 from sheep import proto
 from sheep.joins import RESTART_VNODES_MSG
@@ -17,15 +15,8 @@ pytestmark = pytest.mark.cluster
 OFF = 4190208
 
 
-def _collie(port, *argv, stdin=None):
-    return subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
-                          input=stdin, capture_output=True, timeout=60)
-
-
-def _epoch_lines(port):
-    """``collie cluster info``'s epoch table (newest first): "EPOCH [nodes]"."""
-    out = _collie(port, "cluster", "info").stdout.decode()
-    return [ln.split(None, 2)[2] for ln in out.splitlines() if ln[:4].isdigit()]
+_collie = collie_run
+_epoch_lines = epoch_lines
 
 
 def _info(node):

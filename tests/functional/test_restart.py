@@ -2,11 +2,9 @@
 
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
-from harness import wait_for
+from harness import collie_run, epoch_lines, wait_for
 
 from sheep import proto
 
@@ -15,14 +13,8 @@ pytestmark = pytest.mark.cluster
 OFF = 4190208
 
 
-def _collie(port, *argv, stdin=None):
-    return subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
-                          input=stdin, capture_output=True, timeout=60)
-
-
-def _epoch_lines(port):
-    out = _collie(port, "cluster", "info").stdout.decode()
-    return [ln.split(None, 2)[2] for ln in out.splitlines() if ln[:4].isdigit()]
+_collie = collie_run
+_epoch_lines = epoch_lines
 
 
 def _members(line):

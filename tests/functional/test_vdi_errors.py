@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from harness import tmpfs
 from sheep import proto
 
 pytestmark = pytest.mark.cluster
@@ -19,11 +20,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], check=True)
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with tmpfs(tmp_path / "small", "24m") as mnt:
+        yield mnt
 
 
 def collie(port, *argv):

@@ -3,11 +3,9 @@ only), copy-on-write, rollback, resize, tree, delete with reclamation,
 backup/restore and per-VDI copies."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-from harness import wait_for
+from harness import collie_ok, wait_for
 
 import qemu_client
 from sheep import proto
@@ -18,12 +16,7 @@ pytestmark = pytest.mark.cluster
 MB = 1 << 20
 
 
-def collie(port, *argv, stdin=None, ok=True):
-    r = subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
-                       input=stdin, capture_output=True, timeout=120)
-    if ok:
-        assert r.returncode == 0, (argv, r.stderr.decode())
-    return r
+collie = collie_ok
 
 
 def pattern(seed: int, n: int) -> bytes:

@@ -4,11 +4,9 @@ whole family is deleted (its inode objects are removed from every store), and
 gives that id to the next new VDI, which never sees the old one's data."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-from harness import wait_for
+from harness import collie_ok, wait_for
 
 import qemu_client
 from sheep import proto
@@ -17,12 +15,7 @@ pytestmark = pytest.mark.cluster
 MB = 1 << 20
 
 
-def collie(port, *argv, stdin=None, ok=True):
-    r = subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
-                       input=stdin, capture_output=True, timeout=120)
-    if ok:
-        assert r.returncode == 0, (argv, r.stderr.decode())
-    return r
+collie = collie_ok
 
 
 def vids(port) -> dict:

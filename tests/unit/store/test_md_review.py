@@ -1,0 +1,120 @@
+"""Adversarial review of the multi-disk store (sheep.store.md_disks): what a
+changed disk list, a plug of a wrong path or a full disk may do to copies."""
+
+import errno
+import os
+
+import pytest
+
+from sheep.store import md
+from sheep.store.plain import BLOCK, PlainStore
+
+
+def _data(o: int, tag: bytes = b"v") -> bytes:
+    return (tag + o.to_bytes(7, "little")) * (BLOCK // 8)
+
+
+def _where(disks, o):
+    return [d for d in disks if os.path.exists(os.path.join(d, "%016x" % o))]
+
+
+def _homed_on(disks, want, n=200):
+    """oids (from 1) whose home among ``disks`` is ``disks[want]``."""
+    place = md.Placement([(d, md.disk_space(d)) for d in disks])
+    return [o for o in range(1, n) if place.disk_of(o) == want]
+
+
+def test_duplicate_at_open_keeps_the_newest_copy_not_the_home_one(tmp_path):
+    """A node ran with a plugged disk D3 (objects moved there), was restarted
+    with its command line (D1,D2: D3 is not remembered), got newer copies of
+    those objects (recovery, writes), then was started with D3 given again.
+    D3 was never dropped, so it is not purged: its copies are older than the
+    ones on D1/D2.  The start-up de-duplication must keep the newest copy —
+    keeping the home one (D3) replaces an acknowledged write by an older copy."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(3)]
+    for d in disks:
+        os.makedirs(d)
+    s = PlainStore(base, disks[:2], nosync=True)
+    s.open()
+    oids = _homed_on(disks, 2)[:5]
+    assert oids
+    for o in oids:
+        s.create_and_write(o, BLOCK, _data(o, b"o"), epoch=2)
+    assert s.md_plug([disks[2]]) == [disks[2]]
+    assert s.md_rebalance() == 0
+    assert all(_where(disks, o) == [disks[2]] for o in oids)
+    s.close()
+
+    s = PlainStore(base, disks[:2], nosync=True)  # restarted with the command line
+    s.open()
+    new = {}
+    for o in oids:
+        assert not s.exists(o)  # on the forgotten disk
+        s.install(o, BLOCK, _data(o, b"o"), (3 << 32) | 1)  # recovered from a peer
+        new[o] = s.write(o, _data(o, b"n"), 0, epoch=3)  # then an acknowledged write
+    s.close()
+
+    s = PlainStore(base, disks, nosync=True)  # the plugged disk given again
+    s.open()
+    try:
+        for o in oids:
+            assert s.version(o) == new[o], hex(o)
+            assert s.read(o, 0, BLOCK) == _data(o, b"n"), hex(o)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("inside", ["epoch", "disk-stale", "disk-meta"])
+def test_plug_refuses_a_directory_of_the_store_itself(tmp_path, inside):
+    """MD_PLUG purges the directory it adds.  A path inside the base
+    directory (its epoch logs, its records) or inside one of the node's own
+    disks (their records in .meta) must be refused, not purged."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(2)]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        oids = list(range(1, 20))
+        vers = {o: s.create_and_write(o, BLOCK, _data(o), epoch=5) for o in oids}
+        s.move_many_to_stale([o for o in oids if _where(disks, o) == [disks[0]]][:2], 4)
+        s.write_file("epoch/00000001", b"x" * 16)
+        target = {"epoch": os.path.join(base, "epoch"),
+                  "disk-stale": os.path.join(disks[0], ".stale"),
+                  "disk-meta": os.path.join(disks[0], ".meta")}[inside]
+        before = sorted(os.listdir(target))
+        assert s.md_plug([target]) == []
+        assert sorted(os.listdir(target)) == before
+        stale = s.list_stale()
+        assert stale
+        live = [o for o in oids if o not in stale]
+        assert {o: s.version(o) for o in live} == {o: vers[o] for o in live}  # no record lost
+        for o in stale:
+            assert s.read_stale(o, 4) == (vers[o], _data(o))
+    finally:
+        s.close()
+
+
+def test_a_full_disk_is_not_a_lost_disk(tmp_path, monkeypatch):
+    """The write probe of ``drop_lost_disks(deep=True)`` (run on any EIO, e.g.
+    one damaged block) must not drop a disk only because it is full: its
+    objects are all good."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(2)]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        for o in range(1, 20):
+            s.create_and_write(o, BLOCK, _data(o))
+        real_write = os.write
+
+        def write(fd, data):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(disks[1]):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_write(fd, data)
+        monkeypatch.setattr(os, "write", write)
+        assert s.drop_lost_disks(deep=True) == ([], False)
+        assert [p for p, _ in s.md_disks()] == disks
+    finally:
+        monkeypatch.undo()
+        s.close()

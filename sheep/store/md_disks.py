@@ -35,19 +35,28 @@ Guarantees
   disk leaves the set); a listed disk given again at start-up, or plugged,
   is purged first and taken off the list (its copies may miss writes made
   while it was away, and a live copy must have every acknowledged write).
-* At start-up, an object found on two disks (a crash in the middle of a
-  move) keeps only the copy found first (home first); the other is deleted.
+* At start-up, an object found on two disks keeps only its newest copy
+  (greatest version; equal copies, what a crash in the middle of a move
+  leaves: the one found first, home first); the others are deleted.  An
+  older one is what a disk left out of the set for a while still holds (a
+  plugged disk not given at the next start, which is not remembered, as in
+  1.0): never on a list of dropped disks, so not purged.
+* A plug refuses a directory inside this store (the epoch logs, records,
+  a disk's own ``.meta`` / ``.stale``): plugging purges it.
+* A disk that is only full passes the write probe: full is not failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import threading
 from collections.abc import Sequence
 
+from sheep.errors import SdError
 from sheep.store import md
 from sheep.store import meta as M
 from sheep.store.basedir import err, fsync_dir, pread_full, unlink
@@ -112,7 +121,23 @@ class MdDisks:
                 return 1
             raise
 
+    def _copy_version(self, i: int, name: str) -> int:
+        """Version of the live copy ``name`` on disk ``i``: 0 without a usable
+        record (unknown), -1 if its record is damaged or unreadable."""
+        p, mp = self._paths(i, name)
+        try:
+            meta = self._load_meta(mp, os.stat(p).st_size)
+        except (OSError, SdError):
+            return -1
+        return 0 if meta is None else meta.version
+
     def _drop_duplicates(self) -> None:
+        """An object found on several disks keeps its newest copy (the
+        greatest version; among equal ones the first in search order, home
+        first).  Equal copies are what an interrupted move leaves; an older
+        one is what a disk that was left out of the set for a while (a
+        plugged disk not given at the next start, given again later) still
+        holds — keeping it would replace acknowledged writes."""
         seen: set[str] = set()
         for name in sorted({n for d in self.obj_dirs for n in os.listdir(d)
                             if len(n) == 16 and not n.startswith(".")}):
@@ -125,12 +150,19 @@ class MdDisks:
                 continue
             order = self._search_order(oid)
             have = [i for i in order if os.path.exists(os.path.join(self.obj_dirs[i], name))]
-            for i in have[1:]:
+            if len(have) < 2:
+                continue
+            vers = {i: self._copy_version(i, name) for i in have}
+            keep = max(have, key=lambda i: (vers[i], -have.index(i)))
+            for i in have:
+                if i == keep:
+                    continue
                 p, mp = self._paths(i, name)
                 unlink(p)
                 unlink(mp)
-                log.warning("%s: a second copy of %s (an interrupted move) deleted",
-                            self.obj_dirs[i], name)
+                log.warning("%s: a second copy of %s (version %#x; kept: %s, version %#x) "
+                            "deleted", self.obj_dirs[i], name, vers[i],
+                            self.obj_dirs[keep], vers[keep])
 
     # -- queries ------------------------------------------------------------------
 
@@ -213,6 +245,18 @@ class MdDisks:
                             and ent.is_file(follow_symlinks=False):
                         unlink(ent.path)
 
+    def _inside_store(self, path: str) -> str | None:
+        """The directory of this store that ``path`` is in (it would be purged
+        by a plug): the epoch logs, the base directory's records and objects,
+        or a disk's own objects, records and stale copies; None if none."""
+        real = os.path.realpath(path)
+        base = [os.path.join(self.base_dir, s) for s in ("epoch", "meta", "obj")]
+        for d in base + list(self.obj_dirs) + list(self.meta_dirs):
+            rd = os.path.realpath(d)
+            if real.startswith(rd.rstrip("/") + "/") or (d in base[:2] and real == rd):
+                return d
+        return None
+
     def md_plug(self, paths: Sequence[str]) -> list[str]:
         """Add disks (purged first); returns the paths added.  Call
         :meth:`md_rebalance` afterwards to move objects to their new homes."""
@@ -230,6 +274,10 @@ class MdDisks:
                     continue
                 if _is_meta_store(p):
                     log.error("md plug: %s is a meta-store, not an object disk", p)
+                    continue
+                inside = self._inside_store(p)
+                if inside:
+                    log.error("md plug: %s is inside %s, a directory of this store", p, inside)
                     continue
                 try:
                     space = self._prepare_disk(p)
@@ -316,7 +364,11 @@ class MdDisks:
                 os.close(fd)
             os.unlink(probe)
             return True
-        except OSError:
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # full, not failing
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+                return True
             return False
 
     # -- moving objects home ------------------------------------------------------

@@ -118,3 +118,22 @@ def test_a_full_disk_is_not_a_lost_disk(tmp_path, monkeypatch):
     finally:
         monkeypatch.undo()
         s.close()
+
+
+def test_an_empty_mountpoint_left_by_an_unmounted_disk_is_a_lost_disk(tmp_path):
+    """A failed disk that was unmounted leaves its mountpoint: an empty,
+    writable directory.  Its objects are gone just as if it had vanished."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(2)]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        oids = list(range(1, 30))
+        for o in oids:
+            s.create_and_write(o, BLOCK, _data(o))
+        os.rename(disks[1], disks[1] + ".gone")
+        os.mkdir(disks[1])  # the mountpoint
+        assert s.drop_lost_disks(deep=True)[0] == [disks[1]]
+        assert [p for p, _ in s.md_disks()] == [disks[0]]
+    finally:
+        s.close()

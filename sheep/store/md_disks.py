@@ -24,8 +24,9 @@ Guarantees
   disk and lets recovery fetch its objects from peers: the disk is drained
   first (live and stale copies moved to their new homes as above), then
   dropped.  The last disk cannot be unplugged.
-* **Lost disk** (``drop_lost_disks``): a disk whose directory vanished or
-  that fails a write probe is dropped at once (1.0's ``md_handle_eio``);
+* **Lost disk** (``drop_lost_disks``): a disk whose directory vanished (or
+  lost its ``.stale`` / ``.meta`` layout: an unmounted disk leaves an empty
+  mountpoint) or that fails a write probe is dropped at once (1.0's ``md_handle_eio``);
   its objects are then simply absent here, so recovery and the on-access
   fetch of ``sheep.fetch`` bring them back from peers (never an older copy:
   those rules decide).  If every disk is lost, nothing is dropped and the
@@ -332,7 +333,7 @@ class MdDisks:
         probe).  Returns (dropped paths, every disk is lost)."""
         with self._md_lock:
             dirs, spaces, n = self.obj_dirs, self._spaces, self._nplace
-            bad = [i for i, d in enumerate(dirs) if not md.disk_ok(d)
+            bad = [i for i, d in enumerate(dirs) if not self._disk_there(i)
                    or (deep and not self._probe(d))]
             if len(dirs) == 1:
                 return [], bool(bad)
@@ -351,6 +352,15 @@ class MdDisks:
                 log.error("disk %s is lost: dropped from the multi-disk set; its objects "
                           "are recovered from peers", p)
             return lost, False
+
+    def _disk_there(self, i: int) -> bool:
+        """Disk ``i`` is usable and still has its layout: a failed disk that
+        was unmounted leaves its mountpoint behind, an empty (and, on the
+        parent filesystem, writable) directory — without ``.stale`` and
+        ``.meta``, which every disk in the set has."""
+        d, mdir = self.obj_dirs[i], self.meta_dirs[i]
+        return md.disk_ok(d) and all(os.path.isdir(p) for p in (
+            os.path.join(d, ".stale"), mdir, os.path.join(mdir, "stale")))
 
     @staticmethod
     def _probe(path: str) -> bool:

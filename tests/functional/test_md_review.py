@@ -228,3 +228,36 @@ def _md_info(node):
     finally:
         cl.close()
     return md.unpack_md_info(body)
+
+
+def test_single_disk_unmounted_leaves_the_cluster(make_cluster):
+    """A single-disk node whose obj/ is a filesystem of its own that is
+    unmounted (leaving the empty mountpoint on the base filesystem) has lost
+    its disk: it must leave (its objects are recovered elsewhere), not take
+    writes into the mountpoint while its stale copies and records are gone."""
+    c = make_cluster(2)
+    n = c.add_node(start=False)
+    _mount_tmpfs(n.obj_dir)
+    try:
+        n.start()
+        c.format(copies=3)
+        c.nodes[0].client().new_vdi("mdr", SIZE)
+        model = bytearray(os.urandom(SIZE))
+        with qemu_client.open("mdr", port=c.nodes[0].port) as v:
+            v.pwrite(0, bytes(model))
+        w = Writer(c.nodes[0].port, [("127.0.0.1", x.port) for x in c.nodes[1:]], model)
+        w.start()
+        try:
+            wait_for(lambda: w.n >= 20 or w.error, 60, what="the writer under way")
+            subprocess.run(["umount", "-l", n.obj_dir], check=True)
+            wait_for(lambda: not n.alive(), 30, what="the node without its disk to leave")
+            c.wait_members(2, timeout=30)
+            mark = w.n
+            wait_for(lambda: w.n >= mark + 30 or w.error, 60, what="writes after the loss")
+        finally:
+            w.stop.set()
+            w.join(60)
+        assert w.error is None, repr(w.error)
+        _check_all(c, model)
+    finally:
+        subprocess.run(["umount", "-l", n.obj_dir], check=False, capture_output=True)

@@ -137,3 +137,42 @@ def test_an_empty_mountpoint_left_by_an_unmounted_disk_is_a_lost_disk(tmp_path):
         assert [p for p, _ in s.md_disks()] == [disks[0]]
     finally:
         s.close()
+
+
+def test_kill_during_unplug_drain_loses_no_copy(tmp_path, monkeypatch):
+    """kill -9 in the middle of an unplug's drain, then a restart with the
+    same command line: the copies not moved yet must still be there (they
+    are this node's only copies of those objects: purging them leaves the
+    node a present holder without its copy, and recovery then calls an
+    object "absent" if its other holders are away)."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(3)]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    oids = list(range(1, 80))
+    vers = {o: s.create_and_write(o, BLOCK, _data(o), epoch=4) for o in oids}
+    victim = disks[2]
+    on_victim = [o for o in oids if _where(disks, o) == [victim]]
+    assert len(on_victim) >= 4
+    real, moved = s._relocate, []
+
+    def relocate(oid):
+        if len(moved) == 2:
+            raise KeyboardInterrupt  # the process dies here (kill -9)
+        done = real(oid)
+        if done:
+            moved.append(oid)
+        return done
+    monkeypatch.setattr(s, "_relocate", relocate)
+    with pytest.raises(KeyboardInterrupt):
+        s.md_unplug([victim])
+    s.close()  # (what a restart sees: the directories as they are)
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        assert set(s.list_oids()) == set(oids)
+        for o in oids:
+            assert s.version(o) == vers[o], hex(o)
+            assert s.read(o, 0, BLOCK) == _data(o)
+    finally:
+        s.close()

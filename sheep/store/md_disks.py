@@ -23,7 +23,10 @@ Guarantees
 * **Unplug** (``md_unplug``): stronger than 1.0, which just forgets the
   disk and lets recovery fetch its objects from peers: the disk is drained
   first (live and stale copies moved to their new homes as above), then
-  dropped.  The last disk cannot be unplugged.
+  dropped.  The last disk cannot be unplugged.  A crash during the drain
+  leaves the disk off the dropped list (its copies are current: written in
+  place until moved), so given again at start-up it keeps what was not
+  moved yet.
 * **Lost disk** (``drop_lost_disks``): a disk whose directory vanished (or
   lost its ``.stale`` / ``.meta`` layout: an unmounted disk leaves an empty
   mountpoint) or that fails a write probe is dropped at once (1.0's ``md_handle_eio``);
@@ -318,12 +321,16 @@ class MdDisks:
                 gone.append(p)
             if not gone:
                 return []
-            self._set_dropped(self._dropped() | set(gone))
+            # While draining, a disk is still searched and written in place
+            # (never a home): its copies stay current, so a crash in the
+            # middle leaves a disk that may come back as it is.  It is listed
+            # as dropped only once drained, right before it leaves the set.
             self._swap(dirs, spaces, n)
             left = self.md_rebalance()
             if left:
                 log.warning("md unplug: %d objects could not be moved off %s (damaged?); "
                             "they are recovered from peers", left, ", ".join(gone))
+            self._set_dropped(self._dropped() | set(gone))
             self._swap(dirs[:n], spaces[:n], n)
             log.info("md unplug: %s; %d disks", ", ".join(gone), n)
             return gone

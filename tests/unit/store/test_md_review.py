@@ -176,3 +176,22 @@ def test_kill_during_unplug_drain_loses_no_copy(tmp_path, monkeypatch):
             assert s.read(o, 0, BLOCK) == _data(o)
     finally:
         s.close()
+
+
+def test_plug_refuses_another_name_of_a_disk_in_the_set(tmp_path):
+    """A symlink (or bind path) to one of the node's disks is the same disk:
+    plugging it must not purge it."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(2)]
+    s = PlainStore(base, disks, nosync=True)
+    s.open()
+    try:
+        oids = list(range(1, 30))
+        vers = {o: s.create_and_write(o, BLOCK, _data(o), epoch=5) for o in oids}
+        link = str(tmp_path / "alias")
+        os.symlink(disks[0], link)
+        assert s.md_plug([link]) == []
+        assert set(s.list_oids()) == set(oids)
+        assert {o: s.version(o) for o in oids} == vers
+    finally:
+        s.close()

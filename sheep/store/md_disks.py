@@ -46,7 +46,8 @@ Guarantees
   plugged disk not given at the next start, which is not remembered, as in
   1.0): never on a list of dropped disks, so not purged.
 * A plug refuses a directory inside this store (the epoch logs, records,
-  a disk's own ``.meta`` / ``.stale``): plugging purges it.
+  a disk's own ``.meta`` / ``.stale``) or another name (a symlink) of one
+  of its disks: plugging purges it.
 * A disk that is only full passes the write probe: full is not failed.
 """
 
@@ -257,7 +258,9 @@ class MdDisks:
         base = [os.path.join(self.base_dir, s) for s in ("epoch", "meta", "obj")]
         for d in base + list(self.obj_dirs) + list(self.meta_dirs):
             rd = os.path.realpath(d)
-            if real.startswith(rd.rstrip("/") + "/") or (d in base[:2] and real == rd):
+            if real.startswith(rd.rstrip("/") + "/"):
+                return d
+            if real == rd and (d in base[:2] or d in self.obj_dirs):  # another name of it
                 return d
         return None
 

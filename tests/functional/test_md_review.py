@@ -60,11 +60,15 @@ class Writer(threading.Thread):
                 while not self.stop.is_set():
                     off = rnd.randrange(0, SIZE - 16384) & ~511
                     data = rnd.randbytes(16384)
-                    v.pwrite(off, data)
+                    try:
+                        v.pwrite(off, data)
+                    except BaseException as e:  # noqa: BLE001 - seen before the close
+                        self.error = e
+                        raise
                     self.model[off:off + len(data)] = data  # acknowledged
                     self.n += 1
         except BaseException as e:  # noqa: BLE001 - reported by the test
-            self.error = e
+            self.error = self.error or e
 
 
 def _check_all(c, model):

@@ -195,3 +195,35 @@ def test_plug_refuses_another_name_of_a_disk_in_the_set(tmp_path):
         assert {o: s.version(o) for o in oids} == vers
     finally:
         s.close()
+
+
+def test_a_disk_left_out_of_a_start_comes_back_purged(tmp_path):
+    """A plugged disk is not on the command line: a restart leaves it out
+    (as in 1.0), and the node carries on without its copies (recovered from
+    peers, written further).  Given again later, its copies may miss those
+    writes — an object found only there must not come back as a live copy
+    of its old version (it would be served, and never recovered)."""
+    base = str(tmp_path / "base")
+    disks = [str(tmp_path / f"d{i}") for i in range(3)]
+    for d in disks:
+        os.makedirs(d)
+    s = PlainStore(base, disks[:2], nosync=True)
+    s.open()
+    oids = _homed_on(disks, 2)[:5]
+    for o in oids:
+        s.create_and_write(o, BLOCK, _data(o, b"o"), epoch=2)
+    assert s.md_plug([disks[2]]) == [disks[2]]
+    assert s.md_rebalance() == 0
+    assert all(_where(disks, o) == [disks[2]] for o in oids)
+    s.close()
+    s = PlainStore(base, disks[:2], nosync=True)  # restarted with the command line
+    s.open()
+    assert not any(s.exists(o) for o in oids)
+    s.close()
+    s = PlainStore(base, disks, nosync=True)  # the plugged disk given again
+    s.open()
+    try:
+        assert not any(s.exists(o) for o in oids)
+        assert not [n for n in os.listdir(disks[2]) if not n.startswith(".")]
+    finally:
+        s.close()

@@ -39,6 +39,8 @@ Guarantees
   disk leaves the set); a listed disk given again at start-up, or plugged,
   is purged first and taken off the list (its copies may miss writes made
   while it was away, and a live copy must have every acknowledged write).
+  So is a disk of the set last in use (``BASE/md_set``) that a start
+  leaves out — a plugged disk is not on the command line (as in 1.0).
 * At start-up, an object found on two disks keeps only its newest copy
   (greatest version; equal copies, what a crash in the middle of a move
   leaves: the one found first, home first); the others are deleted.  An
@@ -68,6 +70,7 @@ from sheep.store.basedir import err, fsync_dir, pread_full, unlink
 
 log = logging.getLogger("sheep.store")
 DROPPED = "md_dropped"  # BASE/md_dropped: disks dropped from the set, one a line
+DISK_SET = "md_set"  # BASE/md_set: the disk set last in use, one a line
 
 
 def _is_meta_store(path: str) -> bool:
@@ -114,6 +117,14 @@ class MdDisks:
             self._set_dropped(dropped - set(self.obj_dirs))
         self._spaces = [self._measure(d) for d in self.obj_dirs]
         self._placement = md.Placement(list(zip(self.obj_dirs, self._spaces)))
+        # a disk of the last set left out now: its copies miss what is written
+        # without it (marked only once this start is sure to use its disks)
+        left_out = (self._last_set() or set()) - set(self.obj_dirs)
+        if left_out:
+            log.warning("%s left out of the disk set: purged if given again",
+                        ", ".join(sorted(left_out)))
+            self._set_dropped(self._dropped() | left_out)
+        self._record_set()
         if len(self.obj_dirs) > 1:
             self._drop_duplicates()
 
@@ -223,6 +234,20 @@ class MdDisks:
         finally:
             for lk in self._locks:
                 lk.release()
+        with contextlib.suppress(OSError):  # the base dir may be failing (a lost disk)
+            self._record_set()
+
+    def _last_set(self) -> set[str] | None:
+        raw = self.read_file(DISK_SET)
+        if raw is None:
+            return None
+        return {p for p in raw.decode(errors="replace").split("\n") if p}
+
+    def _record_set(self) -> None:
+        """Keep the disk set in use (draining disks included: their copies
+        are current) in ``BASE/md_set``; a disk of it that a later start
+        leaves out is listed as dropped then."""
+        self.write_file(DISK_SET, "".join(p + "\n" for p in self.obj_dirs).encode())
 
     def _dropped(self) -> set[str]:
         raw = self.read_file(DROPPED) or b""

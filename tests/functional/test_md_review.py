@@ -265,3 +265,35 @@ def test_single_disk_unmounted_leaves_the_cluster(make_cluster):
         _check_all(c, model)
     finally:
         subprocess.run(["umount", "-l", n.obj_dir], check=False, capture_output=True)
+
+
+@pytest.mark.parametrize("via", ["md", "peer"])
+def test_every_disk_of_a_multi_disk_node_lost_under_a_writer(make_cluster, tmp_path, via):
+    """Every disk of a multi-disk node vanishes at once (a controller fails):
+    the node leaves like a single-disk node, and the requests it was serving
+    are answered so that the gateway retries (NETWORK_ERROR), never with an
+    error the writer sees."""
+    c = make_cluster(3)
+    disks = [str(tmp_path / f"disk{i}") for i in range(2)]
+    node = _md_node(c, disks)
+    c.format(copies=3)
+    c.nodes[0].client().new_vdi("mdr", SIZE)
+    model = bytearray(os.urandom(SIZE))
+    with qemu_client.open("mdr", port=c.nodes[0].port) as v:
+        v.pwrite(0, bytes(model))
+    port = node.port if via == "md" else c.nodes[0].port
+    w = Writer(port, [("127.0.0.1", n.port) for n in c.nodes if n.port != port], model)
+    w.start()
+    try:
+        wait_for(lambda: w.n >= 20 or w.error, 60, what="the writer under way")
+        for d in disks:
+            os.rename(d, d + ".gone")
+        wait_for(lambda: not node.alive(), 30, what="the node without disks to leave")
+        c.wait_members(3, timeout=30)
+        mark = w.n
+        wait_for(lambda: w.n >= mark + 30 or w.error, 60, what="writes after the loss")
+    finally:
+        w.stop.set()
+        w.join(120)
+    assert w.error is None, repr(w.error)
+    _check_all(c, model)

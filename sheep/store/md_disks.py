@@ -44,9 +44,8 @@ Guarantees
 * At start-up, an object found on two disks keeps only its newest copy
   (greatest version; equal copies, what a crash in the middle of a move
   leaves: the one found first, home first); the others are deleted.  An
-  older one is what a disk left out of the set for a while still holds (a
-  plugged disk not given at the next start, which is not remembered, as in
-  1.0): never on a list of dropped disks, so not purged.
+  older one is what a disk left out of the set for a while still holds
+  when it escaped the purge (a store from before ``md_set``).
 * A plug refuses a directory inside this store (the epoch logs, records,
   a disk's own ``.meta`` / ``.stale``) or another name (a symlink) of one
   of its disks: plugging purges it.
@@ -153,7 +152,8 @@ class MdDisks:
         first).  Equal copies are what an interrupted move leaves; an older
         one is what a disk that was left out of the set for a while (a
         plugged disk not given at the next start, given again later) still
-        holds — keeping it would replace acknowledged writes."""
+        holds if it escaped the purge — keeping it would replace
+        acknowledged writes."""
         seen: set[str] = set()
         for name in sorted({n for d in self.obj_dirs for n in os.listdir(d)
                             if len(n) == 16 and not n.startswith(".")}):

@@ -23,9 +23,13 @@ Guarantees
 * **Unplug** (``md_unplug``): stronger than 1.0, which just forgets the
   disk and lets recovery fetch its objects from peers: the disk is drained
   first (live and stale copies moved to their new homes as above), then
-  dropped.  The last disk cannot be unplugged.
-* **Lost disk** (``drop_lost_disks``): a disk whose directory vanished or
-  that fails a write probe is dropped at once (1.0's ``md_handle_eio``);
+  dropped.  The last disk cannot be unplugged.  A crash during the drain
+  leaves the disk off the dropped list (its copies are current: written in
+  place until moved), so given again at start-up it keeps what was not
+  moved yet.
+* **Lost disk** (``drop_lost_disks``): a disk whose directory vanished (or
+  lost its ``.stale`` / ``.meta`` layout: an unmounted disk leaves an empty
+  mountpoint) or that fails a write probe is dropped at once (1.0's ``md_handle_eio``);
   its objects are then simply absent here, so recovery and the on-access
   fetch of ``sheep.fetch`` bring them back from peers (never an older copy:
   those rules decide).  If every disk is lost, nothing is dropped and the
@@ -35,25 +39,37 @@ Guarantees
   disk leaves the set); a listed disk given again at start-up, or plugged,
   is purged first and taken off the list (its copies may miss writes made
   while it was away, and a live copy must have every acknowledged write).
-* At start-up, an object found on two disks (a crash in the middle of a
-  move) keeps only the copy found first (home first); the other is deleted.
+  So is a disk of the set last in use (``BASE/md_set``) that a start
+  leaves out — a plugged disk is not on the command line (as in 1.0).
+* At start-up, an object found on two disks keeps only its newest copy
+  (greatest version; equal copies, what a crash in the middle of a move
+  leaves: the one found first, home first); the others are deleted.  An
+  older one is what a disk left out of the set for a while still holds
+  when it escaped the purge (a store from before ``md_set``).
+* A plug refuses a directory inside this store (the epoch logs, records,
+  a disk's own ``.meta`` / ``.stale``) or another name (a symlink) of one
+  of its disks: plugging purges it.
+* A disk that is only full passes the write probe: full is not failed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import threading
 from collections.abc import Sequence
 
+from sheep.errors import SdError
 from sheep.store import md
 from sheep.store import meta as M
 from sheep.store.basedir import err, fsync_dir, pread_full, unlink
 
 log = logging.getLogger("sheep.store")
 DROPPED = "md_dropped"  # BASE/md_dropped: disks dropped from the set, one a line
+DISK_SET = "md_set"  # BASE/md_set: the disk set last in use, one a line
 
 
 def _is_meta_store(path: str) -> bool:
@@ -100,6 +116,14 @@ class MdDisks:
             self._set_dropped(dropped - set(self.obj_dirs))
         self._spaces = [self._measure(d) for d in self.obj_dirs]
         self._placement = md.Placement(list(zip(self.obj_dirs, self._spaces)))
+        # a disk of the last set left out now: its copies miss what is written
+        # without it (marked only once this start is sure to use its disks)
+        left_out = (self._last_set() or set()) - set(self.obj_dirs)
+        if left_out:
+            log.warning("%s left out of the disk set: purged if given again",
+                        ", ".join(sorted(left_out)))
+            self._set_dropped(self._dropped() | left_out)
+        self._record_set()
         if len(self.obj_dirs) > 1:
             self._drop_duplicates()
 
@@ -112,7 +136,24 @@ class MdDisks:
                 return 1
             raise
 
+    def _copy_version(self, i: int, name: str) -> int:
+        """Version of the live copy ``name`` on disk ``i``: 0 without a usable
+        record (unknown), -1 if its record is damaged or unreadable."""
+        p, mp = self._paths(i, name)
+        try:
+            meta = self._load_meta(mp, os.stat(p).st_size)
+        except (OSError, SdError):
+            return -1
+        return 0 if meta is None else meta.version
+
     def _drop_duplicates(self) -> None:
+        """An object found on several disks keeps its newest copy (the
+        greatest version; among equal ones the first in search order, home
+        first).  Equal copies are what an interrupted move leaves; an older
+        one is what a disk that was left out of the set for a while (a
+        plugged disk not given at the next start, given again later) still
+        holds if it escaped the purge — keeping it would replace
+        acknowledged writes."""
         seen: set[str] = set()
         for name in sorted({n for d in self.obj_dirs for n in os.listdir(d)
                             if len(n) == 16 and not n.startswith(".")}):
@@ -125,12 +166,19 @@ class MdDisks:
                 continue
             order = self._search_order(oid)
             have = [i for i in order if os.path.exists(os.path.join(self.obj_dirs[i], name))]
-            for i in have[1:]:
+            if len(have) < 2:
+                continue
+            vers = {i: self._copy_version(i, name) for i in have}
+            keep = max(have, key=lambda i: (vers[i], -have.index(i)))
+            for i in have:
+                if i == keep:
+                    continue
                 p, mp = self._paths(i, name)
                 unlink(p)
                 unlink(mp)
-                log.warning("%s: a second copy of %s (an interrupted move) deleted",
-                            self.obj_dirs[i], name)
+                log.warning("%s: a second copy of %s (version %#x; kept: %s, version %#x) "
+                            "deleted", self.obj_dirs[i], name, vers[i],
+                            self.obj_dirs[keep], vers[keep])
 
     # -- queries ------------------------------------------------------------------
 
@@ -186,6 +234,20 @@ class MdDisks:
         finally:
             for lk in self._locks:
                 lk.release()
+        with contextlib.suppress(OSError):  # the base dir may be failing (a lost disk)
+            self._record_set()
+
+    def _last_set(self) -> set[str] | None:
+        raw = self.read_file(DISK_SET)
+        if raw is None:
+            return None
+        return {p for p in raw.decode(errors="replace").split("\n") if p}
+
+    def _record_set(self) -> None:
+        """Keep the disk set in use (draining disks included: their copies
+        are current) in ``BASE/md_set``; a disk of it that a later start
+        leaves out is listed as dropped then."""
+        self.write_file(DISK_SET, "".join(p + "\n" for p in self.obj_dirs).encode())
 
     def _dropped(self) -> set[str]:
         raw = self.read_file(DROPPED) or b""
@@ -213,6 +275,20 @@ class MdDisks:
                             and ent.is_file(follow_symlinks=False):
                         unlink(ent.path)
 
+    def _inside_store(self, path: str) -> str | None:
+        """The directory of this store that ``path`` is in (it would be purged
+        by a plug): the epoch logs, the base directory's records and objects,
+        or a disk's own objects, records and stale copies; None if none."""
+        real = os.path.realpath(path)
+        base = [os.path.join(self.base_dir, s) for s in ("epoch", "meta", "obj")]
+        for d in base + list(self.obj_dirs) + list(self.meta_dirs):
+            rd = os.path.realpath(d)
+            if real.startswith(rd.rstrip("/") + "/"):
+                return d
+            if real == rd and (d in base[:2] or d in self.obj_dirs):  # another name of it
+                return d
+        return None
+
     def md_plug(self, paths: Sequence[str]) -> list[str]:
         """Add disks (purged first); returns the paths added.  Call
         :meth:`md_rebalance` afterwards to move objects to their new homes."""
@@ -230,6 +306,10 @@ class MdDisks:
                     continue
                 if _is_meta_store(p):
                     log.error("md plug: %s is a meta-store, not an object disk", p)
+                    continue
+                inside = self._inside_store(p)
+                if inside:
+                    log.error("md plug: %s is inside %s, a directory of this store", p, inside)
                     continue
                 try:
                     space = self._prepare_disk(p)
@@ -269,12 +349,16 @@ class MdDisks:
                 gone.append(p)
             if not gone:
                 return []
-            self._set_dropped(self._dropped() | set(gone))
+            # While draining, a disk is still searched and written in place
+            # (never a home): its copies stay current, so a crash in the
+            # middle leaves a disk that may come back as it is.  It is listed
+            # as dropped only once drained, right before it leaves the set.
             self._swap(dirs, spaces, n)
             left = self.md_rebalance()
             if left:
                 log.warning("md unplug: %d objects could not be moved off %s (damaged?); "
                             "they are recovered from peers", left, ", ".join(gone))
+            self._set_dropped(self._dropped() | set(gone))
             self._swap(dirs[:n], spaces[:n], n)
             log.info("md unplug: %s; %d disks", ", ".join(gone), n)
             return gone
@@ -284,7 +368,7 @@ class MdDisks:
         probe).  Returns (dropped paths, every disk is lost)."""
         with self._md_lock:
             dirs, spaces, n = self.obj_dirs, self._spaces, self._nplace
-            bad = [i for i, d in enumerate(dirs) if not md.disk_ok(d)
+            bad = [i for i, d in enumerate(dirs) if not self._disk_there(i)
                    or (deep and not self._probe(d))]
             if len(dirs) == 1:
                 return [], bool(bad)
@@ -304,6 +388,15 @@ class MdDisks:
                           "are recovered from peers", p)
             return lost, False
 
+    def _disk_there(self, i: int) -> bool:
+        """Disk ``i`` is usable and still has its layout: a failed disk that
+        was unmounted leaves its mountpoint behind, an empty (and, on the
+        parent filesystem, writable) directory — without ``.stale`` and
+        ``.meta``, which every disk in the set has."""
+        d, mdir = self.obj_dirs[i], self.meta_dirs[i]
+        return md.disk_ok(d) and all(os.path.isdir(p) for p in (
+            os.path.join(d, ".stale"), mdir, os.path.join(mdir, "stale")))
+
     @staticmethod
     def _probe(path: str) -> bool:
         probe = os.path.join(path, ".md.probe")
@@ -316,7 +409,11 @@ class MdDisks:
                 os.close(fd)
             os.unlink(probe)
             return True
-        except OSError:
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):  # full, not failing
+                with contextlib.suppress(OSError):
+                    os.unlink(probe)
+                return True
             return False
 
     # -- moving objects home ------------------------------------------------------

@@ -623,6 +623,10 @@ class PlainStore(MdDisks, StaleCopies, BaseDir, Store):
         there; else what is wrong (with several disks, a lost one is dropped
         by :meth:`drop_lost_disks` instead)."""
         dirs = self.obj_dirs + self.meta_dirs if len(self.obj_dirs) == 1 else []
+        # with their .stale/ and stale/: a disk unmounted after a failure
+        # leaves its mountpoint, an empty directory on the parent filesystem
+        dirs = [p for d in dirs for p in (d, os.path.join(d, ".stale" if d in self.obj_dirs
+                                                          else "stale"))]
         for d in [self._epoch_dir] + dirs:
             if not os.path.isdir(d):
                 return f"object directory {d} has vanished"

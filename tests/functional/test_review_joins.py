@@ -1,0 +1,96 @@
+"""Adversarial review of the 1.0 join rules (restart order, kill -9 while the
+cluster waits, refused joins), with real daemons on the local driver."""
+
+import os
+import signal
+import time
+
+import pytest
+from harness import wait_for
+
+from sheep import proto
+
+pytestmark = pytest.mark.cluster
+
+NOBJ = 1500  # enough objects that demoting them all takes a while
+
+
+def _running(node):
+    cl = node.client()
+    try:
+        return cl.cluster_info().status == proto.SD_STATUS_OK
+    finally:
+        cl.close()
+
+
+def _kill_all(nodes):
+    for n in nodes:
+        os.kill(n.pid, signal.SIGKILL)
+    for n in nodes:
+        wait_for(lambda n=n: not n.alive(), 10, what="kill")
+
+
+def _live_oids(node):
+    return {int(f, 16) for f in os.listdir(node.obj_dir) if len(f) == 16}
+
+
+def test_older_node_killed_while_demoting_in_the_waiting_phase(make_cluster):
+    """Node 2 misses the writes of epoch 2, then joins the waiting restarted
+    cluster (older epoch: admitted, its objects must become stale copies) and
+    is killed -9 right after it logged the cluster's newer epoch history.  It
+    restarts with that newer history; it must still not serve its old live
+    copies as current ones."""
+    c = make_cluster(3)
+    c.format(copies=3)
+    cl = c.nodes[0].client()
+    vid = cl.new_vdi("disk", NOBJ * proto.SD_DATA_OBJ_SIZE)
+    oids = [proto.vid_to_data_oid(vid, i) for i in range(NOBJ)]
+    for oid in oids:
+        cl.call(proto.Op.CREATE_AND_WRITE_OBJ, proto.ObjArgs(oid=oid, offset=0), b"old!" * 128)
+    cl.close()
+    c.nodes[2].kill(signal.SIGKILL)
+    c.wait_members(2)  # epoch 2 = {0, 1}
+    cl = c.nodes[0].client()
+    for oid in oids:  # acknowledged on nodes 0 and 1 only
+        cl.call(proto.Op.WRITE_OBJ, proto.ObjArgs(oid=oid, offset=0), b"new!" * 128)
+    cl.close()
+    _kill_all(c.nodes[:2])
+
+    c.nodes[0].start()  # waits for node 1 (epoch 2)
+    assert not _running(c.nodes[0])
+    n2 = c.nodes[2]
+    epoch2 = os.path.join(n2.store, "epoch", "%08d" % 2)
+    assert not os.path.exists(epoch2)
+    if os.path.exists(n2.pidfile):
+        os.unlink(n2.pidfile)
+    p = n2.launch()
+    deadline = time.monotonic() + 60
+    pid = None
+    while time.monotonic() < deadline:  # kill -9 as soon as it logged epoch 2
+        if pid is None:
+            try:
+                pid = int(open(n2.pidfile).read().strip() or 0) or None
+            except (OSError, ValueError):
+                pass
+        if pid is not None and os.path.exists(epoch2):
+            os.kill(pid, signal.SIGKILL)
+            break
+    else:
+        pytest.fail("node 2 never logged epoch 2")
+    p.communicate(timeout=60)
+    n2.pid = pid
+    wait_for(lambda: not n2.alive(), 10, what="node 2 to die")
+    left_live = len(_live_oids(n2) & set(oids))
+    print(f"node 2 killed with {left_live} of {NOBJ} objects still live")
+
+    n2.start()  # now it has epoch 2 too
+    c.nodes[1].start()
+    wait_for(lambda: all(_running(n) for n in c.nodes), 60, what="running after restart")
+    c.wait_members(3, timeout=30)
+    cl = n2.client()  # the gateway reads its own copy first
+    try:
+        bad = [oid for oid in oids if cl.read_obj(oid, 0, 4) != b"new!"]
+    finally:
+        cl.close()
+    assert not bad, (f"{len(bad)} acknowledged writes read back as the older copy through "
+                     f"node 2 (killed with {left_live} objects not yet demoted)")

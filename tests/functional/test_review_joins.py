@@ -94,3 +94,50 @@ def test_older_node_killed_while_demoting_in_the_waiting_phase(make_cluster):
         cl.close()
     assert not bad, (f"{len(bad)} acknowledged writes read back as the older copy through "
                      f"node 2 (killed with {left_live} objects not yet demoted)")
+
+
+def test_whole_cluster_crash_between_a_refused_join_and_its_leave(make_cluster):
+    """A refused joiner is logged in an epoch (0 vnodes) until its leave.  If
+    the whole cluster dies in between (here: the refused node hangs, so its
+    leave never comes, then power is lost), the newest epoch names the
+    refused node; it can never be admitted, so the restarted cluster must not
+    wait for it (it holds nothing)."""
+    import fcntl
+
+    a = make_cluster(2)
+    a.format(copies=2)
+    fixed = a.add_node(start=False)
+    fixed.extra += ["-V", "64"]  # refused: the cluster uses automatic vnodes
+    needle = f":{fixed.port}/".encode()
+    p = fixed.launch()
+    deadline = time.monotonic() + 60
+    pid = None
+    with open(os.path.join(a.cdir, "lock"), "a+") as lk:
+        while time.monotonic() < deadline:
+            fcntl.flock(lk, fcntl.LOCK_EX)  # nobody appends meanwhile (sheep/cluster/local.py)
+            try:
+                with open(os.path.join(a.cdir, "log"), "rb") as f:
+                    if needle in f.read() and os.path.exists(fixed.pidfile):
+                        pid = int(open(fixed.pidfile).read())
+                        os.kill(pid, signal.SIGSTOP)  # it asked to join, hears nothing more
+                        break
+            finally:
+                fcntl.flock(lk, fcntl.LOCK_UN)
+            time.sleep(0.002)
+    assert pid is not None, "the refused node never asked to join"
+    fixed.pid = pid
+    try:
+        for n in a.nodes[:2]:
+            wait_for(lambda n=n: os.path.exists(os.path.join(n.store, "epoch", "%08d" % 2)), 30,
+                     what="the refused join's epoch")
+        _kill_all(a.nodes[:2])
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        p.communicate(timeout=60)
+    wait_for(lambda: not fixed.alive(), 10, what="refused node to die")
+    fixed.pid = None
+    for n in a.nodes[:2]:
+        n.start()
+    a.nodes[2].start_refused("failed to join the cluster")  # it comes back: refused again
+    wait_for(lambda: all(_running(n) for n in a.nodes[:2]), 30,
+             what="the restarted cluster to run without the refused node")

@@ -331,14 +331,18 @@ class Group:
             theirs = {e: nodes for e, nodes, _ts in info.get("epochs", [])}
             diverged = any(e in theirs and rec[0].hex() != theirs[e]
                            for e, rec in self.history.logs.items() if e <= my_epoch)
-            self._adopt(info)
-            self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
-            if (self.status in (OK, WAIT_FOR_JOIN) and 0 < my_epoch
-                    and (my_epoch < self.epoch or diverged)):
+            if (info.get("status") in (OK, WAIT_FOR_JOIN) and 0 < my_epoch
+                    and (my_epoch < info.get("epoch", 0) or diverged)):
                 if diverged:
                     log.warning("our epoch history differs from the cluster's: keeping our "
                                 "objects only as stale copies")
-                self.sheep.recovery.demote_all(my_epoch)  # we missed writes meanwhile
+                # we missed writes meanwhile.  Queued before _adopt logs the
+                # cluster's epochs: a crash in between must never leave the
+                # newer history with our old copies still live (after a
+                # restart we would join at the cluster's epoch, undemoted)
+                self.sheep.recovery.demote_all(my_epoch)
+            self._adopt(info)
+            self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
         was_formatted = self.formatted
         if not me and info.get("adopt_config") and not was_formatted:
             # an unformatted cluster takes over the joiner's cluster info (1.0)

@@ -427,8 +427,13 @@ class Group:
 
     def _maybe_start_after_restart(self) -> None:
         """Start once every node of the newest epoch is a member (1.0
-        ``enough_nodes_gathered``); refused joiners do not count."""
-        last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
+        ``enough_nodes_gathered``); refused joiners do not count.  Nodes the
+        epoch gave 0 vnodes hold none of its objects and are not waited for
+        (stronger than 1.0): among them is a refused joiner logged before its
+        leave (a crash in between), which could never be admitted again."""
+        nodes = self.epoch_nodes(self.epoch)
+        last = ({_node_key(n) for n in nodes if n.nr_vnodes}
+                or {_node_key(n) for n in nodes})
         present = {_node_key(proto.SdNode.unpack(m.node)) for m in self.members
                    if m.ident not in self._refused}
         if last and last <= present:

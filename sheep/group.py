@@ -288,7 +288,6 @@ class Group:
             "refused": sorted(self._refused),
             "locks": self.sheep.locks.snapshot(),
             "lock_gen": info.get("lock_gen", 0),  # the joiner's highest lock generation
-            "joiner_epoch": info.get("epoch", 0),  # what its disk knew (VDI merge)
         }
         return True, json.dumps(snap).encode()
 
@@ -364,10 +363,7 @@ class Group:
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
-        # behind: the joiner's own epoch (not the cluster's, which is the
-        # reply's "epoch") is older than the cluster's; the same on every node
-        self.sheep.vdis.merge(info.get("vdis", []),
-                              behind=info.get("joiner_epoch", info.get("epoch", 0)) < self.epoch)
+        self.sheep.vdis.merge(info.get("vdis", []), behind=info.get("epoch", 0) < self.epoch)
         self.sheep.locks.on_join(info)  # generations: the max with the joiner's
         self.members = list(members)
         self._rebuild_nodes()

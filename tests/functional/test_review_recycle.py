@@ -95,3 +95,49 @@ def test_node_back_behind_does_not_resurrect_a_collected_family(make_cluster):
         assert vids(n.port) == {}, (f"the deleted VDI came back on node {n.idx} (live copies "
                                     f"of its collected inode on nodes {live})")
     assert live == [], "the collected inode was recovered as a live copy"
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_node_away_during_collection_starts_first_after_a_whole_cluster_restart(
+        make_cluster, reuse):
+    """Node 2 misses the collection of "b" (vid 1; and, with ``reuse``, the
+    creation of "n" that takes id 1), then the whole cluster dies and node 2
+    is the first to start: its disk still has b's inode.  The nodes with the
+    newer epoch bring their history; the deleted VDI must stay deleted, and
+    n must read its own data."""
+    c = make_cluster(3)
+    c.wait_members(3)
+    p = c.nodes[0].port
+    collie(p, "cluster", "format", "-R", "-c", "2")
+    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
+                         for n in c.nodes), 10, what="cluster running")
+    collie(p, "vdi", "create", "b", "8M")  # vid 1
+    secret = bytes([0xA5]) * (8 * MB)
+    collie(p, "vdi", "write", "b", "0", str(len(secret)), stdin=secret)
+    away = c.nodes[2]
+    away.kill()
+    c.wait_members(2)
+    wait_for(lambda: _recovered(c), 60, what="recovery without the away node")
+    collie(p, "vdi", "delete", "b")
+    want = {}
+    mine = os.urandom(MB)
+    if reuse:
+        collie(p, "vdi", "create", "n", "8M")
+        collie(p, "vdi", "write", "n", "0", str(MB), stdin=mine)
+        want = {"n": [1]}
+    assert vids(p) == want
+    for n in c.nodes[:2]:
+        n.kill()
+    away.start()  # first, with the older epoch and b's inode on its disk
+    for n in c.nodes[:2]:
+        n.start()
+    c.wait_members(3)
+    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 30,
+             what="cluster running again")
+    for n in c.nodes:
+        assert vids(n.port) == want, f"node {n.idx}"
+    if reuse:
+        for n in c.nodes:
+            with qemu_client.open("n", port=n.port) as v:
+                got = v.pread(0, 8 * MB)
+            assert got[:MB] == mine and got[MB:] == bytes(7 * MB), f"n read through node {n.idx}"

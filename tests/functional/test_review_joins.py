@@ -141,3 +141,56 @@ def test_whole_cluster_crash_between_a_refused_join_and_its_leave(make_cluster):
     a.nodes[2].start_refused("failed to join the cluster")  # it comes back: refused again
     wait_for(lambda: all(_running(n) for n in a.nodes[:2]), 30,
              what="the restarted cluster to run without the refused node")
+
+
+def test_two_foreign_formatted_nodes_join_an_unformatted_cluster_at_once(make_cluster):
+    """An unformatted node; two nodes formatted for two different clusters
+    start at the same time.  One cluster's info is taken over, the other node
+    is refused; nothing of the refused cluster comes in."""
+    import shutil
+    import subprocess
+    import sys
+
+    def collie(port, *argv, stdin=None):
+        return subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
+                              input=stdin, capture_output=True, timeout=60)
+
+    stores, datas = [], []
+    for name in ("x", "y"):
+        o = make_cluster(1)
+        o.format(copies=1)
+        port = o.nodes[0].port
+        data = os.urandom(8192)
+        assert collie(port, "vdi", "create", name, "8M").returncode == 0
+        assert collie(port, "vdi", "write", name, "0", "8192", stdin=data).returncode == 0
+        o.nodes[0].kill(signal.SIGTERM)
+        wait_for(lambda o=o: not o.nodes[0].alive(), 10, what="stop")
+        stores.append((o.nodes[0].store, o.nodes[0].port))
+        datas.append(data)
+    c = make_cluster(1)  # unformatted
+    # each joiner on its old node's port: the epoch log names that node
+    joiners = [c.add_node(start=False, port=port) for _s, port in stores]
+    for j, (s, _port) in zip(joiners, stores):
+        shutil.copytree(s, j.store, ignore=shutil.ignore_patterns("sock", "sheep.log"))
+    ps = [j.launch() for j in joiners]
+    for j, p in zip(joiners, ps):
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err  # 1.0: the launcher exits 0 once the daemon started
+        try:
+            j.pid = int(open(j.pidfile).read())
+        except (OSError, ValueError):  # the refused one may be gone already
+            j.pid = None
+    wait_for(lambda: sum("failed to join the cluster" in j.log() for j in joiners) == 1, 30,
+             what="one joiner refused")
+    loser = next(i for i, j in enumerate(joiners) if "failed to join the cluster" in j.log())
+    winner = 1 - loser
+    wait_for(lambda: not joiners[loser].alive(), 30, what="the refused joiner to exit")
+    wait_for(lambda: _running(c.nodes[0]) and _running(joiners[winner]), 30,
+             what="the cluster to run with the winner's info")
+    c.wait_members(2, timeout=30)
+    names = ("x", "y")
+    for n in (c.nodes[0], joiners[winner]):
+        out = collie(n.port, "vdi", "list").stdout.decode()
+        assert names[winner] in out and f" {names[loser]} " not in out, out
+        r = collie(n.port, "vdi", "read", names[winner], "0", "8192")
+        assert r.returncode == 0 and r.stdout == datas[winner]

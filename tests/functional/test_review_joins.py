@@ -194,3 +194,61 @@ def test_two_foreign_formatted_nodes_join_an_unformatted_cluster_at_once(make_cl
         assert names[winner] in out and f" {names[loser]} " not in out, out
         r = collie(n.port, "vdi", "read", names[winner], "0", "8192")
         assert r.returncode == 0 and r.stdout == datas[winner]
+
+
+def test_whole_cluster_restart_after_node_vnodes_set(make_cluster):
+    """``node vnodes set`` moves the cluster to an epoch whose ring has the
+    new count; every node is then killed at once and restarted with the same
+    command line.  Whatever ring the restarted cluster uses, every
+    acknowledged write must read back: here new data is written after the
+    restart, then node 1 is killed, and everything is read through the two
+    others."""
+    import subprocess
+    import sys
+
+    def collie(port, *argv):
+        r = subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r
+
+    c = make_cluster(3, extra=["-V", "128"])
+    collie(c.nodes[0].port, "cluster", "format", "-V", "-c", "2")
+    wait_for(lambda: all(_running(n) for n in c.nodes), 10, what="running")
+    collie(c.nodes[1].port, "node", "vnodes", "set", "8")
+    wait_for(lambda: [n.nr_vnodes for n in c.nodes[0].client().nodes()] == [128, 8, 128], 10,
+             what="vnodes change visible everywhere")
+    cl = c.nodes[0].client()
+    vid = cl.new_vdi("disk", 64 * proto.SD_DATA_OBJ_SIZE)
+    oids = [proto.vid_to_data_oid(vid, i) for i in range(64)]
+    for oid in oids:
+        cl.call(proto.Op.CREATE_AND_WRITE_OBJ, proto.ObjArgs(oid=oid, offset=0), b"old!" * 128)
+    cl.close()
+    idle = (lambda: all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0
+                        for n in c.live()))
+    wait_for(idle, 60, what="recovery idle")
+    epoch = c.nodes[0].client().cluster_info().epoch
+    _kill_all(c.nodes)
+    for n in c.nodes:
+        n.start()
+    wait_for(lambda: all(_running(n) for n in c.nodes), 30, what="running after restart")
+    c.wait_members(3, timeout=30)
+    ring_now = [n.nr_vnodes for n in c.nodes[0].client().nodes()]
+    now = c.nodes[0].client().cluster_info().epoch
+    print(f"epoch {epoch} -> {now}, ring vnodes {ring_now}")
+    wait_for(idle, 60, what="recovery idle after the restart")
+    cl = c.nodes[0].client()
+    for oid in oids:  # acknowledged by every holder of the ring in use
+        cl.call(proto.Op.WRITE_OBJ, proto.ObjArgs(oid=oid, offset=0), b"new!" * 128)
+    cl.close()
+    c.nodes[1].kill(signal.SIGKILL)
+    c.wait_members(2, timeout=30)
+    for n in (c.nodes[0], c.nodes[2]):
+        cl = n.client()
+        try:
+            bad = [oid for oid in oids if cl.read_obj(oid, 0, 4) != b"new!"]
+        finally:
+            cl.close()
+        assert not bad, (f"{len(bad)} acknowledged writes read back old through node {n.idx} "
+                         f"(epoch {epoch} had vnodes [128, 8, 128]; restarted at epoch {now} "
+                         f"with {ring_now})")

@@ -440,8 +440,14 @@ class Group:
             self._start_running(f"all nodes of epoch {self.epoch} are back")
 
     def _start_running(self, why: str) -> None:
-        last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
-        present = {_node_key(n) for n in self.nodes}
+        # what the ring is made of (sheep.ring.Ring): the same members with
+        # other vnode counts or zones (weights set by "node vnodes set" are
+        # not kept across a restart; a node restarted with another -V or -z)
+        # are another ring: a new epoch, whose recovery moves the objects
+        def ring_key(nodes):
+            return sorted((_node_key(n), n.nr_vnodes, n.zone) for n in nodes)
+        last = ring_key(self.epoch_nodes(self.epoch))
+        present = ring_key(self.nodes)
         self.status = OK
         log.info("%s; cluster is running", why)
         if last != present:

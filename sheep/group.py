@@ -331,14 +331,18 @@ class Group:
             theirs = {e: nodes for e, nodes, _ts in info.get("epochs", [])}
             diverged = any(e in theirs and rec[0].hex() != theirs[e]
                            for e, rec in self.history.logs.items() if e <= my_epoch)
-            self._adopt(info)
-            self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
-            if (self.status in (OK, WAIT_FOR_JOIN) and 0 < my_epoch
-                    and (my_epoch < self.epoch or diverged)):
+            if (info.get("status") in (OK, WAIT_FOR_JOIN) and 0 < my_epoch
+                    and (my_epoch < info.get("epoch", 0) or diverged)):
                 if diverged:
                     log.warning("our epoch history differs from the cluster's: keeping our "
                                 "objects only as stale copies")
-                self.sheep.recovery.demote_all(my_epoch)  # we missed writes meanwhile
+                # we missed writes meanwhile.  Queued before _adopt logs the
+                # cluster's epochs: a crash in between must never leave the
+                # newer history with our old copies still live (after a
+                # restart we would join at the cluster's epoch, undemoted)
+                self.sheep.recovery.demote_all(my_epoch)
+            self._adopt(info)
+            self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
         was_formatted = self.formatted
         if not me and info.get("adopt_config") and not was_formatted:
             # an unformatted cluster takes over the joiner's cluster info (1.0)
@@ -423,16 +427,27 @@ class Group:
 
     def _maybe_start_after_restart(self) -> None:
         """Start once every node of the newest epoch is a member (1.0
-        ``enough_nodes_gathered``); refused joiners do not count."""
-        last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
+        ``enough_nodes_gathered``); refused joiners do not count.  Nodes the
+        epoch gave 0 vnodes hold none of its objects and are not waited for
+        (stronger than 1.0): among them is a refused joiner logged before its
+        leave (a crash in between), which could never be admitted again."""
+        nodes = self.epoch_nodes(self.epoch)
+        last = ({_node_key(n) for n in nodes if n.nr_vnodes}
+                or {_node_key(n) for n in nodes})
         present = {_node_key(proto.SdNode.unpack(m.node)) for m in self.members
                    if m.ident not in self._refused}
         if last and last <= present:
             self._start_running(f"all nodes of epoch {self.epoch} are back")
 
     def _start_running(self, why: str) -> None:
-        last = {_node_key(n) for n in self.epoch_nodes(self.epoch)}
-        present = {_node_key(n) for n in self.nodes}
+        # what the ring is made of (sheep.ring.Ring): the same members with
+        # other vnode counts or zones (weights set by "node vnodes set" are
+        # not kept across a restart; a node restarted with another -V or -z)
+        # are another ring: a new epoch, whose recovery moves the objects
+        def ring_key(nodes):
+            return sorted((_node_key(n), n.nr_vnodes, n.zone) for n in nodes)
+        last = ring_key(self.epoch_nodes(self.epoch))
+        present = ring_key(self.nodes)
         self.status = OK
         log.info("%s; cluster is running", why)
         if last != present:

@@ -42,8 +42,11 @@ Guarantees:
   with an older epoch (it keeps its objects only as stale copies: it missed
   writes), one with the same epoch, and one with a newer epoch, whose epoch
   history becomes the cluster's (the others' objects become stale copies).
-  The cluster starts once every node of the newest epoch is a member; if
-  more nodes are present than that epoch had, it starts in a new epoch.
+  The cluster starts once every node of the newest epoch is a member
+  (except those that epoch gave 0 vnodes: they hold none of its objects —
+  a refused joiner logged before its leave, when the cluster died in
+  between, can never come back); if the members differ from that epoch's
+  nodes, it starts in a new epoch.
 * **A formatted node joining an unformatted cluster**: the cluster takes
   over its cluster info (config and epoch history) as 1.0 does; it then
   waits for the nodes of that node's last epoch like any restarted cluster

@@ -1,0 +1,143 @@
+"""Adversarial review of VID recycling (``collie cluster format -R``): a node
+that was away while a family was collected comes back *before* the id is
+reused, with the old inode and data objects of that id."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+from harness import wait_for
+
+import qemu_client
+from sheep import proto
+
+pytestmark = pytest.mark.cluster
+MB = 1 << 20
+
+
+def collie(port, *argv, stdin=None, ok=True):
+    r = subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
+                       input=stdin, capture_output=True, timeout=120)
+    if ok:
+        assert r.returncode == 0, (argv, r.stderr.decode())
+    return r
+
+
+def vids(port) -> dict:
+    out = {}
+    for line in collie(port, "vdi", "list", "-r").stdout.decode().splitlines():
+        f = line.split()
+        out.setdefault(f[1], []).append(int(f[7], 16))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _recovered(c):
+    return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0
+               for n in c.live())
+
+
+def _live_copies(c, oid):
+    return [n.idx for n in c.nodes if os.path.exists(os.path.join(n.obj_dir, "%016x" % oid))]
+
+
+def _collected_with_node_away(make_cluster):
+    """-R cluster of 3 (copies 2); VDI "b" (vid 1) written, node 2 away while
+    "b" is deleted (its family is collected, id 1 free), then node 2 back."""
+    c = make_cluster(3)
+    c.wait_members(3)
+    p = c.nodes[0].port
+    collie(p, "cluster", "format", "-R", "-c", "2")
+    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
+                         for n in c.nodes), 10, what="cluster running")
+    collie(p, "vdi", "create", "b", "8M")  # vid 1
+    secret = bytes([0xA5]) * (8 * MB)
+    collie(p, "vdi", "write", "b", "0", str(len(secret)), stdin=secret)
+    away = c.nodes[2]
+    away.kill()
+    c.wait_members(2)
+    wait_for(lambda: _recovered(c), 60, what="recovery without the away node")
+    collie(p, "vdi", "delete", "b")  # the family of 1 is collected: id 1 is free
+    assert vids(p) == {}
+    away.start()  # comes back, behind, with the old inode 1 and its data objects
+    c.wait_members(3)
+    wait_for(lambda: _recovered(c), 60, what="recovery with the returning node")
+    return c
+
+
+def test_node_back_behind_adds_no_vdi_record_of_a_collected_family(make_cluster):
+    """sheep.vdi_recycle: a node joining with an older epoch adds no records."""
+    c = _collected_with_node_away(make_cluster)
+    for n in c.nodes:
+        assert vids(n.port) == {}, f"the deleted VDI is listed again on node {n.idx}"
+    collie(c.nodes[0].port, "vdi", "create", "n", "8M")
+    assert vids(c.nodes[0].port) == {"n": [1]}
+    for n in c.nodes:
+        with qemu_client.open("n", port=n.port) as v:
+            assert v.pread(0, 8 * MB) == bytes(8 * MB)
+
+
+def test_node_back_behind_does_not_resurrect_a_collected_family(make_cluster):
+    """The returning node's old copies of the collected family (inode and
+    data of vid 1) must not become live copies again: a whole-cluster restart
+    would then bring the deleted VDI back from the disks, with its data."""
+    c = _collected_with_node_away(make_cluster)
+    ino = proto.vid_to_vdi_oid(1)
+    live = _live_copies(c, ino)
+    for n in c.nodes:
+        n.kill()
+    for n in c.nodes:
+        n.start()
+    c.wait_members(3)
+    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 30,
+             what="cluster running again")
+    for n in c.nodes:
+        assert vids(n.port) == {}, (f"the deleted VDI came back on node {n.idx} (live copies "
+                                    f"of its collected inode on nodes {live})")
+    assert live == [], "the collected inode was recovered as a live copy"
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_node_away_during_collection_starts_first_after_a_whole_cluster_restart(
+        make_cluster, reuse):
+    """Node 2 misses the collection of "b" (vid 1; and, with ``reuse``, the
+    creation of "n" that takes id 1), then the whole cluster dies and node 2
+    is the first to start: its disk still has b's inode.  The nodes with the
+    newer epoch bring their history; the deleted VDI must stay deleted, and
+    n must read its own data."""
+    c = make_cluster(3)
+    c.wait_members(3)
+    p = c.nodes[0].port
+    collie(p, "cluster", "format", "-R", "-c", "2")
+    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
+                         for n in c.nodes), 10, what="cluster running")
+    collie(p, "vdi", "create", "b", "8M")  # vid 1
+    secret = bytes([0xA5]) * (8 * MB)
+    collie(p, "vdi", "write", "b", "0", str(len(secret)), stdin=secret)
+    away = c.nodes[2]
+    away.kill()
+    c.wait_members(2)
+    wait_for(lambda: _recovered(c), 60, what="recovery without the away node")
+    collie(p, "vdi", "delete", "b")
+    want = {}
+    mine = os.urandom(MB)
+    if reuse:
+        collie(p, "vdi", "create", "n", "8M")
+        collie(p, "vdi", "write", "n", "0", str(MB), stdin=mine)
+        want = {"n": [1]}
+    assert vids(p) == want
+    for n in c.nodes[:2]:
+        n.kill()
+    away.start()  # first, with the older epoch and b's inode on its disk
+    for n in c.nodes[:2]:
+        n.start()
+    c.wait_members(3)
+    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 30,
+             what="cluster running again")
+    for n in c.nodes:
+        assert vids(n.port) == want, f"node {n.idx}"
+    if reuse:
+        for n in c.nodes:
+            with qemu_client.open("n", port=n.port) as v:
+                got = v.pread(0, 8 * MB)
+            assert got[:MB] == mine and got[MB:] == bytes(7 * MB), f"n read through node {n.idx}"

@@ -55,7 +55,7 @@ import os
 import time
 import uuid
 
-from sheep import proto
+from sheep import proto, vdi_recycle
 from sheep.cluster.base import Member, create_driver
 from sheep.errors import CODES, SdError, error_for
 from sheep.epochs import EpochHistory
@@ -141,6 +141,7 @@ class Group:
             "config": self.config.pack().hex() if self.formatted else None,
             "fixed_vnodes": self.sheep.cfg.vnodes is not None,
             "vdis": local_vdis or [],
+            "tombs": vdi_recycle.tombs_json(self.sheep.vdis.tombs),
             "lock_gen": self.sheep.locks.join_info(),
         }).encode()
 
@@ -282,6 +283,7 @@ class Group:
             "epochs": self.history.records() if epochs is None else epochs,
             "weights": self.weights,
             "vdis": info.get("vdis", []),
+            "tombs": info.get("tombs", {}),  # the joiner's collected ids (sheep.vdi_recycle)
             "state": self.sheep.vdis.snapshot(),
             "adopt": v.adopt,
             "adopt_config": v.config,
@@ -363,7 +365,7 @@ class Group:
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
-        self.sheep.vdis.merge(info.get("vdis", []), behind=info.get("epoch", 0) < self.epoch)
+        self.sheep.vdis.merge(info.get("vdis", []), info.get("tombs"))
         self.sheep.locks.on_join(info)  # generations: the max with the joiner's
         self.members = list(members)
         self._rebuild_nodes()
@@ -622,6 +624,7 @@ class Group:
         self._save_config(cfg)
         self.config = cfg
         self.sheep.vdis.clear()
+        vdi_recycle.reset_tombs(self.sheep.vdis)
         self.status = OK
         self.epoch = 0
         self._rebuild_nodes()

@@ -43,7 +43,7 @@ import logging
 
 import numpy as np
 
-from sheep import proto
+from sheep import proto, vdi_recycle
 from sheep.errors import CODES, SdError
 from sheep.fetch import LIVE, Fetcher, Outcome  # noqa: F401  (LIVE: peer reads)
 
@@ -229,6 +229,8 @@ class Recovery:
         if not len(cand):
             return cand, complete
         mask = await io(self.owned_mask, cand, g.ring)
+        if self.sheep.vdis.tombs:  # objects of collected VDIs stay gone (-R)
+            mask &= ~vdi_recycle.collected_mask(self.sheep.vdis, cand)
         return cand[mask], complete
 
     async def _peer_list(self, node, epoch: int) -> bytes:

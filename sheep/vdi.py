@@ -51,6 +51,7 @@ class VdiState:
     parent: int = 0
     size: int = 0  # last known vdi_size (a lower bound: VDIs only grow)
     replaced: int = 0  # the working VDI this one replaced by a snapshot (0: not known)
+    src: int = 0  # epoch this record is known from (ids recycling: sheep.vdi_recycle)
 
     def record(self) -> proto.VdiStateRecord:
         return proto.VdiStateRecord(
@@ -79,6 +80,7 @@ class VdiTable:
     def __init__(self, sheep):
         self.sheep = sheep
         self.refs = Refs(sheep)
+        self.tombs: dict[int, int] = {}  # collected vid -> epoch (sheep.vdi_recycle)
         self.clear()
 
     # ------------------------------------------------------------------
@@ -145,7 +147,8 @@ class VdiTable:
     def snapshot(self) -> dict:
         """JSON-able copy of the whole table (sent to joining nodes)."""
         return {"states": [asdict(s) for s in self.states.values()],
-                "inuse": self._vids(self.inuse), "deleted": self._vids(self.deleted)}
+                "inuse": self._vids(self.inuse), "deleted": self._vids(self.deleted),
+                "tombs": vdi_recycle.tombs_json(self.tombs)}
 
     @staticmethod
     def _vids(bm: bytearray) -> list[int]:
@@ -160,21 +163,23 @@ class VdiTable:
             self.set(self.deleted, v)
         for s in snap["states"]:
             self.states[s["vid"]] = VdiState(**s)
+        vdi_recycle.add_tombs(self, snap.get("tombs", {}))
 
-    def merge(self, entries: list[dict], behind: bool = False) -> None:
+    def merge(self, entries: list[dict], tombs: dict | None = None) -> None:
         """Union in VDIs a node found on its own disk (deterministic on all nodes).
 
-        When ids are recycled, a vid the table knows is left as it is (the
-        record may be of a collected VDI whose id was reused), and a node
-        ``behind`` the cluster (it joins with an older epoch: it missed
-        changes, collections among them) adds nothing: the cluster's table is
-        newer than its disk (see ``sheep.vdi_recycle``)."""
+        When ids are recycled, the joiner's tombstones of collected ids are
+        added first (records known from before a collection of their id are
+        dead and dropped), then its records merged: a vid the table knows is
+        left as it is (the record may be of a collected VDI whose id was
+        reused), and a record known from before its id's collection is not
+        added (see ``sheep.vdi_recycle``)."""
         recycling = self.recycling
-        if recycling and behind:
-            return
+        if recycling:
+            vdi_recycle.add_tombs(self, tombs or {})
         for s in entries:
             vid = s["vid"]
-            if recycling and vid in self.states:
+            if recycling and (vid in self.states or vdi_recycle.dead(self, vid, s.get("src", 0))):
                 continue
             self.set(self.inuse, vid)
             if s["deleted"]:
@@ -187,6 +192,8 @@ class VdiTable:
         live copies, and, as 1.0's ``default_init`` (``for_each_object_in_stale``),
         inodes that only have stale copies (the newest one is read)."""
         store = self.sheep.store
+        self.tombs = vdi_recycle.load_tombs(self.sheep)
+        my_epoch = store.latest_epoch()
         out = []
         live = [o for o in store.list_oids() if proto.is_vdi_obj(o)]
         seen = set(live)
@@ -205,7 +212,7 @@ class VdiTable:
                 vid=vid, copies=ino.nr_copies, copy_policy=ino.copy_policy,
                 block_size_shift=ino.block_size_shift, snapshot=ino.is_snapshot,
                 deleted=not ino.name.strip(b"\0"), parent=ino.parent_vdi_id,
-                size=ino.vdi_size)))
+                size=ino.vdi_size, src=my_epoch if oid in seen else 0)))
         return out
 
     # ------------------------------------------------------------------
@@ -427,7 +434,7 @@ class VdiTable:
         self.set(self.inuse, vid)
         self.states[vid] = VdiState(vid, msg["copies"], msg["policy"], msg["shift"],
                                     parent=msg["parent"], size=msg["size"],
-                                    replaced=msg.get("replaced", 0))
+                                    replaced=msg.get("replaced", 0), src=self.sheep.group.epoch)
         old = msg.get("old")
         if old and old in self.states:
             self.states[old].snapshot = True

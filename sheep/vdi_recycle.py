@@ -41,23 +41,34 @@ the collection, or leaked — is never visible through the new VDI.  Collected
 ids are cleared only by the ordered main step, after the removals, so no
 NEW_VDI can take an id whose inode is still being removed.
 
+Tombstones: a collected vid is remembered, on every node, with the epoch
+of its collection (``BASE/vid_tombstones``, durable, JSON), and every VDI
+record carries the epoch it is known from (``src``: the creating epoch, the
+latest epoch of the disk it was read from, 0 for an inode found only as
+stale copies).  A record whose ``src`` is older than its vid's tombstone is
+of the collected VDI (a node that was away during the collection, or the
+first to start after a whole-cluster restart, still has it) and is dead: it
+is never merged in, and a tombstone that arrives with a joiner drops such a
+record from the table.  A reuse of the id is created at an epoch >= the
+collection's, so it stays.  Recovery leaves alone the objects of a
+tombstoned vid that no live record has, so stale copies of a collected
+VDI's inode are not made live again.
+
 Joining nodes: their on-disk VDI records never change the state or bits of a
-vid the cluster already knows (a recycled vid reused meanwhile stays live),
-and a node that joins with an older epoch than the cluster's (it was away, so
-it may have missed collections) adds no records at all: the running cluster's
-table is newer than its disk.  Only nodes joining at the cluster's epoch (a
-whole-cluster restart gathering its members) contribute unknown vids, as in
-the default mode.
+vid the cluster already knows (a recycled vid reused meanwhile stays live).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 
 import numpy as np
 
 from sheep import proto
 from sheep.errors import CODES, SdError
+from sheep.store.basedir import fsync_dir
 
 log = logging.getLogger("sheep.vdi")
 
@@ -146,11 +157,93 @@ async def collect_work(table, vid: int) -> list[int]:
 
 
 def apply_collect(table, vids: list[int]) -> None:
-    """Main step (every node): forget ``vids`` and clear their bits."""
+    """Main step (every node): forget ``vids``, clear their bits, and
+    remember them as collected at this epoch (tombstones)."""
+    epoch = table.sheep.group.epoch
     for v in vids:
-        table.inuse[v >> 3] &= ~(1 << (v & 7)) & 0xFF
-        table.deleted[v >> 3] &= ~(1 << (v & 7)) & 0xFF
-        table.states.pop(v, None)
+        _forget(table, v)
+        table.tombs[v] = max(table.tombs.get(v, 0), epoch)
+    if vids:
+        save_tombs(table)
     if vids:
         log.info("VDI ids %s recycled (their family is deleted)",
                  ", ".join(f"{v:#x}" for v in vids))
+
+
+def _forget(table, v: int) -> None:
+    table.inuse[v >> 3] &= ~(1 << (v & 7)) & 0xFF
+    table.deleted[v >> 3] &= ~(1 << (v & 7)) & 0xFF
+    table.states.pop(v, None)
+
+
+def dead(table, vid: int, src: int) -> bool:
+    """A record of ``vid`` known from epoch ``src`` is of a collected VDI."""
+    return src < table.tombs.get(vid, 0)
+
+
+def tombs_json(tombs: dict[int, int]) -> dict[str, int]:
+    return {str(v): e for v, e in tombs.items()}
+
+
+def add_tombs(table, tombs: dict) -> None:
+    """Union in tombstones (another node's); drop the records they kill.
+    The same on every node (the table and the tombstones are)."""
+    changed = False
+    for v, e in tombs.items():
+        v = int(v)
+        if e > table.tombs.get(v, 0):
+            table.tombs[v] = e
+            changed = True
+    if not changed:
+        return
+    for v in [v for v, st in table.states.items() if dead(table, v, st.src)]:
+        log.info("VDI %#x: a record from before its id was collected, dropped", v)
+        _forget(table, v)
+    save_tombs(table)
+
+
+def collected_mask(table, oids: np.ndarray) -> np.ndarray:
+    """True for objects of a tombstoned vid that no live record has (not
+    to be recovered: they belong to a collected VDI)."""
+    gone = [v for v in table.tombs if v not in table.states]
+    if not gone or not len(oids):
+        return np.zeros(len(oids), dtype=bool)
+    vids = ((np.asarray(oids, dtype=np.uint64) >> np.uint64(32)) & np.uint64(0xFFFFFF))
+    return np.isin(vids.astype(np.int64), np.asarray(gone, dtype=np.int64))
+
+
+def _path(sheep) -> str:
+    return os.path.join(sheep.store.base_dir, "vid_tombstones")
+
+
+def load_tombs(sheep) -> dict[int, int]:
+    try:
+        with open(_path(sheep)) as f:
+            return {int(v): int(e) for v, e in json.load(f).items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.error("cannot read %s: %s", _path(sheep), e)
+        raise
+
+
+def save_tombs(table) -> None:
+    """Durable (unless -n) before return: tmp + fsync + rename + dir fsync."""
+    sheep = table.sheep
+    path = _path(sheep)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(tombs_json(table.tombs), f)
+        if not sheep.cfg.nosync:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if not sheep.cfg.nosync:
+        fsync_dir(os.path.dirname(path))
+
+
+def reset_tombs(table) -> None:
+    """Format: a new cluster has collected nothing."""
+    if table.tombs:
+        table.tombs = {}
+        save_tombs(table)

@@ -3,6 +3,10 @@ locks) and NEW_VDI/DEL_VDI drivers, shared by the unit tests of ``sheep.vdi``
 and ``sheep.vdi_recycle`` (no daemons)."""
 
 import asyncio
+import shutil
+import tempfile
+import types
+import weakref
 
 from sheep import proto
 from sheep.errors import CODES, SdError
@@ -48,6 +52,7 @@ class FakeConfig:
 
 class FakeGroup:
     config = FakeConfig()
+    epoch = 1
 
 
 class FakeLocks:
@@ -66,6 +71,10 @@ class FakeLocks:
 
 class FakeSheep:
     def __init__(self):
+        base = tempfile.mkdtemp(prefix="vdi-fakes-")  # vid tombstones (-R) go here
+        weakref.finalize(self, shutil.rmtree, base, True)
+        self.store = types.SimpleNamespace(base_dir=base)
+        self.cfg = types.SimpleNamespace(nosync=True)
         self.gateway = FakeGateway()
         self.group = FakeGroup()
         self.locks = FakeLocks()

@@ -2,6 +2,7 @@
 the gateway of ``test_vdi`` (no daemons): sequential ids, family collection,
 and the recycle-mode lookup that finds a working VDI below its snapshots."""
 
+import numpy as np
 import pytest
 from vdi_fakes import FakeConfig, FakeSheep, del_vdi, header, new_vdi, run, snapshot
 
@@ -78,11 +79,24 @@ def test_family_of_follows_parents():
     assert vdi_recycle.family(states, 6) == [6]  # unknown parent: its own root
 
 
-def test_merge_leaves_known_vids_and_ignores_nodes_behind(sheep):
+def test_merge_leaves_known_vids_and_honours_tombstones(sheep):
     new_vdi(sheep, "a")
     rec = {"vid": 1, "copies": 3, "deleted": True}
-    sheep.vdis.merge([rec, {"vid": 7, "copies": 3, "deleted": True}], behind=True)
-    assert not sheep.vdis.test(sheep.vdis.deleted, 1) and 7 not in sheep.vdis.states
-    sheep.vdis.merge([rec, {"vid": 7, "copies": 3, "deleted": True}])
-    assert not sheep.vdis.test(sheep.vdis.deleted, 1)
+    sheep.vdis.merge([rec, {"vid": 7, "copies": 3, "deleted": True, "src": 1}])
+    assert not sheep.vdis.test(sheep.vdis.deleted, 1)  # known: left as it is
     assert sheep.vdis.states[7].deleted
+    # another node collected 7 at epoch 5: its tombstone kills the record (src 1)
+    sheep.vdis.merge([], {"7": 5})
+    assert 7 not in sheep.vdis.states and not sheep.vdis.test(sheep.vdis.inuse, 7)
+    assert vdi_recycle.load_tombs(sheep) == {7: 5}  # durable
+    # a node that was away brings the old record back: not merged
+    sheep.vdis.merge([{"vid": 7, "copies": 3, "deleted": False, "src": 4}])
+    assert 7 not in sheep.vdis.states
+    # a reuse of the id (known from the collection's epoch on) is merged
+    sheep.vdis.merge([{"vid": 7, "copies": 3, "deleted": False, "src": 5}])
+    assert not sheep.vdis.states[7].deleted
+    oids = np.array([proto.vid_to_vdi_oid(7), proto.vid_to_data_oid(7, 3),
+                     proto.vid_to_data_oid(1, 0)], dtype=np.uint64)
+    assert not vdi_recycle.collected_mask(sheep.vdis, oids).any()  # 7 is live again
+    sheep.vdis.states.pop(7)
+    assert list(vdi_recycle.collected_mask(sheep.vdis, oids)) == [True, True, False]

@@ -175,7 +175,7 @@ class VdiTable:
         reused), and a record known from before its id's collection is not
         added (see ``sheep.vdi_recycle``)."""
         recycling = self.recycling
-        if recycling:
+        if recycling or tombs:
             vdi_recycle.add_tombs(self, tombs or {})
         for s in entries:
             vid = s["vid"]

@@ -194,12 +194,13 @@ def add_tombs(table, tombs: dict) -> None:
         if e > table.tombs.get(v, 0):
             table.tombs[v] = e
             changed = True
-    if not changed:
-        return
+    # also when nothing changed: a table just restored from another node's
+    # snapshot may hold records that our own tombstones kill
     for v in [v for v, st in table.states.items() if dead(table, v, st.src)]:
         log.info("VDI %#x: a record from before its id was collected, dropped", v)
         _forget(table, v)
-    save_tombs(table)
+    if changed:
+        save_tombs(table)
 
 
 def collected_mask(table, oids: np.ndarray) -> np.ndarray:

@@ -1,0 +1,116 @@
+"""Adversarial review of the tombstones of VID recycling (``collie cluster
+format -R``, ``sheep.vdi_recycle``): a LIVE VDI on a collected id must never
+be dropped from the table nor have its objects skipped by recovery."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from harness import wait_for
+
+import qemu_client
+from sheep import proto
+from sheep.proto import Op
+
+pytestmark = pytest.mark.cluster
+MB = 1 << 20
+
+
+def collie(port, *argv, stdin=None, ok=True):
+    r = subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
+                       input=stdin, capture_output=True, timeout=120)
+    if ok:
+        assert r.returncode == 0, (argv, r.stderr.decode())
+    return r
+
+
+def vids(port) -> dict:
+    out = {}
+    for line in collie(port, "vdi", "list", "-r").stdout.decode().splitlines():
+        f = line.split()
+        out.setdefault(f[1], []).append(int(f[7], 16))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _recovered(c):
+    return all(n.client().call(Op.STAT_RECOVERY, data_length=24)[1][0] == 0
+               for n in c.live())
+
+
+def _running(c, nodes=None):
+    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
+                         for n in (nodes or c.nodes)), 60, what="cluster running")
+
+
+def _why(c) -> str:
+    return "\n".join(f"node {n.idx}: {line}" for n in c.nodes for line in n.log().splitlines()
+                     if "dropped" in line or "recycled" in line)
+
+
+def _req(op, flags=0, data_length=0, **fields):
+    r = proto.Request(op, flags=flags, data_length=data_length)
+    for k, v in fields.items():
+        setattr(r.args, k, v)
+    return r
+
+
+def test_farm_loaded_vdi_on_a_collected_id_survives_a_join(make_cluster):
+    """Farm's snapshot load (dog/farm/farm.c ``notify_vdi_add``) registers a
+    vid with NOTIFY_VDI_ADD, then writes its inode.  On a -R cluster the vid
+    it registers may be a collected one (tombstoned).  The VDI is live and
+    written to; a node that leaves and comes back must not make the cluster
+    forget it."""
+    c = make_cluster(3)
+    c.wait_members(3)
+    p = c.nodes[0].port
+    collie(p, "cluster", "format", "-R", "-c", "2")
+    _running(c)
+    collie(p, "vdi", "create", "b", "8M")  # vid 1
+    collie(p, "vdi", "delete", "b")  # family collected: tombstone for vid 1
+    assert vids(p) == {}
+    cl = c.nodes[0].client()
+    rsp, _ = cl.conn.request(_req(Op.NOTIFY_VDI_ADD, new_vid=1, copies=2, set_bitmap=1))
+    assert rsp.result == 0
+    hdr = proto.InodeHeader(name=proto.pad(b"f", 256), vdi_size=8 * MB, nr_copies=2,
+                            vdi_id=1, create_time=int(time.time()) << 32)
+    payload = hdr.pack() + bytes(4 * 1024)  # data_vdi_id: all 0
+    cl.call(Op.CREATE_AND_WRITE_OBJ, proto.ObjArgs(oid=proto.vid_to_vdi_oid(1), copies=2),
+            payload)
+    assert vids(p) == {"f": [1]}
+    mine = os.urandom(MB)
+    with qemu_client.open("f", port=p) as v:
+        v.pwrite(0, mine)  # acknowledged
+        v.flush()
+    wait_for(lambda: _recovered(c), 60, what="recovery")
+    ino = proto.vid_to_vdi_oid(1)
+    holders = [n for n in c.nodes if os.path.exists(os.path.join(n.obj_dir, "%016x" % ino))]
+    assert len(holders) == 2
+    other = next(n for n in c.nodes if n not in holders)  # its disk has no record of f
+    other.kill()
+    c.wait_members(2)
+    wait_for(lambda: _recovered(c), 60, what="recovery without the node")
+    other.start()
+    c.wait_members(3)
+    _running(c)
+    wait_for(lambda: _recovered(c), 60, what="recovery with the node back")
+    for n in c.nodes:
+        assert vids(n.port) == {"f": [1]}, (f"the live VDI f is gone from node {n.idx}'s table: "
+                                            + _why(c))
+    # its id is not free: a new VDI must not take it (and replace f's inode)
+    collie(p, "vdi", "create", "g", "8M")
+    assert vids(p) == {"f": [1], "g": [2]}
+    for n in c.nodes:
+        with qemu_client.open("f", port=n.port) as v:
+            assert v.pread(0, MB) == mine, f"f read through node {n.idx}"
+            v.pwrite(MB * (n.idx + 1), mine)  # acknowledged
+            v.flush()
+    # and the loss of a holder afterwards: recovery must rebuild f's objects
+    holders[0].kill()
+    c.wait_members(2)
+    wait_for(lambda: _recovered(c), 60, what="recovery without a holder of f")
+    for n in c.live():
+        with qemu_client.open("f", port=n.port) as v:
+            got = v.pread(0, 4 * MB)
+        assert got == mine * 4, f"f read through node {n.idx} after the loss of node {holders[0].idx}"

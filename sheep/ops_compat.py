@@ -52,9 +52,11 @@ def main_vdi_add(sheep, msg):
     if old:
         st = vdis.states.get(old)
         if st is None:
-            st = vdis.states[old] = VdiState(old, msg["copies"], msg["policy"], msg["shift"])
+            st = vdis.states[old] = VdiState(old, msg["copies"], msg["policy"], msg["shift"],
+                                             src=sheep.group.epoch)
         st.snapshot = True
     if msg["bitmap"]:
         vdis.set(vdis.inuse, msg["new"])
     vdis.states[msg["new"]] = VdiState(msg["new"], msg["copies"] or sheep.group.config.copies,
-                                       msg["policy"], msg["shift"], parent=old)
+                                       msg["policy"], msg["shift"], parent=old,
+                                       src=sheep.group.epoch)  # known from now (vdi_recycle)

@@ -114,3 +114,51 @@ def test_farm_loaded_vdi_on_a_collected_id_survives_a_join(make_cluster):
         with qemu_client.open("f", port=n.port) as v:
             got = v.pread(0, 4 * MB)
         assert got == mine * 4, f"f read through node {n.idx} after the loss of node {holders[0].idx}"
+
+
+def test_tombstones_of_a_lost_history_do_not_drop_a_live_vdi(make_cluster):
+    """Tombstone epochs are compared with record epochs across histories.
+    C, alone, deletes VDI x (vid 1: collected, tombstone at C's epoch 3) and
+    dies; A and B, which never saw that delete, are force-recovered to their
+    own epoch 3 and keep writing x.  When C comes back its history differs
+    (its copies are demoted to stale ones), but its tombstone of vid 1, at an
+    epoch number of the lost history, must not drop the forced cluster's
+    live x, whose record is known from epoch 1 or 2."""
+    c = make_cluster(3)
+    c.wait_members(3)
+    a, b, cc = c.nodes
+    collie(a.port, "cluster", "format", "-R", "-c", "3")
+    _running(c)
+    collie(a.port, "vdi", "create", "x", "8M")  # vid 1
+    d0 = os.urandom(MB)
+    collie(a.port, "vdi", "write", "x", "0", str(MB), stdin=d0)
+    a.kill()
+    c.wait_members(2)
+    b.kill()
+    c.wait_members(1)
+    collie(cc.port, "vdi", "delete", "x")  # C alone: vid 1 collected
+    assert vids(cc.port) == {}
+    assert "recycled" in cc.log()
+    cc.kill()
+    a.start()
+    b.start()
+    wait_for(lambda: b.status() == proto.SD_STATUS_WAIT, 30, what="B waiting for C")
+    r = collie(b.port, "cluster", "recover", "force", "-f", ok=False)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    _running(c, [a, b])
+    assert vids(a.port) == {"x": [1]}
+    d1 = os.urandom(MB)
+    with qemu_client.open("x", port=a.port) as v:
+        v.pwrite(0, d1)  # acknowledged by the forced cluster
+        v.flush()
+    cc.start()
+    c.wait_members(3)
+    _running(c)
+    for n in c.nodes:
+        assert vids(n.port) == {"x": [1]}, (f"the live VDI x is gone from node {n.idx}'s "
+                                            "table: " + _why(c))
+    collie(a.port, "vdi", "create", "y", "8M")
+    assert vids(a.port) == {"x": [1], "y": [2]}
+    for n in c.nodes:
+        with qemu_client.open("x", port=n.port) as v:
+            assert v.pread(0, MB) == d1, f"x read through node {n.idx}"

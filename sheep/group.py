@@ -283,7 +283,7 @@ class Group:
             "epochs": self.history.records() if epochs is None else epochs,
             "weights": self.weights,
             "vdis": info.get("vdis", []),
-            "tombs": info.get("tombs", {}),  # the joiner's collected ids (sheep.vdi_recycle)
+            "tombs": self._comparable_tombs(info, v),  # the joiner's collected ids (vdi_recycle)
             "state": self.sheep.vdis.snapshot(),
             "adopt": v.adopt,
             "adopt_config": v.config,
@@ -292,6 +292,26 @@ class Group:
             "lock_gen": info.get("lock_gen", 0),  # the joiner's highest lock generation
         }
         return True, json.dumps(snap).encode()
+
+    def _comparable_tombs(self, info: dict, v) -> dict:
+        """The joiner's tombstones (``sheep.vdi_recycle``) whose epoch the
+        cluster's records can be compared with: those of the history the
+        joiner shares with the cluster.  A tombstone at an epoch number of a
+        history the cluster does not have (the joiner was in a cluster
+        force-recovered without it, or the other way round) says nothing
+        about the cluster's records of that id: it would drop live VDIs."""
+        tombs = info.get("tombs") or {}
+        if not tombs or v.config or v.adopt:  # the joiner's history is the cluster's
+            return tombs
+        theirs = {e: nodes for e, nodes, _ts in info.get("history", [])}
+        mine = self.history.logs
+        diff = [e for e in theirs if e in mine and mine[e][0].hex() != theirs[e]]
+        limit = min(diff) - 1 if diff else self.epoch
+        kept = {k: e for k, e in tombs.items() if e <= limit}
+        if len(kept) != len(tombs):
+            log.warning("a joiner's tombstones of VDI ids %s are of a history the cluster "
+                        "does not have: ignored", sorted(set(tombs) - set(kept)))
+        return kept
 
     # The driver delivers events synchronously and in total order; each is
     # applied completely before the next one (and before check_join runs), so
@@ -343,6 +363,11 @@ class Group:
                 # newer history with our old copies still live (after a
                 # restart we would join at the cluster's epoch, undemoted)
                 self.sheep.recovery.demote_all(my_epoch)
+            # our tombstones as the cluster took them (those of a history
+            # it does not have are dropped, ``_comparable_tombs``)
+            if "tombs" in info:
+                self.sheep.vdis.tombs = {int(k): e for k, e in info["tombs"].items()}
+                vdi_recycle.save_tombs(self.sheep.vdis)
             self._adopt(info)
             self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
         was_formatted = self.formatted

@@ -217,3 +217,37 @@ def test_reused_family_survives_restart_order_and_a_node_loss(make_cluster):
     c.wait_members(3)
     wait_for(lambda: _recovered(c), 60, what="recovery without a holder")
     check(c.live())
+
+
+def test_format_after_recycling_forgets_the_tombstones(make_cluster):
+    """A tombstone taken at epoch E of the old cluster must not outlive a
+    format: the new cluster's epochs start again below E, and its VDI on the
+    same id (created at a lower epoch number) must survive a restart."""
+    c = make_cluster(3)
+    c.wait_members(3)
+    p = c.nodes[0].port
+    collie(p, "cluster", "format", "-R", "-c", "2")
+    _running(c)
+    for i in range(3):  # push the epoch up: a node leaves and comes back
+        c.nodes[2].kill()
+        c.wait_members(2)
+        c.nodes[2].start()
+        c.wait_members(3)
+        _running(c)
+    collie(p, "vdi", "create", "b", "8M")  # 1
+    collie(p, "vdi", "delete", "b")  # tombstone of 1 at a high epoch
+    collie(p, "cluster", "format", "-R", "-c", "2", stdin=b"yes\n")
+    _running(c)
+    mine = os.urandom(MB)
+    collie(p, "vdi", "create", "n", "8M")  # 1 again, at the new cluster's low epoch
+    collie(p, "vdi", "write", "n", "0", str(MB), stdin=mine)
+    for n in c.nodes:
+        n.kill()
+    for n in reversed(c.nodes):
+        n.start()
+    c.wait_members(3, timeout=60)
+    _running(c)
+    for n in c.nodes:
+        assert vids(n.port) == {"n": [1]}, f"node {n.idx}: " + _why(c)
+        with qemu_client.open("n", port=n.port) as v:
+            assert v.pread(0, MB) == mine, f"n through node {n.idx}"

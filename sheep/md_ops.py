@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from sheep import proto
 from sheep.errors import CODES, error_for
@@ -52,6 +53,10 @@ async def md_plug(sheep, req, payload):
     paths = _paths(payload)
     if not paths:
         raise error_for(CODES["INVALID_PARMS"], "MD_PLUG needs a directory list")
+    for p in paths:  # a plugged directory is purged: never one the daemon has to guess
+        if not os.path.isabs(p) or not os.path.isdir(os.path.dirname(p.rstrip("/")) or "/"):
+            raise error_for(CODES["INVALID_PARMS"],
+                            f"MD_PLUG: {p!r} is not an absolute path in an existing directory")
     added = await sheep.io_thread(sheep.store.md_plug, paths)
     if not added:
         raise error_for(CODES["UNKNOWN"], f"no disk plugged from {','.join(paths)}")

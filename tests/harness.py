@@ -447,3 +447,18 @@ def tmpfs(path: pathlib.Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def vdi_ids(port: int) -> dict[str, list[int]]:
+    """name -> sorted vids of ``collie vdi list -r`` (working and snapshots)."""
+    out: dict[str, list[int]] = {}
+    for line in collie_ok(port, "vdi", "list", "-r").stdout.decode().splitlines():
+        f = line.split()
+        out.setdefault(f[1], []).append(int(f[7], 16))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def recovery_done(cluster) -> bool:
+    """Every live node reports no recovery in progress (STAT_RECOVERY)."""
+    return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0
+               for n in cluster.live())

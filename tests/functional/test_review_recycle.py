@@ -3,11 +3,9 @@ that was away while a family was collected comes back *before* the id is
 reused, with the old inode and data objects of that id."""
 
 import os
-import subprocess
-import sys
 
 import pytest
-from harness import wait_for
+from harness import collie_ok, recovery_done, vdi_ids, wait_for
 
 import qemu_client
 from sheep import proto
@@ -16,25 +14,13 @@ pytestmark = pytest.mark.cluster
 MB = 1 << 20
 
 
-def collie(port, *argv, stdin=None, ok=True):
-    r = subprocess.run([sys.executable, "-m", "collie", *argv, "-p", str(port)],
-                       input=stdin, capture_output=True, timeout=120)
-    if ok:
-        assert r.returncode == 0, (argv, r.stderr.decode())
-    return r
+collie = collie_ok
 
 
-def vids(port) -> dict:
-    out = {}
-    for line in collie(port, "vdi", "list", "-r").stdout.decode().splitlines():
-        f = line.split()
-        out.setdefault(f[1], []).append(int(f[7], 16))
-    return {k: sorted(v) for k, v in out.items()}
+vids = vdi_ids
 
 
-def _recovered(c):
-    return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0
-               for n in c.live())
+_recovered = recovery_done
 
 
 def _live_copies(c, oid):

@@ -6,7 +6,7 @@ gives that id to the next new VDI, which never sees the old one's data."""
 import os
 
 import pytest
-from harness import collie_ok, wait_for
+from harness import collie_ok, vdi_ids, wait_for
 
 import qemu_client
 from sheep import proto
@@ -18,13 +18,7 @@ MB = 1 << 20
 collie = collie_ok
 
 
-def vids(port) -> dict:
-    """name -> sorted vids of ``collie vdi list -r`` (working and snapshots)."""
-    out = {}
-    for line in collie(port, "vdi", "list", "-r").stdout.decode().splitlines():
-        f = line.split()
-        out.setdefault(f[1], []).append(int(f[7], 16))
-    return {k: sorted(v) for k, v in out.items()}
+vids = vdi_ids
 
 
 def inode_files(cluster, vid) -> list[str]:

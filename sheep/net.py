@@ -34,9 +34,16 @@ class Framer:
     header.  Each payload is assembled in a buffer of exactly its size (one
     copy, however the stream is chunked); ``on_frame(header, payload)`` gets
     ``bytes`` for the header and a ``bytearray`` (or ``b""``) for the payload.
+
+    Backpressure: if ``on_frame`` returns a true value the framer stops
+    dispatching and holds the rest of the bytes it was fed (one chunk read
+    from a socket may carry many frames; a consumer that has paused reading
+    must not still be handed all of them); :meth:`resume` dispatches them.
+    While held, further :meth:`feed` calls only append.
     """
 
-    __slots__ = ("payload_len", "on_frame", "_hdr", "_hbuf", "_payload", "_got")
+    __slots__ = ("payload_len", "on_frame", "_hdr", "_hbuf", "_payload", "_got", "_held",
+                 "_running")
 
     def __init__(self, payload_len, on_frame):
         self.payload_len = payload_len
@@ -45,8 +52,32 @@ class Framer:
         self._hbuf = bytearray()
         self._payload: bytearray | None = None
         self._got = 0
+        self._held: bytearray | None = None
+        self._running = False
+
+    @property
+    def holding(self) -> bool:
+        """True while bytes fed are held back (the consumer asked to stop)."""
+        return self._held is not None
 
     def feed(self, data) -> None:
+        if self._held is not None:
+            self._held += data
+            return
+        self._running = True
+        try:
+            self._run(data)
+        finally:
+            self._running = False
+
+    def resume(self) -> None:
+        """Dispatch the held bytes (until the consumer asks to stop again)."""
+        if self._running or self._held is None:
+            return
+        held, self._held = self._held, None
+        self.feed(held)
+
+    def _run(self, data) -> None:
         mv = memoryview(data)
         pos, end = 0, len(mv)
         HDR = proto.HDR_SIZE
@@ -67,7 +98,9 @@ class Framer:
                 if need is None:  # the consumer refused the frame and stops reading
                     return
                 if need == 0:
-                    self.on_frame(hdr, b"")
+                    if self.on_frame(hdr, b"") and pos < end:
+                        self._held = bytearray(mv[pos:])
+                        return
                     continue
                 self._hdr, self._payload, self._got = hdr, bytearray(need), 0
             take = min(len(self._payload) - self._got, end - pos)
@@ -77,7 +110,9 @@ class Framer:
             if self._got == len(self._payload):
                 hdr, payload = self._hdr, self._payload
                 self._hdr, self._payload = None, None
-                self.on_frame(hdr, payload)
+                if self.on_frame(hdr, payload) and pos < end:
+                    self._held = bytearray(mv[pos:])
+                    return
 
 
 # a connection whose peer does not read (a stopped sheep) buffers at most this

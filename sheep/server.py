@@ -87,6 +87,7 @@ class SheepProtocol(asyncio.Protocol):
         self.tasks.add(task)
         task.add_done_callback(self._done)
         self._throttle()
+        return self.read_paused  # the framer holds the rest of this chunk
 
     # Backpressure: a client may keep MAX_IN_FLIGHT requests in progress; past
     # that, or while its replies are not being read, we stop reading from it.
@@ -99,6 +100,7 @@ class SheepProtocol(asyncio.Protocol):
                 self.transport.pause_reading()
             else:
                 self.transport.resume_reading()
+                self.framer.resume()  # frames of a chunk read before we paused
 
     def _done(self, task) -> None:
         self.tasks.discard(task)

@@ -129,8 +129,22 @@ def test_md_placement_plug_unplug_reweight(make_cluster, tmp_path):
 
 
 def _remount_ro(path):
+    """Bind-mount ``path`` on itself and make that mount read-only.  The
+    kernel refuses the read-only remount (EBUSY) while a file on the mount is
+    open for writing -- the running writer's object writes have one open for
+    a moment -- so it is retried until it goes through."""
     subprocess.run(["mount", "--bind", path, path], check=True)
-    subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
+    errors = []
+
+    def remount():
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", path],
+                           capture_output=True, text=True, check=False)
+        errors[:] = [r.stderr.strip()]
+        return r.returncode == 0
+    try:
+        wait_for(remount, 30, what=f"the read-only remount of {path}")
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {errors}") from None
 
 
 @pytest.mark.parametrize("via", ["md", "peer"])

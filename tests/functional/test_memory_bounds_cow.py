@@ -11,7 +11,7 @@ small requests hold hundreds of MiB.  (On-access recovery has the same
 shape -- a 4 KiB read fetches a 4 MiB copy -- but completes fast enough here
 not to show.)
 
-Now a copy-on-write create is charged twice the object size, and peer connections make senders wait once 8 MiB are buffered.
+Now a copy-on-write create is charged twice the object size, peer connections make senders wait once 8 MiB are buffered, and the framer stops handing over frames of a chunk already read once the connection is paused (CI once saw all 64 creates of one 256 KiB read admitted: 255 MiB).
 """
 
 import signal
@@ -90,7 +90,7 @@ def test_cow_creates_of_4k_hold_4m_each(tmp_path):
             grown = peak.done() - before
             s.close()
         print(f"{N} COW creates, {sent / 1024:.0f} KiB sent: RSS grew by {grown:.0f} MiB")
-        assert grown < 150, f"one connection's {sent // 1024} KiB of requests hold {grown:.0f} MiB"
+        assert grown < 100, f"one connection's {sent // 1024} KiB of requests hold {grown:.0f} MiB"
     finally:
         c.nodes[1].kill(signal.SIGCONT)
         c.close()

@@ -11,8 +11,10 @@ exits 0 all the same (1.0: the config check and the join come after its
 launcher returned).  The launcher exits 1, with the reason on stderr, only
 when the daemon could not start: bad options, the store locked by another
 daemon or unreadable, the pid file or the port unusable (1.0 reports only
-the lock there; a busy port is reported too, deliberately).  ``-f`` stays in
-the foreground.  SIGTERM and SIGINT stop the daemon.
+the lock there; a busy port is reported too, deliberately), or the log
+destination or the metrics port is unusable.  ``-f`` stays in the
+foreground.  SIGTERM and SIGINT stop the daemon; SIGHUP reopens the log file
+(``sheep.logs``).
 """
 
 from __future__ import annotations
@@ -25,24 +27,6 @@ import sys
 
 from sheep import config
 from sheep.store.base import StoreLockedError
-
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
-
-
-def _setup_logging(cfg, to_stderr: bool) -> None:
-    os.makedirs(os.path.dirname(cfg.log_path), exist_ok=True)
-    root = logging.getLogger()
-    root.handlers.clear()
-    fh = logging.FileHandler(cfg.log_path)
-    fh.setFormatter(logging.Formatter(LOG_FORMAT, "%b %d %H:%M:%S"))
-    root.addHandler(fh)
-    if to_stderr:
-        sh = logging.StreamHandler()
-        sh.setFormatter(logging.Formatter(LOG_FORMAT, "%b %d %H:%M:%S"))
-        root.addHandler(sh)
-    from sheep.daemon import LEVELS
-
-    root.setLevel(LEVELS[cfg.log_level])
 
 
 def _daemonize() -> int:
@@ -108,7 +92,17 @@ def main(argv: list[str] | None = None) -> int:
         except (StoreLockedError, OSError) as e:
             os.write(pipe_w, f"sheep: {e}".encode())
             os._exit(1)
-    _setup_logging(cfg, to_stderr=cfg.foreground)
+    from sheep import logs
+
+    try:
+        logs.setup(cfg, to_stderr=cfg.foreground)
+    except OSError as e:
+        msg = f"sheep: {e.strerror or e}"
+        if pipe_w is not None:
+            os.write(pipe_w, msg.encode())
+            os._exit(1)
+        sys.stderr.write(msg + "\n")
+        return 1
     if cfg.pidfile:
         try:
             with open(cfg.pidfile, "w") as f:
@@ -135,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, sheep.request_exit)
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen)  # logrotate
         if pipe_w is not None:
             def still_joining():
                 if pipe_w is not None:

@@ -28,6 +28,8 @@ from sheep import __version__
 
 DEFAULT_STORE = "/tmp"
 DEFAULT_NBD_PORT = 10809
+LOG_FORMATS = ("default", "server", "json")
+LOG_DSTS = ("default", "stdout", "syslog")
 LOG_LEVELS = {"emerg": 0, "alert": 1, "crit": 2, "err": 3, "warning": 4,
               "notice": 5, "info": 6, "debug": 7}
 
@@ -79,6 +81,10 @@ class Config:
     recovery_max: int = 0  # 0: default concurrency
     recovery_interval: int = 0  # ms between recovered objects
     lock_grace: float = 8.0  # s without news of a lock session before its locks go
+    metrics: tuple[str, int] | None = None  # --metrics: Prometheus endpoint (host, port)
+    log_format: str = "default"  # -l format=default|server|json (sheep.logs)
+    log_dst: str = "default"  # -l dst=default|stdout|syslog
+    syslog_addr: str = "/dev/log"  # -l dst=syslog,addr=PATH: the syslog socket
     unsupported: list[str] = field(default_factory=list)
 
     @property
@@ -112,7 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--nosync", action="store_true",
                    help="do not fdatasync object writes (data may be lost on power loss)")
     p.add_argument("-l", "--log", default=None,
-                   help="log options: dir=PATH,level=LEVEL (e.g. level=debug)")
+                   metavar="KEY=VALUE[,...]",
+                   help="log options: dir=PATH (default: the store), level=LEVEL "
+                        "(emerg..debug, default info), format=default|server|json "
+                        "(json: one JSON object per line), dst=default|stdout|syslog "
+                        "(default: DIR/sheep.log; stdout needs -f; syslog: the unix "
+                        "datagram socket addr=PATH, default /dev/log). SIGHUP reopens "
+                        "the log file (for logrotate)")
     p.add_argument("-f", "--foreground", action="store_true", help="do not daemonize")
     p.add_argument("-g", "--gateway", action="store_true",
                    help="gateway only: store no objects (0 vnodes)")
@@ -121,6 +133,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-P", "--pidfile", default=None, help="write the daemon's pid here")
     p.add_argument("--nbd", nargs="?", const=str(DEFAULT_NBD_PORT), default=None,
                    metavar="[HOST:]PORT", help="also export VDIs over NBD (default port 10809)")
+    p.add_argument("--metrics", default=None, metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics "
+                        "(HOST default 127.0.0.1); see docs/metrics-and-logs.md")
     p.add_argument("-R", "--recovery", default=None, metavar="max=N,interval=MS",
                    help="recovery throttle: at most N objects recovered at once (default 8), "
                         "and a pause of MS milliseconds after each")
@@ -201,6 +216,7 @@ def parse(argv: list[str]) -> Config:
         cfg.bindaddr = _addr(ns.bindaddr, "Bad address '{}'")
     cfg.nosync = ns.nosync
     if ns.log:
+        addr_given = False
         for item in ns.log.split(","):
             key, _, val = item.partition("=")
             if key == "dir" and val:
@@ -212,10 +228,26 @@ def parse(argv: list[str]) -> Config:
                     cfg.log_level = int(val)
                 else:
                     raise ConfigError(f"Invalid log level '{val}'", LOG_LEVEL_HELP)
-            elif key in ("format", "dst"):
-                pass
+            elif key == "format" and val in LOG_FORMATS:
+                cfg.log_format = val
+            elif key == "dst" and val in LOG_DSTS:
+                cfg.log_dst = val
+            elif key == "addr" and val:
+                cfg.syslog_addr = os.path.abspath(val)
+                addr_given = True
+            elif key == "format":
+                raise ConfigError(f"Invalid log format '{val}' (use "
+                                  + "|".join(LOG_FORMATS) + ")")
+            elif key == "dst":
+                raise ConfigError(f"Invalid log destination '{val}' (use "
+                                  + "|".join(LOG_DSTS) + ")")
             else:
-                raise ConfigError(f"Invalid log option '{item}' (use dir=PATH,level=LEVEL)")
+                raise ConfigError(f"Invalid log option '{item}' (use dir=PATH,level=LEVEL,"
+                                  "format=FMT,dst=DST,addr=PATH)")
+        if addr_given and cfg.log_dst != "syslog":
+            raise ConfigError("log option addr=PATH is the syslog socket: it needs dst=syslog")
+        if cfg.log_dst == "stdout" and not ns.foreground:
+            raise ConfigError("log destination stdout needs -f (a daemon has no stdout)")
     cfg.foreground = ns.foreground
     cfg.gateway = ns.gateway
     if ns.gateway and ns.vnodes is not None:
@@ -231,6 +263,13 @@ def parse(argv: list[str]) -> Config:
         cfg.nbd = (_addr(host, "Invalid NBD address '{}': not an IP address")
                    if host else "127.0.0.1",
                    _int(port, "NBD port number", 1, 65535))
+    if ns.metrics is not None:
+        host, _, port = ns.metrics.rpartition(":")
+        cfg.metrics = (_addr(host.strip("[]"), "Invalid metrics address '{}': not an IP address")
+                       if host else "127.0.0.1",
+                       _int(port, "metrics port number", 1, 65535))
+        if cfg.metrics[1] == cfg.port or (cfg.nbd and cfg.nbd[1] == cfg.metrics[1]):
+            raise ConfigError(f"Invalid metrics port '{port}': already used by this daemon")
     if ns.recovery is not None:
         for item in ns.recovery.split(","):
             key, _, val = item.partition("=")

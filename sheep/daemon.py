@@ -11,6 +11,7 @@ within about a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import signal
@@ -200,6 +201,17 @@ class Sheep:
                     s.close()
                 ready(f"cannot listen on {cfg.nbd[0]}:{cfg.nbd[1]} (NBD): {e.strerror or e}")
                 return 1
+        metrics_server = None
+        if cfg.metrics:  # Prometheus endpoint on its own thread (sheep.metrics)
+            from sheep import metrics
+            try:
+                metrics_server = metrics.start(self, *cfg.metrics)
+            except OSError as e:
+                for s in servers:
+                    s.close()
+                ready(f"cannot listen on {cfg.metrics[0]}:{cfg.metrics[1]} (metrics): "
+                      f"{e.strerror or e}")
+                return 1
         for name in cfg.unsupported:
             log.warning("option --%s is accepted for compatibility but not implemented", name)
         try:
@@ -274,5 +286,9 @@ class Sheep:
             await asyncio.wait_for(self.group.stop(), 1.0)
         except Exception:
             log.debug("leaving the cluster failed", exc_info=True)
+        if metrics_server is not None:  # the port is free once the daemon exits
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.to_thread(metrics_server.shutdown), 1.0)
+            metrics_server.server_close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         return self.exit_code

@@ -150,7 +150,7 @@ class Locks(WritesInFlight):
         finally:
             self._delivered(msg)
             self._changed()
-        log.info("lock %s vid %#x session %016x by %s -> generation %d", msg["a"],
+        log.debug("lock %s vid %#x session %016x by %s -> generation %d", msg["a"],
                  msg.get("vid", 0), msg.get("session", 0), msg.get("node", "-"), out["gen"])
         return out
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import numpy as np
 
 from sheep import group as G
-from sheep import lock, md_ops, peer, proto, repair, stats, vdi_copies
+from sheep import lock, md_ops, metrics, peer, proto, repair, stats, vdi_copies
 from sheep import ops_compat as compat
 from sheep.errors import CODES, SdError, error_for
 
@@ -527,9 +528,10 @@ def admit(sheep, req: proto.Request) -> OpSpec:
 
 async def dispatch(sheep, req: proto.Request, payload: bytes) -> tuple[proto.Response, bytes]:
     """Run one request to completion; always returns a reply."""
+    t0 = time.perf_counter()
     rsp = proto.Response(req.opcode, id=req.id)
     body = b""
-    counted = None
+    counted = spec = None
     try:
         spec = admit(sheep, req)
         counted = stats.count_begin(sheep, req, spec.kind)
@@ -559,4 +561,9 @@ async def dispatch(sheep, req: proto.Request, payload: bytes) -> tuple[proto.Res
         body = body[:cap]
     rsp.epoch = sheep.group.epoch
     rsp.data_length = len(body)
+    spec = spec or OPS.get(req.opcode)  # refused at admission: still counted under its op
+    metrics.requests(sheep).record(
+        req.opcode if spec else -1, spec.name if spec else "unknown",
+        spec.kind if spec else "unknown", len(payload), len(body),
+        time.perf_counter() - t0, rsp.result != 0)
     return rsp, body

@@ -64,6 +64,7 @@ class Recovery:
         self._kick = asyncio.Event()
         self.completed: dict[int, set[str]] = {}
         self._repairing: set[int] = set()
+        self.handled_total = 0  # objects handled by recovery passes since start (metrics)
 
     @property
     def _me_key(self) -> str:
@@ -188,6 +189,7 @@ class Recovery:
                 if outcome is Outcome.UNAVAILABLE:
                     failed.append(oid)
                 st.nr_finished += 1
+                self.handled_total += 1
                 if thr.queue_work_interval:
                     await asyncio.sleep(thr.queue_work_interval / 1000)
         await asyncio.gather(*(worker() for _ in range(thr.max_exec_count or DEFAULT_MAX_EXEC)))

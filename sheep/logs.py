@@ -16,7 +16,10 @@ Formats (every line carries the year, milliseconds and the pid):
 Destinations: ``default`` is ``DIR/sheep.log`` (plus stderr with ``-f``);
 ``stdout`` (with ``-f`` only); ``syslog`` sends each record as one datagram
 to the unix socket ``addr`` (default ``/dev/log``), facility daemon, ident
-``sheep[PID]``; the text formats then leave the time to syslog.
+``sheep[PID]``; the text formats then leave the time to syslog.  The socket
+must accept a connection at start-up (else the daemon does not start); if
+the syslog daemon goes away later, records are dropped until it is back
+(the handler reconnects on each record) — the daemon never blocks on it.
 
 :func:`reopen` (SIGHUP) closes and reopens the log file by name, so that a
 rotated file (renamed by logrotate) is left alone and new lines go to a new
@@ -103,7 +106,9 @@ def setup(cfg, to_stderr: bool) -> None:
     OSError (with the path in its message) if the destination is unusable."""
     handlers: list[logging.Handler] = []
     if cfg.log_dst == "syslog":
-        try:
+        try:  # SysLogHandler ignores a socket it cannot reach: check it first
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                probe.connect(cfg.syslog_addr)
             h = logging.handlers.SysLogHandler(
                 address=cfg.syslog_addr, facility=logging.handlers.SysLogHandler.LOG_DAEMON,
                 socktype=socket.SOCK_DGRAM)

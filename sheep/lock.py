@@ -1,4 +1,5 @@
-"""VDI locks that never go stale: sessions, leases, fencing, handover (DESIGN §7).
+"""VDI locks that never go stale: sessions, leases, fencing, handover (docs/protocol.md §17,
+docs/data-safety.md "Fencing").
 
 Theory of operation
 -------------------
@@ -407,7 +408,7 @@ def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0,
 
 
 async def lock_vdi(sheep, req: proto.Request, payload: bytes):
-    """LOCK_VDI (PROTOCOL §7.4, §17) plus the session modes of the extension."""
+    """LOCK_VDI (docs/protocol.md §7.4, §17) plus the session modes of the extension."""
     a = req.args
     locks: Locks = sheep.locks
     flagged = bool(req.flags & proto.SD_FLAG_CMD_SESSION)

@@ -14,7 +14,7 @@ Theory of operation
   refused while anybody else holds anything but a standby.  ``shared`` —
   Sheepdog 1.0's shared lock (type 1, iSCSI multipath).  ``read`` — a
   read-only open of a working VDI (refused while a writer holds it, and it
-  keeps writers out: the seed's rule).  ``standby`` — a migration destination
+  keeps writers out).  ``standby`` — a migration destination
   opened inactive: no lock, no conflict, just the target of a handover.
   Snapshots are never locked: opens of snapshots are shared.
 * **Owner.**  ``(gateway node, session)``; Sheepdog 1.0 clients have session 0,

@@ -67,7 +67,7 @@ def test_full_disk_gives_no_space(make_cluster, small_fs):
 
 
 def test_failing_epoch_change_takes_the_node_out(make_cluster):
-    """Data-safety issue, point 7: an I/O error half-way through a membership
+    """An I/O error half-way through a membership
     change must not leave a half-updated node serving.  Node 3's epoch log
     directory is replaced by a file, so writing the next epoch log fails: the
     node stops serving and exits; the others go on, with every write intact."""

@@ -48,6 +48,8 @@ OUTSIDE = [
     (re.compile(r"\b" + "PROTOCOL" + r"(\.md\b|\s*§)"),
      "the protocol notes outside the repository (cite docs/protocol.md)"),
     (re.compile(r"\b" + "issue" + r"s?\s*#?\s*\d+", re.I), "an issue-tracker reference"),
+    (re.compile(r"\b" + "issue" + r"s?\b[,:]?\s+(points?|items?)\s+\d+", re.I),
+     "an issue-tracker reference"),
 ]
 # a protocol.md that is not ours: ours is docs/protocol.md (or protocol.md in a
 # link between the pages of docs/)

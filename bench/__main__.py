@@ -25,7 +25,7 @@ from bench import workloads as W
 from bench.cluster import BenchCluster, machine_busy_ticks
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
-TARGETS = {  # DESIGN goals on the 2-core reference machine
+TARGETS = {  # the project's goals on a 2-core reference machine (unit, minimum)
     "seq-write-1m-qd8": ("mib_s", 250.0),
     "rand-read-4k-qd16": ("iops", 10_000.0),
     "rand-write-4k-qd16": ("iops", 3_000.0),

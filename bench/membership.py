@@ -1,4 +1,5 @@
-"""``python -m bench.membership``: membership-driver figures for issue 3.
+"""``python -m bench.membership``: membership-driver figures: how fast each cluster
+driver forms a cluster and detects a failure.
 
 For each driver (default: local and zmq) it measures, with real member
 processes (``tests/unit/cluster/member_proc.py``):

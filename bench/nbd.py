@@ -14,8 +14,8 @@ the timed runs, so reads hit allocated data.  By default neither side syncs
 without ``-n`` and qemu-nbd with ``--cache=writethrough``.  Prints a Markdown
 table of ratios (b)/(a) and writes JSON (``bench/results/nbd-<time>.json``).
 Every process started is killed and the temporary directory removed at the
-end, also on errors and Ctrl-C.  Exit status 0, or 1 if the target of DESIGN
-issue 7 ((b)/(a) >= 0.25 on 4 KiB random read at depth 16) is missed.
+end, also on errors and Ctrl-C.  Exit status 0, or 1 if the NBD target
+((b)/(a) >= 0.25 on 4 KiB random read at depth 16) is missed.
 """
 
 from __future__ import annotations

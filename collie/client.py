@@ -1,4 +1,4 @@
-"""Talking to sheep the way dog does (PROTOCOL §8.2).
+"""Talking to sheep the way dog does (docs/protocol.md §8.2).
 
 :class:`Client` wraps one :class:`sheep.net.BlockingConnection` to the daemon
 given with ``-a/-p`` plus lazily opened connections to the other cluster

@@ -2,7 +2,7 @@
 
 :func:`bdrv_open` (or :meth:`AsyncVdi.open`) opens a VDI by name, reads its
 inode, and the ``bdrv_*`` methods turn byte ranges into object I/O, sending
-what QEMU's sheepdog driver sends (PROTOCOL §8.1):
+what QEMU's sheepdog driver sends (docs/protocol.md §8.1):
 
 * reads of objects the VDI has never written return zeros without asking
   the cluster; other reads go to ``vid_to_data_oid(data_vdi_id[i], i)``;

@@ -1,4 +1,4 @@
-"""Lock sessions for qemu_client (the pysheepdog extension of PROTOCOL §17).
+"""Lock sessions for qemu_client (the pysheepdog extension of docs/protocol.md §17).
 
 A :class:`LockSession` is one client's identity towards the cluster: a random
 64-bit session id carried (behind ``SD_FLAG_CMD_SESSION``) in LOCK_VDI and

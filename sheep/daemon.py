@@ -1,4 +1,5 @@
-"""One sheep node: wires the store, membership, VDI table, gateway and server.
+"""One sheep node: wires the store, membership, VDI table, gateway and server
+(how the parts fit and how a request goes through them: docs/architecture.md).
 
 Guarantees: the store is locked before anything listens; the node listens
 before it joins (so peers can reach it as soon as they see it); blocking

@@ -1,7 +1,7 @@
 """The epoch history: every epoch's member list, in memory and on disk.
 
 Each membership change of a formatted, running cluster is a new epoch
-(PROTOCOL §15); its node list is logged in ``epoch/NNNNNNNN``.  The history
+(docs/protocol.md §15); its node list is logged in ``epoch/NNNNNNNN``.  The history
 is read once at start-up and then kept in memory (the master sends it to
 every joiner, recovery looks up who held an object at a past epoch); writes
 and removals change the memory at once and the disk in delivery order, as

@@ -1,4 +1,5 @@
-"""VDI locks that never go stale: sessions, leases, fencing, handover (DESIGN §7).
+"""VDI locks that never go stale: sessions, leases, fencing, handover (docs/protocol.md §17,
+docs/data-safety.md "Fencing").
 
 Theory of operation
 -------------------
@@ -13,7 +14,7 @@ Theory of operation
   refused while anybody else holds anything but a standby.  ``shared`` —
   Sheepdog 1.0's shared lock (type 1, iSCSI multipath).  ``read`` — a
   read-only open of a working VDI (refused while a writer holds it, and it
-  keeps writers out: the seed's rule).  ``standby`` — a migration destination
+  keeps writers out).  ``standby`` — a migration destination
   opened inactive: no lock, no conflict, just the target of a handover.
   Snapshots are never locked: opens of snapshots are shared.
 * **Owner.**  ``(gateway node, session)``; Sheepdog 1.0 clients have session 0,
@@ -407,7 +408,7 @@ def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0,
 
 
 async def lock_vdi(sheep, req: proto.Request, payload: bytes):
-    """LOCK_VDI (PROTOCOL §7.4, §17) plus the session modes of the extension."""
+    """LOCK_VDI (docs/protocol.md §7.4, §17) plus the session modes of the extension."""
     a = req.args
     locks: Locks = sheep.locks
     flagged = bool(req.flags & proto.SD_FLAG_CMD_SESSION)

@@ -8,7 +8,7 @@ Two flavours over the same codec (``sheep.proto``):
 * :class:`BlockingConnection` — a plain socket, one request at a time.  Used
   by collie.
 
-Guarantees: a request's payload is sent iff the WRITE flag is set (PROTOCOL
+Guarantees: a request's payload is sent iff the WRITE flag is set (docs/protocol.md
 §1); the reply payload returned is exactly ``rsp.data_length`` bytes; if the
 connection breaks, every outstanding request fails with
 :class:`ConnectionError` (never hangs, never gets another request's reply).

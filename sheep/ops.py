@@ -1,4 +1,4 @@
-"""The op table: one entry per opcode, and request admission (PROTOCOL §4, §7).
+"""The op table: one entry per opcode, and request admission (docs/protocol.md §4, §7).
 
 Each :class:`OpSpec` names the op, its class (gateway, peer, local,
 cluster), whether it is a *force* op (allowed before format and while

@@ -1,4 +1,4 @@
-"""Sheepdog 1.0 wire codec (PROTOCOL.md): headers, records, oid helpers.
+"""Sheepdog 1.0 wire codec (docs/protocol.md): headers, records, oid helpers.
 
 Theory of operation: this module knows bytes and nothing else.  Records are
 plain dataclasses with ``pack()`` returning their exact wire bytes and a
@@ -17,7 +17,7 @@ _M64 = 0xFFFFFFFFFFFFFFFF
 
 
 def fnv1a64(data: bytes, h: int = FNV1A_64_INIT) -> int:
-    """FNV-1a 64 of ``data`` continuing from ``h`` (PROTOCOL §12.1)."""
+    """FNV-1a 64 of ``data`` continuing from ``h`` (docs/protocol.md §12.1)."""
     for b in data:
         h = ((h ^ b) * FNV_64_PRIME) & _M64
     return h
@@ -32,7 +32,7 @@ from enum import IntEnum  # noqa: E402
 from sheep.errors import CODES, RESULTS, result_name, strerror  # noqa: E402,F401
 
 # ---------------------------------------------------------------------------
-# constants (PROTOCOL §1, §4, §5, §9, §10, §18)
+# constants (docs/protocol.md §1, §4, §5, §9, §10, §18)
 
 SD_PORT = 7000
 HDR_SIZE = 48
@@ -102,7 +102,7 @@ SD_STATUS_KILLED = 4
 
 
 class Op(IntEnum):
-    """Opcodes (PROTOCOL §7.2, §7.3)."""
+    """Opcodes (docs/protocol.md §7.2, §7.3)."""
 
     CREATE_AND_WRITE_OBJ = 0x01
     READ_OBJ = 0x02
@@ -190,14 +190,14 @@ def proto_ver_for(opcode: int) -> int:
 
 
 def version_ok(opcode: int, proto_ver: int) -> bool:
-    """Admission rule 1 of PROTOCOL §4."""
+    """Admission rule 1 of docs/protocol.md §4."""
     if opcode >= 0x80:
         return proto_ver == SD_SHEEP_PROTO_VER
     return proto_ver <= SD_PROTO_VER
 
 
 # ---------------------------------------------------------------------------
-# object ids (PROTOCOL §9)
+# object ids (docs/protocol.md §9)
 
 VDI_BIT = 1 << 63
 VMSTATE_BIT = 1 << 62
@@ -269,7 +269,7 @@ def is_data_obj(oid: int) -> bool:
 
 
 def object_size(oid: int, block_size_shift: int = SD_DEFAULT_BLOCK_SIZE_SHIFT) -> int:
-    """Full size of object ``oid`` (PROTOCOL §10) for a VDI of that shift."""
+    """Full size of object ``oid`` (docs/protocol.md §10) for a VDI of that shift."""
     if oid & VDI_BIT:
         return SD_INODE_SIZE
     if oid & VDI_ATTR_BIT:
@@ -280,7 +280,7 @@ def object_size(oid: int, block_size_shift: int = SD_DEFAULT_BLOCK_SIZE_SHIFT) -
 
 
 def is_sparse_obj(oid: int) -> bool:
-    """Inode and ledger objects are stored sparse (PROTOCOL §16)."""
+    """Inode and ledger objects are stored sparse (docs/protocol.md §16)."""
     return bool(oid & (VDI_BIT | LEDGER_BIT))
 
 
@@ -293,7 +293,7 @@ def vdi_name_hash(name: bytes | str) -> int:
 
 
 def attr_slot(name: bytes, tag: bytes, snap_id: int, key: bytes) -> int:
-    """Attribute probe start slot (PROTOCOL §13 step 4)."""
+    """Attribute probe start slot (docs/protocol.md §13 step 4)."""
     h = fnv1a64(pad(name, 256))
     h = fnv1a64(pad(tag, 256), h)
     h = fnv1a64(struct.pack("<I", snap_id), h)
@@ -356,7 +356,7 @@ class Record:
 
 Z4, Z8 = b"\0" * 4, b"\0" * 8
 
-# ---- request union variants (PROTOCOL §2.1); each is 32 bytes ----
+# ---- request union variants (docs/protocol.md §2.1); each is 32 bytes ----
 
 
 @dataclass(slots=True)
@@ -486,7 +486,7 @@ _REQ_COMMON = struct.Struct("<BBHIII")
 
 @dataclass(slots=True)
 class Request:
-    """``sd_req``: the 48-byte request header (PROTOCOL §2).
+    """``sd_req``: the 48-byte request header (docs/protocol.md §2).
 
     ``args`` is the union variant for ``opcode`` (``RawArgs`` when unknown).
     """
@@ -530,7 +530,7 @@ class Request:
         return 0
 
 
-# ---- response union variants (PROTOCOL §3); each is 28 bytes after result ----
+# ---- response union variants (docs/protocol.md §3); each is 28 bytes after result ----
 
 
 @dataclass(slots=True)
@@ -591,7 +591,7 @@ _RSP_COMMON = struct.Struct("<BBHIIII")
 
 @dataclass(slots=True)
 class Response:
-    """``sd_rsp``: the 48-byte response header (PROTOCOL §3)."""
+    """``sd_rsp``: the 48-byte response header (docs/protocol.md §3)."""
 
     opcode: int
     result: int = 0
@@ -620,7 +620,7 @@ class Response:
 
 
 # ---------------------------------------------------------------------------
-# nodes (PROTOCOL §14.1, §14.2)
+# nodes (docs/protocol.md §14.1, §14.2)
 
 
 def addr_from_str(host: str) -> bytes:
@@ -717,7 +717,7 @@ def nid_to_str(nid: bytes) -> str:
 
 
 # ---------------------------------------------------------------------------
-# cluster records (PROTOCOL §16, §18)
+# cluster records (docs/protocol.md §16, §18)
 
 
 @dataclass(slots=True)
@@ -861,7 +861,7 @@ class SdStat(Record):
 
 
 # ---------------------------------------------------------------------------
-# inode (PROTOCOL §11) and attributes (§13)
+# inode (docs/protocol.md §11) and attributes (§13)
 
 
 @dataclass(slots=True)

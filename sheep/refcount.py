@@ -1,4 +1,4 @@
-"""Reclaiming data objects that no VDI references any more (PROTOCOL §11.5).
+"""Reclaiming data objects that no VDI references any more (docs/protocol.md §11.5).
 
 Design choice: reachability under the cluster block, not ``gref`` ledgers
 -----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Local ops used by ``dog vdi check`` / ``dog cluster check`` (PROTOCOL §7.3, §7.5).
+"""Local ops used by ``dog vdi check`` / ``dog cluster check`` (docs/protocol.md §7.3, §7.5).
 
 * REPAIR_REPLICA (0xC5): fetch the whole object ``forw.oid`` with its version
   from the node ``forw.addr:forw.port`` (a recovery read, so the source never

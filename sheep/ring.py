@@ -1,4 +1,4 @@
-"""Consistent-hash ring: vnode points and object placement (PROTOCOL §14.3-14.5).
+"""Consistent-hash ring: vnode points and object placement (docs/protocol.md §14.3-14.5).
 
 Theory of operation
 -------------------

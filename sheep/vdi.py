@@ -1,4 +1,4 @@
-"""VDI ids, bitmaps, lookup, create, delete and attributes (PROTOCOL §12, §13).
+"""VDI ids, bitmaps, lookup, create, delete and attributes (docs/protocol.md §12, §13).
 
 Theory of operation: every node keeps the two 2^24-bit bitmaps (in use,
 deleted) and a state record per vid (copies, policy, object size shift,

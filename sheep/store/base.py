@@ -1,6 +1,6 @@
 """The object store interface used by the sheep daemon.
 
-A store owns one node's base directory (PROTOCOL §16): the cluster config,
+A store owns one node's base directory (docs/protocol.md §16): the cluster config,
 the epoch logs (§15) and the object files. Every method is synchronous,
 blocking and thread-safe: the daemon calls them from an executor and
 sometimes inline. Failures that have a Sheepdog result code are raised as
@@ -155,7 +155,7 @@ class Store(abc.ABC):
         Returns the indices of bad blocks ([] if all good); NO_OBJ if absent.
         """
 
-    # -- stale copies (PROTOCOL §15) -----------------------------------------
+    # -- stale copies (docs/protocol.md §15) -----------------------------------------
 
     @abc.abstractmethod
     def move_many_to_stale(self, oids, epoch: int) -> int:

@@ -1,4 +1,4 @@
-"""The parts of a node's base directory that are not objects (PROTOCOL §15, §16).
+"""The parts of a node's base directory that are not objects (docs/protocol.md §15, §16).
 
 Layout under ``base_dir``::
 

@@ -1,4 +1,5 @@
-"""The "plain" store: one file per object (PROTOCOL §16, DESIGN §6).
+"""The "plain" store: one file per object (docs/protocol.md §16,
+docs/data-safety.md "Versions").
 
 Layout (``sheep.store.basedir`` holds config, epoch logs and the lock)::
 

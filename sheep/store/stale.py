@@ -1,7 +1,7 @@
 """Stale copies of the plain store, and tidying its layout after a crash.
 
 A stale copy is a former live copy kept, frozen, as ``obj/.stale/<oid>.<epoch>``
-with its record in ``meta/stale/<oid>.<epoch>`` (PROTOCOL §15/§16): the node
+with its record in ``meta/stale/<oid>.<epoch>`` (docs/protocol.md §15/§16): the node
 no longer holds the object at a new epoch, or it rejoined after missing
 writes.  Recovery may fetch a stale copy (by its version, see
 ``sheep.recovery``); once every node finished recovering, they are purged.

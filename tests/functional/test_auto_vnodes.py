@@ -1,6 +1,6 @@
-"""Automatic vnodes weighted by free space as in Sheepdog 1.0 (issue 11
-point 3): three real daemons, each with its store on its own tmpfs of a known
-size, list 1.0's vnode counts already before format, keep them after format
+"""Automatic vnodes weighted by free space as in Sheepdog 1.0
+(docs/protocol.md §14.4): three real daemons, each with its store on its own
+tmpfs of a known size, list 1.0's vnode counts already before format, keep them after format
 and keep their measured space across a restart however full the disk got."""
 
 import subprocess

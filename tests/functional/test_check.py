@@ -1,5 +1,5 @@
-"""Replica checks and repair (issue 4, item 5): ``collie vdi check``,
-``collie cluster check``, ``collie vdi track`` and the recovery throttle on a
+"""Replica checks and repair (docs/data-safety.md "Check and repair"):
+``collie vdi check``, ``collie cluster check``, ``collie vdi track`` and the recovery throttle on a
 real 3-node cluster with 3 copies.  Replicas are deleted or corrupted behind
 the daemons' backs, directly in their object directories."""
 

@@ -1,4 +1,4 @@
-"""``collie cluster snapshot save|list|load`` (issue 11 point 11) against a real
+"""``collie cluster snapshot save|list|load`` (docs/collie-dog-compat.md) against a real
 cluster: a VDI family (working VDI, snapshot, clone) saved to a local
 directory, the cluster wiped, and the family loaded back with the same data;
 dog 1.0's messages (dog/cluster.c save_snapshot/load_snapshot/list_snapshot)."""

@@ -1,4 +1,4 @@
-"""dog's other commands in collie (issue 11 point 11), against a real cluster:
+"""dog's other commands in collie (docs/collie-dog-compat.md), against a real cluster:
 node stat, node log level, node md, vdi graph, options between arguments,
 --version.  Expected texts are dog 1.0's formats (dog/node.c, dog/vdi.c,
 dog/common.c, dog/dog.c)."""

@@ -43,7 +43,7 @@ def _sort_last_line(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-# where collie deliberately differs from dog (issue 6: it formats with VDI locking
+# where collie deliberately differs from dog (README.md "VDI locks": it formats with VDI locking
 # by default and lists locks with sessions and generations) the step runs as "dog"
 AS_DOG = {"cluster_format_nolock", "vdi_lock_list"}
 _DOG = "import sys; sys.argv[0] = 'dog'; from collie.__main__ import main; sys.exit(main())"

@@ -1,4 +1,4 @@
-"""Disk errors (issue 4, issue 11 point 6): a vanished store takes its node out
+"""Disk errors (docs/data-safety.md "Disk failures"): a vanished store takes its node out
 of the cluster and its objects are recovered elsewhere, while a running writer
 sees no error; a full disk gives the client NO_SPACE.
 
@@ -67,7 +67,7 @@ def test_full_disk_gives_no_space(make_cluster, small_fs):
 
 
 def test_failing_epoch_change_takes_the_node_out(make_cluster):
-    """Data-safety issue, point 7: an I/O error half-way through a membership
+    """An I/O error half-way through a membership
     change must not leave a half-updated node serving.  Node 3's epoch log
     directory is replaced by a file, so writing the next epoch log fails: the
     node stops serving and exits; the others go on, with every write intact."""
@@ -153,7 +153,7 @@ def mounts():
 @pytest.mark.parametrize("victim_idx,how", [(3, "vanish"), (0, "vanish"), (3, "read-only")],
                          ids=["replica-vanished", "gateway-vanished", "replica-read-only"])
 def test_disk_loss_under_a_running_writer(make_cluster, mounts, victim_idx, how):
-    """Issue 11 point 6: one node's object directory vanishes (renamed away)
+    """One node's object directory vanishes (renamed away)
     or its filesystem turns read-only (EROFS, what ext4 does on a failing
     disk with errors=remount-ro) while a client writes; that node leaves, the
     writer sees no error (its gateway retries on the next epoch, or — when

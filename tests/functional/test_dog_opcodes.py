@@ -1,5 +1,5 @@
 """Every opcode Sheepdog 1.0's dog can send, sent the way dog sends it
-(issue 11 point 9), to a real cluster: none may get the "unknown opcode"
+(docs/collie-dog-compat.md), to a real cluster: none may get the "unknown opcode"
 answer (INVALID_PARMS) unless a 1.0 daemon answers so too -- FLUSH_VDI
 without the object cache, NFS_CREATE/NFS_DELETE without NFS.
 

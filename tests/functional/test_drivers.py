@@ -1,5 +1,5 @@
-"""collie against real sheep daemons on every membership driver (issue 3):
-node list, cluster info, I/O, node kill and cluster shutdown."""
+"""collie against real sheep daemons on every membership driver
+(docs/architecture.md "Cluster"): node list, cluster info, I/O, node kill and cluster shutdown."""
 
 import subprocess
 import sys

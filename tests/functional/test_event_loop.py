@@ -1,4 +1,4 @@
-"""Membership work never starves the heartbeats (data-safety issue, point 5).
+"""Membership work never starves the heartbeats (docs/data-safety.md "Epoch changes").
 
 A node comes back with 50,000 objects in its store while the cluster moved
 on: it must keep all of them only as stale copies (moving every one to

@@ -1,5 +1,5 @@
 """Fencing at every replica and leases that survive this process's own stops
-(data-safety issue, points 4 and 11), with real daemons and real clients."""
+(docs/data-safety.md "Fencing"), with real daemons and real clients."""
 
 import signal
 import time

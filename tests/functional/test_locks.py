@@ -1,4 +1,4 @@
-"""VDI locks that never go stale (issue 6), with real daemons and real client processes.
+"""VDI locks that never go stale (docs/protocol.md §17), with real daemons and real client processes.
 
 Clusters run with ``--lock-grace 3`` so that session expiry is quick; every
 wait is a condition polled until a deadline.

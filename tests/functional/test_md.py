@@ -1,5 +1,5 @@
-"""Multi-disk nodes (``sheep BASE,DIR1,DIR2``, issue 11 point 8): objects on
-1.0's md placement, MD_INFO / MD_PLUG / MD_UNPLUG, a lost disk dropped while a
+"""Multi-disk nodes (``sheep BASE,DIR1,DIR2``, docs/operations.md "Disks"):
+objects on 1.0's md placement, MD_INFO / MD_PLUG / MD_UNPLUG, a lost disk dropped while a
 writer runs, and the node re-weighted each time."""
 
 import os

@@ -1,4 +1,4 @@
-"""Bounded memory per connection (data-safety issue, point 10).
+"""Bounded memory per connection (docs/data-safety.md "Bounded memory").
 
 A client that sends writes faster than the cluster completes them (here: a
 replica is stopped, so every write stays in progress) must not make the

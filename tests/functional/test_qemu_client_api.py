@@ -1,4 +1,4 @@
-"""qemu_client's block-driver API against real daemons (issue 7).
+"""qemu_client's block-driver API against real daemons (README.md "Using it").
 
 Every ``bdrv_*`` call, the sector API, unaligned I/O across objects,
 discard / write-zeroes, resize, snapshots compared with ``collie vdi list``,

@@ -1,4 +1,4 @@
-"""Recovery across epochs (issue 4): objects follow the ring, no data lost."""
+"""Recovery across epochs (docs/protocol.md §15): objects follow the ring, no data lost."""
 
 import os
 import signal

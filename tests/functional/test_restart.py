@@ -1,4 +1,4 @@
-"""Restart from disk and join rules (issue 3), with real daemons on the local driver."""
+"""Restart from disk and join rules (sheep/joins.py), with real daemons on the local driver."""
 
 import shutil
 import signal

@@ -1,4 +1,4 @@
-"""``sheep`` command-line errors in Sheepdog 1.0's words (issue 11 point 10):
+"""``sheep`` command-line errors in Sheepdog 1.0's words (sheep/config.py):
 the real program, started like a user would, refuses bad values with 1.0's
 message on stderr, exit code 1, and starts nothing (no pid file, no store)."""
 

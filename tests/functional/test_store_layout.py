@@ -1,4 +1,4 @@
-"""The store on disk, with real daemons (issue 11, point 4).
+"""The store on disk, with real daemons (docs/protocol.md §16).
 
 * ``obj/`` holds exactly Sheepdog 1.0's layout: object files named
   ``%016x`` (1.0's ``get_obj_path``) at full size, and ``.stale/`` holding

@@ -1,5 +1,5 @@
-"""A lock taken away while its writer's write is still on its way (data-safety
-issue, point 4; found by an adversarial review of the fencing).
+"""A lock taken away while its writer's write is still on its way (found by an
+adversarial review of the fencing; docs/data-safety.md "Fencing").
 
 Each replica checks a write's lock generation against its own copy of the
 lock table, and the tables learn of an unlock at slightly different

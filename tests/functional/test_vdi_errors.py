@@ -1,5 +1,5 @@
-"""VDI creation errors as Sheepdog 1.0 reports them (issue 11 point 5): when
-the new VDI's inode cannot be written — here because the disk is full — the
+"""VDI creation errors as Sheepdog 1.0 reports them (docs/protocol.md §12.4):
+when the new VDI's inode cannot be written — here because the disk is full — the
 daemon answers VDI_WRITE and collie prints dog's "Failed to create VDI NAME:
 Failed to write to requested VDI" with exit code 1, for a create, a snapshot
 and a clone alike; nothing of the failed VDI is left behind."""

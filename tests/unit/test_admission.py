@@ -1,5 +1,5 @@
-"""Admission and the replica-side checks without daemons (data-safety issue,
-point 9): a node that may not serve refuses every op that does I/O — the
+"""Admission and the replica-side checks without daemons
+(docs/data-safety.md "Partitions and serving"): a node that may not serve refuses every op that does I/O — the
 DISCARD_OBJ that writes an inode's index too — and the gateway's own leg of a
 fan-out runs the same epoch, serving and fencing checks as a peer's.
 """

@@ -1,4 +1,4 @@
-"""Unit tests for sheep.ring (PROTOCOL §14.3-14.5, Appendix A)."""
+"""Unit tests for sheep.ring (docs/protocol.md §14.3-14.5, Appendix A)."""
 
 from __future__ import annotations
 

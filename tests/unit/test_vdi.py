@@ -1,4 +1,4 @@
-"""VDI ids, lookup and the NEW_VDI/DEL_VDI algorithms (PROTOCOL §12) against an
+"""VDI ids, lookup and the NEW_VDI/DEL_VDI algorithms (docs/protocol.md §12) against an
 in-memory object store standing in for the gateway (no daemons)."""
 
 import pytest

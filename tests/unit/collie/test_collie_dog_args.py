@@ -1,4 +1,4 @@
-"""Pure units for issue 11 point 11: dog's argument permutation, the
+"""Pure units for dog's other commands (docs/collie-dog-compat.md): dog's argument permutation, the
 ``sd_md_info`` layout and ``node stat``'s lines."""
 
 import pytest

@@ -60,7 +60,7 @@ def _xxd(data: bytes) -> str:
     return "\n".join(lines) + "\n"
 
 
-# where collie deliberately differs from dog (issue 6: collie formats with VDI
+# where collie deliberately differs from dog (README.md "VDI locks": collie formats with VDI
 # locking by default and lists locks with sessions and generations), the
 # capture is replayed with the program named "dog", which keeps 1.0's behaviour
 AS_DOG = {"cluster_format_nolock", "vdi_lock_list", "vdi_lock_list_empty"}

@@ -1,4 +1,5 @@
-"""PlainStore: the 1.0 layout of obj/, and copies put there by hand (issue 11, point 4).
+"""PlainStore: the 1.0 layout of obj/, and copies put there by hand
+(docs/protocol.md §16).
 
 ``obj/`` holds only object files and ``.stale/`` (Sheepdog 1.0's
 ``get_obj_path`` / ``.stale/%016x.%u``); the records live in ``meta/``.  An

@@ -1,4 +1,4 @@
-"""PlainStore on real files (PROTOCOL §15, §16; DESIGN §6)."""
+"""PlainStore on real files (docs/protocol.md §15, §16; docs/data-safety.md)."""
 
 import os
 import struct

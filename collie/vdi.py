@@ -13,7 +13,7 @@ from sheep import proto
 from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 
-from collie import vdi_backup, vdi_extra
+from collie import progress, vdi_backup, vdi_extra, vdi_image
 from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_USAGE, Client, CollieError, VdiEntry,
                            count_data_objs, unpack_vids)
@@ -94,11 +94,14 @@ def vdi_create(args, client: Client, out: Out) -> int:
             raise CollieError(*e.messages, "Failed to read a newly created VDI object",
                               code=EXIT_FAILURE) from None
         inode = proto.InodeHeader.unpack(raw)
-        for idx in range((size + inode.object_size - 1) // inode.object_size):
-            client.write_object(proto.vid_to_data_oid(vid, idx), b"", 0,
-                                copies=inode.nr_copies, copy_policy=inode.copy_policy,
-                                create=True, direct=True)
-            client.write_inode_vid(inode, vid, idx, vid, direct=True)
+        nr = (size + inode.object_size - 1) // inode.object_size
+        with progress.bar(args, nr, f"preallocate {args.name}", unit="obj") as bar:
+            for idx in range(nr):
+                client.write_object(proto.vid_to_data_oid(vid, idx), b"", 0,
+                                    copies=inode.nr_copies, copy_policy=inode.copy_policy,
+                                    create=True, direct=True)
+                client.write_inode_vid(inode, vid, idx, vid, direct=True)
+                bar.update(1)
     if args.verbose:
         out.line(f"{vid:x}" if out.raw else f"VDI ID of newly created VDI: {vid:x}")
     return EXIT_SUCCESS
@@ -369,18 +372,20 @@ def vdi_read(args, client: Client, out: Out) -> int:
     if length is not None:
         total = min(total, length)
     idx, off, done = offset // osize, offset % osize, 0
-    while done < total:
-        n = min(total - done, osize - off)
-        vid = vids[idx] if idx < len(vids) else 0
-        if vid:
-            try:
-                data = client.read_object(proto.vid_to_data_oid(vid, idx), n, off)
-            except CollieError as e:
-                raise CollieError(*e.messages, "Failed to read VDI") from None
-        else:
-            data = bytes(n)
-        out.write_bytes(data)
-        off, idx, done = 0, idx + 1, done + n
+    with progress.bar(args, total, f"read {args.name}") as bar:
+        while done < total:
+            n = min(total - done, osize - off)
+            vid = vids[idx] if idx < len(vids) else 0
+            if vid:
+                try:
+                    data = client.read_object(proto.vid_to_data_oid(vid, idx), n, off)
+                except CollieError as e:
+                    raise CollieError(*e.messages, "Failed to read VDI") from None
+            else:
+                data = bytes(n)
+            out.write_bytes(data)
+            off, idx, done = 0, idx + 1, done + n
+            bar.update(n)
     return EXIT_SUCCESS
 
 
@@ -411,6 +416,7 @@ def vdi_write(args, client: Client, out: Out) -> int:
     total = inode.vdi_size - offset if length is None else length
     flags = proto.SD_FLAG_CMD_CACHE if args.writeback else 0
     idx, off, done = offset // osize, offset % osize, 0
+    bar = progress.bar(args, total, f"write {args.name}")
     while done < total:
         n = min(total - done, osize - off)
         cur = vids[idx]
@@ -421,19 +427,25 @@ def vdi_write(args, client: Client, out: Out) -> int:
         if len(data) < n:  # short read: send this (zero-padded) chunk and stop
             data = data + bytes(n - len(data))
             total = done + n
-        vids[idx] = inode.vdi_id
-        try:
-            client.write_object(proto.vid_to_data_oid(inode.vdi_id, idx), data, off,
-                                cow_oid=old_oid, flags=flags, copies=inode.nr_copies,
-                                copy_policy=inode.copy_policy, create=create)
-            if create:
-                client.write_inode_vid(inode, vid, idx, vid, flags=flags)
-        except CollieError as e:
-            raise CollieError(*e.messages, "Failed to write VDI") from None
+        # an unallocated object (not even shared with a parent) reads as
+        # zeros: writing zeros into it would only allocate it
+        if cur or not vdi_image.is_zero(data):
+            vids[idx] = inode.vdi_id
+            try:
+                client.write_object(proto.vid_to_data_oid(inode.vdi_id, idx), data, off,
+                                    cow_oid=old_oid, flags=flags, copies=inode.nr_copies,
+                                    copy_policy=inode.copy_policy, create=create)
+                if create:
+                    client.write_inode_vid(inode, vid, idx, vid, flags=flags)
+            except CollieError as e:
+                bar.close()
+                raise CollieError(*e.messages, "Failed to write VDI") from None
         off += n
         if off == osize:
             off, idx = 0, idx + 1
         done += n
+        bar.update(n)
+    bar.close()
     return EXIT_SUCCESS
 
 
@@ -483,6 +495,7 @@ def register(reg) -> None:
                    help="specify the data redundancy level")
     p.add_argument("-z", "--block_size_shift", metavar="SHIFT",
                    help="specify the bit shift num for data object size")
+    progress.add_option(p)
 
     p = cmd("snapshot", vdi_snapshot, "create a snapshot", ("name",), raw=True, snap=True)
     p.add_argument("-R", "--reduce-identical-snapshots", action="store_true",
@@ -512,12 +525,17 @@ def register(reg) -> None:
     cmd("tree", vdi_tree, "show images in tree view format")
     cmd("graph", vdi_graph, "show images in Graphviz dot format")
     cmd("resize", vdi_resize, "resize an image", ("name", "size"))
-    cmd("read", vdi_read, "read data from an image",
-        ("name", "offset?", "len?"), snap=True)
-    p = cmd("write", vdi_write, "write data to an image", ("name", "offset?", "len?"))
+    p = cmd("read", vdi_read, "read data from an image",
+            ("name", "offset?", "len?"), snap=True)
+    progress.add_option(p)
+    p = cmd("write", vdi_write, "write data to an image (all-zero data is not written "
+            "into objects that are not allocated yet: they read as zeros)",
+            ("name", "offset?", "len?"))
     p.add_argument("-w", "--writeback", action="store_true", help="use writeback mode")
+    progress.add_option(p)
 
     vdi_extra.register(reg, sub, cmd)
     from collie import vdi_check
     vdi_check.register_vdi(reg, sub, cmd)
     vdi_backup.register_vdi(cmd)
+    vdi_image.register_vdi(cmd)

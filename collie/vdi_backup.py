@@ -27,6 +27,7 @@ from sheep import proto
 from sheep.errors import strerror
 from sheep.proto import Op, Request
 
+from collie import progress
 from collie.client import EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client, CollieError
 from collie.output import Out
 
@@ -71,22 +72,30 @@ def vdi_backup(args, client: Client, out: Out) -> int:
     to_vids = _index(to_raw, to_inode)
     write = out.write_bytes
     write(HDR.pack(VDI_BACKUP_FORMAT_VERSION, VDI_BACKUP_MAGIC))
-    for idx, to_vid in enumerate(to_vids):
-        from_vid = from_vids[idx] if idx < len(from_vids) else 0
-        if not to_vid and not from_vid:
-            continue
-        if to_vid == from_vid:
-            continue  # the same object: nothing changed
-        to_data = (client.read_object(proto.vid_to_data_oid(to_vid, idx), osize, 0, direct=True)
-                   if to_vid else bytes(osize))
-        from_data = (client.read_object(proto.vid_to_data_oid(from_vid, idx), osize, 0,
-                                        direct=True) if from_vid else bytes(osize))
-        off, length = compact(to_data, from_data)
-        if not length:
-            continue
-        write(REC.pack(idx, off, length, 0) + to_data[off:off + length])
+    with progress.bar(args, len(to_vids), f"backup {args.name}", unit="obj") as bar:
+        for idx, to_vid in enumerate(to_vids):
+            _backup_one(client, write, osize, idx, to_vid, from_vids)
+            bar.update(1)
     write(REC.pack(END_IDX, 0, 0, 0))
     return EXIT_SUCCESS
+
+
+def _backup_one(client: Client, write, osize: int, idx: int, to_vid: int,
+                from_vids: list[int]) -> None:
+    """Write the record of object ``idx`` (nothing when it did not change)."""
+    from_vid = from_vids[idx] if idx < len(from_vids) else 0
+    if not to_vid and not from_vid:
+        return
+    if to_vid == from_vid:
+        return  # the same object: nothing changed
+    to_data = (client.read_object(proto.vid_to_data_oid(to_vid, idx), osize, 0, direct=True)
+               if to_vid else bytes(osize))
+    from_data = (client.read_object(proto.vid_to_data_oid(from_vid, idx), osize, 0,
+                                    direct=True) if from_vid else bytes(osize))
+    off, length = compact(to_data, from_data)
+    if not length:
+        return
+    write(REC.pack(idx, off, length, 0) + to_data[off:off + length])
 
 
 def _read_exact(stream, n: int) -> bytes:
@@ -100,7 +109,8 @@ def _read_exact(stream, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def _do_restore(client: Client, name: str, snapid: int, tag: str, stream) -> None:
+def _do_restore(client: Client, name: str, snapid: int, tag: str, stream,
+                bar=progress.NULL) -> None:
     from collie.vdi import do_vdi_delete
     hdr = _read_exact(stream, HDR.size)
     if len(hdr) != HDR.size or HDR.unpack(hdr) != (VDI_BACKUP_FORMAT_VERSION, VDI_BACKUP_MAGIC):
@@ -117,6 +127,7 @@ def _do_restore(client: Client, name: str, snapid: int, tag: str, stream) -> Non
         if idx == END_IDX:
             return
         data = _read_exact(stream, length)
+        bar.update(REC.size + len(data))
         if len(data) != length or off + length > inode.object_size:
             raise CollieError("failed to read backup data", code=EXIT_SYSFAIL)
         parent = parent_vids[idx] if idx < len(parent_vids) else 0
@@ -157,7 +168,8 @@ def vdi_restore(args, client: Client, out: Out) -> int:
         raise CollieError(*e.messages, "Failed to delete the current state") from None
     ret, err = EXIT_SUCCESS, None
     try:
-        _do_restore(client, args.name, snapid, tag, stream)
+        with progress.bar(args, None, f"restore {args.name}") as bar:
+            _do_restore(client, args.name, snapid, tag, stream, bar)
     except CollieError as e:
         ret, err = e.code, e
     try:  # recreate the current VDI (the restored one becomes a snapshot)
@@ -270,7 +282,10 @@ def register_vdi(cmd) -> None:
             ("name",), snap=True)
     p.add_argument("-F", "--from", dest="from_snapshot", metavar="SNAPSHOT",
                    help="the older snapshot (id or tag) of the increment")
-    cmd("restore", vdi_restore, "restore snapshot images from a backup", ("name",), snap=True)
+    progress.add_option(p)
+    p = cmd("restore", vdi_restore, "restore snapshot images from a backup", ("name",),
+            snap=True)
+    progress.add_option(p)
     p = cmd("alter-copy", vdi_alter_copy, "set the vdi's redundancy level", ("name",))
     p.add_argument("-c", "--copies", metavar="COPIES", help="specify the data redundancy level")
     p.add_argument("-f", "--force", action="store_true", help="do operation forcibly")

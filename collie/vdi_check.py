@@ -39,6 +39,7 @@ from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 from sheep.ring import Ring
 
+from collie import progress
 from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client,
                            CollieError)
 from collie.output import Out
@@ -207,7 +208,7 @@ class Checker:
 
 
 def do_vdi_check(client: Client, out: Out, inode: proto.InodeHeader,
-                 vids: list[int]) -> int:
+                 vids: list[int], bar: progress.Progress = progress.NULL) -> int:
     if inode.copy_policy and client.nr_zones < inode.nr_copies:
         raise CollieError("ABORT: Not enough active zones for consistency-checking "
                           "erasure coded VDI", code=EXIT_FAILURE)
@@ -219,17 +220,21 @@ def do_vdi_check(client: Client, out: Out, inode: proto.InodeHeader,
             try:
                 for f in futures:
                     rep = f.result()
-                    for line in rep.lines:
-                        out.line(line)
-                    for line in rep.errors:
-                        out.err(line)
+                    if rep.lines or rep.errors:
+                        with bar.write_mode():
+                            for line in rep.lines:
+                                out.line(line)
+                            for line in rep.errors:
+                                out.err(line)
+                    bar.update(1)
             except BaseException:
                 for f in futures:
                     f.cancel()
                 raise
     finally:
         conns.close()
-    out.line(f"finish check&repair {inode.name_str}")
+    with bar.write_mode():
+        out.line(f"finish check&repair {inode.name_str}")
     return EXIT_SUCCESS
 
 
@@ -278,17 +283,23 @@ def vdi_check(args, client: Client, out: Out) -> int:
     vids = inode_index(raw, inode)
     if args.exist:
         return do_vdi_check_exist(client, out, inode, vids)
-    return do_vdi_check(client, out, inode, vids)
+    with progress.bar(args, len(object_list(inode, vids)), f"check {args.name}",
+                      unit="obj") as bar:
+        return do_vdi_check(client, out, inode, vids, bar)
 
 
 def cluster_check(args, client: Client, out: Out) -> int:
     client.update_node_list()
-    for e in client.parse_vdi(with_index=True):
-        if e.inode.is_snapshot:
-            out.line(f'fix snapshot {e.name} (id: {e.snapid}, tag: "{e.tag}")')
-        else:
-            out.line(f"fix vdi {e.name}")
-        do_vdi_check(client, out, e.inode, e.data_vdi_id)
+    entries = client.parse_vdi(with_index=True)
+    total = sum(len(object_list(e.inode, e.data_vdi_id)) for e in entries)
+    with progress.bar(args, total, "check cluster", unit="obj") as bar:
+        for e in entries:
+            with bar.write_mode():
+                if e.inode.is_snapshot:
+                    out.line(f'fix snapshot {e.name} (id: {e.snapid}, tag: "{e.tag}")')
+                else:
+                    out.line(f"fix vdi {e.name}")
+            do_vdi_check(client, out, e.inode, e.data_vdi_id, bar)
     return EXIT_SUCCESS
 
 
@@ -364,6 +375,7 @@ def register_vdi(reg, sub, cmd) -> None:
     p = cmd("check", vdi_check, "check and repair image's consistency", ("name",), snap=True)
     p.add_argument("-e", "--exist", action="store_true",
                    help="only check objects exist or not, neither comparing nor repairing")
+    progress.add_option(p)
     p = cmd("track", vdi_track, "show the object epoch trace in the image", ("name",),
             snap=True)
     p.add_argument("-i", "--index", metavar="INDEX",
@@ -373,4 +385,5 @@ def register_vdi(reg, sub, cmd) -> None:
 
 
 def register_cluster(reg, sub) -> None:
-    reg.add("check", cluster_check, "check and repair cluster", subparsers=sub)
+    p = reg.add("check", cluster_check, "check and repair cluster", subparsers=sub)
+    progress.add_option(p)

@@ -1,4 +1,4 @@
-"""Image import/export and progress bars (issue 12, point 7) on a real
+"""Image import/export and progress bars on a real
 2-node cluster: ``collie vdi import/export`` keep images sparse and
 byte-identical, ``vdi write`` does not allocate all-zero objects, and the
 progress bar shows on a pseudo-terminal (stderr) only — never when stderr is

@@ -67,6 +67,7 @@ class Config:
     zone: int | None = None
     cluster: str = "local"
     myaddr: str = "127.0.0.1"
+    myaddr_auto: bool = False  # no -y: sheep.advertise picks it at start-up
     bindaddr: str = "0.0.0.0"
     nosync: bool = False
     log_dir: str | None = None
@@ -106,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
                         "zmq:HOST:PORT[,HOST:PORT...], "
                         "zookeeper:HOST:PORT[,...][/CLUSTER_ID][,timeout=N]")
     p.add_argument("-y", "--myaddr", default=None,
-                   help="address advertised to the cluster (default 127.0.0.1)")
+                   help="address advertised to the cluster: the one peers and clients "
+                        "reach this node at (default: the -b address if it is a specific "
+                        "one, else for zmq/zookeeper the local address routed to the first "
+                        "seed/ZooKeeper server, else 127.0.0.1)")
     p.add_argument("-b", "--bindaddr", default=None,
                    help="address to listen on (default: all addresses)")
     p.add_argument("-n", "--nosync", action="store_true",
@@ -197,6 +201,8 @@ def parse(argv: list[str]) -> Config:
     cfg.cluster = ns.cluster
     if ns.myaddr:
         cfg.myaddr = _addr(ns.myaddr, "Invalid address: '{}'")
+    else:
+        cfg.myaddr_auto = True
     if ns.bindaddr:
         cfg.bindaddr = _addr(ns.bindaddr, "Bad address '{}'")
     cfg.nosync = ns.nosync

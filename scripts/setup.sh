@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # Debian packages the daemon, tests and benchmarks use (zookeeper: the
 # server the zookeeper cluster driver's tests start; it pulls a Java runtime;
 # qemu-utils: qemu-io, qemu-img and qemu-nbd for tests/external and bench.nbd;
-# fio: the NBD benchmark client; iproute2: network namespaces of the partition tests).
-APT_PACKAGES=(procps iproute2 zookeeper qemu-utils fio)
+# fio: the NBD benchmark client; iproute2: network namespaces of the partition tests;
+# systemd: systemd-analyze, which checks contrib/systemd; groff-base: renders the man pages).
+APT_PACKAGES=(procps iproute2 zookeeper qemu-utils fio systemd groff-base)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-z", "--zone", help="failure domain (default: derived from the address)")
     p.add_argument("-c", "--cluster", default="local",
                    help="cluster driver: local[:PATH] (default local), "
-                        "zmq:HOST:PORT[,HOST:PORT...], "
+                        "zmq:HOST:PORT[,HOST:PORT...][,self=HOST:PORT], "
                         "zookeeper:HOST:PORT[,...][/CLUSTER_ID][,timeout=N]")
     p.add_argument("-y", "--myaddr", default=None,
                    help="address advertised to the cluster: the one peers and clients "

@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from harness import Client, wait_for
@@ -85,6 +86,7 @@ class Walk:
         self.tmp, self.net, self.zk = tmp, net, zk
         self.live: set[int] = set()
         self.killed: int | None = None
+        self.times: list[tuple[str, float, float]] = []
         self.demo = os.urandom(1 << 20)
         (tmp / "demo.img").write_bytes(self.demo)
 
@@ -106,7 +108,9 @@ class Walk:
     def step(self, n: int, cmd: str) -> subprocess.CompletedProcess:
         zk_host, zk_port = (self.zk.host, self.zk.port) if self.zk else (None, None)
         local = localize(cmd, n, self.addr, zk_host, zk_port, self.store)
+        t0 = time.monotonic()
         r = self.run(n, ["bash", "-o", "pipefail", "-c", local])
+        t1 = time.monotonic()
         assert r.returncode == 0, (f"node{n}$ {cmd}\n  ran as: {local}\n  exit {r.returncode}"
                                    f"\n  stdout: {r.stdout[-2000:]}\n  stderr: {r.stderr[-2000:]}")
         if cmd.startswith("sheep "):
@@ -124,6 +128,8 @@ class Walk:
             self.live.discard(victim)
             self.wait_members()
             self.killed = victim
+        self.times.append((f"node{n}$ {cmd[:40]}", round(t1 - t0, 2),
+                           round(time.monotonic() - t1, 2)))
         return r
 
     def walk(self, title: str) -> list[str]:
@@ -131,6 +137,8 @@ class Walk:
         for n, cmd in steps(title):
             self.step(n, cmd)
             done.append(f"node{n}$ {cmd}")
+        for line, ran, waited in self.times:  # figures: seconds per step (-s shows them)
+            print(f"{ran:6.2f} s + {waited:5.2f} s wait  {line}")
         return done
 
     def close(self) -> None:

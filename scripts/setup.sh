@@ -38,9 +38,11 @@ esac
 #   zookeeper:  the server the zookeeper cluster driver's tests start (pulls a Java runtime);
 #   qemu-utils: qemu-io, qemu-img, qemu-nbd for tests/external and bench.nbd;
 #   fio:        the NBD benchmark client;
-#   iproute2:   network namespaces of the partition probes (`ip netns`).
+#   iproute2:   network namespaces of the partition probes and multi-host tests (`ip netns`);
+#   systemd:    systemd-analyze, which checks contrib/systemd;
+#   groff-base: renders the generated man pages.
 RUN_PACKAGES=(procps)
-TEST_PACKAGES=(procps iproute2 zookeeper qemu-utils fio)
+TEST_PACKAGES=(procps iproute2 zookeeper qemu-utils fio systemd groff-base)
 BENCH_PACKAGES=(procps qemu-utils fio)
 
 # ---- pip extras of each mode (setup.cfg [options.extras_require]): THE ONE LINE TO CHANGE ----

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         if e.details:
             sys.stdout.write(e.details)
         return 1
+    if cfg.myaddr_auto:  # no -y: -b, or the route to the cluster driver (sheep.advertise)
+        from sheep import advertise
+
+        cfg.myaddr = advertise.resolve(None, cfg.bindaddr, cfg.cluster)
     for d in cfg.stores:
         try:
             os.makedirs(d, exist_ok=True)

@@ -69,6 +69,7 @@ class Config:
     zone: int | None = None
     cluster: str = "local"
     myaddr: str = "127.0.0.1"
+    myaddr_auto: bool = False  # no -y: sheep.advertise picks it at start-up
     bindaddr: str = "0.0.0.0"
     nosync: bool = False
     log_dir: str | None = None
@@ -109,10 +110,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-z", "--zone", help="failure domain (default: derived from the address)")
     p.add_argument("-c", "--cluster", default="local",
                    help="cluster driver: local[:PATH] (default local), "
-                        "zmq:HOST:PORT[,HOST:PORT...], "
+                        "zmq:HOST:PORT[,HOST:PORT...][,self=HOST:PORT], "
                         "zookeeper:HOST:PORT[,...][/CLUSTER_ID][,timeout=N]")
     p.add_argument("-y", "--myaddr", default=None,
-                   help="address advertised to the cluster (default 127.0.0.1)")
+                   help="address advertised to the cluster: the one peers and clients "
+                        "reach this node at (default: the -b address if it is a specific "
+                        "one, else for zmq/zookeeper the local address routed to the first "
+                        "seed/ZooKeeper server, else 127.0.0.1)")
     p.add_argument("-b", "--bindaddr", default=None,
                    help="address to listen on (default: all addresses)")
     p.add_argument("-n", "--nosync", action="store_true",
@@ -212,6 +216,8 @@ def parse(argv: list[str]) -> Config:
     cfg.cluster = ns.cluster
     if ns.myaddr:
         cfg.myaddr = _addr(ns.myaddr, "Invalid address: '{}'")
+    else:
+        cfg.myaddr_auto = True
     if ns.bindaddr:
         cfg.bindaddr = _addr(ns.bindaddr, "Bad address '{}'")
     cfg.nosync = ns.nosync

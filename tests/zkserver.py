@@ -44,9 +44,9 @@ def check_installed() -> None:
             "or run scripts/setup.sh, which installs it)")
 
 
-def ruok(port: int, timeout: float = 1.0) -> bool:
+def ruok(port: int, timeout: float = 1.0, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall(b"ruok")
             return s.recv(16) == b"imok"
     except OSError:
@@ -54,16 +54,18 @@ def ruok(port: int, timeout: float = 1.0) -> bool:
 
 
 class ZooKeeperServer:
-    """One standalone ZooKeeper server on a free loopback port."""
+    """One standalone ZooKeeper server on a free port of ``host`` (default
+    loopback; tests/functional/test_multihost.py gives a bridge address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.dir: str | None = None
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 60.0) -> ZooKeeperServer:
         check_installed()
@@ -74,7 +76,7 @@ class ZooKeeperServer:
             f.write(f"tickTime={TICK_MS}\n"
                     f"dataDir={os.path.join(self.dir, 'data')}\n"
                     f"clientPort={self.port}\n"
-                    "clientPortAddress=127.0.0.1\n"
+                    f"clientPortAddress={self.host}\n"
                     "admin.enableServer=false\n"
                     "4lw.commands.whitelist=ruok,srvr,stat\n"
                     "maxClientCnxns=0\n"
@@ -86,7 +88,7 @@ class ZooKeeperServer:
              "-cp", f"{self.dir}:{JAR}", MAIN, cfg],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
-        while not ruok(self.port):
+        while not ruok(self.port, host=self.host):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 out = self.output()
                 self.stop()

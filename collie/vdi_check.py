@@ -41,7 +41,7 @@ from sheep.ring import Ring
 
 from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client,
                            CollieError)
-from collie.output import Out
+from collie.output import JSON_HELP, Out
 
 NR_WORKERS = 8
 DASHES = "-" * 51
@@ -276,6 +276,9 @@ def vdi_check(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
     vids = inode_index(raw, inode)
+    if args.json:
+        from collie import json_vdi
+        return json_vdi.vdi_check(args, client, out, inode, vids)
     if args.exist:
         return do_vdi_check_exist(client, out, inode, vids)
     return do_vdi_check(client, out, inode, vids)
@@ -283,6 +286,9 @@ def vdi_check(args, client: Client, out: Out) -> int:
 
 def cluster_check(args, client: Client, out: Out) -> int:
     client.update_node_list()
+    if args.json:
+        from collie import json_vdi
+        return json_vdi.cluster_check(args, client, out)
     for e in client.parse_vdi(with_index=True):
         if e.inode.is_snapshot:
             out.line(f'fix snapshot {e.name} (id: {e.snapid}, tag: "{e.tag}")')
@@ -364,6 +370,7 @@ def register_vdi(reg, sub, cmd) -> None:
     p = cmd("check", vdi_check, "check and repair image's consistency", ("name",), snap=True)
     p.add_argument("-e", "--exist", action="store_true",
                    help="only check objects exist or not, neither comparing nor repairing")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = cmd("track", vdi_track, "show the object epoch trace in the image", ("name",),
             snap=True)
     p.add_argument("-i", "--index", metavar="INDEX",
@@ -373,4 +380,5 @@ def register_vdi(reg, sub, cmd) -> None:
 
 
 def register_cluster(reg, sub) -> None:
-    reg.add("check", cluster_check, "check and repair cluster", subparsers=sub)
+    p = reg.add("check", cluster_check, "check and repair cluster", subparsers=sub)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)

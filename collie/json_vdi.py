@@ -36,9 +36,10 @@ def _node(n) -> dict:
 
 
 def vdi_tree(args, client: Client, out: Out) -> int:
-    """The VDI families as nested objects: each VDI's ``children`` are the VDIs
-    whose ``parent_vid`` is its vid (snapshots chain, clones hang under the
-    snapshot they were cloned from); roots have no parent in the cluster."""
+    """The VDI trees of the text view as nested objects, one root per tree:
+    a VDI's ``children`` are the VDIs *of the same name* whose ``parent_vid``
+    is its vid (as dog's tree: a clone, of another name, starts a tree of its
+    own; its ``parent_vid`` still names the snapshot it was cloned from)."""
     entries = client.parse_vdi(with_index=False)
     by_vid = {e.vid: {"name": e.name, "vid": e.vid, "id": e.snapid, "tag": e.tag,
                       "type": kind_of(e), "snapshot": e.inode.is_snapshot,
@@ -49,8 +50,10 @@ def vdi_tree(args, client: Client, out: Out) -> int:
     roots = []
     for e in entries:
         parent = by_vid.get(e.inode.parent_vdi_id)
-        (parent["children"] if parent is not None and parent is not by_vid[e.vid]
-         else roots).append(by_vid[e.vid])
+        if parent is not None and parent is not by_vid[e.vid] and parent["name"] == e.name:
+            parent["children"].append(by_vid[e.vid])
+        else:
+            roots.append(by_vid[e.vid])
     out.json(roots)
     return EXIT_SUCCESS
 

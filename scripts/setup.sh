@@ -27,7 +27,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 extras=${1:-}
-spec="."
-[ -n "$extras" ] && spec=".[$extras]"
+spec=".[server${extras:+,$extras}]"  # the daemon needs the server extra; "$1" adds more (test)
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e "$spec"

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 
-from sheep import config
+from sheep import config, deps
 from sheep.store.base import StoreLockedError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"sheep: {e}\n")
         if e.details:
             sys.stdout.write(e.details)
+        return 1
+    missing = deps.missing_server_packages(cfg.cluster)
+    if missing:
+        sys.stderr.write(deps.missing_message(missing) + "\n")
         return 1
     for d in cfg.stores:
         try:

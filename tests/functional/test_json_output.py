@@ -16,6 +16,8 @@ import io
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 from harness import Cluster, collie_ok, wait_for
@@ -262,3 +264,44 @@ def test_json_through_the_installed_command(cl):
     assert [n["port"] for n in json.loads(r.stdout)["nodes"]] == [n.port for n in cl.nodes]
     r = collie_ok(port, "node", "stat", "-w", "--json", ok=False)
     assert r.returncode == 64 and b"--json and -w" in r.stderr
+
+
+LEAN = """
+import sys
+class _NotInstalled:  # the server's packages look uninstalled
+    BLOCK = {"numpy", "zmq", "kazoo", "uvloop", "crcmod", "crc32c"}
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.BLOCK:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+import qemu_client
+port = int(sys.argv[1])
+qemu_client.create("lean", 4 << 20, port=port)
+with qemu_client.bdrv_open("lean", port=port) as bs:
+    bs.bdrv_pwrite(4096, b"lean client")
+    assert bs.bdrv_pread(4096, 11) == b"lean client"
+    bs.bdrv_snapshot_create("s")
+names = sorted(v.name for v in qemu_client.list_vdis(port=port))
+try:
+    qemu_client.create("lean", 4 << 20, port=port)
+except qemu_client.VdiExistError as e:
+    err = type(e).__name__
+qemu_client.delete("lean", port=port)
+qemu_client.delete("lean", port=port, snapshot="s")
+bad = sorted(m for m in sys.modules if m.split(".")[0] in _NotInstalled.BLOCK
+             or m.startswith(("sheep.daemon", "sheep.store", "sheep.cluster", "sheep.ring",
+                              "sheep.vdi", "sheep.gateway", "sheep.recovery")))
+print(names, err, bad)
+"""
+
+
+def test_client_works_without_the_server_packages(cl):
+    """Create, open, write, read, snapshot, list, delete with numpy, pyzmq, kazoo,
+    uvloop, crcmod and crc32c unimportable: none of them (nor a server module) loads."""
+    r = subprocess.run([sys.executable, "-c", LEAN, str(cl.nodes[0].port)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ("['base', 'base', 'clone1', 'lean', 'lean', 'plain'] "
+                                "VdiExistError []")
+    assert "lean" not in {v.name for v in qemu_client.list_vdis(port=cl.nodes[0].port)}

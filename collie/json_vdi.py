@@ -18,7 +18,8 @@ from sheep import proto
 from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 
-from collie.client import EXIT_FAILURE, EXIT_SUCCESS, Client, CollieError, VdiEntry
+from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, Client, CollieError,
+                           VdiEntry)
 from collie.output import Out
 
 
@@ -239,4 +240,36 @@ def cluster_check(args, client: Client, out: Out) -> int:
     status = "failed" if "failed" in states else ("repaired" if "repaired" in states
                                                   else "ok")
     out.json({"status": status, "vdis": reports})
+    return EXIT_SUCCESS
+
+
+# ---------------------------------------------------------------------------
+# vdi track
+
+
+def vdi_track(args, client: Client, out: Out, inode, raw: bytes, idx, oid: int) -> int:
+    """Where the object was placed at each epoch (newest first): the ring's
+    replicas among that epoch's members (every member when fewer than copies)."""
+    from collie.cluster import stat_cluster
+    from collie.vdi_extra import NO_INDEX
+    from sheep.ring import Ring
+    if not oid:
+        if idx is NO_INDEX:
+            oid = proto.vid_to_vdi_oid(inode.vdi_id)
+        elif idx >= proto.MAX_DATA_OBJS:
+            raise CollieError("The offset is too large!", code=EXIT_FAILURE)
+        else:
+            off = proto.data_vdi_id_offset(idx)
+            oid = proto.vid_to_data_oid(int.from_bytes(raw[off:off + 4], "little"), idx)
+    rsp, logs = stat_cluster(client)
+    if rsp.result != 0:
+        raise CollieError(strerror(rsp.result), code=EXIT_SYSFAIL)
+    epochs = []
+    for hdr, members in logs:
+        where = (members if len(members) < inode.nr_copies
+                 else Ring(members).replicas(oid, inode.nr_copies))
+        epochs.append({"epoch": hdr.epoch, "nodes": [_node(n) for n in where]})
+    out.json({"name": args.name, "vid": inode.vdi_id, "oid": oid,
+              "index": None if idx is NO_INDEX else idx, "copies": inode.nr_copies,
+              "epochs": epochs})
     return EXIT_SUCCESS

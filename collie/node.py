@@ -220,6 +220,9 @@ def node_vnodes(args, client: Client, out: Out) -> int:
         rsp, body = client.exec(Request(Op.GET_VNODES, data_length=4))
         if rsp.result:
             raise CollieError(f"failed to get vnodes: {strerror(rsp.result)}", code=EXIT_FAILURE)
+        if args.json:
+            out.json({"vnodes": struct.unpack("<i", body[:4])[0]})
+            return EXIT_SUCCESS
         print(struct.unpack("<i", body[:4])[0])
         return EXIT_SUCCESS
     if args.count is None:
@@ -302,6 +305,9 @@ def node_log_level(args, client: Client, out: Out) -> int:
             raise CollieError("Failed to execute request", code=255)
         level = struct.unpack_from("<i", data)[0]
         name = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else "unknown loglevel"
+        if args.json:
+            out.json({"level": name if 0 <= level < len(LOG_LEVELS) else None, "value": level})
+            return EXIT_SUCCESS
         out.line(f"{name} ({level})")
         return EXIT_SUCCESS
     if args.level is None:
@@ -330,6 +336,7 @@ def register(reg) -> None:
                 subparsers=sub)
     p.add_argument("action", choices=["get", "set"])
     p.add_argument("count", nargs="?", type=int)
+    p.add_argument("--json", action="store_true", help=JSON_HELP + " (get)")
     p = reg.add("recovery", node_recovery,
                 "show recovery information (info, the default) or set/get recovery "
                 "speed throttling (set-throttle <max> <interval>, get-throttle)",
@@ -348,4 +355,5 @@ def register(reg) -> None:
     p = reg.add("level", node_log_level, "manipulate loglevel", subparsers=lsub)
     p.add_argument("action", choices=["get", "set", "list"])
     p.add_argument("level", nargs="?", metavar="<log level>")
+    p.add_argument("--json", action="store_true", help=JSON_HELP + " (get)")
     register_md(reg, sub)  # node md info|plug|unplug (collie/node_md.py)

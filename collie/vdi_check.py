@@ -338,6 +338,9 @@ def vdi_track(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
     vid, nodes_nr = inode.vdi_id, len(client.nodes)
+    if args.json:
+        from collie import json_vdi
+        return json_vdi.vdi_track(args, client, out, inode, raw, idx, oid)
     if not oid:
         if idx is NO_INDEX:
             out.line(f"Tracking the inode object 0x{vid:x} with {nodes_nr} nodes")
@@ -377,6 +380,7 @@ def register_vdi(reg, sub, cmd) -> None:
                    help="specify the index of data objects")
     p.add_argument("-o", "--oid", metavar="OID",
                    help="specify the object id of the tracking object")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def register_cluster(reg, sub) -> None:

@@ -219,6 +219,25 @@ def test_recovery_and_cluster_info(cl):
     assert len([ln for ln in text if ln[:4].isdigit()]) == len(ci["epochs"])
 
 
+def test_track_vnodes_loglevel(cl):
+    port = cl.nodes[0].port
+    vid = dogj(port, "vdi", "object", "map", "base")["vid"]
+    tr = dogj(port, "vdi", "track", "base", "-i", "1")
+    oid = proto.vid_to_data_oid(vid, 1)
+    assert tr["oid"] == oid and tr["index"] == 1 and tr["copies"] == COPIES
+    ring = Ring(cl.nodes[0].client().nodes())
+    assert [e["epoch"] for e in tr["epochs"]] == [1]
+    assert [n["port"] for n in tr["epochs"][0]["nodes"]] == \
+        [n.port for n in ring.replicas(oid, COPIES)]
+    text = dog(port, "vdi", "track", "base", "-i", "1").splitlines()
+    assert [int(x.split(":")[1]) for x in text[4:]] == \
+        [n["port"] for n in tr["epochs"][0]["nodes"]]
+    vn = dogj(port, "node", "vnodes", "get")
+    assert vn == {"vnodes": int(dog(port, "node", "vnodes", "get"))}
+    lv = dogj(port, "node", "log", "level", "get")
+    assert dog(port, "node", "log", "level", "get").strip() == f"{lv['level']} ({lv['value']})"
+
+
 def test_check_reports_repair(cl):
     port = cl.nodes[0].port
     m = dogj(port, "vdi", "object", "map", "base")

@@ -152,3 +152,15 @@ sys.exit(main(sys.argv[1:]))
     assert "numpy" in r.stderr and "crcmod" in r.stderr and "crc32c" in r.stderr
     assert "pip install 'pysheepdog[server]'" in r.stderr
     assert not store.exists()  # refused before touching anything
+
+
+def test_collie_without_the_server_extra_names_the_package():
+    code = BLOCKER + """
+import runpy
+runpy.run_module("collie", run_name="__main__")
+"""
+    r = subprocess.run([sys.executable, "-c", code, "node", "list"], capture_output=True,
+                       text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 1
+    assert "collie: needs the Python package numpy" in r.stderr
+    assert "pip install 'pysheepdog[server]'" in r.stderr and "Traceback" not in r.stderr

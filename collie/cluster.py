@@ -6,12 +6,12 @@ import sys
 import time
 
 from sheep import proto
-from sheep.errors import CODES, strerror
+from sheep.errors import CODES, result_name, strerror
 from sheep.proto import Op, Request
 
 from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
                            Client, CollieError, bitmap_bits)
-from collie.output import Out, ctime_str, strftime_local
+from collie.output import JSON_HELP, Out, ctime_str, strftime_local
 
 DEFAULT_STORE = "plain"
 SD_MAX_COPIES = 31
@@ -186,7 +186,9 @@ def cluster_info(args, client: Client, out: Out) -> int:
 
     if args.json:
         out.json({
-            "status": status,
+            "status": "running" if ok else result_name(rsp.result).lower(),
+            "status_text": status,
+            "auto_recovery": ok and not first.disable_recovery,
             "result": rsp.result,
             "created": first.ctime >> 32 if logs else 0,
             "disable_recovery": bool(first.disable_recovery),
@@ -303,7 +305,7 @@ def register(reg) -> None:
 
     p = reg.add("info", cluster_info, "show cluster information", raw=True,
                 subparsers=sub)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     reg.add("shutdown", cluster_shutdown, "stop Sheepdog", subparsers=sub)
     p = reg.add("recover", cluster_recover,

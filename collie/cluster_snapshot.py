@@ -45,7 +45,7 @@ from sheep.proto import Op, Request
 
 from collie.client import (EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client,
                            CollieError, bitmap_bits, unpack_vids)
-from collie.output import Out, ctime_str
+from collie.output import JSON_HELP, Out, ctime_str
 
 MAGIC, VERSION = "pysheepdog-farm", 1
 
@@ -170,6 +170,9 @@ def snapshot_list(args, client: Client, out: Out) -> int:
         snaps = Farm(args.tag_or_path).log()
     except CollieError as e:
         raise CollieError(*e.messages, "Fail to list snapshot.", code=e.code) from None
+    if args.json:
+        from collie import json_node
+        return json_node.snapshot_list(args, out, snaps)
     out.line("Index\t\tTag\t\tSnapshot Time")
     for s in snaps:
         out.line(f"{s['idx']}\t\t{s['tag']}\t\t{ctime_str(s['time'])}")
@@ -295,5 +298,6 @@ def register(reg, sub) -> None:
     p.add_argument("path", nargs="?", metavar="<path>")
     p.add_argument("vdis", nargs="*", metavar="vdi")
     p = reg.add("list", snapshot_list, "list snapshot of localpath", subparsers=ssub)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.add_argument("tag_or_path", metavar="<path>")
 

@@ -13,8 +13,9 @@ from sheep.proto import Op, Request
 
 from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
                            Client, CollieError)
+from collie import json_node
 from collie.node_md import register as register_md
-from collie.output import Out
+from collie.output import JSON_HELP, Out
 
 
 def node_list(args, client: Client, out: Out) -> int:
@@ -41,6 +42,8 @@ def _ratio(used: int, size: int) -> int:
 
 
 def node_info(args, client: Client, out: Out) -> int:
+    if args.json:
+        return json_node.node_info(args, client, out)
     nodes = client.update_node_list()
     if not out.raw:
         out.line("Id\tSize\tUsed\tAvail\tUse%")
@@ -126,6 +129,8 @@ def node_recovery(args, client: Client, out: Out) -> int:
         return node_recovery_get(args, client, out)
     if args.values:
         raise CollieError(f"unexpected argument: {args.values[0]}", code=EXIT_USAGE)
+    if args.json:
+        return json_node.node_recovery(args, client, out)
     if args.progress:
         return _recovery_progress(client, out)
     if not out.raw:
@@ -186,6 +191,10 @@ def node_recovery_get(args, client: Client, out: Out) -> int:
     if rsp.result != 0:
         raise CollieError("Failed to execute request", code=EXIT_FAILURE)
     thr = proto.RecoveryThrottling.unpack(data.ljust(proto.RecoveryThrottling.SIZE, b"\0"))
+    if args.json:
+        out.json({"throttling": bool(thr.max_exec_count), "max": thr.max_exec_count,
+                  "interval": thr.queue_work_interval})
+        return EXIT_SUCCESS
     out.line(f"max ({thr.max_exec_count}), interval ({thr.queue_work_interval})")
     return EXIT_SUCCESS
 
@@ -211,6 +220,9 @@ def node_vnodes(args, client: Client, out: Out) -> int:
         rsp, body = client.exec(Request(Op.GET_VNODES, data_length=4))
         if rsp.result:
             raise CollieError(f"failed to get vnodes: {strerror(rsp.result)}", code=EXIT_FAILURE)
+        if args.json:
+            out.json({"vnodes": struct.unpack("<i", body[:4])[0]})
+            return EXIT_SUCCESS
         print(struct.unpack("<i", body[:4])[0])
         return EXIT_SUCCESS
     if args.count is None:
@@ -259,7 +271,11 @@ def stat_lines(st: proto.SdStat, out: Out, last: proto.SdStat | None = None) -> 
 
 def node_stat(args, client: Client, out: Out) -> int:
     """``node stat [-w]``: the counters of the node given by -a/-p (SD_OP_STAT)."""
+    if args.json and args.watch:
+        raise CollieError("--json and -w cannot be used together", code=EXIT_USAGE)
     st = _get_stat(client)
+    if args.json:
+        return json_node.node_stat(args, client, out, st)
     if not args.watch:
         for row in stat_lines(st, out):
             out.line(row)
@@ -289,6 +305,9 @@ def node_log_level(args, client: Client, out: Out) -> int:
             raise CollieError("Failed to execute request", code=255)
         level = struct.unpack_from("<i", data)[0]
         name = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else "unknown loglevel"
+        if args.json:
+            out.json({"level": name if 0 <= level < len(LOG_LEVELS) else None, "value": level})
+            return EXIT_SUCCESS
         out.line(f"{name} ({level})")
         return EXIT_SUCCESS
     if args.level is None:
@@ -309,13 +328,15 @@ def register(reg) -> None:
     p = reg.add("kill", node_kill, "kill node", raw=True, subparsers=sub)
     p.add_argument("node_id", metavar="<node id>")
     p = reg.add("list", node_list, "list nodes", raw=True, subparsers=sub)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    reg.add("info", node_info, "show information about each node", raw=True,
-            subparsers=sub)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = reg.add("info", node_info, "show information about each node", raw=True,
+                subparsers=sub)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = reg.add("vnodes", node_vnodes, "get or set the vnode count of the node given by -a/-p",
                 subparsers=sub)
     p.add_argument("action", choices=["get", "set"])
     p.add_argument("count", nargs="?", type=int)
+    p.add_argument("--json", action="store_true", help=JSON_HELP + " (get)")
     p = reg.add("recovery", node_recovery,
                 "show recovery information (info, the default) or set/get recovery "
                 "speed throttling (set-throttle <max> <interval>, get-throttle)",
@@ -325,11 +346,14 @@ def register(reg) -> None:
     p.add_argument("action", nargs="?", choices=["info", "set-throttle", "get-throttle"],
                    metavar="{info,set-throttle,get-throttle}")
     p.add_argument("values", nargs="*", metavar="<max> <interval>")
+    p.add_argument("--json", action="store_true", help=JSON_HELP + " (info, get-throttle)")
     p = reg.add("stat", node_stat, "show stat information about the node", raw=True,
                 subparsers=sub)
     p.add_argument("-w", "--watch", action="store_true", help="watch the stat every second")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     _, lsub = reg.group("log", "show or set log level of the node", subparsers=sub)
     p = reg.add("level", node_log_level, "manipulate loglevel", subparsers=lsub)
     p.add_argument("action", choices=["get", "set", "list"])
     p.add_argument("level", nargs="?", metavar="<log level>")
+    p.add_argument("--json", action="store_true", help=JSON_HELP + " (get)")
     register_md(reg, sub)  # node md info|plug|unplug (collie/node_md.py)

@@ -21,7 +21,7 @@ from sheep.proto import Op, Request
 
 from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
 from collie.cluster import confirm
-from collie.output import Out
+from collie.output import JSON_HELP, Out
 
 PLUG_PRINT = ("    __\n"
               "   ()'`;\n"
@@ -84,6 +84,9 @@ def _node_md_info(client: Client, out: Out, node: proto.SdNode | None) -> None:
 
 
 def md_info(args, client: Client, out: Out) -> int:
+    if args.json:
+        from collie import json_node
+        return json_node.md_info(args, client, out)
     nodes = client.update_node_list()
     if not out.raw:
         out.line("Id\tSize\tUsed\tAvail\tUse%\tPath")
@@ -129,6 +132,7 @@ def register(reg, sub) -> None:
     p = reg.add("info", md_info, "show multi-disk information", raw=True, subparsers=msub)
     p.add_argument("-A", "--all", action="store_true",
                    help="show md information of all the nodes")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     for name, func, help in (("plug", md_plug, "plug more disk(s) into node"),
                              ("unplug", md_unplug, "unplug disk(s) from node")):
         p = reg.add(name, func, help, subparsers=msub)

@@ -113,3 +113,7 @@ class Out:
             return self.stdout.isatty()
         except (AttributeError, ValueError):
             return False
+
+
+#: the ``--json`` option's help text (every listing and status command has one)
+JSON_HELP = "machine-readable output (JSON, see docs/json-output.md)"

@@ -13,12 +13,12 @@ from sheep import proto
 from sheep.errors import CODES, strerror
 from sheep.proto import Op, Request
 
-from collie import progress, vdi_backup, vdi_extra, vdi_image
+from collie import json_vdi, progress, vdi_backup, vdi_extra, vdi_image
 from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_USAGE, Client, CollieError, VdiEntry,
                            count_data_objs, unpack_vids)
 from collie.cluster import confirm, parse_copy, parse_shift, redundancy
-from collie.output import SIZE_HINT, Out, parse_size, strftime_local
+from collie.output import JSON_HELP, SIZE_HINT, Out, parse_size, strftime_local
 
 OLD_MAX_DATA_OBJS = 1 << 20
 SD_MAX_VDI_SIZE = (1 << 22) * (1 << 32)
@@ -281,6 +281,7 @@ def _vdi_row(e: VdiEntry, out: Out) -> dict:
     mine = sum(1 for v in e.data_vdi_id if v and v == i.vdi_id)
     cow = sum(1 for v in e.data_vdi_id if v and v != i.vdi_id)
     return {"type": "snapshot" if i.is_snapshot else ("clone" if e.is_clone else "vdi"),
+            "snapshot": i.is_snapshot, "clone": e.is_clone,
             "name": e.name, "id": e.snapid, "size": i.vdi_size,
             "used": mine * osize, "shared": cow * osize,
             "created": i.create_time >> 32, "vid": e.vid,
@@ -336,6 +337,8 @@ def vdi_list(args, client: Client, out: Out) -> int:
 
 
 def vdi_tree(args, client: Client, out: Out) -> int:
+    if args.json:
+        return json_vdi.vdi_tree(args, client, out)
     entries = client.parse_vdi(with_index=False)
     highlight = out.isatty() and not out.raw
     tree = vdi_extra.VdiTree()
@@ -520,9 +523,10 @@ def register(reg) -> None:
     p = cmd("list", vdi_list, "list images", ("name?",), raw=True)
     p.add_argument("-o", "--oid", metavar="OID",
                    help="specify the object id of the tracking object")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
-    cmd("tree", vdi_tree, "show images in tree view format")
+    p = cmd("tree", vdi_tree, "show images in tree view format")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     cmd("graph", vdi_graph, "show images in Graphviz dot format")
     cmd("resize", vdi_resize, "resize an image", ("name", "size"))
     p = cmd("read", vdi_read, "read data from an image",

@@ -42,7 +42,7 @@ from sheep.ring import Ring
 from collie import progress
 from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client,
                            CollieError)
-from collie.output import Out
+from collie.output import JSON_HELP, Out
 
 NR_WORKERS = 8
 DASHES = "-" * 51
@@ -281,6 +281,9 @@ def vdi_check(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
     vids = inode_index(raw, inode)
+    if args.json:
+        from collie import json_vdi
+        return json_vdi.vdi_check(args, client, out, inode, vids)
     if args.exist:
         return do_vdi_check_exist(client, out, inode, vids)
     with progress.bar(args, len(object_list(inode, vids)), f"check {args.name}",
@@ -290,6 +293,9 @@ def vdi_check(args, client: Client, out: Out) -> int:
 
 def cluster_check(args, client: Client, out: Out) -> int:
     client.update_node_list()
+    if args.json:
+        from collie import json_vdi
+        return json_vdi.cluster_check(args, client, out)
     entries = client.parse_vdi(with_index=True)
     total = sum(len(object_list(e.inode, e.data_vdi_id)) for e in entries)
     with progress.bar(args, total, "check cluster", unit="obj") as bar:
@@ -343,6 +349,9 @@ def vdi_track(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
     vid, nodes_nr = inode.vdi_id, len(client.nodes)
+    if args.json:
+        from collie import json_vdi
+        return json_vdi.vdi_track(args, client, out, inode, raw, idx, oid)
     if not oid:
         if idx is NO_INDEX:
             out.line(f"Tracking the inode object 0x{vid:x} with {nodes_nr} nodes")
@@ -376,14 +385,17 @@ def register_vdi(reg, sub, cmd) -> None:
     p.add_argument("-e", "--exist", action="store_true",
                    help="only check objects exist or not, neither comparing nor repairing")
     progress.add_option(p)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = cmd("track", vdi_track, "show the object epoch trace in the image", ("name",),
             snap=True)
     p.add_argument("-i", "--index", metavar="INDEX",
                    help="specify the index of data objects")
     p.add_argument("-o", "--oid", metavar="OID",
                    help="specify the object id of the tracking object")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def register_cluster(reg, sub) -> None:
     p = reg.add("check", cluster_check, "check and repair cluster", subparsers=sub)
     progress.add_option(p)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)

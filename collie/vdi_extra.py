@@ -11,7 +11,8 @@ from sheep.proto import Op, Request
 
 from collie.client import (EXIT_EXISTS, EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_SYSFAIL, Client, CollieError)
-from collie.output import TEXT_BOLD, TEXT_NORMAL, Out
+from collie import json_vdi
+from collie.output import JSON_HELP, TEXT_BOLD, TEXT_NORMAL, Out
 
 NO_INDEX = None
 
@@ -119,6 +120,8 @@ def vdi_object_map(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, f"FATAL: {args.name} not found",
                           code=e.code) from None
+    if args.json:
+        return json_vdi.vdi_object_map(args, client, out, args.name, inode, raw, idx)
     out.line("Index       VID")
     vids = inode_index(raw, inode)
     if idx is not NO_INDEX:
@@ -170,6 +173,8 @@ def vdi_object_location(args, client: Client, out: Out) -> int:
         _, inode, raw = client.read_vdi_obj(args.name, snapid, tag, proto.SD_INODE_SIZE)
     except CollieError as e:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
+    if args.json:
+        return json_vdi.vdi_object_location(args, client, out, args.name, inode, raw, idx)
     vid = inode.vdi_id
     if idx is NO_INDEX:
         out.line(f"Looking for the inode object 0x{vid:x} with {len(client.nodes)} "
@@ -262,6 +267,8 @@ def vdi_getattr(args, client: Client, out: Out) -> int:
         raise CollieError(*e.messages, "Failed to read attribute oid",
                           code=EXIT_SYSFAIL) from None
     attr = proto.VdiAttr.unpack(data)
+    if args.json:
+        return json_vdi.vdi_getattr(args, out, bytes(attr.value[:attr.value_len]))
     out.write_bytes(attr.value[:attr.value_len])
     return EXIT_SUCCESS
 
@@ -325,6 +332,8 @@ def _is_dog() -> bool:
 
 def vdi_lock_list(args, client: Client, out: Out) -> int:
     locks = None if _is_dog() else get_locks(client)
+    if args.json:
+        return json_vdi.vdi_lock_list(args, client, out, locks)
     if locks is None:
         return _vdi_lock_list_1_0(client, out)
     import time
@@ -413,7 +422,8 @@ def register(reg, sub, cmd) -> None:
     p.add_argument("-d", "--delete", action="store_true", help="delete a key")
     p.add_argument("-x", "--exclusive", action="store_true",
                    help="write in an exclusive mode")
-    cmd("getattr", vdi_getattr, "get a VDI attribute", ("name", "key"), snap=True)
+    p = cmd("getattr", vdi_getattr, "get a VDI attribute", ("name", "key"), snap=True)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     op = sub.add_parser("object", help="show object information in the image",
                         description="show object information in the image")
@@ -430,13 +440,15 @@ def register(reg, sub, cmd) -> None:
         p.add_argument("-s", "--snapshot", metavar="SNAPSHOT",
                        help="specify a snapshot id or tag name")
         p.add_argument("name")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
 
     lp = sub.add_parser("lock", help="list or unlock VDI locks",
                         description="list or unlock VDI locks")
     lsub = lp.add_subparsers(dest="lock_cmd", metavar="<subcommand>",
                              parser_class=type(lp), prog=lp.prog)
     lsub.required = True
-    reg.add("list", vdi_lock_list, "list locked VDIs", subparsers=lsub)
+    p = reg.add("list", vdi_lock_list, "list locked VDIs", subparsers=lsub)
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = reg.add("unlock", vdi_lock_unlock, "unlock locked VDI forcibly", subparsers=lsub)
     p.add_argument("-s", "--snapshot", metavar="SNAPSHOT",
                    help="specify a snapshot id or tag name")

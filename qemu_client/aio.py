@@ -20,5 +20,6 @@ from qemu_client.block import (  # noqa: F401
     create,
     delete,
 )
+from qemu_client.vdis import VdiInfo, list_vdis  # noqa: F401
 
 open = AsyncVdi.open

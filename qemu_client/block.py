@@ -960,14 +960,14 @@ async def bdrv_open(name: str, snapshot: str | int | None = None, flags: int = B
                                **options)
 
 
-async def create(name: str, size: int = 0, host: str = "127.0.0.1", port: int = proto.SD_PORT,
+async def create(name: str, size: int | None, host: str = "127.0.0.1", port: int = proto.SD_PORT,
                  backing: str | None = None, snapshot: str | int | None = None) -> int:
-    """Create VDI ``name`` (``qemu-img create``); returns its vid.
+    """Create VDI ``name`` of ``size`` bytes (required; ``qemu-img create``); returns its vid.
 
     With ``backing`` the new VDI is a clone of the snapshot ``snapshot`` (a tag
-    or a snapshot id) of that VDI, of the backing size unless ``size`` is
-    given.  A backing image that is not a snapshot is refused (INVALID_PARMS).
-    """
+    or a snapshot id) of that VDI, of the backing size when ``size`` is 0 or
+    None.  A backing image that is not a snapshot is refused (INVALID_PARMS)."""
+    size = size or 0
     conn = Connection(host, port, failover=False)
     await conn.connect()
     try:

@@ -60,6 +60,9 @@ class GatewayLost(ConnectionError):
     """The gateway went away while a request was in flight (internal)."""
 
 
+GatewayLostError = GatewayLost  # its public name (qemu_client.GatewayLostError)
+
+
 class Connection:
     """One pipelined connection to a gateway sheep, failing over to others.
 

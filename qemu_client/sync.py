@@ -13,7 +13,7 @@ import asyncio
 import functools
 import threading
 
-from qemu_client import block
+from qemu_client import block, vdis
 from qemu_client.block import (  # noqa: F401
     BDRV_O_INACTIVE,
     BDRV_O_RDONLY,
@@ -169,10 +169,21 @@ def bdrv_open(name: str, snapshot: str | int | None = None, flags: int = BDRV_O_
                inactive=bool(flags & BDRV_O_INACTIVE), snapshot=snapshot, **options)
 
 
-def create(name: str, size: int = 0, host: str = "127.0.0.1", port: int = proto.SD_PORT,
+def create(name: str, size: int | None, host: str = "127.0.0.1", port: int = proto.SD_PORT,
            backing: str | None = None, snapshot: str | int | None = None) -> int:
-    """Blocking :func:`qemu_client.block.create` (a clone needs a snapshot as backing)."""
+    """Create VDI ``name`` of ``size`` bytes (required) and return its vid (blocking).
+
+    ``backing`` + ``snapshot``: a clone of that snapshot (a tag or an id), of
+    the snapshot's size when ``size`` is 0 or None.  A VDI of that name
+    existing already raises ``VdiExistError``, a size of 0 without backing
+    ``InvalidParmsError``."""
     return asyncio.run(block.create(name, size, host, port, backing, snapshot))
+
+
+def list_vdis(host: str = "127.0.0.1", port: int = proto.SD_PORT) -> list[vdis.VdiInfo]:
+    """Every live VDI of the cluster (working VDIs, snapshots, clones) as
+    :class:`qemu_client.VdiInfo` records, ordered by vid (blocking)."""
+    return asyncio.run(vdis.list_vdis(host, port))
 
 
 def delete(name: str, host: str = "127.0.0.1", port: int = proto.SD_PORT,

@@ -46,7 +46,7 @@ TEST_PACKAGES=(procps iproute2 zookeeper qemu-utils fio systemd groff-base)
 BENCH_PACKAGES=(procps qemu-utils fio)
 
 # ---- pip extras of each mode (setup.cfg [options.extras_require]): THE ONE LINE TO CHANGE ----
-declare -A PIP_EXTRAS=([run]="" [test]="test" [bench]="bench" [all]="test,bench")
+declare -A PIP_EXTRAS=([run]="server" [test]="server,test" [bench]="server,bench" [all]="server,test,bench")
 # ------------------------------------------------------------------------------------------
 
 case "$MODE" in

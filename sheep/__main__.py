@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 
-from sheep import config
+from sheep import config, deps
 from sheep.store.base import StoreLockedError
 
 
@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"sheep: {e}\n")
         if e.details:
             sys.stdout.write(e.details)
+        return 1
+    missing = deps.missing_server_packages(cfg.cluster)
+    if missing:
+        sys.stderr.write(deps.missing_message(missing) + "\n")
         return 1
     if cfg.myaddr_auto:  # no -y: -b, or the route to the cluster driver (sheep.advertise)
         from sheep import advertise

@@ -103,14 +103,36 @@ class SdError(Exception):
         return f"SdError({self.name}, {self.message!r})"
 
 
+#: names that would shadow a builtin exception once "Error" is added
+_RENAMED = {"SYSTEM_ERROR": "SheepSystemError"}
+
+
+def class_name(name: str) -> str:
+    """The exception class name of a result name: ``NO_VDI`` -> ``NoVdiError``,
+    ``CLUSTER_ERROR`` -> ``ClusterError`` (never ``...ErrorError``)."""
+    if name in _RENAMED:
+        return _RENAMED[name]
+    words = name.split("_")
+    if words[-1] == "ERROR":
+        words = words[:-1]
+    return "".join(w.capitalize() for w in words) + "Error"
+
+
 _BY_CODE: dict[int, type[SdError]] = {}
+#: every typed exception class, by its clean name
+ERROR_CLASSES: dict[str, type[SdError]] = {}
 for _code, (_name, _msg) in RESULTS.items():
     if _code == 0:
         continue
-    _cls_name = "".join(p.capitalize() for p in _name.split("_")) + "Error"
-    _cls = type(_cls_name, (SdError,), {"code": _code, "__doc__": _msg + "."})
+    _cls_name = class_name(_name)
+    _cls = type(_cls_name, (SdError,), {"code": _code, "__doc__": _msg + ".",
+                                        "__module__": __name__, "__qualname__": _cls_name})
     globals()[_cls_name] = _cls
     _BY_CODE[_code] = _cls
+    ERROR_CLASSES[_cls_name] = _cls
+    _old = "".join(p.capitalize() for p in _name.split("_")) + "Error"
+    if _old != _cls_name:  # the names before the clean-up stay importable
+        globals()[_old] = _cls
 
 
 def error_for(code: int, message: str | None = None) -> SdError:

@@ -226,8 +226,8 @@ def test_clone_copy_on_write(make_cluster):
         bs.bdrv_pwrite(0, pattern)
         base_snap = bs.bdrv_snapshot_create("golden").vid
     with pytest.raises(InvalidParmsError):  # only snapshots are cloned
-        qemu_client.create("bad", port=p0, backing="base")
-    cvid = qemu_client.create("clone", port=p2, backing="base", snapshot="golden")
+        qemu_client.create("bad", None, port=p0, backing="base")
+    cvid = qemu_client.create("clone", None, port=p2, backing="base", snapshot="golden")
     with qemu_client.bdrv_open("clone", port=p2) as cl:
         assert cl.bdrv_getlength() == 12 * MB
         assert _index(c.nodes[1], cvid, 3) == [base_snap] * 3

@@ -290,7 +290,8 @@ def test_json_outputs(run, utc):
          lambda d: [(n["id"], n["port"], n["zone"], n["nr_vnodes"]) for n in d]
          == [(0, 7200, 0, 128), (1, 7201, 1, 128), (2, 7202, 2, 128)]),
         ("cluster_info", ["cluster", "info", "--json"],
-         lambda d: d["status"] == "running, auto-recovery enabled"
+         lambda d: d["status"] == "running"
+         and d["status_text"] == "running, auto-recovery enabled" and d["auto_recovery"] is True
          and d["created"] == 1795637603 and d["epochs"][0]["epoch"] == 1
          and len(d["epochs"][0]["nodes"]) == 3 and d["copies"] == 3
          and d["store"] == "plain"),

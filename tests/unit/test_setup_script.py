@@ -54,7 +54,7 @@ def test_run_needs_no_java_zookeeper_qemu_or_fio(clone):
     for pkg in out["apt"]:
         assert not any(word in pkg for word in ("zookeeper", "java", "jre", "jdk", "fio",
                                                 "qemu")), out["apt"]
-    assert out["pip-spec"] == "."
+    assert out["pip-spec"] == ".[server]"
 
 
 def test_default_mode_is_run(clone):
@@ -64,15 +64,15 @@ def test_default_mode_is_run(clone):
 def test_test_mode_installs_everything_the_tests_use(clone):
     out = dry_run(clone, "test")
     assert {"zookeeper", "qemu-utils", "fio", "iproute2", "procps"} <= set(out["apt"])
-    assert out["pip-spec"] == ".[test]"
+    assert out["pip-spec"] == ".[server,test]"
 
 
 def test_bench_mode_and_extra_extras(clone):
     out = dry_run(clone, "bench")
     assert {"qemu-utils", "fio"} <= set(out["apt"])
     assert "zookeeper" not in out["apt"]
-    assert out["pip-spec"] == ".[bench]"
-    assert dry_run(clone, "test", "bench")["pip-spec"] == ".[test,bench]"
+    assert out["pip-spec"] == ".[server,bench]"
+    assert dry_run(clone, "test", "bench")["pip-spec"] == ".[server,test,bench]"
 
 
 def test_python3_venv_installed_when_venv_cannot_work(clone):

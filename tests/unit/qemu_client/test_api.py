@@ -15,6 +15,7 @@ import inspect
 import os
 import pathlib
 import pydoc
+import re
 import subprocess
 import sys
 
@@ -25,7 +26,8 @@ from qemu_client import aio
 from sheep import errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
-SERVER_PACKAGES = {"uvloop", "pyzmq", "kazoo", "numpy", "crcmod", "crc32c"}
+SERVER_PACKAGES = {"uvloop", "pyzmq", "kazoo", "numpy", "crcmod", "crc32c", "prometheus-client",
+                   "tqdm"}
 
 #: a meta-path finder that makes the server's packages look uninstalled
 BLOCKER = """
@@ -123,7 +125,9 @@ def test_setup_cfg_splits_the_server_extra():
     assert names(cfg["options"]["install_requires"]) == set()  # the client: stdlib only
     assert names(cfg["options.extras_require"]["server"]) == SERVER_PACKAGES
     setup_sh = (ROOT / "scripts" / "setup.sh").read_text()
-    assert 'spec=".[server${extras:+,$extras}]"' in setup_sh
+    extras = re.search(r"declare -A PIP_EXTRAS=\((.*)\)", setup_sh).group(1)
+    modes = dict(re.findall(r'\[(\w+)\]="([^"]*)"', extras))
+    assert modes and all("server" in v.split(",") for v in modes.values()), modes
 
 
 def test_import_loads_no_server_module():

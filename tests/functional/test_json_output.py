@@ -1,5 +1,5 @@
 """``--json`` on every collie listing/status command, and ``qemu_client.list_vdis``,
-against one real 3-node cluster (issue 12, points 11 and 12).
+against one real 3-node cluster.
 
 Each document is parsed with ``json.loads``; its fields are checked against
 what the test put into the cluster (VDIs, snapshot, clone, data written,

@@ -1,4 +1,4 @@
-"""qemu_client's public surface (issue 12, point 12): ``help(qemu_client)``
+"""qemu_client's public surface: ``help(qemu_client)``
 documents the API, every exception the client raises is importable from
 ``qemu_client`` under a clean name, ``create`` needs a size, the package
 splits the server's dependencies into an extra, and ``sheep`` started

@@ -259,6 +259,8 @@ async def get_vdi_info(sheep, req, payload):
 async def new_vdi(sheep, req, payload):
     if len(payload) != proto.SD_MAX_VDI_LEN:
         raise _err("INVALID_PARMS", "NEW_VDI needs a 256-byte name")
+    if b"\0" not in payload:  # no room for the NUL: a longer name the client cut
+        raise _err("INVALID_PARMS", f"VDI name longer than {proto.SD_MAX_VDI_LEN - 1} bytes")
     return await sheep.group.cluster_op(lambda: sheep.vdis.new_vdi_work(payload, req.args)), b""
 
 

@@ -62,6 +62,7 @@ def vdi_create(args, client: Client, out: Out) -> int:
     copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
     store_policy = 1 if args.hyper else 0
     shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0
+    default_copies = 0  # the cluster's, when its info is read anyway (no extra request)
     if shift:
         object_size = 1 << shift
     elif store_policy == 1:
@@ -76,6 +77,7 @@ def vdi_create(args, client: Client, out: Out) -> int:
         if rsp.result != 0:
             raise CollieError(strerror(rsp.result), code=EXIT_FAILURE)
         object_size = 1 << cinfo.block_size_shift
+        default_copies = cinfo.nr_copies
     old_max = object_size * OLD_MAX_DATA_OBJS
     if size > old_max and store_policy == 0:
         raise CollieError(f"VDI size is larger than {out.size(old_max)} bytes, please "
@@ -87,8 +89,8 @@ def vdi_create(args, client: Client, out: Out) -> int:
 
     vid = client.do_vdi_create(args.name, size, 0, False, copies, policy,
                                store_policy, shift)
-    from collie.zones import cluster_copies, warn_short
-    warn_short(out, copies or cluster_copies(client), client.nodes)
+    from collie.zones import warn_short
+    warn_short(out, copies or default_copies, client.nodes)
     if args.prealloc:
         try:
             raw = client.read_object(proto.vid_to_vdi_oid(vid), proto.SD_INODE_SIZE,
@@ -261,10 +263,6 @@ def vdi_rollback(args, client: Client, out: Out) -> int:
         raise CollieError("Please specify the '-s' option", code=EXIT_USAGE)
     base_vid, inode, _ = client.read_vdi_obj(args.name, snapid, tag,
                                              proto.SD_INODE_HEADER_SIZE)
-    ret, cur = client.find_vdi_name(args.name, 0, "")
-    if ret == 0 and not args.break_lock:  # in use: refused before the question
-        from collie.vdi_inuse import refuse_in_use
-        refuse_in_use(client, cur, args.name, False, "--break-lock")
     if not args.force:
         confirm(out, "This operation discards any changes made since the previous\n"
                      "snapshot was taken.  Continue? [yes/no]: ")

@@ -7,8 +7,11 @@ with storing (non-gateway) nodes.  dog says nothing when C > Z; collie warns
 on stderr (stdout stays as dog prints it):
 
 * ``cluster format`` and ``vdi create`` when the copies asked for exceed Z;
-* ``cluster info`` and ``node list`` when the cluster's copies exceed Z
-  (``cluster info --json`` always has ``zones`` and ``effective_copies``);
+* ``cluster info`` when the cluster's copies exceed Z (``--json`` always
+  has ``zones`` and ``effective_copies``), and ``node list --json`` (the text
+  ``node list`` sends exactly dog's requests, which do not include the copies;
+  ``vdi create`` warns without an extra request when it reads the cluster
+  info anyway, i.e. without ``-y``/``-z`` or with ``-c``);
 * ``vdi check`` / ``cluster check`` count the objects stored on fewer zones
   than their copies ("under-replicated"): a repair cannot fix that, so it is
   a warning and the exit status stays dog's (0).
@@ -33,6 +36,18 @@ def cluster_copies(client: Client) -> int:
     if rsp.result != 0:
         return 0
     return proto.ClusterInfoHeader.unpack(data.ljust(48, b"\0")).nr_copies
+
+
+def warn_short_cluster(client: Client, out: Out, nodes) -> None:
+    """``node list``'s warning: the cluster's copies against the zones of
+    ``nodes`` (one more request, after the output; a daemon that does not
+    answer it just gets no warning)."""
+    from collie.client import CollieError
+    try:
+        copies = cluster_copies(client)
+    except CollieError:
+        return
+    warn_short(out, copies, nodes)
 
 
 def short_text(copies: int, zones: int) -> str:

@@ -252,8 +252,12 @@ async def get_vdi_info(sheep, req, payload):
     name, tag = _name_tag(payload)
     vid = await sheep.vdis.find(name, tag, req.args.snapid)
     st = sheep.vdis.state(vid)
-    return proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
-                        block_size_shift=sheep.vdis.shift_of(vid)), b""
+    rsp = proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
+                       block_size_shift=sheep.vdis.shift_of(vid))
+    holds = [h for h in sheep.locks.table.holders(vid) if h.kind != "standby"]
+    if holds:  # in use: collie's delete refuses (zero, as 1.0, otherwise)
+        proto.set_session_reply(rsp, proto.LOCK_STATUS_IN_USE, holds=len(holds))
+    return rsp, b""
 
 
 async def new_vdi(sheep, req, payload):

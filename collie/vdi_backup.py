@@ -228,7 +228,7 @@ def vdi_restore(args, client: Client, out: Out) -> int:
     _, snap_inode, _ = client.read_vdi_obj(args.name, snapid, tag, proto.SD_INODE_HEADER_SIZE)
     stream = validated_stream(stream, snap_inode)  # before anything changes
     try:
-        do_vdi_delete(client, args.name, 0, "")
+        do_vdi_delete(client, args.name, 0, "", force_option="'collie vdi lock unlock'")
     except CollieError as e:
         raise CollieError(*e.messages, "Failed to delete the current state") from None
     ret, err = EXIT_SUCCESS, None

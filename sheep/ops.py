@@ -270,6 +270,9 @@ async def new_vdi(sheep, req, payload):
 
 async def del_vdi(sheep, req, payload):
     name, tag = _name_tag(payload)
+    # in use by another than the requester (lock.CURRENT_CONN: its sessions)?
+    sheep.vdis.refuse_locked_delete(await sheep.vdis.find(name, tag, req.args.snapid),
+                                    lock.CURRENT_CONN.get())
     return await sheep.group.cluster_op(
         lambda: sheep.vdis.del_vdi_work(name, tag, req.args.snapid)), b""
 

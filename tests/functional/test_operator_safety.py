@@ -135,7 +135,12 @@ def test_vdi_in_use_is_not_deleted(locked):
         assert rsp.result == CODES["VDI_LOCKED"]
         w.bdrv_pwrite(512, b"still mine")  # the writer lost nothing
         assert w.bdrv_pread(0, 9) == b"live data"
-        assert "busy" in vdi_names(p)
+        assert vdi_names(p).count("busy") == 2  # s1 and the working VDI
+        # the holder itself may replace its VDI (loadvm: DEL_VDI + NEW_VDI, no rebase)
+        w.snapshot_goto("s1")
+        assert vdi_names(p).count("busy") == 2
+        r = collie_run(p, "vdi", "delete", "busy")  # ... still in use by it
+        assert r.returncode == 1 and b"in use" in r.stderr
         # --force: the lock is broken, then the VDI deleted
         r = collie_run(p, "vdi", "delete", "--force", "busy")
         assert r.returncode == 0, r.stderr

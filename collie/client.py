@@ -326,6 +326,7 @@ class Client:
         if rsp.result != SD_RES_SUCCESS:
             raise CollieError(f"Failed to create VDI {name}: {strerror(rsp.result)}",
                               code=EXIT_FAILURE)
+        self.last_new_vdi_copies = rsp.args.copies  # the VDI's copies (0: not told)
         return rsp.args.vdi_id
 
     def cluster_info(self) -> tuple[proto.Response, bytes]:

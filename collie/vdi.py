@@ -90,7 +90,8 @@ def vdi_create(args, client: Client, out: Out) -> int:
     vid = client.do_vdi_create(args.name, size, 0, False, copies, policy,
                                store_policy, shift)
     from collie.zones import warn_short
-    warn_short(out, copies or default_copies, client.nodes)
+    warn_short(out, copies or getattr(client, "last_new_vdi_copies", 0) or default_copies,
+               client.nodes)
     if args.prealloc:
         try:
             raw = client.read_object(proto.vid_to_vdi_oid(vid), proto.SD_INODE_SIZE,

@@ -9,9 +9,7 @@ on stderr (stdout stays as dog prints it):
 * ``cluster format`` and ``vdi create`` when the copies asked for exceed Z;
 * ``cluster info`` when the cluster's copies exceed Z (``--json`` always
   has ``zones`` and ``effective_copies``), and ``node list --json`` (the text
-  ``node list`` sends exactly dog's requests, which do not include the copies;
-  ``vdi create`` warns without an extra request when it reads the cluster
-  info anyway, i.e. without ``-y``/``-z`` or with ``-c``);
+  ``node list`` sends exactly dog's requests, which do not include the copies);
 * ``vdi check`` / ``cluster check`` count the objects stored on fewer zones
   than their copies ("under-replicated"): a repair cannot fix that, so it is
   a warning and the exit status stays dog's (0).

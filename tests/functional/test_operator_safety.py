@@ -81,6 +81,9 @@ def test_copies_beyond_zones_are_reported(one_zone):
              what="cluster running")
     r = ok(p, "vdi", "create", "t", "8M")
     assert r.stdout == b"" and b"only 1 zone for 3 copies" in r.stderr
+    r = ok(p, "vdi", "create", "-z", "22", "t2", "8M")  # no cluster info read: NEW_VDI
+    assert b"only 1 zone for 3 copies" in r.stderr
+    assert b"zone" not in ok(p, "vdi", "create", "-c", "1", "t1", "8M").stderr
     ok(p, "vdi", "write", "t", "0", str(MB), stdin=os.urandom(MB) * 1)
     # really one copy: one node holds data object 0
     oid = proto.vid_to_data_oid(proto.vdi_name_hash("t") & 0xFFFFFF, 0)

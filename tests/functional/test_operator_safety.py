@@ -1,4 +1,4 @@
-"""Operator safety traps (issue 12, points 1-6), with real daemons.
+"""Operator safety traps (docs/operations-safety.md, points 1-6), with real daemons.
 
 1. copies > zones: format/create/info/list warn on stderr, check counts the
    under-replicated objects (stdout stays dog's);

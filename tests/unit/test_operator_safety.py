@@ -1,4 +1,4 @@
-"""The pure parts of the operator safety checks (issue 12, points 1-6):
+"""The pure parts of the operator safety checks (docs/operations-safety.md):
 restore stream validation, the VDI name limit, effective redundancy, the
 store requirement of ``sheep`` and localcluster's "is this our sheep"."""
 

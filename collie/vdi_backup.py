@@ -217,7 +217,8 @@ def vdi_restore(args, client: Client, out: Out) -> int:
         raise CollieError("We can restore a backup file only to snapshots",
                           "Please specify the '-s' option", code=EXIT_USAGE)
     try:
-        client.read_vdi_obj(args.name, snapid, tag, proto.SD_INODE_HEADER_SIZE)
+        _, snap_inode, _ = client.read_vdi_obj(args.name, snapid, tag,
+                                               proto.SD_INODE_HEADER_SIZE)
     except CollieError as e:
         raise CollieError(*e.messages, f"Snapshot ID {snapid} or tag {tag} doesn't exist",
                           code=e.code) from None
@@ -225,7 +226,6 @@ def vdi_restore(args, client: Client, out: Out) -> int:
     stream = getattr(sys.stdin, "buffer", sys.stdin)
     if hasattr(stream, "isatty") and stream.isatty():
         raise CollieError("stdin must be pipe", code=EXIT_USAGE)
-    _, snap_inode, _ = client.read_vdi_obj(args.name, snapid, tag, proto.SD_INODE_HEADER_SIZE)
     stream = validated_stream(stream, snap_inode)  # before anything changes
     try:
         do_vdi_delete(client, args.name, 0, "", force_option="'collie vdi lock unlock'")

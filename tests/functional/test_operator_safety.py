@@ -128,6 +128,9 @@ def test_vdi_in_use_is_not_deleted(locked):
             assert b"VDI busy is in use (write lock via 127.0.0.1:" in r.stderr
         r = collie_run(p, "vdi", "rollback", "-f", "-s", "s1", "busy")
         assert r.returncode == 1 and b"in use" in r.stderr and b"--break-lock" in r.stderr
+        empty = ok(p, "vdi", "backup", "-F", "s1", "-s", "s1", "busy").stdout  # valid
+        r = collie_run(p, "vdi", "restore", "-s", "s1", "busy", stdin=empty)
+        assert r.returncode == 1 and b"VDI busy is in use" in r.stderr
         # a bare DEL_VDI (any client, e.g. a 1.0 dog) is refused by the daemon
         cl = Client(locked.nodes[1].port)
         try:

@@ -98,6 +98,17 @@ def bitmap_test(bitmap: bytes, nr: int) -> bool:
     return bool(bitmap[nr >> 3] & (1 << (nr & 7)))
 
 
+def check_vdi_name(name: str) -> None:
+    """Refuse a VDI name that does not fit 1.0's ``SD_MAX_VDI_LEN`` (256 bytes
+    with the terminating NUL, so at most 255 bytes of UTF-8): dog cut it
+    silently, and the cut name could then not be opened over NBD."""
+    n = len(name.encode())
+    if n >= proto.SD_MAX_VDI_LEN:
+        raise CollieError(f"VDI name is too long: {n} bytes, at most "
+                          f"{proto.SD_MAX_VDI_LEN - 1} (nothing was created)",
+                          code=EXIT_USAGE)
+
+
 class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = proto.SD_PORT):
         self.host, self.port = host, port
@@ -275,6 +286,7 @@ class Client:
                       data_length=proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN)
         req.args.snapid = snapid
         rsp, _ = self.exec(req, proto.vdi_name_payload(name, tag or ""))
+        self.last_vdi_info = rsp  # its in-use bits: collie.vdi_inuse
         if rsp.result != SD_RES_SUCCESS:
             return rsp.result, 0
         return SD_RES_SUCCESS, rsp.args.vdi_id
@@ -303,6 +315,7 @@ class Client:
                       snapshot: bool = False, copies: int = 0,
                       copy_policy: int = 0, store_policy: int = 0,
                       block_size_shift: int = 0) -> int:
+        check_vdi_name(name)
         req = Request(Op.NEW_VDI, flags=proto.SD_FLAG_CMD_WRITE,
                       data_length=proto.SD_MAX_VDI_LEN)
         a = req.args
@@ -313,6 +326,7 @@ class Client:
         if rsp.result != SD_RES_SUCCESS:
             raise CollieError(f"Failed to create VDI {name}: {strerror(rsp.result)}",
                               code=EXIT_FAILURE)
+        self.last_new_vdi_copies = rsp.args.copies  # the VDI's copies (0: not told)
         return rsp.args.vdi_id
 
     def cluster_info(self) -> tuple[proto.Response, bytes]:

@@ -109,6 +109,8 @@ def cluster_format(args, client: Client, out: Out) -> int:
                 raise CollieError("Need to specify the option of '-V', because there "
                                   "are vnode strategy of sheep is fixed in the cluster")
 
+    from collie.zones import warn_short
+    warn_short(out, copies or proto.SD_DEFAULT_COPIES, nodes)
     if copies > len(nodes) and not args.force:
         confirm(out, f"Number of copies ({copies}) is larger than number of nodes "
                      f"({len(nodes)}).\nAre you sure you want to continue? [yes/no]: ")
@@ -174,7 +176,11 @@ def _nodes_text(nodes) -> str:
 
 
 def cluster_info(args, client: Client, out: Out) -> int:
-    client.update_node_list()
+    """``cluster info``; when the copies exceed the zones a warning with the
+    effective redundancy goes to stderr (``--json``: ``zones`` and
+    ``effective_copies`` always), see collie.zones."""
+    from collie.zones import nr_zones, warn_short
+    nodes = client.update_node_list()
     rsp, logs = stat_cluster(client)
     first = logs[0][0] if logs else proto.EpochLogHeader()
     ok = rsp.result == 0
@@ -197,6 +203,8 @@ def cluster_info(args, client: Client, out: Out) -> int:
             "copy_policy": first.copy_policy,
             "redundancy": redundancy(first.nr_copies, first.copy_policy),
             "flags": first.flags,
+            "zones": nr_zones(nodes),
+            "effective_copies": min(first.nr_copies, nr_zones(nodes)),
             "epochs": [{"epoch": h.epoch, "time": h.time,
                         "nodes": [{"host": n.host, "port": n.port,
                                    "nr_vnodes": n.nr_vnodes, "zone": n.zone}
@@ -232,6 +240,8 @@ def cluster_info(args, client: Client, out: Out) -> int:
         else:
             t = strftime_local("%Y-%m-%d %H:%M:%S", hdr.time)
             out.line(f"{t} {hdr.epoch:6d} [{_nodes_text(members)}]")
+    if ok:
+        warn_short(out, first.nr_copies, nodes)
     return EXIT_SUCCESS
 
 
@@ -303,9 +313,11 @@ def register(reg) -> None:
     p.add_argument("-F", "--avoid-diskfull", dest="avoid_diskfull",
                    action="store_true", help="avoid disk full")
 
-    p = reg.add("info", cluster_info, "show cluster information", raw=True,
-                subparsers=sub)
-    p.add_argument("--json", action="store_true", help=JSON_HELP)
+    p = reg.add("info", cluster_info, "show cluster information (a warning with the "
+                "effective redundancy on stderr when the copies exceed the zones)",
+                raw=True, subparsers=sub)
+    p.add_argument("--json", action="store_true",
+                   help=JSON_HELP + " (with zones and effective_copies)")
 
     reg.add("shutdown", cluster_shutdown, "stop Sheepdog", subparsers=sub)
     p = reg.add("recover", cluster_recover,

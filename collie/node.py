@@ -20,6 +20,15 @@ from collie.output import JSON_HELP, Out
 
 def node_list(args, client: Client, out: Out) -> int:
     nodes = client.update_node_list()
+    try:
+        return _node_list(args, client, out, nodes)
+    finally:
+        if args.json:  # the text form sends exactly dog's requests (no copies there)
+            from collie.zones import warn_short_cluster
+            warn_short_cluster(client, out, nodes)  # stderr: copies > zones
+
+
+def _node_list(args, client: Client, out: Out, nodes) -> int:
     if args.json:
         out.json([{"id": i, "host": n.host, "port": n.port,
                    "nr_vnodes": n.nr_vnodes, "zone": n.zone, "space": n.space,
@@ -327,7 +336,9 @@ def register(reg) -> None:
     _, sub = reg.group("node", "node management (list, info, recovery, kill)")
     p = reg.add("kill", node_kill, "kill node", raw=True, subparsers=sub)
     p.add_argument("node_id", metavar="<node id>")
-    p = reg.add("list", node_list, "list nodes", raw=True, subparsers=sub)
+    p = reg.add("list", node_list, "list nodes (with --json, a warning with the effective "
+                "redundancy on stderr when the cluster's copies exceed the zones; "
+                "'cluster info' always warns)", raw=True, subparsers=sub)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = reg.add("info", node_info, "show information about each node", raw=True,
                 subparsers=sub)

@@ -16,7 +16,7 @@ from sheep.proto import Op, Request
 from collie import json_vdi, progress, vdi_backup, vdi_extra, vdi_image
 from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
                            EXIT_USAGE, Client, CollieError, VdiEntry,
-                           count_data_objs, unpack_vids)
+                           check_vdi_name, count_data_objs, unpack_vids)
 from collie.cluster import confirm, parse_copy, parse_shift, redundancy
 from collie.output import JSON_HELP, SIZE_HINT, Out, parse_size, strftime_local
 
@@ -56,11 +56,13 @@ def inode_index(raw: bytes, inode: proto.InodeHeader) -> list[int]:
 
 
 def vdi_create(args, client: Client, out: Out) -> int:
+    check_vdi_name(args.name)
     client.update_node_list()
     size = size_arg(args.size)
     copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
     store_policy = 1 if args.hyper else 0
     shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0
+    default_copies = 0  # the cluster's, when its info is read anyway (no extra request)
     if shift:
         object_size = 1 << shift
     elif store_policy == 1:
@@ -75,6 +77,7 @@ def vdi_create(args, client: Client, out: Out) -> int:
         if rsp.result != 0:
             raise CollieError(strerror(rsp.result), code=EXIT_FAILURE)
         object_size = 1 << cinfo.block_size_shift
+        default_copies = cinfo.nr_copies
     old_max = object_size * OLD_MAX_DATA_OBJS
     if size > old_max and store_policy == 0:
         raise CollieError(f"VDI size is larger than {out.size(old_max)} bytes, please "
@@ -86,6 +89,9 @@ def vdi_create(args, client: Client, out: Out) -> int:
 
     vid = client.do_vdi_create(args.name, size, 0, False, copies, policy,
                                store_policy, shift)
+    from collie.zones import warn_short
+    warn_short(out, copies or getattr(client, "last_new_vdi_copies", 0) or default_copies,
+               client.nodes)
     if args.prealloc:
         try:
             raw = client.read_object(proto.vid_to_vdi_oid(vid), proto.SD_INODE_SIZE,
@@ -202,12 +208,16 @@ def vdi_resize(args, client: Client, out: Out) -> int:
 
 
 def do_vdi_delete(client: Client, name: str, snapid: int, tag: str,
-                  batch: int = NR_BATCHED_RECLAMATION_DEFAULT) -> None:
+                  batch: int = NR_BATCHED_RECLAMATION_DEFAULT, force: bool = False,
+                  force_option: str = "--force") -> None:
+    """dog's delete; a VDI in use is refused first (collie.vdi_inuse)."""
     ret, vid = client.find_vdi_name(name, snapid, tag)
     if ret != 0:
         raise CollieError(f"Failed to open VDI {name} (snapshot id: {snapid} snapshot "
                           f"tag: {tag}): {strerror(ret)}",
                           code=EXIT_MISSING if ret == CODES["NO_VDI"] else EXIT_FAILURE)
+    from collie.vdi_inuse import refuse_in_use
+    refuse_in_use(client, vid, name, force, force_option)
     oid = proto.vid_to_vdi_oid(vid)
     try:
         raw = client.read_object(oid, proto.SD_INODE_SIZE, 0, direct=False)
@@ -246,7 +256,8 @@ def do_vdi_delete(client: Client, name: str, snapid: int, tag: str,
 def vdi_delete(args, client: Client, out: Out) -> int:
     snapid, tag = snapshot_arg(args.snapshot)
     do_vdi_delete(client, args.name, snapid, tag,
-                  args.nr_batched_reclamation or NR_BATCHED_RECLAMATION_DEFAULT)
+                  args.nr_batched_reclamation or NR_BATCHED_RECLAMATION_DEFAULT,
+                  force=args.force)
     return EXIT_SUCCESS
 
 
@@ -260,7 +271,8 @@ def vdi_rollback(args, client: Client, out: Out) -> int:
         confirm(out, "This operation discards any changes made since the previous\n"
                      "snapshot was taken.  Continue? [yes/no]: ")
     try:
-        do_vdi_delete(client, args.name, 0, "")
+        do_vdi_delete(client, args.name, 0, "", force=args.break_lock,
+                      force_option="--break-lock")
     except CollieError as e:
         raise CollieError(*e.messages, "Failed to delete the current state") from None
     new_vid = client.do_vdi_create(args.name, inode.vdi_size, base_vid, False,
@@ -406,7 +418,31 @@ def _read_stdin(n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _refuse_oversized_file(room: int, offset: int, vdi_size: int) -> None:
+    """``vdi write NAME [OFFSET]`` from a regular file longer than the space
+    up to the VDI end: refused before anything is written (a pipe is checked
+    as it is read, see :func:`vdi_write`)."""
+    import os
+    import stat
+
+    try:
+        st = os.fstat(sys.stdin.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return
+        left = st.st_size - os.lseek(sys.stdin.fileno(), 0, os.SEEK_CUR)
+    except (OSError, ValueError, AttributeError):
+        return
+    if left > room:
+        raise CollieError(f"Input is larger than the VDI: {left} bytes from offset {offset} "
+                          f"do not fit in {vdi_size} bytes (nothing was written)")
+
+
 def vdi_write(args, client: Client, out: Out) -> int:
+    """Write stdin to the VDI from OFFSET.  With LEN, exactly LEN bytes (a
+    range past the end is refused).  Without, stdin up to EOF: input longer
+    than the room up to the VDI end is an error (exit 1) — nothing is
+    written when stdin is a regular file, and from a pipe nothing past the
+    end and not the last chunk (the message says how much was written)."""
     offset, length = _range_args(args)
     vid, inode, raw = client.read_vdi_obj(args.name, 0, "", proto.SD_INODE_SIZE)
     if inode.vdi_size < offset:
@@ -417,6 +453,11 @@ def vdi_write(args, client: Client, out: Out) -> int:
     vids = unpack_vids(raw[proto.SD_INODE_HEADER_SIZE:proto.SD_INODE_INDEX_END])
     osize = inode.object_size
     total = inode.vdi_size - offset if length is None else length
+    if length is None:
+        _refuse_oversized_file(inode.vdi_size - offset, offset, inode.vdi_size)
+        if total == 0 and _read_stdin(1):
+            raise CollieError(f"Input is larger than the VDI (size {inode.vdi_size}): "
+                              f"offset {offset} is its end (nothing was written)")
     flags = proto.SD_FLAG_CMD_CACHE if args.writeback else 0
     idx, off, done = offset // osize, offset % osize, 0
     bar = progress.bar(args, total, f"write {args.name}")
@@ -426,7 +467,12 @@ def vdi_write(args, client: Client, out: Out) -> int:
         create, old_oid = not cur, 0
         if cur and cur != inode.vdi_id:
             create, old_oid = True, proto.vid_to_data_oid(cur, idx)
-        data = _read_stdin(n)
+        last = length is None and done + n == total
+        data = _read_stdin(n + 1 if last else n)  # the last chunk: is there more?
+        if len(data) > n:  # input past the VDI end: this chunk is not written
+            raise CollieError(f"Input is larger than the VDI (size {inode.vdi_size}): "
+                              f"{done} bytes were written from offset {offset}, the "
+                              f"last {n} bytes up to the end and the rest were not")
         if len(data) < n:  # short read: send this (zero-padded) chunk and stop
             data = data + bytes(n - len(data))
             total = done + n
@@ -515,10 +561,17 @@ def register(reg) -> None:
     p.add_argument("-B", "--nr-batched-reclamation", type=int, default=0,
                    metavar="N", help="specify a number of batched reclamation "
                                      "during VDI deletion")
+    p.add_argument("--force", action="store_true",
+                   help="delete even while the VDI is in use (locked): break its lock "
+                        "first; the holder's next write fails (without it, a VDI in use "
+                        "is refused, exit 1)")
 
     p = cmd("rollback", vdi_rollback, "rollback to a snapshot", ("name",), raw=True,
             snap=True)
     p.add_argument("-f", "--force", action="store_true", help="do operation forcibly")
+    p.add_argument("--break-lock", action="store_true",
+                   help="roll back even while the VDI is in use (locked): break its lock "
+                        "first (without it, a VDI in use is refused, even with -f)")
 
     p = cmd("list", vdi_list, "list images", ("name?",), raw=True)
     p.add_argument("-o", "--oid", metavar="OID",

@@ -16,12 +16,22 @@ snapshot is created under the name and every record is written into it
 back by a rebase onto the former working VDI's parent: the restored image
 becomes a snapshot (id = the previous latest + 1) and the working VDI is a
 fresh child of the snapshot it descended from before.
+
+Unlike dog, the whole stream is validated before anything changes (header,
+every record inside the snapshot's size and object size, all data present,
+the end marker): a bad or empty stream (``< /dev/null``) is refused with the
+working VDI untouched.  A regular file on stdin is read twice (validated,
+then rewound); a pipe is copied to a temporary file (``$TMPDIR``) while it is
+validated, so restoring from a pipe needs that much free space there.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import sys
+import tempfile
 
 from sheep import proto
 from sheep.errors import strerror
@@ -109,6 +119,70 @@ def _read_exact(stream, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _seekable_file(stream) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode) and stream.seekable()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def validated_stream(stream, inode: proto.InodeHeader):
+    """Read the whole backup stream and check it against the snapshot
+    ``inode``; return a file positioned at the stream's start to restore
+    from (the stream itself when it is a regular file, else a temporary copy).
+    Raises CollieError (EXIT_SYSFAIL, as dog's "corrupted") on any defect."""
+    copy = None
+    if _seekable_file(stream):
+        start = stream.tell()
+    else:
+        copy = tempfile.TemporaryFile(prefix="collie-restore-")
+    try:
+        def read(n):
+            b = _read_exact(stream, n)
+            if copy is not None:
+                copy.write(b)
+            return b
+        hdr = read(HDR.size)
+        if len(hdr) != HDR.size or HDR.unpack(hdr) != (VDI_BACKUP_FORMAT_VERSION,
+                                                       VDI_BACKUP_MAGIC):
+            raise CollieError("The backup file is corrupted: no backup header"
+                              + (" (empty input)" if not hdr else ""),
+                              "nothing was changed", code=EXIT_SYSFAIL)
+        osize = inode.object_size
+        nr_objs = (inode.vdi_size + osize - 1) // osize
+        nrec = 0
+        while True:
+            rec = read(REC.size)
+            if len(rec) != REC.size:
+                raise CollieError(f"The backup file is corrupted: it ends after {nrec} "
+                                  "records without the end marker", "nothing was changed",
+                                  code=EXIT_SYSFAIL)
+            idx, off, length, _ = REC.unpack(rec)
+            if idx == END_IDX:
+                break
+            if idx >= nr_objs or off + length > osize:
+                raise CollieError(f"The backup file is corrupted: record {nrec} (object "
+                                  f"{idx}, bytes {off}+{length}) is outside the snapshot "
+                                  f"({nr_objs} objects of {osize} bytes)",
+                                  "nothing was changed", code=EXIT_SYSFAIL)
+            while length:  # in bounded pieces: a record may be a whole object
+                n = min(length, 1 << 20)
+                if len(read(n)) != n:
+                    raise CollieError(f"The backup file is corrupted: record {nrec} is cut "
+                                      "short", "nothing was changed", code=EXIT_SYSFAIL)
+                length -= n
+            nrec += 1
+        if copy is None:
+            stream.seek(start)
+            return stream
+        copy.seek(0)
+        return copy
+    except BaseException:
+        if copy is not None:
+            copy.close()
+        raise
+
+
 def _do_restore(client: Client, name: str, snapid: int, tag: str, stream,
                 bar=progress.NULL) -> None:
     from collie.vdi import do_vdi_delete
@@ -154,7 +228,8 @@ def vdi_restore(args, client: Client, out: Out) -> int:
         raise CollieError("We can restore a backup file only to snapshots",
                           "Please specify the '-s' option", code=EXIT_USAGE)
     try:
-        client.read_vdi_obj(args.name, snapid, tag, proto.SD_INODE_HEADER_SIZE)
+        _, snap_inode, _ = client.read_vdi_obj(args.name, snapid, tag,
+                                               proto.SD_INODE_HEADER_SIZE)
     except CollieError as e:
         raise CollieError(*e.messages, f"Snapshot ID {snapid} or tag {tag} doesn't exist",
                           code=e.code) from None
@@ -162,8 +237,9 @@ def vdi_restore(args, client: Client, out: Out) -> int:
     stream = getattr(sys.stdin, "buffer", sys.stdin)
     if hasattr(stream, "isatty") and stream.isatty():
         raise CollieError("stdin must be pipe", code=EXIT_USAGE)
+    stream = validated_stream(stream, snap_inode)  # before anything changes
     try:
-        do_vdi_delete(client, args.name, 0, "")
+        do_vdi_delete(client, args.name, 0, "", force_option="'collie vdi lock unlock'")
     except CollieError as e:
         raise CollieError(*e.messages, "Failed to delete the current state") from None
     ret, err = EXIT_SUCCESS, None

@@ -233,8 +233,11 @@ def do_vdi_check(client: Client, out: Out, inode: proto.InodeHeader,
                 raise
     finally:
         conns.close()
+    from collie.zones import under_replicated_warning
     with bar.write_mode():
         out.line(f"finish check&repair {inode.name_str}")
+        under_replicated_warning(out, inode.name_str, len(object_list(inode, vids)),
+                                 inode.nr_copies, client.nr_zones)
     return EXIT_SUCCESS
 
 
@@ -246,6 +249,9 @@ def do_vdi_check_exist(client: Client, out: Out, inode: proto.InodeHeader,
     for oid in object_list(inode, vids):
         for n in ring.replicas(oid, copies):
             per_node[(n.host, n.port)].append(oid)
+    from collie.zones import under_replicated_warning
+    under_replicated_warning(out, inode.name_str, len(object_list(inode, vids)),
+                             inode.nr_copies, client.nr_zones)
     total = 0
     for n in client.nodes:
         oids = per_node[(n.host, n.port)]

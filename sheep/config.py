@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 
 from sheep import __version__
 
-DEFAULT_STORE = "/tmp"
+NO_STORE_MESSAGE = ("no store directory given: name the directory that holds this node's "
+                    "objects, e.g. 'sheep /var/lib/sheepdog' (unlike Sheepdog 1.0 there is "
+                    "no default: 1.0 used /tmp)")
 DEFAULT_NBD_PORT = 10809
 LOG_FORMATS = ("default", "server", "json")
 LOG_DSTS = ("default", "stdout", "syslog")
@@ -105,7 +107,10 @@ def _parser() -> argparse.ArgumentParser:
                     "(config, epoch log, obj/) followed by optional extra object "
                     "directories.",
         epilog="Example: sheep -c local -z 0 -p 7000 /var/lib/sheepdog/0")
-    p.add_argument("store", nargs="?", default=DEFAULT_STORE, metavar="STORE[,STORE...]")
+    p.add_argument("store", nargs="?", default=None, metavar="STORE[,STORE...]",
+                   help="required: the node's store directory (created if missing), then "
+                        "optional extra object directories; there is no default "
+                        "(Sheepdog 1.0 used /tmp)")
     p.add_argument("-p", "--port", default="7000", help="TCP port (default 7000)")
     p.add_argument("-z", "--zone", help="failure domain (default: derived from the address)")
     p.add_argument("-c", "--cluster", default="local",
@@ -194,10 +199,11 @@ def parse(argv: list[str]) -> Config:
         ns = p.parse_args(argv)
     except SystemExit:  # argparse already printed usage / help
         raise
-    stores = [s for s in ns.store.split(",") if s]
-    if not stores:
-        raise ConfigError("no store directory given")
-    cfg = Config(stores=[os.path.abspath(s) for s in stores])
+    # no STORE is refused (after the option checks, so that a bad option is
+    # still reported in 1.0's words): 1.0 silently used /tmp, which mixed the
+    # objects of every store-less sheep with whatever else lives there
+    stores = [s for s in (ns.store or "").split(",") if s]
+    cfg = Config(stores=[os.path.abspath(s) for s in stores] or [""])
     cfg.port = _dec(ns.port, 1, 0xFFFF)
     if cfg.port is None:
         raise ConfigError(f"Invalid port number '{ns.port}'")
@@ -295,4 +301,6 @@ def parse(argv: list[str]) -> Config:
     for name in ("journal", "directio", "cache"):
         if getattr(ns, name) is not None:
             cfg.unsupported.append(name)
+    if not stores:
+        raise ConfigError(NO_STORE_MESSAGE + "\nTry 'sheep --help' for more information.")
     return cfg

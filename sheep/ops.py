@@ -253,18 +253,27 @@ async def get_vdi_info(sheep, req, payload):
     name, tag = _name_tag(payload)
     vid = await sheep.vdis.find(name, tag, req.args.snapid)
     st = sheep.vdis.state(vid)
-    return proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
-                        block_size_shift=sheep.vdis.shift_of(vid)), b""
+    rsp = proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
+                       block_size_shift=sheep.vdis.shift_of(vid))
+    holds = [h for h in sheep.locks.table.holders(vid) if h.kind != "standby"]
+    if holds:  # in use: collie's delete refuses (zero, as 1.0, otherwise)
+        proto.set_session_reply(rsp, proto.LOCK_STATUS_IN_USE, holds=len(holds))
+    return rsp, b""
 
 
 async def new_vdi(sheep, req, payload):
     if len(payload) != proto.SD_MAX_VDI_LEN:
         raise _err("INVALID_PARMS", "NEW_VDI needs a 256-byte name")
+    if b"\0" not in payload:  # no room for the NUL: a longer name the client cut
+        raise _err("INVALID_PARMS", f"VDI name longer than {proto.SD_MAX_VDI_LEN - 1} bytes")
     return await sheep.group.cluster_op(lambda: sheep.vdis.new_vdi_work(payload, req.args)), b""
 
 
 async def del_vdi(sheep, req, payload):
     name, tag = _name_tag(payload)
+    # in use by another than the requester (lock.CURRENT_CONN: its sessions)?
+    sheep.vdis.refuse_locked_delete(await sheep.vdis.find(name, tag, req.args.snapid),
+                                    lock.CURRENT_CONN.get())
     return await sheep.group.cluster_op(
         lambda: sheep.vdis.del_vdi_work(name, tag, req.args.snapid)), b""
 

@@ -1009,6 +1009,10 @@ LOCK_STATUS_ENFORCED = 0x2  # the cluster enforces locks (SD_CLUSTER_FLAG_USE_LO
 # session holds that VDI's exclusive grant of that generation through this
 # gateway, as this gateway (in the primary view) knows it now
 LOCK_STATUS_HELD = 0x4
+# GET_VDI_INFO reply (any request, flagged or not): somebody holds the VDI open
+# (a writer, shared or read lock; a standby is no open); @44 u32 holds = how
+# many.  Zero (1.0's reply) when nobody does.  collie refuses to delete it.
+LOCK_STATUS_IN_USE = 0x8
 
 _U64 = struct.Struct("<Q")
 _SESSION_RSP = struct.Struct("<HIII")

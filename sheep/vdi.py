@@ -444,6 +444,23 @@ class VdiTable:
     # ------------------------------------------------------------------
     # DEL_VDI (§12.6, releasing what the VDI still references)
 
+    def refuse_locked_delete(self, vid: int, conn=None) -> None:
+        """DEL_VDI of a VDI somebody else holds open (a writer, shared or
+        read lock; a standby is no open) is refused with VDI_LOCKED, as ``rbd
+        rm`` refuses with watchers: the holder's next write would fail.  The
+        holder itself may delete it (``qemu_client`` snapshot_goto: a session
+        bound to ``conn``, the request's connection, through this gateway).
+        Break the lock first (``collie vdi lock unlock``, or ``collie vdi
+        delete --force``).  Without enforced locks (1.0 clusters) the table
+        is empty."""
+        mine = getattr(conn, "lock_sessions", None) or set()
+        me = self.sheep.locks.me
+        holds = [h for h in self.sheep.locks.table.holders(vid) if h.kind != "standby"
+                 and not (h.session and h.session in mine and h.node == me)]
+        if holds:
+            who = ", ".join(f"{h.kind} by {h.node}" for h in holds)
+            raise _err("VDI_LOCKED", f"VDI {vid:#x} is in use ({who}): unlock it first")
+
     async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int) -> dict:
         vid = await self.find(name, tag, snapid)
         copies = self.copies_of(vid)

@@ -34,7 +34,6 @@ pytestmark = pytest.mark.quick
 # they exist, so that a link to them is checked like any other.
 PENDING_DOCS = {
     "docs/json-output.md",
-    "docs/operations-safety.md",
 }
 
 # The patterns are assembled from pieces so that this file does not match them.

@@ -406,6 +406,13 @@ def _read_stdin(n: int) -> bytes:
     return b"".join(chunks)
 
 
+def _inode_entry(client: Client, vid: int, idx: int) -> int:
+    """data_vdi_id[idx] of VDI ``vid`` as the cluster has it now."""
+    raw = client.read_object(proto.vid_to_vdi_oid(vid), 4, proto.data_vdi_id_offset(idx),
+                             direct=True)
+    return int.from_bytes(raw, "little")
+
+
 def vdi_write(args, client: Client, out: Out) -> int:
     offset, length = _range_args(args)
     vid, inode, raw = client.read_vdi_obj(args.name, 0, "", proto.SD_INODE_SIZE)
@@ -422,14 +429,22 @@ def vdi_write(args, client: Client, out: Out) -> int:
     bar = progress.bar(args, total, f"write {args.name}")
     while done < total:
         n = min(total - done, osize - off)
-        cur = vids[idx]
-        create, old_oid = not cur, 0
-        if cur and cur != inode.vdi_id:
-            create, old_oid = True, proto.vid_to_data_oid(cur, idx)
         data = _read_stdin(n)
         if len(data) < n:  # short read: send this (zero-padded) chunk and stop
             data = data + bytes(n - len(data))
             total = done + n
+        cur = vids[idx]
+        if not cur and vdi_image.is_zero(data):
+            # the table was read before standard input: another writer may
+            # have allocated the object since; its data must get the zeros
+            try:
+                cur = vids[idx] = _inode_entry(client, vid, idx)
+            except CollieError as e:
+                bar.close()
+                raise CollieError(*e.messages, "Failed to write VDI") from None
+        create, old_oid = not cur, 0
+        if cur and cur != inode.vdi_id:
+            create, old_oid = True, proto.vid_to_data_oid(cur, idx)
         # an unallocated object (not even shared with a parent) reads as
         # zeros: writing zeros into it would only allocate it
         if cur or not vdi_image.is_zero(data):

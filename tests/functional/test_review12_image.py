@@ -170,3 +170,20 @@ def test_export_refuses_a_directory_target_without_touching_it(cluster, tmp_path
     d.mkdir()
     r = collie_run(port, "vdi", "export", "small", str(d))
     assert r.returncode != 0 and d.is_dir() and not os.listdir(d)
+
+
+def test_export_to_a_stdout_closed_early_fails(cluster):
+    """``export NAME -`` promises every byte on standard output: a reader
+    that goes away early (``| head -c 10``, a dropped ssh) must not leave a
+    successful exit status behind (it used to exit 0: BrokenPipeError was
+    taken for "the user only wanted the first lines")."""
+    port = cluster.nodes[0].port
+    collie_ok(port, "vdi", "create", "piped-out", "8M")
+    p = subprocess.Popen([sys.executable, "-m", "collie", "vdi", "export", "piped-out", "-",
+                          "-p", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.read(10) == bytes(10)
+    p.stdout.close()
+    rc = p.wait(60)
+    err = p.stderr.read().decode()
+    p.stderr.close()
+    assert rc != 0 and "piped-out" in err and "Traceback" not in err, (rc, err)

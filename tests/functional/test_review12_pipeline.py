@@ -6,15 +6,33 @@ connection that goes away while frames are held leaves a healthy daemon.
 
 Real 2-node cluster (copies 2), so every write also crosses a sheep-to-sheep
 connection; the big-write case runs on both nodes at once (each one's peer
-connection to the other is loaded both ways)."""
+connection to the other is loaded both ways).
 
+Two sheep that both pause a peer connection (the last test, 3 nodes): a
+sheep stops reading a connection with 128 requests in progress
+(``sheep.server``).  Writes a gateway forwards to a replica that lacks the
+object wait there for on-access recovery, which fetches the object from
+another node -- and the fetch used to travel on the same peer connection
+as the forwarded I/O.  With recovery disabled after a node loss, a client on
+A writing objects B lacks and a client on B writing objects A lacks (each
+pipelining more than 128 requests) filled both connections with waiting
+writes: each side's fetches sat unread behind them until the 15 s stall
+watchdog tore both connections down (300 writes each way: 22 s instead of
+about 1 s; logs "no reply for 15s").  Found by this review; now recovery
+traffic (fetches, object lists, repairs -- served from the local store only,
+never waiting on the network) has its own connection to each peer
+(``Gateway.recovery_peers``)."""
+
+import os
+import signal
 import socket
 import threading
+import time
 
 import pytest
-from harness import Cluster, push, read_vdi, wait_for, write_vdi
+from harness import Cluster, collie_ok, push, read_vdi, wait_for, write_vdi
 
-from sheep import proto
+from sheep import gateway, proto
 
 pytestmark = [pytest.mark.cluster]
 
@@ -170,3 +188,57 @@ def test_connection_closed_while_frames_are_held(cluster):
             cl.close()
     wait_for(served, 10, what="the daemon serves after the resets")
     assert node.alive()
+
+
+DL_OBJ = 64
+N_WRITES = 300  # per client: well past the 128 a connection keeps in progress
+
+
+def test_pipelined_writes_both_ways_during_on_access_recovery(tmp_path):
+    c = Cluster(tmp_path, 3)
+    try:
+        c.format(copies=2)
+        a, b, lost = c.nodes
+        cl = a.client()
+        vid = cl.new_vdi("d", DL_OBJ * OBJ)
+        for i in range(DL_OBJ):
+            write_vdi(cl, vid, i * OBJ, b"x" * 4096)
+        cl.close()
+        collie_ok(a.port, "cluster", "recover", "disable")
+        lost.kill(signal.SIGKILL)
+        c.wait_members(2, timeout=20)
+
+        def has(n, idx):
+            return os.path.exists(os.path.join(n.obj_dir, "%016x" % proto.vid_to_data_oid(vid, idx)))
+        b_lacks = [i for i in range(DL_OBJ) if has(a, i) and not has(b, i)]
+        a_lacks = [i for i in range(DL_OBJ) if has(b, i) and not has(a, i)]
+        assert b_lacks and a_lacks
+        res, when = {}, {}
+
+        def run(node, objs):
+            frames = [write_frame(vid, objs[k % len(objs)], 8192 + 4096 * (k // len(objs)),
+                                  bytes([k % 250 + 1]) * 4096, k + 1) for k in range(N_WRITES)]
+            t0 = time.monotonic()
+            res[node.idx] = pipeline(node.port, frames)
+            when[node.idx] = time.monotonic() - t0
+        threads = [threading.Thread(target=run, args=(a, b_lacks)),
+                   threading.Thread(target=run, args=(b, a_lacks))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for n in (a, b):
+            assert len(res[n.idx]) == N_WRITES and all(r == 0 for r, _ in res[n.idx].values())
+            assert "no reply for" not in n.log(), f"sheep {n.idx}: a peer connection stalled"
+            assert when[n.idx] < gateway.PEER_STALL_TIMEOUT
+        # every write reads back, through either node
+        for n in (a, b):
+            cl = n.client()
+            for objs in (b_lacks, a_lacks):
+                for k in range(N_WRITES):
+                    got = cl.read_obj(proto.vid_to_data_oid(vid, objs[k % len(objs)]),
+                                      8192 + 4096 * (k // len(objs)), 4096)
+                    assert got == bytes([k % 250 + 1]) * 4096, (n.idx, k)
+            cl.close()
+    finally:
+        c.close()

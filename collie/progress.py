@@ -2,8 +2,8 @@
 
 Guarantees:
 
-* a bar is drawn only when **stderr is a terminal** and ``--no-progress``
-  was not given; otherwise :func:`bar` returns an object whose methods do
+* a bar is drawn only when **stderr is a terminal**, ``--no-progress``
+  was not given and tqdm is installed; otherwise :func:`bar` returns an object whose methods do
   nothing and nothing at all is written;
 * the bar goes to **stderr only**, so what a command prints on stdout (image
   data of ``vdi read``/``vdi backup``/``vdi export -``, the dog-compatible
@@ -51,7 +51,10 @@ class Progress:
                  enabled: bool = True, stream=None):
         self._bar = None
         if enabled:
-            from tqdm import tqdm
+            try:
+                from tqdm import tqdm
+            except ImportError:  # not installed: no bar (it is cosmetic), no crash
+                return
             kw = {"unit_scale": True, "unit_divisor": 1024} if unit == "B" else {}
             try:
                 mininterval = float(os.environ.get("TQDM_MININTERVAL", MININTERVAL))

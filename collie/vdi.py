@@ -437,6 +437,13 @@ def _refuse_oversized_file(room: int, offset: int, vdi_size: int) -> None:
                           f"do not fit in {vdi_size} bytes (nothing was written)")
 
 
+def _inode_entry(client: Client, vid: int, idx: int) -> int:
+    """data_vdi_id[idx] of VDI ``vid`` as the cluster has it now."""
+    raw = client.read_object(proto.vid_to_vdi_oid(vid), 4, proto.data_vdi_id_offset(idx),
+                             direct=True)
+    return int.from_bytes(raw, "little")
+
+
 def vdi_write(args, client: Client, out: Out) -> int:
     """Write stdin to the VDI from OFFSET.  With LEN, exactly LEN bytes (a
     range past the end is refused).  Without, stdin up to EOF: input longer
@@ -463,19 +470,28 @@ def vdi_write(args, client: Client, out: Out) -> int:
     bar = progress.bar(args, total, f"write {args.name}")
     while done < total:
         n = min(total - done, osize - off)
-        cur = vids[idx]
-        create, old_oid = not cur, 0
-        if cur and cur != inode.vdi_id:
-            create, old_oid = True, proto.vid_to_data_oid(cur, idx)
         last = length is None and done + n == total
         data = _read_stdin(n + 1 if last else n)  # the last chunk: is there more?
         if len(data) > n:  # input past the VDI end: this chunk is not written
+            bar.close()
             raise CollieError(f"Input is larger than the VDI (size {inode.vdi_size}): "
                               f"{done} bytes were written from offset {offset}, the "
                               f"last {n} bytes up to the end and the rest were not")
         if len(data) < n:  # short read: send this (zero-padded) chunk and stop
             data = data + bytes(n - len(data))
             total = done + n
+        cur = vids[idx]
+        if not cur and vdi_image.is_zero(data):
+            # the table was read before standard input: another writer may
+            # have allocated the object since; its data must get the zeros
+            try:
+                cur = vids[idx] = _inode_entry(client, vid, idx)
+            except CollieError as e:
+                bar.close()
+                raise CollieError(*e.messages, "Failed to write VDI") from None
+        create, old_oid = not cur, 0
+        if cur and cur != inode.vdi_id:
+            create, old_oid = True, proto.vid_to_data_oid(cur, idx)
         # an unallocated object (not even shared with a parent) reads as
         # zeros: writing zeros into it would only allocate it
         if cur or not vdi_image.is_zero(data):

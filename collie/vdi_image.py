@@ -30,7 +30,8 @@ Export guarantees:
   written, and the file is truncated to the VDI size at the end and fsynced
   before the command reports success;
 * ``-`` writes the image to standard output (every byte, zeros included;
-  refused when stdout is a terminal);
+  refused when stdout is a terminal); a reader that goes away before the
+  end (a closed pipe) makes the command fail (exit 2), never exit 0;
 * ``-s`` exports a snapshot;
 * on failure the partial FILE (which this command created) is removed and
   the exit status is non-zero.
@@ -245,9 +246,14 @@ def vdi_export(args, client: Client, out: Out) -> int:
                               code=EXIT_USAGE)
         out.stdout.flush()
         stream = getattr(out.stdout, "buffer", out.stdout)
-        _export(args, client, inode, vids, lambda off, data: stream.write(data),
-                sparse=False)
-        stream.flush()
+        try:
+            _export(args, client, inode, vids, lambda off, data: stream.write(data),
+                    sparse=False)
+            stream.flush()
+        except BrokenPipeError:  # the reader went away: the image is incomplete
+            _drop_stdout(out)
+            raise CollieError(f"Failed to export {args.name}: standard output was closed "
+                              "before the whole image was written", code=EXIT_SYSFAIL) from None
         return EXIT_SUCCESS
     try:
         fd = os.open(args.file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -283,6 +289,17 @@ def vdi_export(args, client: Client, out: Out) -> int:
             except OSError:
                 pass
     return EXIT_SUCCESS
+
+
+def _drop_stdout(out: Out) -> None:
+    """Point standard output at /dev/null: what is still buffered for the
+    closed pipe must not fail again (or be reported) when collie exits."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _export(args, client: Client, inode, vids: list[int], write, sparse: bool) -> None:

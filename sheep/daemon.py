@@ -283,6 +283,7 @@ class Sheep:
         for conn in list(self.connections):
             conn.close()
         self.gateway.peers.close()
+        self.gateway.recovery_peers.close()
         try:
             await asyncio.wait_for(self.group.stop(), 1.0)
         except Exception:

@@ -119,7 +119,7 @@ class Fetcher:
                        tgt_epoch: int = 0):
         req = proto.Request(proto.Op.READ_PEER, proto.ObjArgs(oid=oid, tgt_epoch=tgt_epoch),
                             flags=flags, epoch=epoch, data_length=length)
-        return await self.sheep.gateway.peers.request(node, req)
+        return await self.sheep.gateway.recovery_peers.request(node, req)
 
     async def _probe(self, node, oid: int, epoch: int):
         """(live version, best stale) of ``node``; raises on any error but NO_OBJ."""

@@ -94,6 +94,13 @@ class Gateway:
     def __init__(self, sheep):
         self.sheep = sheep
         self.peers = PeerPool()
+        # Recovery traffic (fetches, object lists, repairs) has connections of
+        # its own: a forwarded write can wait on a peer for on-access recovery,
+        # which fetches from the gateway's node; were the fetch queued behind
+        # forwarded I/O on a connection both sheep stopped reading (128 in
+        # progress each way, sheep.server), neither would ever be read.  What
+        # is sent here is served from the peer's local store only.
+        self.recovery_peers = PeerPool()
 
     # ------------------------------------------------------------------
     # helpers

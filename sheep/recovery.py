@@ -241,7 +241,7 @@ class Recovery:
             req = proto.Request(proto.Op.GET_OBJ_LIST, flags=proto.SD_FLAG_CMD_RECOVERY,
                                 epoch=epoch, data_length=size)
             try:
-                _rsp, body = await self.sheep.gateway.peers.request(node, req)
+                _rsp, body = await self.sheep.gateway.recovery_peers.request(node, req)
                 return body
             except SdError as e:
                 if e.code != CODES["BUFFER_SMALL"] or size >= 1 << 30:

@@ -56,7 +56,7 @@ async def repair_replica(sheep, req: proto.Request, payload: bytes):
     size = sheep.gateway.obj_size(oid)
     rd = proto.Request(proto.Op.READ_PEER, proto.ObjArgs(oid=oid, tgt_epoch=LIVE),
                        flags=proto.SD_FLAG_CMD_RECOVERY, epoch=epoch, data_length=size)
-    rsp, data = await sheep.gateway.peers.request(src, rd)
+    rsp, data = await sheep.gateway.recovery_peers.request(src, rd)
     if len(data) != size:
         raise error_for(CODES["EIO"], f"short read of {oid:016x} from {src.host}:{port}: "
                                       f"{len(data)} of {size} bytes")

@@ -87,7 +87,8 @@ class FakeSheep:
         self.store = PlainStore(str(tmp_path / "store"), nosync=True)
         self.store.open()
         self.peers = FakePeers(group)
-        self.gateway = type("G", (), {"peers": self.peers, "obj_size": lambda _s, o: SIZE})()
+        self.gateway = type("G", (), {"peers": self.peers, "recovery_peers": self.peers,
+                                      "obj_size": lambda _s, o: SIZE})()
         self.vdis = type("V", (), {"copies_of": lambda _s, v: 3,
                                    "await_state": lambda _s, v: asyncio.sleep(0)})()
 

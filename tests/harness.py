@@ -462,3 +462,18 @@ def recovery_done(cluster) -> bool:
     """Every live node reports no recovery in progress (STAT_RECOVERY)."""
     return all(n.client().call(proto.Op.STAT_RECOVERY, data_length=24)[1][0] == 0
                for n in cluster.live())
+
+
+#: Python code that makes the server's packages look uninstalled (a meta-path
+#: finder raising ModuleNotFoundError): run first in a subprocess, it shows what
+#: a client-only install (no ``server`` extra) can do.
+SERVER_BLOCKER = """
+import sys
+class _NotInstalled:
+    BLOCK = {"numpy", "zmq", "kazoo", "uvloop", "crcmod", "crc32c", "prometheus_client", "tqdm"}
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in self.BLOCK:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+"""

@@ -20,7 +20,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import Cluster, collie_ok, wait_for
+from harness import SERVER_BLOCKER, Cluster, collie_ok, wait_for
 
 import qemu_client
 from collie.__main__ import main as collie_main
@@ -285,15 +285,7 @@ def test_json_through_the_installed_command(cl):
     assert r.returncode == 64 and b"--json and -w" in r.stderr
 
 
-LEAN = """
-import sys
-class _NotInstalled:  # the server's packages look uninstalled
-    BLOCK = {"numpy", "zmq", "kazoo", "uvloop", "crcmod", "crc32c"}
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.BLOCK:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _NotInstalled())
+LEAN = SERVER_BLOCKER + """
 import qemu_client
 port = int(sys.argv[1])
 qemu_client.create("lean", 4 << 20, port=port)

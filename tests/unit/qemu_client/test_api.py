@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import pytest
+from harness import SERVER_BLOCKER as BLOCKER
 
 import qemu_client
 from qemu_client import aio
@@ -29,17 +30,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 SERVER_PACKAGES = {"uvloop", "pyzmq", "kazoo", "numpy", "crcmod", "crc32c", "prometheus-client",
                    "tqdm"}
 
-#: a meta-path finder that makes the server's packages look uninstalled
-BLOCKER = """
-import sys
-class _NotInstalled:
-    BLOCK = {"numpy", "zmq", "kazoo", "uvloop", "crcmod", "crc32c"}
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in self.BLOCK:
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-        return None
-sys.meta_path.insert(0, _NotInstalled())
-"""
 
 
 def test_help_lists_the_api_and_the_errors():

@@ -70,7 +70,7 @@ def compact(to_data: bytes, from_data: bytes) -> tuple[int, int]:
 
 
 def vdi_backup(args, client: Client, out: Out) -> int:
-    from collie.vdi import snapshot_arg
+    from collie.vdi_args import snapshot_arg
     to_id, to_tag = snapshot_arg(args.snapshot)
     from_id, from_tag = snapshot_arg(args.from_snapshot)
     if (not to_id and not to_tag) or (not from_id and not from_tag):
@@ -222,7 +222,8 @@ def _do_restore(client: Client, name: str, snapid: int, tag: str, stream,
 
 
 def vdi_restore(args, client: Client, out: Out) -> int:
-    from collie.vdi import do_vdi_delete, snapshot_arg
+    from collie.vdi import do_vdi_delete
+    from collie.vdi_args import snapshot_arg
     snapid, tag = snapshot_arg(args.snapshot)
     if not snapid and not tag:
         raise CollieError("We can restore a backup file only to snapshots",

@@ -274,7 +274,7 @@ def do_vdi_check_exist(client: Client, out: Out, inode: proto.InodeHeader,
 
 
 def _snap(args):
-    from collie.vdi import snapshot_arg
+    from collie.vdi_args import snapshot_arg
     return snapshot_arg(getattr(args, "snapshot", None))
 
 

@@ -28,7 +28,7 @@ def parse_index(text: str | None):
 
 
 def _snap(args):
-    from collie.vdi import snapshot_arg
+    from collie.vdi_args import snapshot_arg
     return snapshot_arg(getattr(args, "snapshot", None))
 
 

@@ -138,7 +138,7 @@ def _file_size(fd: int) -> int:
 
 def vdi_import(args, client: Client, out: Out) -> int:
     from collie.cluster import parse_copy, parse_shift
-    from collie.vdi import size_arg
+    from collie.vdi_args import size_arg
     want = size_arg(args.size) if args.size is not None else None
     copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
     shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0

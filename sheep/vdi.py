@@ -461,8 +461,12 @@ class VdiTable:
             who = ", ".join(f"{h.kind} by {h.node}" for h in holds)
             raise _err("VDI_LOCKED", f"VDI {vid:#x} is in use ({who}): unlock it first")
 
-    async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int) -> dict:
+    async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int, conn=None) -> dict:
+        """The work step of DEL_VDI (in the cluster-wide turn, so no lock is
+        granted between the in-use check and the delete); ``conn``: the
+        requester's connection (its own lock may be held)."""
         vid = await self.find(name, tag, snapid)
+        self.refuse_locked_delete(vid, conn)
         copies = self.copies_of(vid)
         ino = await self.read_header(vid)
         if ino.vdi_size == 0 and not ino.name.strip(b"\0"):

@@ -22,7 +22,7 @@ from harness import Cluster, Client, placement_ok, vdi_oids, wait_for, write_vdi
 from sheep import proto
 from sheep.fetch import LIVE
 
-pytestmark = [pytest.mark.probe, pytest.mark.cluster, pytest.mark.probe_timeout(180, 0)]
+pytestmark = [pytest.mark.probe, pytest.mark.cluster, pytest.mark.review, pytest.mark.probe_timeout(180, 0)]
 
 OBJ = proto.SD_DATA_OBJ_SIZE
 NOBJ = 4

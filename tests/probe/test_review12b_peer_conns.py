@@ -17,12 +17,14 @@ from __future__ import annotations
 import os
 
 import pytest
-from harness import Cluster, Client, placement_ok, vdi_oids, wait_for, write_vdi
+from harness import Client, Cluster, placement_ok, vdi_oids, wait_for, write_vdi
 
 from sheep import proto
 from sheep.fetch import LIVE
+from sheep.ring import Ring
 
-pytestmark = [pytest.mark.probe, pytest.mark.cluster, pytest.mark.review, pytest.mark.probe_timeout(180, 0)]
+pytestmark = [pytest.mark.probe, pytest.mark.cluster, pytest.mark.review,
+              pytest.mark.probe_timeout(180, 0)]
 
 OBJ = proto.SD_DATA_OBJ_SIZE
 NOBJ = 4
@@ -72,8 +74,11 @@ def test_kill_restart_same_address_20_changes(probe_dir):
             c.wait_members(3, timeout=20)
             wait_for(lambda: placement_ok(c, oids, copies=2), 30,
                      what=f"round {rnd}: every object in place")
-            from sheep.ring import Ring
-            ring = Ring(c.nodes[0].client().nodes())
+            cl = Client(c.nodes[0].port)
+            try:
+                ring = Ring(cl.nodes())
+            finally:
+                cl.close()
             for i in range(NOBJ):
                 oid = proto.vid_to_data_oid(vid, i)
                 for n in ring.replicas(oid, 2):

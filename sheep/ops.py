@@ -272,10 +272,12 @@ async def new_vdi(sheep, req, payload):
 async def del_vdi(sheep, req, payload):
     name, tag = _name_tag(payload)
     # in use by another than the requester (lock.CURRENT_CONN: its sessions)?
-    sheep.vdis.refuse_locked_delete(await sheep.vdis.find(name, tag, req.args.snapid),
-                                    lock.CURRENT_CONN.get())
+    # Judged in the work step, inside the cluster-wide turn: a lock granted
+    # between a check made here and the delete's turn would be left on a
+    # deleted VDI.
+    conn = lock.CURRENT_CONN.get()
     return await sheep.group.cluster_op(
-        lambda: sheep.vdis.del_vdi_work(name, tag, req.args.snapid)), b""
+        lambda: sheep.vdis.del_vdi_work(name, tag, req.args.snapid, conn)), b""
 
 
 async def get_vdi_attr(sheep, req, payload):

@@ -453,16 +453,22 @@ class VdiTable:
         Break the lock first (``collie vdi lock unlock``, or ``collie vdi
         delete --force``).  Without enforced locks (1.0 clusters) the table
         is empty."""
-        mine = getattr(conn, "lock_sessions", None) or set()
-        me = self.sheep.locks.me
-        holds = [h for h in self.sheep.locks.table.holders(vid) if h.kind != "standby"
-                 and not (h.session and h.session in mine and h.node == me)]
+        locks = self.sheep.locks
+        holds = [h for h in locks.table.holders(vid) if h.kind != "standby"]
+        if holds:  # ... but the requester's own
+            mine = getattr(conn, "lock_sessions", None) or set()
+            holds = [h for h in holds
+                     if not (h.session and h.session in mine and h.node == locks.me)]
         if holds:
             who = ", ".join(f"{h.kind} by {h.node}" for h in holds)
             raise _err("VDI_LOCKED", f"VDI {vid:#x} is in use ({who}): unlock it first")
 
-    async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int) -> dict:
+    async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int, conn=None) -> dict:
+        """The work step of DEL_VDI (in the cluster-wide turn, so no lock is
+        granted between the in-use check and the delete); ``conn``: the
+        requester's connection (its own lock may be held)."""
         vid = await self.find(name, tag, snapid)
+        self.refuse_locked_delete(vid, conn)
         copies = self.copies_of(vid)
         ino = await self.read_header(vid)
         if ino.vdi_size == 0 and not ino.name.strip(b"\0"):

@@ -60,6 +60,8 @@ class FakeLocks:
 
     def __init__(self):
         self.frozen = []
+        self.table = types.SimpleNamespace(holders=lambda vid: [])  # nobody holds a VDI
+        self.me = "127.0.0.1:7000"
 
     async def freeze(self, vid):
         self.frozen.append(vid)

@@ -117,6 +117,7 @@ class Client:
         self.nodes: list[proto.SdNode] = []
         self.epoch = 0
         self.cluster_flags = 0
+        self.cluster_copies = 0  # from STAT_CLUSTER's first record (0: not known)
 
     # ---- transport -------------------------------------------------------
 
@@ -183,6 +184,7 @@ class Client:
         if rsp.result == SD_RES_SUCCESS and len(data) >= proto.EpochLogHeader.SIZE:
             hdr = proto.EpochLogHeader.unpack(data)
             self.cluster_flags = hdr.flags
+            self.cluster_copies = hdr.nr_copies
             self.epoch = hdr.epoch or rsp.epoch or self.epoch
         return nodes
 

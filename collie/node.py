@@ -23,9 +23,14 @@ def node_list(args, client: Client, out: Out) -> int:
     try:
         return _node_list(args, client, out, nodes)
     finally:
-        if args.json:  # the text form sends exactly dog's requests (no copies there)
-            from collie.zones import warn_short_cluster
-            warn_short_cluster(client, out, nodes)  # stderr: copies > zones
+        # stderr: copies > zones.  The copies come from the STAT_CLUSTER record
+        # update_node_list read (dog's own requests); --json asks CLUSTER_INFO
+        # when that record had none
+        from collie.zones import warn_short, warn_short_cluster
+        if client.cluster_copies:
+            warn_short(out, client.cluster_copies, nodes)
+        elif args.json:
+            warn_short_cluster(client, out, nodes)
 
 
 def _node_list(args, client: Client, out: Out, nodes) -> int:
@@ -336,9 +341,8 @@ def register(reg) -> None:
     _, sub = reg.group("node", "node management (list, info, recovery, kill)")
     p = reg.add("kill", node_kill, "kill node", raw=True, subparsers=sub)
     p.add_argument("node_id", metavar="<node id>")
-    p = reg.add("list", node_list, "list nodes (with --json, a warning with the effective "
-                "redundancy on stderr when the cluster's copies exceed the zones; "
-                "'cluster info' always warns)", raw=True, subparsers=sub)
+    p = reg.add("list", node_list, "list nodes (a warning with the effective redundancy on "
+                "stderr when the cluster's copies exceed the zones)", raw=True, subparsers=sub)
     p.add_argument("--json", action="store_true", help=JSON_HELP)
     p = reg.add("info", node_info, "show information about each node", raw=True,
                 subparsers=sub)

@@ -318,6 +318,21 @@ class Cluster:
             return True
         wait_for(ok, timeout, what=f"{count} members")
 
+    def wait_running(self, timeout: float = 30.0, nodes=None) -> None:
+        """Wait until every node (of ``nodes``) reports the cluster running."""
+        wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in (nodes or self.nodes)),
+                 timeout, what="cluster running")
+
+    def restart_all(self, order=None, timeout: float = 30.0) -> None:
+        """kill -9 every node, start them again (in ``order``, default node
+        order) and wait until all are members and the cluster runs."""
+        for n in self.nodes:
+            n.kill()
+        for n in order or self.nodes:
+            n.start()
+        self.wait_members(len(self.nodes), timeout=timeout)
+        self.wait_running(timeout)
+
     def format(self, copies: int = 3) -> None:
         self.wait_members(len(self.live()))
         c = self.live()[0].client()

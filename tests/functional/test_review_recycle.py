@@ -27,9 +27,10 @@ def _live_copies(c, oid):
     return [n.idx for n in c.nodes if os.path.exists(os.path.join(n.obj_dir, "%016x" % oid))]
 
 
-def _collected_with_node_away(make_cluster):
-    """-R cluster of 3 (copies 2); VDI "b" (vid 1) written, node 2 away while
-    "b" is deleted (its family is collected, id 1 free), then node 2 back."""
+def _deleted_with_node_away(make_cluster):
+    """-R cluster of 3 (copies 2); VDI "b" (vid 1) written, node 2 killed,
+    then "b" deleted (its family is collected, id 1 free).  Returns the
+    cluster and the away node (still down)."""
     c = make_cluster(3)
     c.wait_members(3)
     p = c.nodes[0].port
@@ -44,8 +45,15 @@ def _collected_with_node_away(make_cluster):
     c.wait_members(2)
     wait_for(lambda: _recovered(c), 60, what="recovery without the away node")
     collie(p, "vdi", "delete", "b")  # the family of 1 is collected: id 1 is free
-    assert vids(p) == {}
-    away.start()  # comes back, behind, with the old inode 1 and its data objects
+    return c, away
+
+
+def _collected_with_node_away(make_cluster):
+    """:func:`_deleted_with_node_away`, then node 2 back (behind, with the old
+    inode 1 and its data objects)."""
+    c, away = _deleted_with_node_away(make_cluster)
+    assert vids(c.nodes[0].port) == {}
+    away.start()
     c.wait_members(3)
     wait_for(lambda: _recovered(c), 60, what="recovery with the returning node")
     return c
@@ -70,13 +78,7 @@ def test_node_back_behind_does_not_resurrect_a_collected_family(make_cluster):
     c = _collected_with_node_away(make_cluster)
     ino = proto.vid_to_vdi_oid(1)
     live = _live_copies(c, ino)
-    for n in c.nodes:
-        n.kill()
-    for n in c.nodes:
-        n.start()
-    c.wait_members(3)
-    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 30,
-             what="cluster running again")
+    c.restart_all()
     for n in c.nodes:
         assert vids(n.port) == {}, (f"the deleted VDI came back on node {n.idx} (live copies "
                                     f"of its collected inode on nodes {live})")
@@ -91,20 +93,8 @@ def test_node_away_during_collection_starts_first_after_a_whole_cluster_restart(
     is the first to start: its disk still has b's inode.  The nodes with the
     newer epoch bring their history; the deleted VDI must stay deleted, and
     n must read its own data."""
-    c = make_cluster(3)
-    c.wait_members(3)
+    c, away = _deleted_with_node_away(make_cluster)
     p = c.nodes[0].port
-    collie(p, "cluster", "format", "-R", "-c", "2")
-    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
-                         for n in c.nodes), 10, what="cluster running")
-    collie(p, "vdi", "create", "b", "8M")  # vid 1
-    secret = bytes([0xA5]) * (8 * MB)
-    collie(p, "vdi", "write", "b", "0", str(len(secret)), stdin=secret)
-    away = c.nodes[2]
-    away.kill()
-    c.wait_members(2)
-    wait_for(lambda: _recovered(c), 60, what="recovery without the away node")
-    collie(p, "vdi", "delete", "b")
     want = {}
     mine = os.urandom(MB)
     if reuse:
@@ -112,14 +102,7 @@ def test_node_away_during_collection_starts_first_after_a_whole_cluster_restart(
         collie(p, "vdi", "write", "n", "0", str(MB), stdin=mine)
         want = {"n": [1]}
     assert vids(p) == want
-    for n in c.nodes[:2]:
-        n.kill()
-    away.start()  # first, with the older epoch and b's inode on its disk
-    for n in c.nodes[:2]:
-        n.start()
-    c.wait_members(3)
-    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 30,
-             what="cluster running again")
+    c.restart_all(order=[away, *c.nodes[:2]])  # away first: older epoch, b's inode on disk
     for n in c.nodes:
         assert vids(n.port) == want, f"node {n.idx}"
     if reuse:

@@ -142,13 +142,7 @@ def test_restart_keeps_recycled_state_and_rollback_works(rcluster):
     collie(p, "vdi", "rollback", "-f", "-s", "snap", "b")  # working 1 deleted, new one
     assert vids(p) == {"b": [2, 3]}
     assert collie(p, "vdi", "read", "b", "0", str(MB)).stdout == v1
-    for n in c.nodes:
-        n.kill()
-    for n in c.nodes:
-        n.start()
-    c.wait_members(3)
-    wait_for(lambda: all(n.status() == proto.SD_STATUS_OK for n in c.nodes), 20,
-             what="cluster running again")
+    c.restart_all(timeout=20)
     assert vids(p) == {"b": [2, 3]}
     collie(p, "vdi", "create", "c", "8M")  # 1 is still deleted-but-kept (family of 2)
     assert vids(p) == {"b": [2, 3], "c": [4]}

@@ -30,6 +30,20 @@ WRITER = {"objects": 16, "per_object": 16, "concurrency": 4, "interval": 0.01,
           "read_ratio": 0.3, "inspect": True}
 
 
+def _writer(c, vdi, probe_dir, rnd):
+    """A verifying writer on ``vdi`` through node 0, once it has 100 acknowledged writes."""
+    w = WriterProc(1, vdi, c.nodes[0].host, c.nodes[0].port, rnd.randrange(1, 1 << 32),
+                   os.path.join(probe_dir, "writer1.json"), seed=rnd.randrange(1 << 32),
+                   **WRITER)
+    try:
+        w.wait_ready()
+        w.wait_progress(100, 60)
+    except BaseException:
+        w.kill()
+        raise
+    return w
+
+
 def test_older_node_first_and_killed_while_waiting(probe_dir, rnd):
     c = ProbeCluster(os.path.join(probe_dir, "cluster"), 4)
     w = None
@@ -37,11 +51,7 @@ def test_older_node_first_and_killed_while_waiting(probe_dir, rnd):
         c.start()
         c.format_locked(3)
         vid = c.new_vdi("order", 64 * MiB)
-        w = WriterProc(1, "order", c.nodes[0].host, c.nodes[0].port, rnd.randrange(1, 1 << 32),
-                       os.path.join(probe_dir, "writer1.json"), seed=rnd.randrange(1 << 32),
-                       **WRITER)
-        w.wait_ready()
-        w.wait_progress(100, 60)
+        w = _writer(c, "order", probe_dir, rnd)
         c.nodes[3].kill(signal.SIGKILL)
         c.wait_all(30, nodes=c.nodes[:3])
         w.wait_progress(300, 120)  # overwrites at the newer epoch, node 3 misses them
@@ -82,11 +92,7 @@ def test_refused_node_restarting_under_writes(probe_dir, rnd):
         c.start()
         c.format_locked(3)
         vid = c.new_vdi("refused", 64 * MiB)
-        w = WriterProc(1, "refused", c.nodes[0].host, c.nodes[0].port,
-                       rnd.randrange(1, 1 << 32), os.path.join(probe_dir, "writer1.json"),
-                       seed=rnd.randrange(1 << 32), **WRITER)
-        w.wait_ready()
-        w.wait_progress(100, 60)
+        w = _writer(c, "refused", probe_dir, rnd)
         bad_node = c.add_node(start=False)
         bad_node.extra += ["-V", "64"]
         for _ in range(6):

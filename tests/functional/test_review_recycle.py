@@ -35,8 +35,7 @@ def _deleted_with_node_away(make_cluster):
     c.wait_members(3)
     p = c.nodes[0].port
     collie(p, "cluster", "format", "-R", "-c", "2")
-    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
-                         for n in c.nodes), 10, what="cluster running")
+    c.wait_running(10)
     collie(p, "vdi", "create", "b", "8M")  # vid 1
     secret = bytes([0xA5]) * (8 * MB)
     collie(p, "vdi", "write", "b", "0", str(len(secret)), stdin=secret)

@@ -26,8 +26,7 @@ _recovered = recovery_done
 
 
 def _running(c, nodes=None):
-    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
-                         for n in (nodes or c.nodes)), 60, what="cluster running")
+    c.wait_running(60, nodes)
 
 
 def _why(c) -> str:

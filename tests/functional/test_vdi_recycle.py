@@ -37,8 +37,7 @@ def rcluster(make_cluster):
     c.wait_members(3)
     p = c.nodes[0].port
     collie(p, "cluster", "format", "-R", "-c", "2")
-    wait_for(lambda: all(n.client().cluster_info().status == proto.SD_STATUS_OK
-                         for n in c.nodes), 10, what="cluster running")
+    c.wait_running(10)
     assert c.nodes[0].client().cluster_info().flags & proto.SD_CLUSTER_FLAG_RECYCLE_VID
     return c
 

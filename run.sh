@@ -5,7 +5,7 @@
 #                                restarts stopped nodes on their data
 #   ./run.sh stop [OPTIONS]      shut the cluster down (data is kept)
 #   ./run.sh status [OPTIONS]    show which nodes run
-# OPTIONS (python -m sheep.localcluster): --dir DIR (default $PYSHEEPDOG_DIR or
+# OPTIONS (python -m sheep.launcher): --dir DIR (default $PYSHEEPDOG_DIR or
 # /tmp/pysheepdog), --nodes N (3), --base-port PORT (7000), --copies N (3, used
 # when formatting), -n (daemons without fdatasync). Give stop/status the same
 # --dir, --nodes and --base-port as start.
@@ -22,4 +22,4 @@ if [ "$action" = start ]; then
 elif [ ! -x .venv/bin/python ]; then
     echo "run.sh: nothing installed yet; start a cluster with ./run.sh first" >&2; exit 1
 fi
-exec .venv/bin/python -m sheep.localcluster "$action" "$@"
+exec .venv/bin/python -m sheep.launcher "$action" "$@"

@@ -1,6 +1,6 @@
 """Workload definitions and the two engines that run them.
 
-* :func:`run_sheep` — an asyncio (uvloop) client over ``sheep.net.AsyncConnection``:
+* :func:`run_sheep` — an asyncio (uvloop) client over ``sheep.proto.connection.AsyncConnection``:
   ``qd`` workers, each with one request in flight, spread round-robin over
   ``conns_per_node`` pipelined connections to every node (each node acts as a
   gateway).  Reads are READ_OBJ, writes WRITE_OBJ on objects created by
@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass
 
 from sheep import proto
-from sheep.net import AsyncConnection
+from sheep.proto.connection import AsyncConnection
 
 KiB, MiB = 1024, 1024 * 1024
 OBJ = proto.SD_DATA_OBJ_SIZE

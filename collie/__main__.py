@@ -16,12 +16,7 @@ import ipaddress
 import os
 import sys
 
-try:
-    from collie import __version__, cluster, node, vdi
-    from collie import vdi_check  # noqa: F401  (sheep.ring: numpy)
-except ModuleNotFoundError as e:  # a client-only install: collie needs the server extra
-    from sheep.deps import INSTALL_HINT
-    sys.exit(f"collie: needs the Python package {e.name}, not installed; {INSTALL_HINT}")
+from collie import __version__, cluster, node, vdi
 from collie.client import EXIT_USAGE, Client, CollieError
 from collie.output import Out
 

@@ -1,6 +1,6 @@
 """Talking to sheep the way dog does (docs/protocol.md §8.2).
 
-:class:`Client` wraps one :class:`sheep.net.BlockingConnection` to the daemon
+:class:`Client` wraps one :class:`sheep.proto.connection.BlockingConnection` to the daemon
 given with ``-a/-p`` plus lazily opened connections to the other cluster
 members (for requests dog sends "to every node").  Every reply's ``result``
 is checked by the caller or by the helpers here; failures are raised as
@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sheep import net, proto
-from sheep.errors import strerror
-from sheep.proto import Op, Request
+from sheep import proto
+from sheep.proto import Op, Request, connection
+from sheep.proto.errors import strerror
 
 # exit codes (include/exits.h)
 EXIT_SUCCESS = 0
@@ -35,7 +35,7 @@ NODE_LIST_BUF = proto.SD_MAX_NODES * proto.SD_NODE_SIZE  # 491520
 INODE_HEADER_READ = 4672  # what dog's parse_vdi reads for the header (§8.2)
 
 #: connection factory; tests replace it to route node addresses to fakes
-connect = net.BlockingConnection
+connect = connection.BlockingConnection
 
 
 class CollieError(Exception):

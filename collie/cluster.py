@@ -5,13 +5,19 @@ from __future__ import annotations
 import sys
 import time
 
-from sheep import proto
-from sheep.errors import CODES, result_name, strerror
-from sheep.proto import Op, Request
-
-from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
-                           Client, CollieError, bitmap_bits)
+from collie.client import (
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    EXIT_USAGE,
+    Client,
+    CollieError,
+    bitmap_bits,
+)
 from collie.output import JSON_HELP, Out, ctime_str, strftime_local
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import CODES, result_name, strerror
 
 DEFAULT_STORE = "plain"
 SD_MAX_COPIES = 31

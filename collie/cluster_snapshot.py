@@ -39,13 +39,19 @@ import json
 import os
 import time
 
-from sheep import proto
-from sheep.errors import strerror
-from sheep.proto import Op, Request
-
-from collie.client import (EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client,
-                           CollieError, bitmap_bits, unpack_vids)
+from collie.client import (
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    EXIT_USAGE,
+    Client,
+    CollieError,
+    bitmap_bits,
+    unpack_vids,
+)
 from collie.output import JSON_HELP, Out, ctime_str
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import strerror
 
 MAGIC, VERSION = "pysheepdog-farm", 1
 

@@ -6,12 +6,11 @@ percentages integers (as the text's Use% column), booleans true/false.
 
 from __future__ import annotations
 
-from sheep import proto
-from sheep.errors import strerror
-from sheep.proto import Op, Request
-
 from collie.client import EXIT_SUCCESS, EXIT_SYSFAIL, Client, CollieError
 from collie.output import Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import strerror
 
 
 def _ratio(used: int, size: int) -> int:

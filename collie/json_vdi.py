@@ -14,13 +14,18 @@ import io
 import re
 import time
 
-from sheep import proto
-from sheep.errors import CODES, strerror
-from sheep.proto import Op, Request
-
-from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, Client, CollieError,
-                           VdiEntry)
+from collie.client import (
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    Client,
+    CollieError,
+    VdiEntry,
+)
 from collie.output import Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import CODES, strerror
 
 
 def kind_of(e: VdiEntry) -> str:
@@ -107,7 +112,7 @@ def vdi_object_location(args, client: Client, out: Out, name: str, inode, raw: b
                         idx) -> int:
     """Which node has the object (EXIST on each), and where the ring puts it."""
     from collie.vdi_extra import NO_INDEX
-    from sheep.ring import Ring
+    from sheep.proto.placement import Ring
     vid = inode.vdi_id
     doc = {"name": name, "vid": vid, "index": None if idx is NO_INDEX else idx,
            "copies": inode.nr_copies, "nr_nodes": len(client.nodes)}
@@ -252,7 +257,7 @@ def vdi_track(args, client: Client, out: Out, inode, raw: bytes, idx, oid: int) 
     replicas among that epoch's members (every member when fewer than copies)."""
     from collie.cluster import stat_cluster
     from collie.vdi_extra import NO_INDEX
-    from sheep.ring import Ring
+    from sheep.proto.placement import Ring
     if not oid:
         if idx is NO_INDEX:
             oid = proto.vid_to_vdi_oid(inode.vdi_id)

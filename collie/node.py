@@ -4,18 +4,22 @@
 from __future__ import annotations
 
 import struct
-
 import time
 
-from sheep import proto
-from sheep.errors import strerror
-from sheep.proto import Op, Request
-
-from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE,
-                           Client, CollieError)
 from collie import json_node
+from collie.client import (
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    EXIT_USAGE,
+    Client,
+    CollieError,
+)
 from collie.node_md import register as register_md
 from collie.output import JSON_HELP, Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import strerror
 
 
 def node_list(args, client: Client, out: Out) -> int:

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import struct
 
-from sheep import proto
-from sheep.errors import strerror
-from sheep.proto import Op, Request
-
 from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
 from collie.cluster import confirm
 from collie.output import JSON_HELP, Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import strerror
 
 PLUG_PRINT = ("    __\n"
               "   ()'`;\n"

@@ -7,18 +7,26 @@ registers every ``vdi`` subcommand.
 
 from __future__ import annotations
 
-from sheep import proto
-from sheep.errors import CODES, strerror
-from sheep.proto import Op, Request
-
 from collie import json_vdi, progress, vdi_backup, vdi_extra, vdi_image
-from collie.vdi_args import size_arg, snapshot_arg
-from collie.vdi_rw import vdi_read, vdi_write
-from collie.client import (EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
-                           EXIT_USAGE, Client, CollieError, VdiEntry,
-                           check_vdi_name, count_data_objs, unpack_vids)
+from collie.client import (
+    EXIT_FAILURE,
+    EXIT_MISSING,
+    EXIT_SUCCESS,
+    EXIT_USAGE,
+    Client,
+    CollieError,
+    VdiEntry,
+    check_vdi_name,
+    count_data_objs,
+    unpack_vids,
+)
 from collie.cluster import confirm, parse_copy, parse_shift, redundancy
 from collie.output import JSON_HELP, Out, strftime_local
+from collie.vdi_args import size_arg, snapshot_arg
+from collie.vdi_rw import vdi_read, vdi_write
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import CODES, strerror
 
 OLD_MAX_DATA_OBJS = 1 << 20
 SD_MAX_VDI_SIZE = (1 << 22) * (1 << 32)

@@ -33,13 +33,12 @@ import struct
 import sys
 import tempfile
 
-from sheep import proto
-from sheep.errors import strerror
-from sheep.proto import Op, Request
-
 from collie import progress
 from collie.client import EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client, CollieError
 from collie.output import Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import strerror
 
 VDI_BACKUP_FORMAT_VERSION = 1
 VDI_BACKUP_MAGIC = 0x11921192

@@ -34,15 +34,20 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sheep import proto
-from sheep.errors import CODES, strerror
-from sheep.proto import Op, Request
-from sheep.ring import Ring
-
 from collie import progress
-from collie.client import (EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client,
-                           CollieError)
+from collie.client import (
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    EXIT_USAGE,
+    Client,
+    CollieError,
+)
 from collie.output import JSON_HELP, Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import CODES, strerror
+from sheep.proto.placement import Ring
 
 NR_WORKERS = 8
 DASHES = "-" * 51

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import sys
 
-from sheep import proto
-from sheep.errors import CODES, strerror
-from sheep.proto import Op, Request
-
-from collie.client import (EXIT_EXISTS, EXIT_FAILURE, EXIT_MISSING, EXIT_SUCCESS,
-                           EXIT_SYSFAIL, Client, CollieError)
 from collie import json_vdi
+from collie.client import (
+    EXIT_EXISTS,
+    EXIT_FAILURE,
+    EXIT_MISSING,
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    Client,
+    CollieError,
+)
 from collie.output import JSON_HELP, TEXT_BOLD, TEXT_NORMAL, Out
+from sheep import proto
+from sheep.proto import Op, Request
+from sheep.proto.errors import CODES, strerror
 
 NO_INDEX = None
 
@@ -159,7 +165,7 @@ def _expected_location(client: Client, out: Out, oid: int, copies: int) -> None:
         out.line(f"\nBecause number of nodes ({len(client.nodes)}) is less than number "
                  f"of copies ({copies}), the object should be located at every nodes.")
         return
-    from sheep.ring import Ring
+    from sheep.proto.placement import Ring
     ring = Ring(client.nodes)
     out.line("\nAccording to sheepdog algorithm, the object should be located at:")
     out.line(" ".join(f"{n.host}:{n.port}" for n in ring.replicas(oid, copies)))

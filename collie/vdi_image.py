@@ -47,12 +47,19 @@ import os
 import stat
 import sys
 
-from sheep import proto
-
 from collie import progress
-from collie.client import (EXIT_EXISTS, EXIT_FAILURE, EXIT_SUCCESS, EXIT_SYSFAIL,
-                           EXIT_USAGE, Client, CollieError, unpack_vids)
+from collie.client import (
+    EXIT_EXISTS,
+    EXIT_FAILURE,
+    EXIT_SUCCESS,
+    EXIT_SYSFAIL,
+    EXIT_USAGE,
+    Client,
+    CollieError,
+    unpack_vids,
+)
 from collie.output import Out
+from sheep import proto
 
 SECTOR = 512
 OLD_MAX_DATA_OBJS = 1 << 20

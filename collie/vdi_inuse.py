@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import sys
 
+from collie.client import EXIT_FAILURE, Client, CollieError
 from sheep import proto
 from sheep.proto import Op, Request
-
-from collie.client import EXIT_FAILURE, Client, CollieError
 
 
 def holders(client: Client, vid: int) -> list[str]:
@@ -51,7 +50,7 @@ def break_lock(client: Client, vid: int, name: str) -> None:
     proto.set_release_session(req.args, 0)
     rsp, _ = client.exec(req)
     if rsp.result != 0:
-        from sheep.errors import strerror
+        from sheep.proto.errors import strerror
         raise CollieError(f"Failed to unlock VDI {name}: {strerror(rsp.result)}",
                           code=EXIT_FAILURE)
 

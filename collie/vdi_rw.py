@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import sys
 
-from sheep import proto
-
 from collie import progress, vdi_image
 from collie.client import EXIT_SUCCESS, Client, CollieError, unpack_vids
 from collie.output import Out
 from collie.vdi_args import size_arg, snapshot_arg
+from sheep import proto
 
 
 def _range_args(args) -> tuple[int, int | None]:

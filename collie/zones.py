@@ -17,10 +17,9 @@ on stderr (stdout stays as dog prints it):
 
 from __future__ import annotations
 
-from sheep import proto
-
 from collie.client import Client
 from collie.output import Out
+from sheep import proto
 
 
 def nr_zones(nodes) -> int:

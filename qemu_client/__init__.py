@@ -52,7 +52,7 @@ from qemu_client.sync import (
     open,
 )
 from qemu_client.vdis import VdiInfo
-from sheep.errors import ERROR_CLASSES, SdError
+from sheep.proto.errors import ERROR_CLASSES, SdError
 
 globals().update(ERROR_CLASSES)  # NoVdiError, VdiLockedError, FencedError, ...
 

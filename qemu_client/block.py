@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from qemu_client.connection import Connection, GatewayLost
 from qemu_client.session import InactiveError, LockSession
 from sheep import proto
-from sheep.errors import CODES, FencedError, SdError, error_for
+from sheep.proto.errors import CODES, FencedError, SdError, error_for
 
 log = logging.getLogger("qemu_client.block")
 
@@ -174,7 +174,7 @@ class AsyncVdi:
         migration destination) take no lock and allow no I/O until
         :meth:`activate`.  The lock's lease is renewed in the background.
         ``conn`` replaces the connection to ``host:port`` (anything with
-        ``connect``/``call``/``close``, e.g. ``sheep.nbd``'s in-process one).
+        ``connect``/``call``/``close``, e.g. ``sheep.nbd.export``'s in-process one).
         ``nodes`` are extra gateways to try; ``failover=False`` sticks to
         ``host:port``.
         """

@@ -4,7 +4,7 @@ Guarantees:
 
 * many requests may be in flight at once on one TCP connection (replies
   matched by id, in any order);
-* a non-zero result raises the typed :class:`sheep.errors.SdError` subclass
+* a non-zero result raises the typed :class:`sheep.proto.errors.SdError` subclass
   for that code (``NoVdiError``, ``VdiLockedError``, ...);
 * **gateway failover**: the connection knows the cluster's node list
   (GET_NODE_LIST when it connects, again after every failover and whenever
@@ -37,8 +37,8 @@ import contextvars
 import logging
 
 from sheep import proto
-from sheep.errors import CODES, SdError, error_for
-from sheep.net import AsyncConnection
+from sheep.proto.connection import AsyncConnection
+from sheep.proto.errors import CODES, SdError, error_for
 
 log = logging.getLogger("qemu_client.connection")
 

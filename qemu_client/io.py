@@ -33,7 +33,7 @@ import time
 
 from qemu_client import sync
 from sheep import proto
-from sheep.errors import SdError
+from sheep.proto.errors import SdError
 
 _SUFFIX = {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50,
            "e": 1 << 60}

@@ -21,7 +21,7 @@ import secrets
 from dataclasses import dataclass
 
 from sheep import proto
-from sheep.errors import CODES, FencedError, SdError, VdiLockedError  # noqa: F401
+from sheep.proto.errors import CODES, FencedError, SdError, VdiLockedError  # noqa: F401
 
 log = logging.getLogger("qemu_client.session")
 

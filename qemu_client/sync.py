@@ -4,7 +4,7 @@ Each :class:`Vdi` runs its own event loop in a private thread; calls block
 the caller until the operation finished (a write returns once every replica
 has it).  Thread-safe: several threads may call one Vdi at once, and their
 requests are in flight together on the one connection.  Errors are the same
-typed exceptions (``sheep.errors``) as in the asyncio API.
+typed exceptions (``sheep.proto.errors``) as in the asyncio API.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from qemu_client.connection import Connection
 from sheep import proto
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 
 _NONZERO = re.compile(rb"[^\x00]")
 
@@ -66,7 +66,7 @@ def _info(vid: int, h: proto.InodeHeader) -> VdiInfo:
 async def list_vdis(host: str = "127.0.0.1", port: int = proto.SD_PORT) -> list[VdiInfo]:
     """Every live VDI of the cluster reached through the sheep at host:port.
 
-    Raises the typed :mod:`sheep.errors` exception of a failed request (e.g.
+    Raises the typed :mod:`sheep.proto.errors` exception of a failed request (e.g.
     ``WaitForFormatError`` on an unformatted cluster) and ``ConnectionError``
     when the sheep cannot be reached.  A VDI deleted between the bitmap read
     and its header read is left out."""

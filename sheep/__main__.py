@@ -6,7 +6,7 @@ its log.  "Started" means: the daemon locked its store, wrote its pid file
 and listens; the launcher then also waits until its join was decided (at
 most 10 s), so that a script that starts nodes one by one gets them in that
 order.  A join the cluster refuses, or a restart with the other vnode
-strategy (``sheep.joins``), is logged and the daemon exits 1 — the launcher
+strategy (``sheep.cluster.joins``), is logged and the daemon exits 1 — the launcher
 exits 0 all the same (1.0: the config check and the join come after its
 launcher returned).  The launcher exits 1, with the reason on stderr, only
 when the daemon could not start: bad options, the store locked by another

@@ -44,14 +44,14 @@ def driver_endpoint(cluster: str) -> tuple[str, int] | None:
     name, _, option = cluster.partition(":")
     try:
         if name == "zmq":
-            from sheep.cluster import zmq_proto
+            from sheep.cluster.drivers import zmq_proto
 
             seeds, me = zmq_proto.parse_option(option)
             ep = me or seeds[0]
             host, _, port = ep[len("tcp://"):].rpartition(":")
             return host.strip("[]"), int(port)
         if name == "zookeeper":
-            from sheep.cluster.zookeeper import parse_option
+            from sheep.cluster.drivers.zookeeper import parse_option
 
             hosts, _cid, _timeout = parse_option(option)
             host, _, port = hosts.split(",")[0].rpartition(":")

@@ -212,7 +212,9 @@ def parse(argv: list[str]) -> Config:
         if cfg.zone is None:
             raise ConfigError(f"Invalid zone id '{ns.zone}': must be an integer between "
                               f"0 and {0xFFFFFFFF}")
-    from sheep.cluster.base import DRIVERS  # the registry; drivers import lazily
+    from sheep.cluster.drivers.base import (
+        DRIVERS,  # the registry; drivers import lazily
+    )
 
     drv = ns.cluster.split(":", 1)[0]
     if drv not in DRIVERS:

@@ -18,18 +18,19 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 
-from sheep import __version__, md_ops, ops, proto
-from sheep.cluster.base import JoinRejected
-from sheep.errors import CODES, SdError, error_for
-from sheep.gateway import Gateway
-from sheep.group import KILLED, Group
-from sheep.joins import restart_vnodes_error
-from sheep.lock import Locks
-from sheep.recovery import Recovery
-from sheep.server import start_servers
-from sheep.space import node_space
+from sheep import __version__, proto
+from sheep.cluster.drivers.base import JoinRejected
+from sheep.cluster.group import KILLED, Group
+from sheep.cluster.joins import restart_vnodes_error
+from sheep.cluster.recovery import Recovery
+from sheep.datapath.gateway import Gateway
+from sheep.proto.errors import CODES, SdError, error_for
+from sheep.server import md_ops, ops
+from sheep.server.listener import start_servers
 from sheep.store.plain import PlainStore
-from sheep.vdi import VdiTable
+from sheep.store.space import node_space
+from sheep.vdi.locks import Locks
+from sheep.vdi.table import VdiTable
 
 log = logging.getLogger("sheep")
 
@@ -133,7 +134,7 @@ class Sheep:
 
     async def _watch_store(self) -> None:
         """Leave the cluster if the store vanishes (checked every second); with
-        several disks, drop a lost one instead (``sheep.md_ops``)."""
+        several disks, drop a lost one instead (``sheep.server.md_ops``)."""
         if self.store.multi_disk:  # objects left off their home by a changed disk list
             md_ops.rebalance_later(self)
         while True:
@@ -194,9 +195,9 @@ class Sheep:
             ready(f"cannot listen on {cfg.bindaddr}:{cfg.port}: {e.strerror or e}")
             return 1
         if cfg.nbd:  # the NBD export (sheep.nbd), next to the Sheepdog protocol
-            from sheep import nbd
+            from sheep.nbd import export
             try:
-                servers.append(await nbd.start_server(self))
+                servers.append(await export.start_server(self))
             except OSError as e:
                 for s in servers:
                     s.close()
@@ -204,7 +205,7 @@ class Sheep:
                 return 1
         metrics_server = None
         if cfg.metrics:  # Prometheus endpoint on its own thread (sheep.metrics)
-            from sheep import metrics
+            from sheep.server import metrics
             try:
                 metrics_server = metrics.start(self, *cfg.metrics)
             except OSError as e:

@@ -25,8 +25,8 @@ import tempfile
 import time
 
 from sheep import proto
-from sheep.errors import error_for
-from sheep.net import BlockingConnection
+from sheep.proto.connection import BlockingConnection
+from sheep.proto.errors import error_for
 
 _used_ports: set[int] = set()
 # ports handed out by any test process on this machine (one file per port,
@@ -365,7 +365,7 @@ def vdi_oids(vid: int, size: int, shift: int = proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
 def placement_ok(c: Cluster, oids, copies: int = 3) -> bool:
     """Every object is on exactly the nodes the current ring names, and no
     live node is still recovering."""
-    from sheep.ring import Ring
+    from sheep.proto.placement import Ring
 
     live = c.live()
     ring = Ring(live[0].client().nodes())

@@ -14,7 +14,7 @@ answering one line each:
 import sys
 
 import qemu_client
-from sheep.errors import SdError
+from sheep.proto.errors import SdError
 
 
 def main() -> int:

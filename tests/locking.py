@@ -14,7 +14,7 @@ from harness import wait_for
 
 import qemu_client
 from sheep import proto
-from sheep.errors import VdiLockedError
+from sheep.proto.errors import VdiLockedError
 
 GRACE = 3.0
 MB = 1024 * 1024

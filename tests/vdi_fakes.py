@@ -1,6 +1,6 @@
 """In-memory stand-ins for the VDI layer's collaborators (gateway, group,
-locks) and NEW_VDI/DEL_VDI drivers, shared by the unit tests of ``sheep.vdi``
-and ``sheep.vdi_recycle`` (no daemons)."""
+locks) and NEW_VDI/DEL_VDI drivers, shared by the unit tests of ``sheep.vdi.table``
+and ``sheep.vdi.recycle`` (no daemons)."""
 
 import asyncio
 import shutil
@@ -9,8 +9,8 @@ import types
 import weakref
 
 from sheep import proto
-from sheep.errors import CODES, SdError
-from sheep.vdi import VdiTable
+from sheep.proto.errors import CODES, SdError
+from sheep.vdi.table import VdiTable
 
 
 class FakeGateway:

@@ -4,7 +4,7 @@ A store owns one node's base directory (docs/protocol.md §16): the cluster conf
 the epoch logs (§15) and the object files. Every method is synchronous,
 blocking and thread-safe: the daemon calls them from an executor and
 sometimes inline. Failures that have a Sheepdog result code are raised as
-:class:`sheep.errors.SdError` subclasses (NO_OBJ, EIO, INVALID_PARMS,
+:class:`sheep.proto.errors.SdError` subclasses (NO_OBJ, EIO, INVALID_PARMS,
 NO_SPACE, ...), so the code can go straight into a reply header.
 """
 

@@ -21,7 +21,7 @@ import struct
 import threading
 import time
 
-from sheep.errors import CODES, error_for
+from sheep.proto.errors import CODES, error_for
 from sheep.store.base import StoreLockedError
 
 _TS = struct.Struct("<q")

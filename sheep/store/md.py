@@ -7,7 +7,7 @@ second consistent-hash ring, a ring of *vdisks*:
   by its space: it owns ``ceil(space / 1 GiB)`` vdisks (:func:`vdisk_count`);
 * its vdisk points are ``h = sd_hash(path)`` then that many times
   ``h = sd_hash_next(h)`` (the same hash steps as the node ring,
-  ``sheep.ring``);
+  ``sheep.proto.placement``);
 * an object lives on the disk of the first point ``>= sd_hash_oid(oid)``,
   wrapping to the smallest point (``rb_nsearch`` in 1.0);
 * two disks yielding the same point is refused (1.0 panics).
@@ -40,7 +40,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from sheep.ring import sd_hash, sd_hash_next, sd_hash_oid, sd_hash_oid_array
+from sheep.proto.placement import sd_hash, sd_hash_next, sd_hash_oid, sd_hash_oid_array
 
 VDISK_SIZE = 1 << 30  # MD_VDISK_SIZE: one vdisk per GiB
 MAX_DISKS = 64  # MD_MAX_DISK (size of sd_md_info)

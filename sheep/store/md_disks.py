@@ -31,7 +31,7 @@ Guarantees
   lost its ``.stale`` / ``.meta`` layout: an unmounted disk leaves an empty
   mountpoint) or that fails a write probe is dropped at once (1.0's ``md_handle_eio``);
   its objects are then simply absent here, so recovery and the on-access
-  fetch of ``sheep.fetch`` bring them back from peers (never an older copy:
+  fetch of ``sheep.cluster.fetch`` bring them back from peers (never an older copy:
   those rules decide).  If every disk is lost, nothing is dropped and the
   caller takes the node out of the cluster.
 * **A dropped disk never comes back with its old copies**: lost and
@@ -62,7 +62,7 @@ import shutil
 import threading
 from collections.abc import Sequence
 
-from sheep.errors import SdError
+from sheep.proto.errors import SdError
 from sheep.store import md
 from sheep.store import meta as M
 from sheep.store.basedir import err, fsync_dir, pread_full, unlink

@@ -58,14 +58,21 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from sheep.errors import CODES, SdError
-from sheep.space import free_space
+from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
 from sheep.store.base import Store
+from sheep.store.basedir import (
+    BaseDir,
+    err,
+    fsync_dir,
+    oserror,
+    pread_full,
+    pwrite_full,
+    unlink,
+)
 from sheep.store.md_disks import MdDisks
+from sheep.store.space import free_space
 from sheep.store.stale import StaleCopies
-from sheep.store.basedir import (BaseDir, err, fsync_dir, oserror, pread_full, pwrite_full,
-                                 unlink)
 
 log = logging.getLogger("sheep.store")
 

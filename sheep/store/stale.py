@@ -4,7 +4,7 @@ A stale copy is a former live copy kept, frozen, as ``obj/.stale/<oid>.<epoch>``
 with its record in ``meta/stale/<oid>.<epoch>`` (docs/protocol.md §15/§16): the node
 no longer holds the object at a new epoch, or it rejoined after missing
 writes.  Recovery may fetch a stale copy (by its version, see
-``sheep.recovery``); once every node finished recovering, they are purged.
+``sheep.cluster.recovery``); once every node finished recovering, they are purged.
 
 Moves rename the object first and the record second; a crash in between
 leaves a stale object without a record and a live record without an object,

@@ -25,7 +25,7 @@ from locking import collie, locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lock]
 

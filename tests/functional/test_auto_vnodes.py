@@ -10,7 +10,7 @@ import pytest
 from harness import Cluster, Node, free_port, wait_for
 
 from sheep import proto
-from sheep.ring import auto_vnodes
+from sheep.proto.placement import auto_vnodes
 
 pytestmark = pytest.mark.cluster
 GiB, MiB = 1 << 30, 1 << 20

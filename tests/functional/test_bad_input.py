@@ -372,7 +372,7 @@ def test_new_vdi_bad_payload_and_snapshot(env):
 
 
 def proto_codes():
-    from sheep.errors import CODES
+    from sheep.proto.errors import CODES
     return CODES.values()
 
 

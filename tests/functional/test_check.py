@@ -15,8 +15,8 @@ from harness import Cluster, cli_sections, wait_for
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES
-from sheep.ring import Ring
+from sheep.proto.errors import CODES
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster, pytest.mark.recovery]
 

@@ -16,7 +16,7 @@ import pytest
 
 import qemu_client
 from sheep import proto
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster]
 

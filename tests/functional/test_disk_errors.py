@@ -20,7 +20,7 @@ import pytest
 from harness import placement_ok, tmpfs, vdi_oids, wait_for
 
 import qemu_client
-from sheep.errors import SdError
+from sheep.proto.errors import SdError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.recovery]
 MiB = 1 << 20

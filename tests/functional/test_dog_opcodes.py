@@ -15,8 +15,8 @@ from harness import wait_for
 
 from collie.node_md import MD_INFO_SIZE
 from sheep import proto
-from sheep.errors import CODES
 from sheep.proto import Op, Request
+from sheep.proto.errors import CODES
 
 pytestmark = pytest.mark.cluster
 

@@ -10,7 +10,7 @@ from locking import GRACE, collie, lock_holders, locked_cluster, new_vdi, peer_w
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES, FencedError
+from sheep.proto.errors import CODES, FencedError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lock]
 

@@ -1,4 +1,4 @@
-"""Join rules and restart order as in Sheepdog 1.0 (sheep/joins.py), with real daemons."""
+"""Join rules and restart order as in Sheepdog 1.0 (sheep/cluster/joins.py), with real daemons."""
 
 import os
 import signal
@@ -8,7 +8,7 @@ import pytest
 from harness import collie_run, epoch_lines, free_port, wait_for
 
 from sheep import proto
-from sheep.joins import RESTART_VNODES_MSG
+from sheep.cluster.joins import RESTART_VNODES_MSG
 
 pytestmark = pytest.mark.cluster
 

@@ -25,7 +25,7 @@ from harness import SERVER_BLOCKER, Cluster, collie_ok, wait_for
 import qemu_client
 from collie.__main__ import main as collie_main
 from sheep import proto
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = pytest.mark.cluster
 
@@ -301,8 +301,8 @@ except qemu_client.VdiExistError as e:
 qemu_client.delete("lean", port=port)
 qemu_client.delete("lean", port=port, snapshot="s")
 bad = sorted(m for m in sys.modules if m.split(".")[0] in _NotInstalled.BLOCK
-             or m.startswith(("sheep.daemon", "sheep.store", "sheep.cluster", "sheep.ring",
-                              "sheep.vdi", "sheep.gateway", "sheep.recovery")))
+             or m.startswith(("sheep.daemon", "sheep.store", "sheep.cluster", "sheep.proto.placement",
+                              "sheep.vdi.table", "sheep.datapath.gateway", "sheep.cluster.recovery")))
 print(names, err, bad)
 """
 

@@ -9,11 +9,19 @@ import time
 
 import pytest
 from harness import cli_sections, wait_for
-from locking import GRACE, MB, collie, lock_holders, locked_cluster, new_vdi, open_eventually
+from locking import (
+    GRACE,
+    MB,
+    collie,
+    lock_holders,
+    locked_cluster,
+    new_vdi,
+    open_eventually,
+)
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES, FencedError, SdError, VdiLockedError
+from sheep.proto.errors import CODES, FencedError, SdError, VdiLockedError
 
 pytestmark = pytest.mark.cluster
 

@@ -91,7 +91,7 @@ def test_server_and_json_formats(tmp_path):
         assert {"time", "pid", "level", "logger", "func", "line", "msg"} <= set(objs[0])
         assert all(o["pid"] == n.pid for o in objs)
         assert {o["level"] for o in objs} <= {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
-        assert any(o["msg"].startswith("cluster formatted") and o["logger"] == "sheep.group"
+        assert any(o["msg"].startswith("cluster formatted") and o["logger"] == "sheep.cluster.group"
                    for o in objs)
         assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d",
                                 o["time"]) for o in objs)

@@ -14,7 +14,7 @@ from harness import vdi_oids, wait_for
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES
+from sheep.proto.errors import CODES
 from sheep.store import md
 
 pytestmark = [pytest.mark.cluster, pytest.mark.recovery]

@@ -17,7 +17,9 @@ import pytest
 from harness import Cluster, push, rss_mib, wait_for
 from nbd_raw import RawNbd
 
-from sheep import nbd, proto, server
+from sheep import proto
+from sheep.nbd import export
+from sheep.server import listener
 
 pytestmark = [pytest.mark.cluster]
 
@@ -57,7 +59,7 @@ def test_sheepdog_port_stops_reading_a_flooding_connection(stalled):
     s = socket.create_connection(("127.0.0.1", node.port))
     try:
         sent = push(s, frames)
-        assert server.MAX_BUFFERED == 64 * MiB
+        assert listener.MAX_BUFFERED == 64 * MiB
         assert sent < 100 * MiB, f"{sent / MiB:.0f} of 160 MiB taken in"
         assert rss_mib(node.pid) - before < 150
     finally:
@@ -73,11 +75,11 @@ def test_nbd_export_stops_reading_a_flooding_connection(stalled):
         raw.greet()
         raw.go("big")
         payload = os.urandom(4 * MiB)
-        frames = [struct.pack(">IHHQQI", nbd.REQUEST_MAGIC, 0, nbd.CMD_WRITE, i + 1, i * OBJ,
+        frames = [struct.pack(">IHHQQI", export.REQUEST_MAGIC, 0, export.CMD_WRITE, i + 1, i * OBJ,
                               len(payload)) + payload for i in range(40)]
         before = rss_mib(node.pid)
         sent = push(raw.s, frames)
-        assert nbd.MAX_BUFFERED == 64 * MiB
+        assert export.MAX_BUFFERED == 64 * MiB
         assert sent < 100 * MiB, f"{sent / MiB:.0f} of 160 MiB taken in"
         assert rss_mib(node.pid) - before < 150
     finally:

@@ -32,7 +32,15 @@ import time
 
 import pytest
 from harness import Client, wait_for
-from walkthrough import ROOT, env_file, localize, section, steps, unit_exec_start, unit_setting
+from walkthrough import (
+    ROOT,
+    env_file,
+    localize,
+    section,
+    steps,
+    unit_exec_start,
+    unit_setting,
+)
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "probe"))
 from probelib.netns import Net  # noqa: E402

@@ -25,7 +25,7 @@ from locking import collie as collie_as
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES
+from sheep.proto.errors import CODES
 
 pytestmark = pytest.mark.cluster
 
@@ -214,7 +214,7 @@ def test_bad_restore_changes_nothing(locked, tmp_path):
 
 def test_localcluster_stop_only_its_own(locked, tmp_path):
     other = locked.nodes[0].port  # "someone else's" cluster on --base-port
-    lc = [sys.executable, "-m", "sheep.localcluster", "--dir", str(tmp_path / "lc")]
+    lc = [sys.executable, "-m", "sheep.launcher", "--dir", str(tmp_path / "lc")]
     r = subprocess.run(lc + ["stop", "--base-port", str(other)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0 and "nothing stopped" in r.stdout, r.stdout + r.stderr

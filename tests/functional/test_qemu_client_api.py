@@ -19,7 +19,7 @@ from harness import wait_for
 import qemu_client
 from qemu_client import aio
 from sheep import proto
-from sheep.errors import (
+from sheep.proto.errors import (
     InvalidParmsError,
     NoTagError,
     NoVdiError,

@@ -6,7 +6,7 @@ import pytest
 
 import qemu_client
 from sheep import proto
-from sheep.errors import SdError
+from sheep.proto.errors import SdError
 
 pytestmark = pytest.mark.cluster
 

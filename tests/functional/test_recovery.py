@@ -10,7 +10,7 @@ import pytest
 from harness import placement_ok, vdi_oids, wait_for
 
 import qemu_client
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster, pytest.mark.recovery]
 

@@ -1,4 +1,4 @@
-"""Restart from disk and join rules (sheep/joins.py), with real daemons on the local driver."""
+"""Restart from disk and join rules (sheep/cluster/joins.py), with real daemons on the local driver."""
 
 import shutil
 import signal
@@ -66,7 +66,7 @@ def test_wiped_store_rejected_then_force_recover(make_cluster, data8k):
     shutil.rmtree(c.nodes[1].store)
     c.nodes[0].start()
     assert not _running(c.nodes[0])  # waits for the nodes of its last epoch
-    # refused while the cluster waits (stronger than 1.0, see sheep/joins.py);
+    # refused while the cluster waits (stronger than 1.0, see sheep/cluster/joins.py);
     # as in 1.0 the launcher exits 0 and the daemon logs why and exits
     c.nodes[1].start_refused("its store is empty (wiped?)")
     c.nodes[2].start()

@@ -22,7 +22,7 @@ from harness import wait_for, write_vdi
 from locking import collie
 
 from sheep import proto
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster]
 

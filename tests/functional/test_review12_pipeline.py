@@ -10,7 +10,7 @@ connection to the other is loaded both ways).
 
 Two sheep that both pause a peer connection (the last test, 3 nodes): a
 sheep stops reading a connection with 128 requests in progress
-(``sheep.server``).  Writes a gateway forwards to a replica that lacks the
+(``sheep.server.listener``).  Writes a gateway forwards to a replica that lacks the
 object wait there for on-access recovery, which fetches the object from
 another node -- and the fetch used to travel on the same peer connection
 as the forwarded I/O.  With recovery disabled after a node loss, a client on
@@ -32,7 +32,8 @@ import time
 import pytest
 from harness import Cluster, collie_ok, push, read_vdi, wait_for, write_vdi
 
-from sheep import gateway, proto
+from sheep import proto
+from sheep.datapath import gateway
 
 pytestmark = [pytest.mark.cluster]
 

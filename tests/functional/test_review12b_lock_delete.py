@@ -22,7 +22,7 @@ from harness import Client, Cluster, collie_run, wait_for
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 
 pytestmark = [pytest.mark.cluster, pytest.mark.review, pytest.mark.lock]
 
@@ -193,7 +193,7 @@ def _race_lock_and_delete(port: int, name: str, rounds: int = 1):
     one node (the lock first): (lock result, delete result)."""
     import asyncio
 
-    from sheep.net import AsyncConnection
+    from sheep.proto.connection import AsyncConnection
 
     def req(op):
         payload = proto.vdi_name_payload(name, "")

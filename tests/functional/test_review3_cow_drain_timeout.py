@@ -2,7 +2,7 @@
 waiting after ``DRAIN_WAIT`` and copies the parent without a write that is
 then acknowledged: the acknowledged write is missing from the working VDI.
 
-``Gateway.handle_create`` (sheep/gateway.py) waits for the parent's drain
+``Gateway.handle_create`` (sheep/datapath/gateway.py) waits for the parent's drain
 (``Locks.wait_drained``, 35 s) before it reads the parent for a
 copy-on-write, but ignores that the wait timed out (``wait_until`` returns
 False) and copies the parent anyway.  A fan-out has no bound on how long it

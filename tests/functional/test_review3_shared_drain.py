@@ -2,11 +2,11 @@
 are still landing (draining), so those writes can land after the new
 holders' writes.
 
-``LockTable.lock`` (sheep/lock_table.py) calls ``_settled`` -- "no grant
+``LockTable.lock`` (sheep/vdi/lock_table.py) calls ``_settled`` -- "no grant
 while a former holder's writes may still be landing" -- for exclusive and
 read holds, but not for ``shared`` ones (Sheepdog 1.0's LOCK_VDI type 1,
 iSCSI multipath; also LOCK_MODE_WRITE with type shared).  ``lock_vdi``
-(sheep/lock.py) waits for the drain on the gateway *before* its cluster
+(sheep/vdi/locks.py) waits for the drain on the gateway *before* its cluster
 operation, but that is no guarantee: the grant that ends can be applied
 between that wait and the lock's main step (both queued behind a running
 cluster operation, here), and after ``DRAIN_WAIT`` the wait gives up
@@ -36,9 +36,9 @@ from locking import in_thread, locked_cluster, new_vdi, peer_write
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES
-from sheep.lock_table import EXCL, SHARED, LockTable
-from sheep.ring import Ring
+from sheep.proto.errors import CODES
+from sheep.proto.placement import Ring
+from sheep.vdi.lock_table import EXCL, SHARED, LockTable
 
 pytestmark = [pytest.mark.review]
 OBJ = proto.SD_DATA_OBJ_SIZE

@@ -3,7 +3,7 @@ objects from the working VDI (an acknowledged write was gone).  Fixed by the
 snapshot's freeze (sheep.lock_table): the writer's writes wait (AGAIN) until
 the snapshot is taken, then land in the new working VDI.  What was seen:
 
-``VdiTable._snapshot_work`` (sheep/vdi.py) reads the working VDI W's
+``VdiTable._snapshot_work`` (sheep/vdi/table.py) reads the working VDI W's
 ``data_vdi_id`` index (``_derive`` -> ``_read_index``) and writes the new
 working VDI N's inode with a copy of it -- in the cluster-op *work* step,
 while W's exclusive holder is still W's writer: the lock moves to N
@@ -35,7 +35,7 @@ from locking import locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lock, pytest.mark.review]
 OBJ = proto.SD_DATA_OBJ_SIZE

@@ -114,7 +114,7 @@ def test_whole_cluster_crash_between_a_refused_join_and_its_leave(make_cluster):
     pid = None
     with open(os.path.join(a.cdir, "lock"), "a+") as lk:
         while time.monotonic() < deadline:
-            fcntl.flock(lk, fcntl.LOCK_EX)  # nobody appends meanwhile (sheep/cluster/local.py)
+            fcntl.flock(lk, fcntl.LOCK_EX)  # nobody appends meanwhile (sheep/cluster/drivers/local.py)
             try:
                 with open(os.path.join(a.cdir, "log"), "rb") as f:
                     if needle in f.read() and os.path.exists(fixed.pidfile):

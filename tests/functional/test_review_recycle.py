@@ -59,7 +59,7 @@ def _collected_with_node_away(make_cluster):
 
 
 def test_node_back_behind_adds_no_vdi_record_of_a_collected_family(make_cluster):
-    """sheep.vdi_recycle: a node joining with an older epoch adds no records."""
+    """sheep.vdi.recycle: a node joining with an older epoch adds no records."""
     c = _collected_with_node_away(make_cluster)
     for n in c.nodes:
         assert vids(n.port) == {}, f"the deleted VDI is listed again on node {n.idx}"

@@ -1,5 +1,5 @@
 """Adversarial review of the tombstones of VID recycling (``collie cluster
-format -R``, ``sheep.vdi_recycle``): a LIVE VDI on a collected id must never
+format -R``, ``sheep.vdi.recycle``): a LIVE VDI on a collected id must never
 be dropped from the table nor have its objects skipped by recovery."""
 
 import os

@@ -7,7 +7,7 @@ moments: a write admitted just before the unlock could land on the replicas
 that had not heard of it yet and be refused by the others — left on some
 replicas only, where its greater version would later win (recovery,
 ``vdi check``) after the new holder had taken the VDI.  Now a grant that
-ends drains (``sheep.lock_table``): replicas still take the former holder's
+ends drains (``sheep.vdi.lock_table``): replicas still take the former holder's
 writes in flight, its gateway admits no new one and says when they are done,
 and nobody else gets the VDI before that.  So such a write lands everywhere
 before the next holder starts, or nowhere.
@@ -26,7 +26,7 @@ from locking import collie, in_thread, locked_cluster, new_vdi
 
 import qemu_client
 from sheep import proto
-from sheep.ring import Ring
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.cluster, pytest.mark.lock]
 OBJ = proto.SD_DATA_OBJ_SIZE

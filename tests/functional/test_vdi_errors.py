@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from harness import tmpfs
+
 from sheep import proto
 
 pytestmark = pytest.mark.cluster

@@ -9,7 +9,7 @@ from harness import collie_ok, wait_for
 
 import qemu_client
 from sheep import proto
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 
 pytestmark = pytest.mark.cluster
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from sheep import proto
-from sheep.errors import CODES
+from sheep.proto.errors import CODES
 
 pytestmark = pytest.mark.cluster
 

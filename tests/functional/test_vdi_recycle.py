@@ -1,4 +1,4 @@
-"""VID recycling (docs/protocol.md §12.3, sheep/vdi_recycle.py): a cluster formatted with
+"""VID recycling (docs/protocol.md §12.3, sheep/vdi/recycle.py): a cluster formatted with
 ``collie cluster format -R`` numbers VDIs from 1, frees the id of a VDI whose
 whole family is deleted (its inode objects are removed from every store), and
 gives that id to the next new VDI, which never sees the old one's data."""

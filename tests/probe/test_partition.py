@@ -212,7 +212,7 @@ def _phases(log, marks: dict) -> dict:
 def _local_blocks(c, node, vid, blocks):
     """The blocks whose object ``node`` holds under the current ring."""
     from sheep import proto
-    from sheep.ring import Ring
+    from sheep.proto.placement import Ring
 
     cl = node.client()
     try:
@@ -256,7 +256,7 @@ class _HaltWatch:
 def _halted(node) -> bool:
     """The node answers STAT_CLUSTER with HALT (it knows it is in a minority)."""
     from sheep import proto
-    from sheep.errors import CODES
+    from sheep.proto.errors import CODES
 
     try:
         cl = node.client()

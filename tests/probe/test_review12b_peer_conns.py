@@ -20,8 +20,8 @@ import pytest
 from harness import Client, Cluster, placement_ok, vdi_oids, wait_for, write_vdi
 
 from sheep import proto
-from sheep.fetch import LIVE
-from sheep.ring import Ring
+from sheep.cluster.fetch import LIVE
+from sheep.proto.placement import Ring
 
 pytestmark = [pytest.mark.probe, pytest.mark.cluster, pytest.mark.review,
               pytest.mark.probe_timeout(180, 0)]

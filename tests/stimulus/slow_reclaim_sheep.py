@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 
-from sheep import refcount
+from sheep.vdi import refcount
 
 DELAY = float(sys.argv[1])
 _orig = refcount.Refs._remove

@@ -8,9 +8,11 @@ import asyncio
 
 import pytest
 
-from sheep import ops, peer, proto
-from sheep import group as G
-from sheep.errors import CODES, SdError
+from sheep import proto
+from sheep.cluster import group as G
+from sheep.datapath import replica
+from sheep.proto.errors import CODES, SdError
+from sheep.server import ops
 from sheep.store.plain import PlainStore
 
 OID = 0x0000ABCD00000007
@@ -93,19 +95,19 @@ def test_local_leg_checks_serving_epoch_and_fence_under_the_store_lock(sheep):
     run = asyncio.run
     sheep.group.up = False
     with pytest.raises(SdError) as e:
-        run(peer.write(sheep, OID, b"new", 0, 5))
+        run(replica.write(sheep, OID, b"new", 0, 5))
     assert e.value.code == CODES["HALT"]
     sheep.group.up = True
     with pytest.raises(SdError) as e:  # a gateway of an older epoch
-        run(peer.write(sheep, OID, b"new", 0, 4))
+        run(replica.write(sheep, OID, b"new", 0, 4))
     assert e.value.code == CODES["OLD_NODE_VER"]
     sheep.locks.current[vid] = (9, "127.0.0.1:7001")
-    for fence in (peer.Fence(8, "127.0.0.1:7001"), peer.Fence(9, "127.0.0.1:7002")):
+    for fence in (replica.Fence(8, "127.0.0.1:7001"), replica.Fence(9, "127.0.0.1:7002")):
         with pytest.raises(SdError) as e:  # an old grant, or the right one through another gateway
-            run(peer.write(sheep, OID, b"new", 0, 5, fence))
+            run(replica.write(sheep, OID, b"new", 0, 5, fence))
         assert e.value.code == CODES["FENCED"]
     assert st.read(OID, 0, 3) == b"old"
-    run(peer.write(sheep, OID, b"new", 0, 5, peer.Fence(9, "127.0.0.1:7001")))
+    run(replica.write(sheep, OID, b"new", 0, 5, replica.Fence(9, "127.0.0.1:7001")))
     assert st.read(OID, 0, 3) == b"new"
 
 
@@ -121,7 +123,7 @@ def test_a_write_that_finished_after_the_epoch_moved_is_redone_and_leaves_no_orp
     st.write = slow_write
     sheep.recovery.holds = lambda oid: False  # and this node no longer holds it
     with pytest.raises(SdError) as e:
-        asyncio.run(peer.write(sheep, OID, b"new", 0, 5))
+        asyncio.run(replica.write(sheep, OID, b"new", 0, 5))
     assert e.value.code == CODES["OLD_NODE_VER"]  # the gateway redoes it on the new ring
     assert not st.exists(OID) and list(st.stale_copies(OID)) == [5]
 
@@ -130,13 +132,13 @@ def test_a_write_that_finished_after_the_epoch_moved_is_redone_and_leaves_no_orp
                                           ("ABSENT", "NO_OBJ")])
 def test_a_write_waiting_on_recovery_says_no_obj_only_if_the_object_exists_nowhere(
         sheep, outcome, code):
-    from sheep.fetch import Outcome
+    from sheep.cluster.fetch import Outcome
 
     async def recover_object(oid, wait=5.0):
         return Outcome[outcome]
     sheep.recovery.recover_object = recover_object
     with pytest.raises(SdError) as e:  # the object is not here (yet)
-        asyncio.run(peer.write(sheep, OID, b"new", 0, 5))
+        asyncio.run(replica.write(sheep, OID, b"new", 0, 5))
     assert e.value.code == CODES[code]
 
 
@@ -144,8 +146,8 @@ def test_a_recovery_pass_keeps_a_fixed_number_of_tasks(tmp_path):
     """Point 10: one task per missing object made 250,000 objects cost 370 MiB."""
     import numpy as np
 
-    from sheep import recovery
-    from sheep.fetch import Outcome
+    from sheep.cluster import recovery
+    from sheep.cluster.fetch import Outcome
 
     class Sheep:
         group = FakeGroup()

@@ -3,17 +3,18 @@ a real store: which copy is chosen, and when the answer is "not now".
 
 The peers are fakes behind the same interface as the gateway's PeerPool
 (``request(node, req)``), answering probes and fetches the way
-``sheep.peer._recovery_read`` does, or failing with a chosen result code.
+``sheep.datapath.replica._recovery_read`` does, or failing with a chosen result code.
 """
 
 import asyncio
 
 import pytest
 
-from sheep import fetch, proto
-from sheep.errors import CODES, error_for
-from sheep.fetch import Fetcher, Outcome
-from sheep.ring import Ring
+from sheep import proto
+from sheep.cluster import fetch
+from sheep.cluster.fetch import Fetcher, Outcome
+from sheep.proto.errors import CODES, error_for
+from sheep.proto.placement import Ring
 from sheep.store import meta as M
 from sheep.store.plain import PlainStore
 
@@ -272,8 +273,8 @@ def test_the_epoch_history_rule_runs_off_the_loop_and_builds_few_rings(world, mo
     """300 epochs of a flapping node: the rule must not block the event loop
     (it runs through io_thread) and rings are built per member list, not per
     epoch (before: 8 ms x 300 rings, seconds on the loop, for every object)."""
-    from sheep.epochs import EpochHistory
-    from sheep import epochs as epochs_mod
+    from sheep.cluster import epochs as epochs_mod
+    from sheep.cluster.epochs import EpochHistory
 
     sheep, _oid, _ = world
     g = sheep.group

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sheep.errors import CODES, SdError
-from sheep.group import Group
+from sheep.cluster.group import Group
+from sheep.proto.errors import CODES, SdError
 
 
 def test_a_rejoin_fails_every_op_whose_block_the_cluster_no_longer_has():

@@ -1,10 +1,17 @@
-"""sheep.joins: the master's verdict for a joiner and the start-up vnode check."""
+"""sheep.cluster.joins: the master's verdict for a joiner and the start-up vnode check."""
 
 import pytest
 
 from sheep import proto
-from sheep.joins import (KILLED, OK, SHUTDOWN, WAIT_FOR_FORMAT, WAIT_FOR_JOIN,
-                         restart_vnodes_error, verdict)
+from sheep.cluster.joins import (
+    KILLED,
+    OK,
+    SHUTDOWN,
+    WAIT_FOR_FORMAT,
+    WAIT_FOR_JOIN,
+    restart_vnodes_error,
+    verdict,
+)
 
 AUTO = proto.SD_CLUSTER_FLAG_AUTO_VNODES
 CTIME = 1_700_000_000 << 32

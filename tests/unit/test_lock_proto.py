@@ -4,7 +4,7 @@ and Sheepdog 1.0 traffic never uses the flag nor the bytes it gives meaning to."
 import struct
 
 from sheep import proto as p
-from sheep.errors import CODES, FencedError, error_for, strerror
+from sheep.proto.errors import CODES, FencedError, error_for, strerror
 
 
 def test_flag_is_unused_by_sheepdog_1_0(wire):

@@ -3,8 +3,14 @@
 import pytest
 
 from sheep import proto
-from sheep.errors import CODES, FencedError, InvalidParmsError, SdError, VdiLockedError
-from sheep.lock_table import EXCL, READ, SHARED, STANDBY, LockTable
+from sheep.proto.errors import (
+    CODES,
+    FencedError,
+    InvalidParmsError,
+    SdError,
+    VdiLockedError,
+)
+from sheep.vdi.lock_table import EXCL, READ, SHARED, STANDBY, LockTable
 
 N0, N1, N2 = "127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002"
 
@@ -233,7 +239,7 @@ def test_replicas_agree_when_fed_the_same_order():
 
 
 def test_reattach_takes_back_a_dropped_lock_only_if_nobody_had_it_since():
-    from sheep.lock_table import EXCL, LockTable
+    from sheep.vdi.lock_table import EXCL, LockTable
 
     t = LockTable()
     g = t.lock(7, "n1:7000", 0xA, EXCL)

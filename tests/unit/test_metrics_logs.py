@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from sheep import logs, metrics
+from sheep import logs
 from sheep.config import ConfigError, parse
+from sheep.server import metrics
 
 
 def test_metrics_option():
@@ -62,7 +63,7 @@ def test_request_metrics_buckets_and_snapshot():
 
 
 def _record(msg="hello %s", args=("world",), exc=None):
-    return logging.LogRecord("sheep.ops", logging.WARNING, "/x/ops.py", 42, msg, args, exc,
+    return logging.LogRecord("sheep.server.ops", logging.WARNING, "/x/ops.py", 42, msg, args, exc,
                              func="dispatch")
 
 
@@ -76,11 +77,11 @@ def _exc_info():
 def test_text_formats():
     line = logs.TextFormatter().format(_record())
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} sheep\[\d+\] "
-                        r"WARNING \[sheep\.ops\] hello world", line), line
+                        r"WARNING \[sheep\.server\.ops\] hello world", line), line
     line = logs.TextFormatter(server=True).format(_record())
-    assert line.endswith("WARNING [sheep.ops] dispatch(42) hello world")
+    assert line.endswith("WARNING [sheep.server.ops] dispatch(42) hello world")
     assert logs.TextFormatter(with_time=False).format(_record()) == \
-        "WARNING [sheep.ops] hello world"
+        "WARNING [sheep.server.ops] hello world"
     text = logs.TextFormatter().format(_record(exc=_exc_info()))
     assert "Traceback" in text and text.endswith("ValueError: boom")
 
@@ -90,6 +91,6 @@ def test_json_format_one_object_per_line():
     assert "\n" not in out
     obj = json.loads(out)
     assert obj["msg"] == "hello world" and obj["level"] == "WARNING"
-    assert obj["logger"] == "sheep.ops" and (obj["func"], obj["line"]) == ("dispatch", 42)
+    assert obj["logger"] == "sheep.server.ops" and (obj["func"], obj["line"]) == ("dispatch", 42)
     assert isinstance(obj["pid"], int) and "ValueError: boom" in obj["exc"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", obj["time"])

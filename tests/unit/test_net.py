@@ -1,9 +1,9 @@
-"""The I/O-free framer of sheep.net: bytes in, (header, payload) frames out."""
+"""The I/O-free framer of sheep.proto.framer: bytes in, (header, payload) frames out."""
 
 import random
 
 from sheep import proto
-from sheep.net import Framer
+from sheep.proto.connection import Framer
 
 
 def _frames(n, size=100):

@@ -15,7 +15,7 @@ from collie.vdi_backup import END_IDX, HDR, REC, validated_stream
 from collie.zones import nr_zones, short_text
 from sheep import proto
 from sheep.config import ConfigError, parse
-from sheep.localcluster import _is_our_sheep
+from sheep.launcher import _is_our_sheep
 
 MB = 1 << 20
 

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from sheep import proto as p
-from sheep.errors import CODES, error_for, strerror
+from sheep.proto.errors import CODES, error_for, strerror
 
 
 def test_payloads_rebuilt_match_sha256(wire):

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from sheep import proto
-from sheep.errors import RESULTS
+from sheep.proto.errors import RESULTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -133,9 +133,9 @@ def test_readme_links_the_docs():
 
 
 def test_anchor_rule_matches_github():
-    assert anchors("## 2. Request header (`sd_req`, 48 bytes)\n## Fencing [`sheep/lock.py`]\n"
-                   "## Fencing [`sheep/lock.py`]\n") == {
-        "2-request-header-sd_req-48-bytes", "fencing-sheeplockpy", "fencing-sheeplockpy-1"}
+    assert anchors("## 2. Request header (`sd_req`, 48 bytes)\n## Fencing [`sheep/vdi/locks.py`]\n"
+                   "## Fencing [`sheep/vdi/locks.py`]\n") == {
+        "2-request-header-sd_req-48-bytes", "fencing-sheepvdilockspy", "fencing-sheepvdilockspy-1"}
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Unit tests for sheep.ring (docs/protocol.md §14.3-14.5, Appendix A)."""
+"""Unit tests for sheep.proto.placement (docs/protocol.md §14.3-14.5, Appendix A)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from sheep.ring import (
+from sheep.proto.placement import (
     Ring,
     auto_vnodes,
     fold,

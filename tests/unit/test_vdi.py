@@ -5,7 +5,7 @@ import pytest
 from vdi_fakes import FakeSheep, del_vdi, header, new_vdi, run, snapshot
 
 from sheep import proto
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 
 # names found offline whose 24-bit FNV-1a hashes collide / neighbour
 SAME = ["n164422", "n583384", "n1235039", "n1307514"]  # all hash to 0x12f46

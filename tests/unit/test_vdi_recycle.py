@@ -1,4 +1,4 @@
-"""VID recycling (``sheep.vdi_recycle``) against the in-memory stand-in for
+"""VID recycling (``sheep.vdi.recycle``) against the in-memory stand-in for
 the gateway of ``test_vdi`` (no daemons): sequential ids, family collection,
 and the recycle-mode lookup that finds a working VDI below its snapshots."""
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from vdi_fakes import FakeConfig, FakeSheep, del_vdi, header, new_vdi, run, snapshot
 
-from sheep import proto, vdi_recycle
-from sheep.errors import SdError
-from sheep.vdi import VdiState
+from sheep import proto
+from sheep.proto.errors import SdError
+from sheep.vdi import recycle
+from sheep.vdi.table import VdiState
 
 
 class RecycleConfig(FakeConfig):
@@ -74,9 +75,9 @@ def test_working_vdi_below_its_snapshots_is_found(sheep):
 def test_family_of_follows_parents():
     states = {v: VdiState(v, 3, parent=p) for v, p in
               ((1, 0), (2, 1), (3, 1), (4, 3), (5, 0), (6, 99))}
-    assert vdi_recycle.family(states, 4) == [1, 2, 3, 4]
-    assert vdi_recycle.family(states, 5) == [5]
-    assert vdi_recycle.family(states, 6) == [6]  # unknown parent: its own root
+    assert recycle.family(states, 4) == [1, 2, 3, 4]
+    assert recycle.family(states, 5) == [5]
+    assert recycle.family(states, 6) == [6]  # unknown parent: its own root
 
 
 def test_merge_leaves_known_vids_and_honours_tombstones(sheep):
@@ -88,7 +89,7 @@ def test_merge_leaves_known_vids_and_honours_tombstones(sheep):
     # another node collected 7 at epoch 5: its tombstone kills the record (src 1)
     sheep.vdis.merge([], {"7": 5})
     assert 7 not in sheep.vdis.states and not sheep.vdis.test(sheep.vdis.inuse, 7)
-    assert vdi_recycle.load_tombs(sheep) == {7: 5}  # durable
+    assert recycle.load_tombs(sheep) == {7: 5}  # durable
     # a node that was away brings the old record back: not merged
     sheep.vdis.merge([{"vid": 7, "copies": 3, "deleted": False, "src": 4}])
     assert 7 not in sheep.vdis.states
@@ -97,6 +98,6 @@ def test_merge_leaves_known_vids_and_honours_tombstones(sheep):
     assert not sheep.vdis.states[7].deleted
     oids = np.array([proto.vid_to_vdi_oid(7), proto.vid_to_data_oid(7, 3),
                      proto.vid_to_data_oid(1, 0)], dtype=np.uint64)
-    assert not vdi_recycle.collected_mask(sheep.vdis, oids).any()  # 7 is live again
+    assert not recycle.collected_mask(sheep.vdis, oids).any()  # 7 is live again
     sheep.vdis.states.pop(7)
-    assert list(vdi_recycle.collected_mask(sheep.vdis, oids)) == [True, True, False]
+    assert list(recycle.collected_mask(sheep.vdis, oids)) == [True, True, False]

@@ -30,7 +30,7 @@ import struct
 import time
 
 from sheep import proto
-from sheep.errors import result_name
+from sheep.proto.errors import result_name
 
 Op = proto.Op
 DESTRUCTIVE = {Op.MAKE_FS, Op.SHUTDOWN, Op.KILL_NODE, Op.DEL_VDI, Op.FORCE_RECOVER,

@@ -17,8 +17,8 @@ import time
 
 from probelib.block import BLOCK, decode
 from sheep import proto
-from sheep.errors import result_name
-from sheep.net import BlockingConnection
+from sheep.proto.connection import BlockingConnection
+from sheep.proto.errors import result_name
 
 OBJ_BLOCKS = proto.SD_DATA_OBJ_SIZE // BLOCK
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import qemu_client
 from probelib.block import BLOCK, ZERO_BLOCK, BlockModel, Seen, decode, describe
 from sheep import proto
-from sheep.net import BlockingConnection
-from sheep.ring import Ring
+from sheep.proto.connection import BlockingConnection
+from sheep.proto.placement import Ring
 
 OBJ = proto.SD_DATA_OBJ_SIZE
 OBJ_BLOCKS = OBJ // BLOCK
@@ -205,7 +205,7 @@ def read_through_every_node(c, nodes, exp: Expect, objs: list[int], f: Findings)
 def _open_readonly(name: str, node, timeout: float = 15.0):
     """A read-only open through ``node`` alone, retried while a writer that
     just closed (or an NBD connection on its way out) still holds the lock."""
-    from sheep.errors import VdiLockedError
+    from sheep.proto.errors import VdiLockedError
 
     deadline = time.monotonic() + timeout
     while True:
@@ -227,7 +227,7 @@ def _hash(node, oid: int, epoch: int) -> bytes | str:
     except (OSError, ConnectionError) as e:
         return f"unreachable({type(e).__name__})"
     if rsp.result:
-        from sheep.errors import result_name
+        from sheep.proto.errors import result_name
         return result_name(rsp.result)
     return bytes(rsp.args.digest)
 

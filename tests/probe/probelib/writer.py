@@ -56,7 +56,7 @@ import time
 
 from probelib.block import BLOCK, BlockModel, decode, encode
 from qemu_client import aio
-from sheep.errors import SdError
+from sheep.proto.errors import SdError
 
 OBJ_BLOCKS = (4 << 20) // BLOCK
 
@@ -227,8 +227,8 @@ class Writer:
         keep what each one holds, so a failed write that some replicas applied
         and others not (replicas that disagree) is on record."""
         from sheep import proto
-        from sheep.net import AsyncConnection
-        from sheep.ring import Ring
+        from sheep.proto.connection import AsyncConnection
+        from sheep.proto.placement import Ring
 
         rec = {"block": b, "seq": seq, "kind": kind, "t": round(time.time(), 4)}
         for _attempt in range(5):

@@ -41,7 +41,7 @@ import time
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")))
 
-from sheep.cluster.base import JoinRejected, Member, create_driver
+from sheep.cluster.drivers.base import JoinRejected, Member, create_driver
 
 SAMPLE = 0.005   # serving sampler period
 STALL = 0.05     # a gap between samples this long is reported

@@ -8,8 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from sheep.cluster.base import DRIVERS, create_driver
-from sheep.cluster.local import DEFAULT_PATH, LocalDriver, decode_records, encode_record
+from sheep.cluster.drivers.base import DRIVERS, create_driver
+from sheep.cluster.drivers.local import (
+    DEFAULT_PATH,
+    LocalDriver,
+    decode_records,
+    encode_record,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 

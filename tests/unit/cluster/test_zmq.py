@@ -23,9 +23,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))   # test modules load with importlib
 from drivers import Proc, free_ports, rejoined
 
-from sheep.cluster.base import create_driver
-from sheep.cluster.zmq import ZmqDriver
-from sheep.cluster.zmq_proto import FAIL, LEASE, cfg_after, merge_logs, parse_option
+from sheep.cluster.drivers.base import create_driver
+from sheep.cluster.drivers.zmq import ZmqDriver
+from sheep.cluster.drivers.zmq_proto import (
+    FAIL,
+    LEASE,
+    cfg_after,
+    merge_logs,
+    parse_option,
+)
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 

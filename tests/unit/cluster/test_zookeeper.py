@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sheep.cluster.base import DRIVERS, create_driver
-from sheep.cluster.zookeeper import (
+from sheep.cluster.drivers.base import DRIVERS, create_driver
+from sheep.cluster.drivers.zookeeper import (
     DEFAULT_CLUSTER_ID,
     DEFAULT_TIMEOUT,
     ZookeeperDriver,
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # test modules load with importl
 from drivers import Proc, rejoined
 from tcpproxy import TcpProxy
 
-from sheep.cluster.zookeeper_session import LEASE_FRACTION
+from sheep.cluster.drivers.zookeeper_session import LEASE_FRACTION
 
 TIMEOUT = 2   # session timeout used by these tests (seconds)
 
@@ -72,7 +72,7 @@ def test_parse_option():
             parse_option(bad)
     d = create_driver("zookeeper:h:7000/c1,timeout=4", events=None)
     assert isinstance(d, ZookeeperDriver) and d.base == "/pysheepdog/c1" and d.timeout == 4.0
-    assert DRIVERS["zookeeper"] == "sheep.cluster.zookeeper:ZookeeperDriver"
+    assert DRIVERS["zookeeper"] == "sheep.cluster.drivers.zookeeper:ZookeeperDriver"
 
 
 def test_three_members_see_identical_views(start):

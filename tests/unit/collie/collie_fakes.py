@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import pathlib
 import socket
-
-from harness import cli_sections  # noqa: F401  (re-exported for the tests)
 import struct
 import threading
+
+from harness import cli_sections  # noqa: F401  (re-exported for the tests)
 
 from sheep import proto
 from sheep.proto import Op

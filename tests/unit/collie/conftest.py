@@ -17,10 +17,10 @@ from collie_fakes import NODE_PORTS, NodeFake  # noqa: E402
 @pytest.fixture
 def node_fake(monkeypatch):
     from collie import client as cl
-    from sheep import net
+    from sheep.proto import connection
 
     fake = NodeFake()
-    real = net.BlockingConnection
+    real = connection.BlockingConnection
 
     def connect(host, port, *a, **kw):
         if port in NODE_PORTS:

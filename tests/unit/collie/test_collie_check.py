@@ -3,15 +3,22 @@ pure helpers, and the capture's sections replayed (the per-node GET_HASH
 traffic, not in the capture, is answered by a fake)."""
 
 import pytest
-from collie_fakes import NODE_PORTS, NodeFake, ReplayServer, cli_sections, header_opcode, strip_ids
+from collie_fakes import (
+    NODE_PORTS,
+    NodeFake,
+    ReplayServer,
+    cli_sections,
+    header_opcode,
+    strip_ids,
+)
 
 from collie import vdi_check as vc
 from collie.client import CollieError
 from collie.node import parse_throttle
 from sheep import proto
-from sheep.errors import CODES
 from sheep.proto import Op
-from sheep.ring import Ring
+from sheep.proto.errors import CODES
+from sheep.proto.placement import Ring
 
 SECTIONS = cli_sections()
 
@@ -137,10 +144,10 @@ class HashingNodeFake(NodeFake):
 @pytest.fixture
 def hashing_fake(monkeypatch):
     from collie import client as cl
-    from sheep import net
+    from sheep.proto import connection
 
     fakes = []
-    real = net.BlockingConnection
+    real = connection.BlockingConnection
 
     def make(**kw):
         fake = HashingNodeFake(**kw)
@@ -232,10 +239,10 @@ class RecoveringNodeFake(NodeFake):
 @pytest.mark.parametrize("raw", [False, True])
 def test_node_recovery_shows_progress(raw, replay, run, monkeypatch, utc):
     from collie import client as cl
-    from sheep import net
+    from sheep.proto import connection
 
     fake = RecoveringNodeFake()
-    real = net.BlockingConnection
+    real = connection.BlockingConnection
     monkeypatch.setattr(cl, "connect", lambda host, port, *a, **kw: real(
         host, fake.port if port in NODE_PORTS else port, *a, **kw))
     try:

@@ -9,8 +9,8 @@ from collie_fakes import ReplayServer, _Base
 from collie.__main__ import build_parser
 from collie.output import parse_size, size_to_str
 from sheep import proto
-from sheep.errors import CODES
 from sheep.proto import Op
+from sheep.proto.errors import CODES
 
 # ---------------------------------------------------------------------------
 # formatting

@@ -16,6 +16,7 @@ import os
 import pathlib
 import pydoc
 import re
+import socket
 import subprocess
 import sys
 
@@ -24,7 +25,7 @@ from harness import SERVER_BLOCKER as BLOCKER
 
 import qemu_client
 from qemu_client import aio
-from sheep import errors
+from sheep.proto import errors
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 SERVER_PACKAGES = {"uvloop", "pyzmq", "kazoo", "numpy", "crcmod", "crc32c", "prometheus-client",
@@ -56,7 +57,7 @@ def test_all_names_exist_and_are_clean():
         cls = type(errors.error_for(code))
         assert cls.code == code and cls.__name__ in qemu_client.__all__, rname
         assert getattr(qemu_client, cls.__name__) is cls
-        assert cls.__module__ == "sheep.errors" and not hasattr(__builtins__, cls.__name__)
+        assert cls.__module__ == "sheep.proto.errors" and not hasattr(__builtins__, cls.__name__)
     assert qemu_client.ClusterError.code == errors.CODES["CLUSTER_ERROR"]
     assert qemu_client.SheepSystemError.code == errors.CODES["SYSTEM_ERROR"]
     assert errors.ClusterErrorError is qemu_client.ClusterError  # the old name stays
@@ -124,7 +125,7 @@ def test_import_loads_no_server_module():
     code = BLOCKER + """
 import qemu_client, qemu_client.aio, qemu_client.io
 bad = sorted(m for m in sys.modules if m.split(".")[0] in _NotInstalled.BLOCK
-             or m.startswith(("sheep.daemon", "sheep.store", "sheep.cluster", "sheep.ring")))
+             or (m.startswith("sheep.") and not m.startswith("sheep.proto")))
 print(bad)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -148,13 +149,23 @@ sys.exit(main(sys.argv[1:]))
     assert not store.exists()  # refused before touching anything
 
 
-def test_collie_without_the_server_extra_names_the_package():
+def test_collie_runs_without_the_server_extra():
+    """collie needs only the wire package: with every server package blocked it
+    parses, connects and reports a refused connection as dog does."""
     code = BLOCKER + """
 import runpy
-runpy.run_module("collie", run_name="__main__")
+try:
+    runpy.run_module("collie", run_name="__main__")
+finally:
+    bad = sorted(m for m in sys.modules if m.split(".")[0] in _NotInstalled.BLOCK
+                 or (m.startswith("sheep.") and not m.startswith("sheep.proto")))
+    print(bad)
 """
-    r = subprocess.run([sys.executable, "-c", code, "node", "list"], capture_output=True,
-                       text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 1
-    assert "collie: needs the Python package numpy" in r.stderr
-    assert "pip install 'pysheepdog[server]'" in r.stderr and "Traceback" not in r.stderr
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = subprocess.run([sys.executable, "-c", code, "node", "list", "-p", str(port)],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stdout.strip().endswith("[]"), r.stdout
+    assert "Traceback" not in r.stderr and "connect" in r.stderr.lower(), r.stderr

@@ -9,7 +9,7 @@ import pytest
 from qemu_client import connection
 from qemu_client.connection import Connection
 from sheep import proto
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 
 
 class FakeGateway:

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 from sheep.store.plain import BLOCK, PlainStore
 
 OID = 0x0000ABCD00000007

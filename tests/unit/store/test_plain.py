@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 from sheep.store.base import Store
 from sheep.store.plain import BLOCK, HDR_LEN, PlainStore
 

@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from sheep.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
 from sheep.store.plain import BLOCK, PlainStore
 

@@ -1,0 +1,628 @@
+"""NBD export: every VDI by name over the NBD fixed-newstyle protocol.
+
+``sheep --nbd [HOST:]PORT`` (default 10809) lets ``qemu-img``, ``qemu-io``,
+``qemu-system-*``, ``nbd-client`` and fio's nbd engine use the cluster
+directly, without a Sheepdog driver in QEMU.
+
+Theory of operation
+-------------------
+* **Negotiation** (fixed newstyle only; no TLS, no structured replies, no
+  metadata contexts — those options are answered NBD_REP_ERR_UNSUP):
+  ``NBD_OPT_LIST`` lists the VDIs (working VDIs by name, snapshots as
+  ``name:tag`` or ``name@snapid``), ``NBD_OPT_INFO`` describes an export
+  without opening it, ``NBD_OPT_GO`` and ``NBD_OPT_EXPORT_NAME`` open it and
+  start transmission, ``NBD_OPT_ABORT`` ends the session.  Export name =
+  VDI name; ``name:tag`` or ``name@snapid`` opens a snapshot, read-only
+  (``NBD_FLAG_READ_ONLY``).  Export size = VDI size.
+* **Opening** goes through :meth:`qemu_client.block.AsyncVdi.open` over an
+  in-process connection (:class:`LocalConnection`: requests run through
+  ``sheep.server.ops.dispatch`` on this node, exactly as if a client had sent them
+  over TCP).  So the byte-range to object mapping, first-write object
+  creation, copy-on-write for clones, the inode ``data_vdi_id`` update, the
+  retry after a snapshot was taken under us, and the lock session (LOCK_VDI
+  with a session id, lease renewal, fencing generation on every write,
+  RELEASE_VDI) are qemu_client's, not a second copy of them.
+* **Locking.**  A read-write export holds the VDI's exclusive lock for the
+  lifetime of the connection (refused with NBD_REP_ERR_POLICY, or a closed
+  connection after NBD_OPT_EXPORT_NAME, while somebody else holds it for
+  longer than ``LOCK_WAIT``, the time a just-closed session needs to let go).  The
+  connection is the lock session's "client connection" (``CURRENT_CONN`` of
+  ``sheep.vdi.locks``); however the connection ends (NBD_CMD_DISC, EOF, the client
+  killed, a protocol error, daemon shutdown), in-flight requests are finished
+  and then the lock is released; if even that fails, the lease lapses after
+  the grace time because nobody renews it.  Snapshots take no lock.
+* **Transmission**: each request is served in its own task (many in flight,
+  up to ``MAX_IN_FLIGHT`` and ``MAX_BUFFERED`` bytes of payloads and read
+  buffers; past either, the next request is not read — its slot and bytes
+  are taken before its payload is), replies are simple
+  replies matched by handle, queued whole (so they never interleave) and
+  written together once per loop iteration (one send for many).  WRITE and CREATE are acknowledged only when every replica has
+  the data, so FLUSH has nothing left to do and FUA needs no extra work.
+  TRIM and WRITE_ZEROES unlink whole objects from the inode (DISCARD_OBJ)
+  and write zeros over partial ones (WRITE_ZEROES with NO_HOLE writes zeros
+  everywhere).
+* **Malformed traffic**: option errors get the protocol's error replies
+  (NBD_REP_ERR_INVALID, ..._UNSUP, ..._UNKNOWN); bad requests get EINVAL,
+  EPERM, ENOSPC or EOVERFLOW; a bad magic, unknown client flags, an option or
+  write larger than we accept, or a stall during negotiation close the
+  connection.  Nothing a client sends can take the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import socket
+import struct
+
+from sheep import proto
+from sheep.proto.errors import CODES, SdError, error_for
+from sheep.server import ops
+
+try:  # the lock module (sessions); without it LOCK_VDI is a plain lookup
+    from sheep.vdi import locks as _lock
+except ImportError:  # pragma: no cover - only while sheep.lock does not exist
+    _lock = None
+
+log = logging.getLogger("sheep.nbd.export")
+
+# ---- protocol constants (NBD proto.md) ------------------------------------
+NBDMAGIC = b"NBDMAGIC"
+IHAVEOPT = 0x49484156454F5054
+REP_MAGIC = 0x3E889045565A9
+REQUEST_MAGIC = 0x25609513
+SIMPLE_REPLY_MAGIC = 0x67446698
+
+FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2  # handshake flags (and client flags)
+
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS = 1, 2, 3, 5
+OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 6, 7, 8
+
+REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REP_ERR_UNSUP = 0x80000001
+REP_ERR_POLICY = 0x80000002
+REP_ERR_INVALID = 0x80000003
+REP_ERR_UNKNOWN = 0x80000006
+REP_ERR_SHUTDOWN = 0x80000007
+
+INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
+
+TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1, 2, 4, 8
+TF_SEND_TRIM, TF_SEND_WRITE_ZEROES = 32, 64
+
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = range(7)
+CMD_FLAG_FUA, CMD_FLAG_NO_HOLE = 1, 2
+
+EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN = 1, 5, 12, 22, 28, 75, 95, 108
+
+# ---- limits ----------------------------------------------------------------
+MAX_REQUEST = 32 << 20  # largest read/write (QEMU's NBD_MAX_BUFFER_SIZE)
+MAX_OPTION = 64 << 10  # option data we read at all (names are <= 4096 bytes)
+MAX_NAME = 4096
+TRANSIENT = {CODES["HALT"], CODES["AGAIN"]}
+TRANSIENT_WAIT = 30.0  # s a request retries HALT/AGAIN before the client sees EIO
+MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
+MAX_BUFFERED = 64 << 20  # bytes of payloads + read buffers in progress per connection
+NEGOTIATION_TIMEOUT = 60.0
+WRITE_HIGH_WATER = 64 << 20  # unsent reply bytes before we stop reading requests
+RELEASE_TIMEOUT = 10.0
+# A client that just disconnected does not wait for its lock to be released
+# (NBD_CMD_DISC has no reply): a new open of a locked VDI retries this long
+# before it is refused, so that scripts running qemu-img/qemu-io one after
+# the other do not trip over the previous command's lock.
+LOCK_WAIT = 2.0
+
+_OPT_HDR = struct.Struct(">QII")
+_REP_HDR = struct.Struct(">QIII")
+_REQ = struct.Struct(">IHHQQI")
+_REPLY = struct.Struct(">IIQ")
+_U16, _U32, _U64 = struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
+
+_ids = itertools.count(1)
+
+
+class _Refused(Exception):
+    """An option is answered with an NBD_REP_ERR_* (code, message)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+# ---------------------------------------------------------------------------
+# the in-process connection qemu_client's AsyncVdi runs over
+
+
+class LocalConnection:
+    """qemu_client's ``Connection`` interface, served by this sheep in-process
+    (keep it in step with :class:`qemu_client.connection.Connection`).
+
+    Every call is a real Sheepdog request run through ``ops.dispatch`` (the
+    same admission checks, handlers and error codes as over TCP); non-zero
+    results raise the typed :class:`SdError`.  ``owner`` is what the lock
+    module sees as the client connection (it binds lock sessions to it).
+    """
+
+    def __init__(self, sheep, owner=None):
+        self.sheep = sheep
+        self.owner = owner
+        self.on_reconnect: list = []  # never called: an in-process gateway does not fail over
+
+    async def connect(self) -> None:
+        pass
+
+    async def refresh_nodes(self) -> list:
+        return []
+
+    async def call(self, op: int, args=None, payload=b"", data_length: int = 0,
+                   flags: int = 0, retry: bool = True, **_) -> tuple[proto.Response, bytes]:
+        """One request, run here; ``retry`` (failover resends) means nothing in-process."""
+        if payload:
+            flags |= proto.SD_FLAG_CMD_WRITE
+            data_length = len(payload)
+        if _lock is not None and self.owner is not None:
+            _lock.CURRENT_CONN.set(self.owner)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TRANSIENT_WAIT
+        pause = 0.05
+        while True:
+            req = proto.Request(op, args, flags=flags, data_length=data_length,
+                                epoch=self.sheep.group.epoch)
+            rsp, body = await ops.dispatch(self.sheep, req, payload)
+            # HALT / AGAIN: this node briefly cut off, an object being recovered:
+            # nothing was done; try again, as qemu_client does over TCP
+            if rsp.result in TRANSIENT and loop.time() + pause < deadline:
+                if pause == 0.05:
+                    log.info("op %#x: %s; trying again for up to %.0fs", op,
+                             error_for(rsp.result), TRANSIENT_WAIT)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+                continue
+            if rsp.result:
+                raise error_for(rsp.result)
+            return rsp, body
+
+    def close(self) -> None:
+        pass
+
+
+def _vdi_class():
+    """The client-side VDI logic (object split, COW, lock session, write-zeroes)."""
+    from qemu_client.block import AsyncVdi
+
+    return AsyncVdi
+
+
+# ---------------------------------------------------------------------------
+# export names
+
+
+def parse_export(export: str) -> list[tuple[str, str | int | None]]:
+    """Candidate (VDI name, snapshot) readings of an export name, best first.
+
+    ``name@N`` (N digits) is snapshot id N and ``name:tag`` the snapshot
+    tagged ``tag``; since a VDI name may itself contain ``:`` or ``@``, the
+    whole string as a working VDI name is always the last candidate."""
+    out: list[tuple[str, str | int | None]] = []
+    name, at, sid = export.rpartition("@")
+    if at and name and sid.isdigit() and int(sid) > 0:
+        out.append((name, int(sid)))
+    name, colon, tag = export.partition(":")
+    if colon and name and tag:
+        out.append((name, tag))
+    out.append((export, None))
+    return out
+
+
+def _snapshot_args(snapshot) -> tuple[str, int]:
+    if snapshot is None:
+        return "", 0
+    return ("", snapshot) if isinstance(snapshot, int) else (snapshot, 0)
+
+
+async def _lookup(sheep, name: str, snapshot) -> int:
+    if not name or len(name.encode()) >= proto.SD_MAX_VDI_LEN:
+        raise error_for(CODES["NO_VDI"])
+    tag, snapid = _snapshot_args(snapshot)
+    if len(tag.encode()) >= proto.SD_MAX_VDI_TAG_LEN:
+        raise error_for(CODES["NO_TAG"])
+    return await sheep.vdis.find(name.encode(), tag.encode(), snapid)
+
+
+async def resolve(sheep, export: str) -> tuple[str, str | int | None, int]:
+    """(VDI name, snapshot or None, vid) of an export; NO_VDI/NO_TAG if none."""
+    last: SdError | None = None
+    for name, snap in parse_export(export):
+        try:
+            return name, snap, await _lookup(sheep, name, snap)
+        except SdError as e:
+            if e.code not in (CODES["NO_VDI"], CODES["NO_TAG"]):
+                raise
+            last = e
+    raise last
+
+
+async def list_exports(sheep) -> list[str]:
+    """Every live VDI as an export name (snapshots as name:tag or name@snapid)."""
+    vdis = sheep.vdis
+    vids = sorted(v for v, st in vdis.states.items() if not st.deleted)
+
+    async def one(vid):
+        try:
+            return await vdis.read_header(vid)
+        except SdError:
+            return None
+    out = []
+    for ino in await asyncio.gather(*(one(v) for v in vids)):
+        if ino is None:
+            continue
+        name = ino.name.rstrip(b"\0").decode(errors="replace")
+        if not name:
+            continue
+        if not ino.is_snapshot:
+            out.append(name)
+        else:
+            tag = ino.tag.rstrip(b"\0").decode(errors="replace")
+            out.append(f"{name}:{tag}" if tag else f"{name}@{ino.snap_id}")
+    return sorted(set(out))
+
+
+def _errno_of(e: BaseException) -> int:
+    if isinstance(e, SdError):
+        if e.code in (CODES["READONLY"],):
+            return EPERM
+        if e.code == CODES["INVALID_PARMS"]:
+            return EINVAL
+        if e.code == CODES["NO_SPACE"]:
+            return ENOSPC
+        if e.code in (CODES["SHUTDOWN"], CODES["KILLED"]):
+            return ESHUTDOWN
+    return EIO
+
+
+# ---------------------------------------------------------------------------
+# one client connection
+
+
+class NbdConnection:
+    """One NBD client: negotiation, then transmission until it ends."""
+
+    def __init__(self, sheep, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.sheep = sheep
+        self.reader, self.writer = reader, writer
+        self.id = next(_ids)
+        self.peer = writer.get_extra_info("peername")
+        self.vdi = None  # the open AsyncVdi during transmission
+        self.export = ""
+        self.readonly = False
+        self.tasks: set[asyncio.Task] = set()
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.buffered = 0  # bytes taken by requests in progress
+        self._room = asyncio.Event()
+        self.closed = False
+        self._out: list[bytes] = []  # replies not written yet (see _send)
+        self._out_bytes = 0
+        self._flush_soon = False
+
+    def __repr__(self) -> str:
+        return f"<NBD connection {self.id} from {self.peer} export {self.export!r}>"
+
+    def close(self) -> None:
+        """Drop the connection (daemon shutdown); the serve loop then cleans up."""
+        self.closed = True
+        self.writer.close()
+
+    # -- life cycle ----------------------------------------------------------
+
+    async def serve(self) -> None:
+        self.sheep.connections.add(self)
+        sock = self.writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if await asyncio.wait_for(self._negotiate(), NEGOTIATION_TIMEOUT):
+                await self._transmit()
+        except TimeoutError:
+            log.info("%s: negotiation timed out", self)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass  # the client went away
+        except _Protocol as e:
+            log.warning("%s: closing: %s", self, e)
+        except Exception:  # a bug costs this connection, never the daemon
+            log.exception("%s failed", self)
+        finally:
+            await self._finish()
+
+    async def _finish(self) -> None:
+        if self.tasks:  # in-flight writes land before the lock goes
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        if self.vdi is not None:
+            vdi, self.vdi = self.vdi, None
+            try:
+                await asyncio.wait_for(vdi.close(), RELEASE_TIMEOUT)
+            except Exception as e:  # noqa: BLE001 - the lease lapses after the grace
+                log.warning("%s: releasing VDI %s failed: %s", self, vdi.name, e)
+            locks = getattr(self.sheep, "locks", None)
+            if locks is not None and getattr(self, "lock_sessions", None):
+                with contextlib.suppress(Exception):
+                    locks.conn_closed(self)
+            log.info("%s closed", self)
+        self.sheep.connections.discard(self)
+        self._flush()
+        self.writer.close()
+
+    # -- negotiation -----------------------------------------------------------
+
+    async def _negotiate(self) -> bool:
+        """Option haggling; True when transmission starts, False to hang up."""
+        r, w = self.reader, self.writer
+        w.write(NBDMAGIC + _U64.pack(IHAVEOPT) + _U16.pack(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
+        cflags = _U32.unpack(await r.readexactly(4))[0]
+        if cflags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
+            raise _Protocol(f"unknown client flags {cflags:#x}")
+        no_zeroes = bool(cflags & FLAG_NO_ZEROES)
+        while True:
+            magic, opt, length = _OPT_HDR.unpack(await r.readexactly(_OPT_HDR.size))
+            if magic != IHAVEOPT:
+                raise _Protocol(f"bad option magic {magic:#x}")
+            if length > MAX_OPTION:
+                raise _Protocol(f"option {opt} of {length} bytes")
+            data = await r.readexactly(length) if length else b""
+            if opt == OPT_EXPORT_NAME:
+                try:
+                    await self._open(self._name(data))
+                except (_Refused, SdError) as e:
+                    log.info("%s: NBD_OPT_EXPORT_NAME %r refused: %s", self, data[:256], e)
+                    return False  # no way to report an error here: hang up
+                w.write(_U64.pack(self.vdi.size) + _U16.pack(self._tflags())
+                        + (b"" if no_zeroes else bytes(124)))
+                return True
+            if opt == OPT_ABORT:
+                self._reply(opt, REP_ACK)
+                await w.drain()
+                return False
+            try:
+                if opt == OPT_LIST:
+                    if length:
+                        raise _Refused(REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
+                    for name in await list_exports(self.sheep):
+                        b = name.encode()
+                        self._reply(opt, REP_SERVER, _U32.pack(len(b)) + b)
+                    self._reply(opt, REP_ACK)
+                elif opt in (OPT_INFO, OPT_GO):
+                    if await self._info_go(opt, data):
+                        return True
+                elif opt == OPT_STARTTLS:
+                    raise _Refused(REP_ERR_POLICY, "TLS is not supported by this server")
+                else:  # STRUCTURED_REPLY, metadata contexts, extended headers, ...
+                    raise _Refused(REP_ERR_UNSUP, f"option {opt} is not supported")
+            except _Refused as e:
+                self._reply(opt, e.code, e.message.encode())
+            except SdError as e:  # cluster not ready, I/O error reading inodes, ...
+                self._reply(opt, REP_ERR_UNKNOWN, f"{e}".encode())
+            await w.drain()
+
+    def _reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
+        self.writer.write(_REP_HDR.pack(REP_MAGIC, opt, rtype, len(data)) + data)
+
+    @staticmethod
+    def _name(raw: bytes) -> str:
+        if len(raw) > MAX_NAME or b"\0" in raw:
+            raise _Refused(REP_ERR_INVALID, "export name is too long or contains NUL")
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise _Refused(REP_ERR_INVALID, "export name is not UTF-8") from None
+
+    async def _info_go(self, opt: int, data: bytes) -> bool:
+        if len(data) < 6:
+            raise _Refused(REP_ERR_INVALID, "NBD_OPT_INFO/GO data too short")
+        nlen = _U32.unpack_from(data)[0]
+        if 4 + nlen + 2 > len(data):
+            raise _Refused(REP_ERR_INVALID, "export name runs past the option data")
+        name = self._name(data[4:4 + nlen])
+        nreq = _U16.unpack_from(data, 4 + nlen)[0]
+        if 4 + nlen + 2 + 2 * nreq != len(data):
+            raise _Refused(REP_ERR_INVALID, "bad information request list")
+        reqs = set(struct.unpack_from(f">{nreq}H", data, 6 + nlen))
+        if opt == OPT_GO:
+            await self._open(name)
+            size, ro, desc = self.vdi.size, self.readonly, self._description()
+        else:
+            vname, _snap, vid = await self._resolve(name)
+            ino = await self.sheep.vdis.read_header(vid)
+            size, ro = ino.vdi_size, ino.is_snapshot
+            desc = f"sheepdog VDI {vname} (vid {vid:#x})"
+        tflags = self._tflags(ro)
+        self._reply(opt, REP_INFO, _U16.pack(INFO_EXPORT) + _U64.pack(size) + _U16.pack(tflags))
+        if INFO_NAME in reqs:
+            self._reply(opt, REP_INFO, _U16.pack(INFO_NAME) + name.encode())
+        if INFO_DESCRIPTION in reqs:
+            self._reply(opt, REP_INFO, _U16.pack(INFO_DESCRIPTION) + desc.encode()[:MAX_NAME])
+        self._reply(opt, REP_INFO, _U16.pack(INFO_BLOCK_SIZE)
+                    + struct.pack(">III", 1, 4096, MAX_REQUEST))
+        self._reply(opt, REP_ACK)
+        return opt == OPT_GO
+
+    async def _resolve(self, export: str):
+        try:
+            return await resolve(self.sheep, export)
+        except SdError as e:
+            if e.code in (CODES["NO_VDI"], CODES["NO_TAG"]):
+                raise _Refused(REP_ERR_UNKNOWN, f"no VDI or snapshot named {export!r}") from None
+            raise
+
+    async def _open(self, export: str) -> None:
+        """Open the export for transmission, taking the lock of a writable VDI."""
+        name, snap, _vid = await self._resolve(export)
+        cls = _vdi_class()
+        deadline = asyncio.get_running_loop().time() + LOCK_WAIT
+        waited = False
+        try:
+            while True:
+                try:
+                    self.vdi = await cls.open(name, snapshot=snap,
+                                              conn=LocalConnection(self.sheep, owner=self))
+                    break
+                except SdError as e:
+                    if e.code != CODES["VDI_LOCKED"] or \
+                            asyncio.get_running_loop().time() > deadline:
+                        raise
+                    if not waited:
+                        log.info("%s waits for the lock of %s: %s", self, name, e)
+                    waited = True
+                await asyncio.sleep(0.05)
+        except SdError as e:
+            if e.code == CODES["VDI_LOCKED"]:
+                raise _Refused(REP_ERR_POLICY, f"VDI {name} is locked: {e}") from None
+            if e.code in (CODES["NO_VDI"], CODES["NO_TAG"]):
+                raise _Refused(REP_ERR_UNKNOWN, f"no VDI or snapshot named {export!r}") from None
+            raise
+        self.export = export
+        self.readonly = snap is not None or bool(self.vdi.inode.is_snapshot)
+        log.info("%s opened VDI %s (vid %#x, %d bytes, %s, lock generation %d)", self, name,
+                 self.vdi.vid, self.vdi.size, "read-only" if self.readonly else "read-write",
+                 getattr(self.vdi, "generation", 0))
+
+    def _description(self) -> str:
+        return f"sheepdog VDI {self.vdi.name} (vid {self.vdi.vid:#x})"
+
+    def _tflags(self, readonly: bool | None = None) -> int:
+        ro = self.readonly if readonly is None else readonly
+        f = TF_HAS_FLAGS | TF_SEND_FLUSH
+        if ro:
+            return f | TF_READ_ONLY
+        return f | TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES
+
+    # -- transmission ------------------------------------------------------------
+
+    async def _transmit(self) -> None:
+        r, w = self.reader, self.writer
+        transport = w.transport
+        loop = asyncio.get_running_loop()
+        while not self.closed:
+            hdr = await r.readexactly(_REQ.size)
+            magic, flags, cmd, handle, offset, length = _REQ.unpack(hdr)
+            if magic != REQUEST_MAGIC:
+                raise _Protocol(f"bad request magic {magic:#x}")
+            if cmd == CMD_DISC:
+                return
+            payload = b""
+            if cmd == CMD_WRITE and length > MAX_REQUEST:
+                # we cannot buffer it and cannot resynchronise without it
+                self._send(handle, EOVERFLOW)
+                raise _Protocol(f"write of {length} bytes")
+            charge = min(length, MAX_REQUEST) if cmd in (CMD_WRITE, CMD_READ) else 0
+            await self.slots.acquire()
+            while self.buffered and self.buffered + charge > MAX_BUFFERED:
+                self._room.clear()
+                await self._room.wait()
+            self.buffered += charge
+            if cmd == CMD_WRITE:
+                try:
+                    payload = await r.readexactly(length)
+                except BaseException:
+                    self.buffered -= charge
+                    self.slots.release()
+                    raise
+            task = loop.create_task(self._serve(cmd, flags, handle, offset, length, payload))
+            task.charge = charge
+            self.tasks.add(task)
+            task.add_done_callback(self._done)
+            if transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+                await w.drain()
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.buffered -= task.charge
+        self._room.set()
+        self.slots.release()
+
+    def _send(self, handle: int, err: int, data=None) -> None:
+        """Queue a simple reply; the replies of one loop iteration go out in one write."""
+        self._out.append(_REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle))
+        if data and not err:
+            self._out.append(data)
+            self._out_bytes += len(data)
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        out, self._out = self._out, []
+        big, self._out_bytes = self._out_bytes, 0
+        if not out or self.writer.is_closing():
+            return
+        if len(out) == 1:
+            self.writer.write(out[0])
+        elif big <= 256 * 1024:  # one copy is cheaper than one more send
+            self.writer.write(b"".join(out))
+        else:
+            self.writer.writelines(out)
+
+    async def _serve(self, cmd: int, flags: int, handle: int, offset: int, length: int,
+                     payload: bytes) -> None:
+        vdi = self.vdi
+        try:
+            err = self._check(cmd, flags, offset, length, vdi.size)
+            if err:
+                self._send(handle, err)
+                return
+            if cmd == CMD_READ:
+                data = await vdi.pread(offset, length) if length else b""
+                self._send(handle, 0, data)
+                return
+            if cmd == CMD_WRITE and length:
+                await vdi.pwrite(offset, payload)
+            elif cmd in (CMD_TRIM, CMD_WRITE_ZEROES) and length:
+                unmap = cmd == CMD_TRIM or not flags & CMD_FLAG_NO_HOLE
+                await vdi.pwrite_zeroes(offset, length, unmap)
+            # CMD_FLUSH: every acknowledged write is already on every replica
+            self._send(handle, 0)
+        except Exception as e:  # noqa: BLE001 - one failed request, not the connection
+            err = _errno_of(e)
+            if err == EIO:
+                log.warning("%s: command %d at %d+%d failed: %r", self, cmd, offset, length, e)
+            self._send(handle, err)
+
+    def _check(self, cmd: int, flags: int, offset: int, length: int, size: int) -> int:
+        """The errno a request is refused with before any I/O, or 0."""
+        allowed = {CMD_READ: CMD_FLAG_FUA, CMD_WRITE: CMD_FLAG_FUA, CMD_FLUSH: CMD_FLAG_FUA,
+                   CMD_TRIM: CMD_FLAG_FUA,
+                   CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE}.get(cmd)
+        if allowed is None:  # CACHE, BLOCK_STATUS, RESIZE, unknown: not advertised
+            return EINVAL
+        if flags & ~allowed:
+            return EINVAL
+        if cmd == CMD_FLUSH:
+            return 0
+        if cmd != CMD_READ and self.readonly:
+            return EPERM
+        if cmd == CMD_READ and length > MAX_REQUEST:
+            return EOVERFLOW
+        if offset + length > size:
+            return ENOSPC if cmd in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL
+        return 0
+
+
+class _Protocol(Exception):
+    """A violation after which the connection is closed."""
+
+
+# ---------------------------------------------------------------------------
+
+
+async def start_server(sheep) -> asyncio.base_events.Server:
+    """Listen on ``cfg.nbd`` (host, port); raise OSError if taken."""
+    host, port = sheep.cfg.nbd
+
+    async def on_client(reader, writer):
+        await NbdConnection(sheep, reader, writer).serve()
+
+    server = await asyncio.start_server(on_client, host, port, reuse_address=True,
+                                        backlog=256, limit=1 << 20)
+    log.info("exporting VDIs over NBD on %s:%d", host, port)
+    return server

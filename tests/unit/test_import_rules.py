@@ -1,0 +1,143 @@
+"""Which package may import which (docs/architecture.md, "Import rules").
+
+Every ``import`` statement of the project is read with :mod:`ast` (module
+level and inside functions alike) and checked against the rules:
+
+* ``sheep.proto`` (the wire format) imports the standard library and
+  ``sheep.proto`` only; numpy only inside a function (the daemon's bulk
+  placement), never at import.
+* ``qemu_client`` imports the standard library, itself and ``sheep.proto``.
+* ``collie`` imports the standard library, itself, ``sheep.proto`` and the
+  version string; ``tqdm`` inside a function (progress bars are optional).
+  ``collie.manpage`` also renders sheep(8) from ``sheep.config``'s parser.
+* The daemon (``sheep`` outside ``sheep.proto``) never imports ``collie``;
+  the one import of ``qemu_client`` left is listed in ``KNOWN_EDGES``.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.quick
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+STDLIB = set(sys.stdlib_module_names) | {"__future__"}
+
+#: edges that break the rules today, each with the reason it is still there
+KNOWN_EDGES = {
+    ("sheep.nbd.export", "qemu_client.block"):
+        "the NBD export drives VDI I/O through the client library's AsyncVdi",
+    ("collie.manpage", "sheep.config"):
+        "the man-page generator renders sheep(8) from the daemon's own parser",
+}
+
+
+def module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports(path: pathlib.Path):
+    """(imported name, not run at import?) for every import statement of a file.
+
+    Not run at import: inside a function, or under ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(), str(path))
+    pkg = module_name(path).rsplit(".", 0 if path.name == "__init__.py" else 1)[0]
+    out = []
+
+    def visit(node, in_func):
+        for child in ast.iter_child_nodes(node):
+            nested = in_func or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) or (
+                isinstance(child, ast.If) and getattr(child.test, "id", "") == "TYPE_CHECKING")
+            if isinstance(child, ast.Import):
+                out.extend((a.name, in_func) for a in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:  # relative import
+                    base = pkg.rsplit(".", child.level - 1)[0] if child.level > 1 else pkg
+                    name = f"{base}.{child.module}" if child.module else base
+                else:
+                    name = child.module
+                out.extend((f"{name}.{a.name}", in_func) for a in child.names)
+            visit(child, nested)
+    visit(tree, False)
+    return out
+
+
+def files(pkg: str):
+    return sorted((ROOT / pkg).rglob("*.py"))
+
+
+def project(name: str) -> bool:
+    return name.split(".")[0] in {"sheep", "collie", "qemu_client", "tests", "bench"}
+
+
+def known(mod: str, name: str) -> bool:
+    return any(mod == a and _in(name, b) for a, b in KNOWN_EDGES)
+
+
+def violations(pkg: str, allowed) -> list[str]:
+    bad = []
+    for path in files(pkg):
+        mod = module_name(path)
+        for name, in_func in imports(path):
+            top = name.split(".")[0]
+            if top in STDLIB and not project(name):
+                continue
+            if known(mod, name):
+                continue
+            if not allowed(mod, name, in_func):
+                bad.append(f"{mod} imports {name}{' (in a function)' if in_func else ''}")
+    return bad
+
+
+def _in(name: str, *prefixes: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_the_wire_package_imports_only_the_standard_library():
+    def allowed(mod, name, in_func):
+        return _in(name, "sheep.proto") or (name == "numpy" and in_func)
+    assert violations("sheep/proto", allowed) == []
+
+
+def test_qemu_client_imports_only_the_wire_package():
+    def allowed(mod, name, in_func):
+        return _in(name, "qemu_client", "sheep.proto")
+    assert violations("qemu_client", allowed) == []
+
+
+def test_collie_imports_only_the_wire_package():
+    def allowed(mod, name, in_func):
+        return (_in(name, "collie", "sheep.proto") or name == "sheep.__version__"
+                or (_in(name, "tqdm") and in_func))
+    assert violations("collie", allowed) == []
+
+
+def test_the_daemon_never_imports_the_clients():
+    def allowed(mod, name, in_func):
+        return not _in(name, "collie", "qemu_client")
+    assert violations("sheep", allowed) == []
+
+
+def test_known_edges_are_still_real():
+    """An exception that no longer exists must leave the list (so it cannot grow stale)."""
+    seen = [(module_name(p), n) for pkg in ("sheep", "collie") for p in files(pkg)
+            for n, _f in imports(p)]
+    assert {(a, b) for a, b in KNOWN_EDGES if not any(m == a and _in(n, b) for m, n in seen)} == set()
+
+
+def test_the_rules_catch_a_violation():
+    """The checker itself: a client module importing the daemon is reported."""
+    bad = ROOT / "qemu_client" / "_import_rule_probe.py"
+    bad.write_text("from sheep.datapath import gateway\n")
+    try:
+        found = violations("qemu_client", lambda m, n, f: _in(n, "qemu_client", "sheep.proto"))
+    finally:
+        bad.unlink()
+    assert found == ["qemu_client._import_rule_probe imports sheep.datapath.gateway"]

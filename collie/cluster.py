@@ -20,7 +20,6 @@ from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, result_name, strerror
 
 DEFAULT_STORE = "plain"
-SD_MAX_COPIES = 31
 
 FORMAT_PRINT = ("    __\n"
                 "   ()'`;\n"
@@ -56,9 +55,9 @@ def parse_copy(text: str) -> tuple[int, int]:
         copies = int(text)
     except ValueError:
         copies = -1
-    if not 1 <= copies <= SD_MAX_COPIES:
+    if not 1 <= copies <= proto.SD_MAX_COPIES:
         raise CollieError(f"Invalid copies number, must be an integer between "
-                          f"1 and {SD_MAX_COPIES}", code=EXIT_USAGE)
+                          f"1 and {proto.SD_MAX_COPIES}", code=EXIT_USAGE)
     return copies, 0
 
 

@@ -38,6 +38,7 @@ SD_MAX_VDI_TAG_LEN = 256
 SD_MAX_VDI_ATTR_KEY_LEN = 256
 SD_MAX_VDI_ATTR_VALUE_LEN = 65536
 SD_DEFAULT_COPIES = 3
+SD_MAX_COPIES = 31  # most copies (and zones counted for placement) of one object
 SD_DEFAULT_BLOCK_SIZE_SHIFT = 22
 # dog accepts 20..31; we cap objects at 64 MiB so that a whole object fits in
 # one request the daemon is willing to buffer (documented deviation)

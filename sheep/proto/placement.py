@@ -33,6 +33,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from sheep.proto.constants import SD_MAX_COPIES
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -48,7 +50,7 @@ def fnv1a64(data: bytes, h: int = FNV1A_64_INIT) -> int:
     return h
 
 DEFAULT_VNODES = 128
-MAX_ZONES = 31  # SD_MAX_COPIES: zone counting stops here (§14.5)
+MAX_ZONES = SD_MAX_COPIES  # zone counting stops here (§14.5)
 
 
 def fold(v: int, h: int) -> int:

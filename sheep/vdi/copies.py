@@ -25,7 +25,6 @@ from sheep.proto.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.vdi.copies")
 
-SD_MAX_COPIES = 31
 
 
 def _err(name: str, msg: str) -> SdError:
@@ -35,8 +34,8 @@ def _err(name: str, msg: str) -> SdError:
 def _check_copies(copies: int, policy: int) -> None:
     if policy:
         raise _err("INVALID_PARMS", "erasure coding is not supported")
-    if not 1 <= copies <= SD_MAX_COPIES:
-        raise _err("INVALID_PARMS", f"invalid number of copies {copies} (1..{SD_MAX_COPIES})")
+    if not 1 <= copies <= proto.SD_MAX_COPIES:
+        raise _err("INVALID_PARMS", f"invalid number of copies {copies} (1..{proto.SD_MAX_COPIES})")
 
 
 async def alter_cluster_copy_work(sheep, args: proto.ClusterArgs) -> dict:

@@ -38,7 +38,6 @@ from sheep.vdi.refcount import Refs
 log = logging.getLogger("sheep.vdi.table")
 
 NR = proto.SD_NR_VDIS
-SD_MAX_COPIES = 31
 
 
 @dataclass
@@ -345,7 +344,7 @@ class VdiTable:
             copies, policy = cfg.copies, cfg.copy_policy
         if policy:
             raise _err("INVALID_PARMS", "erasure coding is not supported")
-        if not 1 <= copies <= SD_MAX_COPIES:
+        if not 1 <= copies <= proto.SD_MAX_COPIES:
             raise _err("INVALID_PARMS", f"invalid number of copies {copies}")
         shift = args.block_size_shift or cfg.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
         if not proto.SD_MIN_BLOCK_SIZE_SHIFT <= shift <= proto.SD_MAX_BLOCK_SIZE_SHIFT:

@@ -63,6 +63,7 @@ from sheep.proto.constants import (  # noqa: F401
     SD_DATA_OBJ_SIZE,
     SD_DEFAULT_BLOCK_SIZE_SHIFT,
     SD_DEFAULT_COPIES,
+    SD_MAX_COPIES,
     SD_DEFAULT_VNODES,
     SD_FLAG_CMD_CACHE,
     SD_FLAG_CMD_COW,

@@ -142,3 +142,19 @@ def test_reply_capacity_rule():
     r = p.Request(p.Op.READ_OBJ, data_length=512)
     assert r.reply_capacity == 512 and r.proto_ver == 2
     assert p.Request(p.Op.GET_NODE_LIST).proto_ver == 0x0A
+
+
+def test_the_package_re_exports_every_codec_name():
+    """``proto.X`` reaches every public name of the codec modules (the
+    package's facade may not fall behind a module)."""
+    import importlib
+
+    import sheep.proto as package
+    for name in ("constants", "opcodes", "oids", "records", "nodes", "cluster", "inode",
+                 "sessions"):
+        mod = importlib.import_module(f"sheep.proto.{name}")
+        own = [k for k, v in vars(mod).items() if not k.startswith("_")
+               and getattr(v, "__module__", mod.__name__) == mod.__name__
+               and not isinstance(v, type(importlib))]
+        missing = [k for k in own if getattr(package, k, None) is not getattr(mod, k)]
+        assert missing == [], (name, missing)

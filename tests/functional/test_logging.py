@@ -69,7 +69,7 @@ def test_default_format_and_sighup_reopen(tmp_path):
         collie_ok(node.port, "node", "log", "level", "set", "debug")
         with qemu_client.open("vm", port=node.port) as vdi:
             vdi.pwrite(0, b"y")
-        wait_for(lambda: re.search(r" DEBUG \[sheep\.lock\] lock \w+ vid", open(path).read()),
+        wait_for(lambda: re.search(r" DEBUG \[sheep\.vdi\.locks\] lock \w+ vid", open(path).read()),
                  10, what="a lock grant at DEBUG")
     finally:
         c.close()

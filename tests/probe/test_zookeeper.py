@@ -151,7 +151,7 @@ def test_sheep_loses_its_zookeeper_session(probe_dir, rnd, zookeeper, how):
                    "rejoined": rejoined,
                    "rejoin_after_heal_s": round(t_rejoin - t_heal, 2) if rejoined else None,
                    "rejoin_after_sigcont_s": round(t_back - t_resume, 2) if t_back else None,
-                   "node2_log_session": [ln for ln in log2.splitlines() if "[sheep.ops]" not in ln
+                   "node2_log_session": [ln for ln in log2.splitlines() if "[sheep.server.ops]" not in ln
                                          and any(k in ln for k in (
                                              "kazoo", "zookeeper]", "cut off", "primary partition",
                                              "joined", "left"))][-12:],

@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from qemu_client.connection import Connection, GatewayLost
 from qemu_client.session import InactiveError, LockSession
 from sheep import proto
-from sheep.proto.errors import CODES, FencedError, SdError, error_for
+from sheep.proto.errors import CODES, FencedError, SdError, error_for, sd_error
 
 log = logging.getLogger("qemu_client.block")
 
@@ -83,9 +83,6 @@ NODE_REFRESH = 30.0  # seconds between node list refreshes (for failover)
 # the session timeout).
 CONFIRM_WINDOW = 0.25
 
-
-def _err(name: str, msg: str) -> SdError:
-    return error_for(CODES[name], msg)
 
 
 @dataclass
@@ -642,14 +639,14 @@ class AsyncVdi:
     async def truncate(self, size: int) -> None:
         """Grow the VDI to ``size`` bytes (shrinking is refused: INVALID_PARMS)."""
         if self.readonly or self.is_snapshot:
-            raise _err("READONLY", f"VDI {self.name} is open read-only: cannot resize it")
+            raise sd_error("READONLY", f"VDI {self.name} is open read-only: cannot resize it")
         async with self._exclusive():
             if size < self.size:
-                raise _err("INVALID_PARMS", f"VDI {self.name}: shrinking from {self.size} to "
+                raise sd_error("INVALID_PARMS", f"VDI {self.name}: shrinking from {self.size} to "
                                             f"{size} bytes is not supported")
             limit = self.object_size * proto.MAX_DATA_OBJS
             if size > limit:
-                raise _err("INVALID_PARMS", f"VDI {self.name}: {size} bytes is more than the "
+                raise sd_error("INVALID_PARMS", f"VDI {self.name}: {size} bytes is more than the "
                                             f"maximum {limit}")
             if size == self.size:
                 return
@@ -673,10 +670,10 @@ class AsyncVdi:
 
     def _need_writable(self, what: str) -> None:
         if self.is_snapshot or self.snapid or self.tag:
-            raise _err("INVALID_PARMS", f"VDI {self.name}: cannot {what} a snapshot VDI "
+            raise sd_error("INVALID_PARMS", f"VDI {self.name}: cannot {what} a snapshot VDI "
                                         f"(open the VDI itself)")
         if self.readonly or not self.active:
-            raise _err("READONLY", f"VDI {self.name} is not open read-write: cannot {what}")
+            raise sd_error("READONLY", f"VDI {self.name} is not open read-write: cannot {what}")
 
     async def snapshot_create(self, name: str = "", vm_state_size: int = 0,
                               vm_clock_nsec: int = 0) -> SnapshotInfo:
@@ -686,14 +683,14 @@ class AsyncVdi:
         self._need_writable("snapshot")
         if name:
             if len(name.encode()) >= proto.SD_MAX_VDI_TAG_LEN:
-                raise _err("INVALID_PARMS", f"snapshot tag {name!r} is too long")
+                raise sd_error("INVALID_PARMS", f"snapshot tag {name!r} is too long")
             try:
                 await self._lookup(self.name, 0, name)
             except SdError as e:
                 if e.code not in (CODES["NO_TAG"], CODES["NO_VDI"]):
                     raise
             else:
-                raise _err("VDI_EXIST", f"VDI {self.name} has a snapshot tagged {name!r} already")
+                raise sd_error("VDI_EXIST", f"VDI {self.name} has a snapshot tagged {name!r} already")
         async with self._exclusive():
             old = self.vid
             hdr = await self._read_header(old)
@@ -749,7 +746,7 @@ class AsyncVdi:
         self._need_writable("revert")
         snapid, tag = _parse_snapshot(snapshot)
         if not snapid and not tag:
-            raise _err("INVALID_PARMS", "which snapshot? give an id or a tag")
+            raise sd_error("INVALID_PARMS", "which snapshot? give an id or a tag")
         async with self._exclusive():
             base = await self._lookup(self.name, snapid, tag)
             bhdr = await self._read_header(base)
@@ -795,12 +792,12 @@ class AsyncVdi:
         if name:
             tag = name if not snapid else tag
         if not snapid and not tag:
-            raise _err("INVALID_PARMS", "which snapshot? give an id or a tag")
+            raise sd_error("INVALID_PARMS", "which snapshot? give an id or a tag")
         vid = await self._lookup(self.name, snapid, tag)
         if vid == self.vid:
-            raise _err("INVALID_PARMS", f"snapshot {snapshot_id or name} is the image in use")
+            raise sd_error("INVALID_PARMS", f"snapshot {snapshot_id or name} is the image in use")
         if snapid and name and (await self._read_header(vid)).tag_str != name:
-            raise _err("NO_TAG", f"snapshot {snapid} of {self.name} is not tagged {name!r}")
+            raise sd_error("NO_TAG", f"snapshot {snapid} of {self.name} is not tagged {name!r}")
         payload = proto.vdi_name_payload(self.name, tag)
         try:
             await self._call(proto.Op.DEL_VDI, proto.VdiArgs(snapid=snapid), payload=payload,
@@ -890,7 +887,7 @@ class AsyncVdi:
         if nb_sectors is None:
             nb_sectors = len(buf) // BDRV_SECTOR_SIZE
         if len(buf) != nb_sectors * BDRV_SECTOR_SIZE:
-            raise _err("INVALID_PARMS", f"{len(buf)} bytes are not {nb_sectors} sectors")
+            raise sd_error("INVALID_PARMS", f"{len(buf)} bytes are not {nb_sectors} sectors")
         await self.pwrite(sector_num * BDRV_SECTOR_SIZE, buf)
         return nb_sectors
 

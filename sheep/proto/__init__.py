@@ -63,7 +63,6 @@ from sheep.proto.constants import (  # noqa: F401
     SD_DATA_OBJ_SIZE,
     SD_DEFAULT_BLOCK_SIZE_SHIFT,
     SD_DEFAULT_COPIES,
-    SD_MAX_COPIES,
     SD_DEFAULT_VNODES,
     SD_FLAG_CMD_CACHE,
     SD_FLAG_CMD_COW,
@@ -84,6 +83,7 @@ from sheep.proto.constants import (  # noqa: F401
     SD_INODE_SIZE,
     SD_LEDGER_OBJ_SIZE,
     SD_MAX_BLOCK_SIZE_SHIFT,
+    SD_MAX_COPIES,
     SD_MAX_NODES,
     SD_MAX_VDI_ATTR_KEY_LEN,
     SD_MAX_VDI_ATTR_VALUE_LEN,
@@ -115,6 +115,7 @@ from sheep.proto.inode import (  # noqa: F401
     data_vdi_id_offset,
     gref_offset,
     sd_time,
+    split_name_tag,
     vdi_name_payload,
 )
 from sheep.proto.nodes import (  # noqa: F401

@@ -141,6 +141,15 @@ def error_for(code: int, message: str | None = None) -> SdError:
     return cls(code, message)
 
 
+def sd_error(name: str, message: str | None = None) -> SdError:
+    """The typed exception for the result named ``name`` (e.g. ``"NO_OBJ"``).
+
+    Raises ``KeyError`` for a name that is not a Sheepdog result, so a typo
+    fails loudly at the raise site instead of sending a wrong code.
+    """
+    return error_for(CODES[name], message)
+
+
 def raise_for(code: int, message: str | None = None) -> None:
     """Raise the typed exception for a non-zero result code; no-op on SUCCESS."""
     if code:

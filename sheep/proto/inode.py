@@ -11,6 +11,7 @@ from sheep.proto.constants import (
     SD_MAX_VDI_LEN,
     SD_MAX_VDI_TAG_LEN,
 )
+from sheep.proto.errors import sd_error
 from sheep.proto.records import Record, cstr, pad
 
 # inode (docs/protocol.md §11) and attributes (§13)
@@ -107,3 +108,17 @@ def vdi_name_payload(name: str | bytes, tag: str | bytes | None = None) -> bytes
     if tag is not None:
         out += pad(tag, SD_MAX_VDI_TAG_LEN)
     return out
+
+
+def split_name_tag(payload: bytes, allow_tag: bool = True) -> tuple[bytes, bytes]:
+    """A VDI-name request payload split into (name, tag) fields.
+
+    The payload is the 256-byte name, or (when ``allow_tag``) the name followed
+    by the 256-byte snapshot tag; any other size is INVALID_PARMS.
+    """
+    if len(payload) == SD_MAX_VDI_LEN:
+        return payload, b""
+    if allow_tag and len(payload) == SD_MAX_VDI_LEN + SD_MAX_VDI_TAG_LEN:
+        return payload[:SD_MAX_VDI_LEN], payload[SD_MAX_VDI_LEN:]
+    raise sd_error("INVALID_PARMS",
+                   f"VDI name payload must be 256 or 512 bytes, got {len(payload)}")

@@ -29,7 +29,8 @@ import numpy as np
 from sheep import proto
 from sheep.cluster import group as G
 from sheep.datapath import repair, replica
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.errors import CODES, SdError, error_for, sd_error
+from sheep.proto.inode import split_name_tag
 from sheep.server import md_ops, metrics, stats
 from sheep.server import ops_compat as compat
 from sheep.vdi import copies, locks
@@ -46,16 +47,6 @@ class OpSpec:
     handler: Callable[..., Awaitable]
 
 
-def _err(name: str, msg: str | None = None) -> SdError:
-    return error_for(CODES[name], msg)
-
-
-def _name_tag(payload: bytes, allow_tag: bool = True) -> tuple[bytes, bytes]:
-    if len(payload) == proto.SD_MAX_VDI_LEN:
-        return payload, b""
-    if allow_tag and len(payload) == proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN:
-        return payload[:256], payload[256:]
-    raise _err("INVALID_PARMS", f"VDI name payload must be 256 or 512 bytes, got {len(payload)}")
 
 
 # ---------------------------------------------------------------------------
@@ -137,7 +128,7 @@ async def get_cluster_default(sheep, req, payload):
 def _bitmap(attr):
     async def handler(sheep, req, payload):
         if req.data_length != proto.VDI_BITMAP_SIZE:
-            raise _err("INVALID_PARMS", "the VDI bitmap reply needs a 2097152-byte buffer")
+            raise sd_error("INVALID_PARMS", "the VDI bitmap reply needs a 2097152-byte buffer")
         return None, bytes(getattr(sheep.vdis, attr))
     return handler
 
@@ -161,7 +152,7 @@ async def kill_node(sheep, req, payload):
 
 
 async def invalid(sheep, req, payload):
-    raise _err("INVALID_PARMS", f"opcode {req.opcode:#x} is not supported")
+    raise sd_error("INVALID_PARMS", f"opcode {req.opcode:#x} is not supported")
 
 
 async def success(sheep, req, payload):
@@ -171,7 +162,7 @@ async def success(sheep, req, payload):
 async def get_epoch(sheep, req, payload):
     rec = sheep.store.read_epoch(req.args.tgt_epoch)
     if rec is None:
-        raise _err("NO_TAG", f"no epoch {req.args.tgt_epoch}")
+        raise sd_error("NO_TAG", f"no epoch {req.args.tgt_epoch}")
     body = rec[0] + struct.pack("<Q", rec[1])
     if len(body) > req.data_length:
         return None, b"", CODES["BUFFER_SMALL"]
@@ -199,7 +190,7 @@ async def get_obj_list(sheep, req, payload):
 
 async def exist(sheep, req, payload):
     if not await sheep.io(sheep.store.exists, req.args.oid):
-        raise _err("NO_OBJ")
+        raise sd_error("NO_OBJ")
     return None, b""
 
 
@@ -223,10 +214,10 @@ async def get_loglevel(sheep, req, payload):
 
 async def set_loglevel(sheep, req, payload):
     if len(payload) != 4:
-        raise _err("INVALID_PARMS")
+        raise sd_error("INVALID_PARMS")
     level = struct.unpack("<i", payload)[0]
     if not 0 <= level <= 7:
-        raise _err("INVALID_PARMS", "log level must be 0..7")
+        raise sd_error("INVALID_PARMS", "log level must be 0..7")
     sheep.set_log_level(level)
     return None, b""
 
@@ -242,7 +233,7 @@ async def get_recovery(sheep, req, payload):
 
 async def set_recovery(sheep, req, payload):
     if len(payload) != proto.RecoveryThrottling.SIZE:
-        raise _err("INVALID_PARMS")
+        raise sd_error("INVALID_PARMS")
     sheep.recovery_throttle = proto.RecoveryThrottling.unpack(payload)
     sheep.recovery.kick()
     return None, b""
@@ -253,7 +244,7 @@ async def set_recovery(sheep, req, payload):
 
 
 async def get_vdi_info(sheep, req, payload):
-    name, tag = _name_tag(payload)
+    name, tag = split_name_tag(payload)
     vid = await sheep.vdis.find(name, tag, req.args.snapid)
     st = sheep.vdis.state(vid)
     rsp = proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
@@ -266,14 +257,14 @@ async def get_vdi_info(sheep, req, payload):
 
 async def new_vdi(sheep, req, payload):
     if len(payload) != proto.SD_MAX_VDI_LEN:
-        raise _err("INVALID_PARMS", "NEW_VDI needs a 256-byte name")
+        raise sd_error("INVALID_PARMS", "NEW_VDI needs a 256-byte name")
     if b"\0" not in payload:  # no room for the NUL: a longer name the client cut
-        raise _err("INVALID_PARMS", f"VDI name longer than {proto.SD_MAX_VDI_LEN - 1} bytes")
+        raise sd_error("INVALID_PARMS", f"VDI name longer than {proto.SD_MAX_VDI_LEN - 1} bytes")
     return await sheep.group.cluster_op(lambda: sheep.vdis.new_vdi_work(payload, req.args)), b""
 
 
 async def del_vdi(sheep, req, payload):
-    name, tag = _name_tag(payload)
+    name, tag = split_name_tag(payload)
     # in use by another than the requester (locks.CURRENT_CONN: its sessions)?
     # Judged in the work step, inside the cluster-wide turn: a lock granted
     # between a check made here and the delete's turn would be left on a
@@ -300,13 +291,13 @@ async def alter_vdi_copy(sheep, req, payload):
 async def make_fs(sheep, req, payload):
     store = proto.cstr(payload) or "plain"
     if store != "plain":
-        raise _err("NO_STORE", f"unknown store '{store}' (available: plain)")
+        raise sd_error("NO_STORE", f"unknown store '{store}' (available: plain)")
     a = req.args
     if a.copy_policy:
-        raise _err("INVALID_PARMS", "erasure coding is not supported")
+        raise sd_error("INVALID_PARMS", "erasure coding is not supported")
     shift = a.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
     if not proto.SD_MIN_BLOCK_SIZE_SHIFT <= shift <= proto.SD_MAX_BLOCK_SIZE_SHIFT:
-        raise _err("INVALID_PARMS", f"invalid block size shift {shift}")
+        raise sd_error("INVALID_PARMS", f"invalid block size shift {shift}")
     msg = {"op": "format", "ctime": a.ctime, "flags": a.flags,
            "copies": a.copies or proto.SD_DEFAULT_COPIES, "copy_policy": 0,
            "block_size_shift": shift, "store": store}
@@ -334,17 +325,17 @@ async def force_recover(sheep, req, payload):
 async def set_vnodes(sheep, req, payload):
     # 1.0 reads an int from the start of the payload; its dog sends 8 bytes
     if len(payload) < 4:
-        raise _err("INVALID_PARMS", "SET_VNODES needs a vnode count (i32 at offset 0)")
+        raise sd_error("INVALID_PARMS", "SET_VNODES needs a vnode count (i32 at offset 0)")
     count = struct.unpack_from("<i", payload)[0]
     g = sheep.group
     # 1.0's local_set_vnodes: gateway, then strategy, then range
     if sheep.cfg.gateway:
-        raise _err("GATEWAY_MODE", "failed to set vnodes, cause operating in gateway mode")
+        raise sd_error("GATEWAY_MODE", "failed to set vnodes, cause operating in gateway mode")
     if g.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES:
-        raise _err("INVALID_VNODES_STRATEGY", "the cluster uses automatic vnodes; format "
+        raise sd_error("INVALID_VNODES_STRATEGY", "the cluster uses automatic vnodes; format "
                                               "it with -V to set vnode counts by hand")
     if not 1 <= count <= 65535:
-        raise _err("INVALID_PARMS", f"invalid vnodes: {count}")
+        raise sd_error("INVALID_PARMS", f"invalid vnodes: {count}")
     key = f"{sheep.me.host}:{sheep.me.port}"
 
     async def work():
@@ -523,20 +514,20 @@ def apply_main(sheep, msg: dict):
 def admit(sheep, req: proto.Request) -> OpSpec:
     """Admission rules of §4, in order; raises the refusal as SdError."""
     if not proto.version_ok(req.opcode, req.proto_ver):
-        raise _err("VER_MISMATCH")
+        raise sd_error("VER_MISMATCH")
     spec = OPS.get(req.opcode)
     if spec is None:
-        raise _err("INVALID_PARMS", f"unknown opcode {req.opcode:#x}")
+        raise sd_error("INVALID_PARMS", f"unknown opcode {req.opcode:#x}")
     status = sheep.group.status
     if status == G.KILLED:
-        raise _err("KILLED")
+        raise sd_error("KILLED")
     if status == G.SHUTDOWN:
-        raise _err("SHUTDOWN")
+        raise sd_error("SHUTDOWN")
     if spec.kind in ("gateway", "peer", "cluster") and not sheep.group.serving():
-        raise _err("HALT", "this node is cut off from the cluster (not in the primary view, "
+        raise sd_error("HALT", "this node is cut off from the cluster (not in the primary view, "
                            "or its membership lease lapsed)")
     if status != G.OK and not spec.force:
-        raise _err("WAIT_FOR_FORMAT" if status == G.WAIT_FOR_FORMAT else "WAIT_FOR_JOIN")
+        raise sd_error("WAIT_FOR_FORMAT" if status == G.WAIT_FOR_FORMAT else "WAIT_FOR_JOIN")
     return spec
 
 

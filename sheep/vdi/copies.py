@@ -21,21 +21,18 @@ import logging
 
 from sheep import proto
 from sheep.datapath import replica
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.errors import CODES, SdError, sd_error
 
 log = logging.getLogger("sheep.vdi.copies")
 
 
 
-def _err(name: str, msg: str) -> SdError:
-    return error_for(CODES[name], msg)
-
 
 def _check_copies(copies: int, policy: int) -> None:
     if policy:
-        raise _err("INVALID_PARMS", "erasure coding is not supported")
+        raise sd_error("INVALID_PARMS", "erasure coding is not supported")
     if not 1 <= copies <= proto.SD_MAX_COPIES:
-        raise _err("INVALID_PARMS", f"invalid number of copies {copies} (1..{proto.SD_MAX_COPIES})")
+        raise sd_error("INVALID_PARMS", f"invalid number of copies {copies} (1..{proto.SD_MAX_COPIES})")
 
 
 async def alter_cluster_copy_work(sheep, args: proto.ClusterArgs) -> dict:
@@ -83,9 +80,9 @@ async def alter_vdi_copy_work(sheep, args: proto.VdiStateArgs) -> dict:
     _check_copies(copies, args.copy_policy)
     st = vdis.state(vid)
     if st is None or st.deleted:
-        raise _err("NO_VDI", f"VDI {vid:#x} does not exist")
+        raise sd_error("NO_VDI", f"VDI {vid:#x} does not exist")
     if vdis.refs.has_relatives(vid):
-        raise _err("INVALID_PARMS", f"VDI {vid:#x} shares objects with snapshots or clones: "
+        raise sd_error("INVALID_PARMS", f"VDI {vid:#x} shares objects with snapshots or clones: "
                                     f"only standalone VDIs can change their redundancy")
     old = st.copies
     if old != copies:

@@ -19,7 +19,7 @@ import logging
 import uuid
 
 from sheep import proto
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.errors import sd_error
 
 log = logging.getLogger("sheep.vdi.locks")
 
@@ -27,9 +27,6 @@ DRAIN_WAIT = 35.0  # s a new lock waits for a former holder's writes (> RETRY_WI
 FREEZE_WAIT = 15.0  # s a snapshot waits for the writes in flight (the rest of its work
 # step may take a while too: clients retry AGAIN for 30 s)
 
-
-def _err(name: str, msg: str | None = None) -> SdError:
-    return error_for(CODES[name], msg)
 
 
 class WritesInFlight:
@@ -113,7 +110,7 @@ class WritesInFlight:
     def check_not_frozen(self, vid: int) -> None:
         """A new fan-out of ``vid`` waits while a snapshot copies its index."""
         if vid in self.table.frozen:
-            raise _err("AGAIN", f"VDI {vid:#x} is being snapshotted; try again")
+            raise sd_error("AGAIN", f"VDI {vid:#x} is being snapshotted; try again")
 
     async def freeze(self, vid: int, timeout: float = FREEZE_WAIT) -> str:
         """From a snapshot's work step: stop new writes of ``vid`` and wait
@@ -131,7 +128,7 @@ class WritesInFlight:
         try:
             await self.sheep.group.driver.notify(json.dumps(msg).encode())
         except RuntimeError as e:  # not a member (cut off): nothing was frozen
-            raise _err("HALT", f"cannot freeze VDI {vid:#x} for the snapshot: {e}") from None
+            raise sd_error("HALT", f"cannot freeze VDI {vid:#x} for the snapshot: {e}") from None
         mine = lambda: getattr(self.table.frozen.get(vid), "fid", None) == fid  # noqa: E731
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout  # one bound for all the waits
@@ -149,7 +146,7 @@ class WritesInFlight:
                                                    max(0.0, deadline - loop.time()))
         if not ok:
             await self.thaw(vid, fid)
-            raise _err("AGAIN", f"VDI {vid:#x}: writes in flight did not finish within "
+            raise sd_error("AGAIN", f"VDI {vid:#x}: writes in flight did not finish within "
                                 f"{timeout:.0f}s (or another snapshot froze it); the snapshot "
                                 f"was not taken")
         return fid
@@ -175,5 +172,5 @@ class WritesInFlight:
             if not await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
                                                      timeout):
                 g, n = self.table.draining.get(vid, (0, "?"))
-                raise _err(code, f"VDI {vid:#x}: writes of the former holder (generation "
+                raise sd_error(code, f"VDI {vid:#x}: writes of the former holder (generation "
                                  f"{g} through {n}) are still landing after {timeout:.0f}s")

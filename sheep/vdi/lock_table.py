@@ -45,16 +45,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from sheep import proto
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.errors import SdError, sd_error
 
 MAX_SHARED = 31
 EXCL, SHARED, READ, STANDBY = "excl", "shared", "read", "standby"
 KIND_CODE = {EXCL: proto.LOCK_KIND_EXCLUSIVE, SHARED: proto.LOCK_KIND_SHARED,
              READ: proto.LOCK_KIND_READ, STANDBY: proto.LOCK_KIND_STANDBY}
 
-
-def _err(name: str, msg: str | None = None) -> SdError:
-    return error_for(CODES[name], msg)
 
 
 @dataclass
@@ -121,7 +118,7 @@ class LockTable:
                 why = f"the current grant is generation {o.gen}"
             else:
                 why = f"the grant is held through {o.node}, not {node}"
-            raise _err("FENCED", f"VDI {vid:#x}: write with lock generation {gen}, but {why}")
+            raise sd_error("FENCED", f"VDI {vid:#x}: write with lock generation {gen}, but {why}")
 
     # -- transitions (called from main steps, in total order) ------------
 
@@ -141,7 +138,7 @@ class LockTable:
         """No grant while a former holder's writes may still be landing."""
         d = self.draining.get(vid)
         if d is not None:
-            raise _err("VDI_LOCKED", f"VDI {vid:#x}: writes of the former holder (generation "
+            raise sd_error("VDI_LOCKED", f"VDI {vid:#x}: writes of the former holder (generation "
                                      f"{d[0]} through {d[1]}) are still landing")
 
     # -- freezing (a snapshot's work step) ------------------------------------
@@ -154,7 +151,7 @@ class LockTable:
         snapshot is missing from the new working VDI.  Ends with the
         snapshot's main step (``move``), ``thaw``, or ``by`` leaving."""
         if vid in self.frozen:  # one freeze at a time (cluster ops are exclusive)
-            raise _err("AGAIN", f"VDI {vid:#x} is frozen already")
+            raise sd_error("AGAIN", f"VDI {vid:#x} is frozen already")
         o = self.owner(vid)
         if o is None:
             self.frozen[vid] = Frozen(0, "", by, True, fid)
@@ -227,9 +224,9 @@ class LockTable:
                 raise self._locked(vid, hs)
             self._settled(vid)  # shared writers carry no generation: nothing fences the old
             if any(h.node == node and h.session == session for h in others):
-                raise _err("VDI_LOCKED", f"VDI {vid:#x}: this owner shares the lock already")
+                raise sd_error("VDI_LOCKED", f"VDI {vid:#x}: this owner shares the lock already")
             if len(others) >= MAX_SHARED:
-                raise _err("VDI_LOCKED", f"VDI {vid:#x}: {MAX_SHARED} participants already")
+                raise sd_error("VDI_LOCKED", f"VDI {vid:#x}: {MAX_SHARED} participants already")
             self._put(vid, Holder(node, session, SHARED, 0, now))
             return 0
         if kind in (READ, STANDBY):
@@ -243,13 +240,13 @@ class LockTable:
                     return 0
             self._put(vid, Holder(node, session, kind, 0, now))
             return 0
-        raise _err("INVALID_PARMS", f"unknown lock kind {kind!r}")
+        raise sd_error("INVALID_PARMS", f"unknown lock kind {kind!r}")
 
     @staticmethod
     def _locked(vid: int, hs: list[Holder]) -> SdError:
         h = next(x for x in hs if x.kind != STANDBY)
         who = f"{h.node}" + (f" session {h.session:016x}" if h.session else "")
-        return _err("VDI_LOCKED", f"VDI {vid:#x} is locked ({h.kind}) by {who}")
+        return sd_error("VDI_LOCKED", f"VDI {vid:#x} is locked ({h.kind}) by {who}")
 
     def activate(self, vid: int, node: str, session: int, now: float = 0.0,
                  snapshot: bool = False) -> int:
@@ -287,7 +284,7 @@ class LockTable:
             self._put(vid, h)
             self.last[vid] = (h.gen, session)
             return h.gen
-        raise _err("FENCED", f"VDI {vid:#x}: the lock of generation {gen} is gone")
+        raise sd_error("FENCED", f"VDI {vid:#x}: the lock of generation {gen} is gone")
 
     def release(self, vid: int, session: int) -> int:
         """A session releases whatever it holds on ``vid`` (never fails); a
@@ -321,11 +318,11 @@ class LockTable:
         """The exclusive holder ``session`` hands ``vid`` to standby session ``target``."""
         o = self.owner(vid)
         if o is None or not session or o.session != session:
-            raise _err("FENCED", f"VDI {vid:#x}: the source does not hold the lock any more")
+            raise sd_error("FENCED", f"VDI {vid:#x}: the source does not hold the lock any more")
         dest = next((h for h in self.holders(vid) if h.kind == STANDBY and h.session == target),
                     None)
         if dest is None or not target:
-            raise _err("INVALID_PARMS", f"VDI {vid:#x}: session {target:016x} has not opened "
+            raise sd_error("INVALID_PARMS", f"VDI {vid:#x}: session {target:016x} has not opened "
                                         f"it inactive (nothing to hand over to)")
         self._remove(vid, lambda h: h is o or h is dest)
         h = Holder(dest.node, target, EXCL, self._next_gen(), now)
@@ -421,7 +418,7 @@ class LockTable:
             self.thaw(vid, msg["node"], msg.get("fid", ""))
             gen = 0
         else:
-            raise _err("INVALID_PARMS", f"unknown lock action {a!r}")
+            raise sd_error("INVALID_PARMS", f"unknown lock action {a!r}")
         return {"vid": vid, "gen": gen}
 
     # -- snapshot for joiners ---------------------------------------------

@@ -61,7 +61,8 @@ import logging
 import time
 
 from sheep import proto
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.errors import CODES, sd_error
+from sheep.proto.inode import split_name_tag
 from sheep.vdi.lock_flight import DRAIN_WAIT, FREEZE_WAIT, WritesInFlight  # noqa: F401
 from sheep.vdi.lock_table import EXCL, KIND_CODE, READ, SHARED, STANDBY, LockTable
 
@@ -73,9 +74,6 @@ STATE_FILE = "lock_state"
 #: the server connection (sheep.server.listener.SheepProtocol) serving the current request
 CURRENT_CONN: contextvars.ContextVar = contextvars.ContextVar("sheep_conn", default=None)
 
-
-def _err(name: str, msg: str | None = None) -> SdError:
-    return error_for(CODES[name], msg)
 
 
 # ---------------------------------------------------------------------------
@@ -336,7 +334,7 @@ class Locks(WritesInFlight):
             return  # admitted before its grant ended: it lands everywhere
         st = self.sheep.vdis.state(vid)
         if st is not None and st.snapshot:
-            raise _err("READONLY", f"VDI {vid:#x} is a snapshot now")
+            raise sd_error("READONLY", f"VDI {vid:#x} is a snapshot now")
         t.check_write(vid, gen, node)
 
     # -- replies -------------------------------------------------------------
@@ -386,13 +384,6 @@ class Locks(WritesInFlight):
 _MODE_KIND = {proto.LOCK_MODE_READ: READ, proto.LOCK_MODE_INACTIVE: STANDBY}
 
 
-def _name_tag(payload: bytes) -> tuple[bytes, bytes]:
-    if len(payload) == proto.SD_MAX_VDI_LEN:
-        return payload, b""
-    if len(payload) == proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN:
-        return payload[:256], payload[256:]
-    raise _err("INVALID_PARMS", f"VDI name payload must be 256 or 512 bytes, got {len(payload)}")
-
 
 def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0,
            extra: int = 0) -> proto.VdiRsp:
@@ -418,7 +409,7 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
         locks.attach(sid, conn)
     if flagged and mode == proto.LOCK_MODE_RENEW:
         if not sid:
-            raise _err("INVALID_PARMS", "lease renewal without a session id")
+            raise sd_error("INVALID_PARMS", "lease renewal without a session id")
         held_ok = 0
         if a.base_vdi_id:  # "do I still hold it?" (qemu_client, before trusting its cache)
             if held:
@@ -430,11 +421,11 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
             held_ok = proto.LOCK_STATUS_HELD if ok else 0
         return _reply(sheep, 0, True, holds=len(locks.table.holds_of(sid)),
                       extra=held_ok), b""
-    name, tag = _name_tag(payload)
+    name, tag = split_name_tag(payload)
     if not locks.enforced:  # Sheepdog 1.0: LOCK_VDI is GET_VDI_INFO
         return _reply(sheep, await sheep.vdis.find(name, tag, a.snapid), flagged), b""
     if a.type not in (proto.LOCK_TYPE_NORMAL, proto.LOCK_TYPE_SHARED):
-        raise _err("INVALID_PARMS", f"unknown lock type {a.type}")
+        raise sd_error("INVALID_PARMS", f"unknown lock type {a.type}")
     if mode == proto.LOCK_MODE_WRITE:
         action, kind = "lock", SHARED if a.type == proto.LOCK_TYPE_SHARED else EXCL
     elif mode in _MODE_KIND:
@@ -444,9 +435,9 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
     elif mode == proto.LOCK_MODE_REATTACH:
         action, kind = "reattach", EXCL
     else:
-        raise _err("INVALID_PARMS", f"unknown lock mode {mode}")
+        raise sd_error("INVALID_PARMS", f"unknown lock mode {mode}")
     if action != "lock" and not sid:
-        raise _err("INVALID_PARMS", "activating or re-attaching a lock needs a session id")
+        raise sd_error("INVALID_PARMS", "activating or re-attaching a lock needs a session id")
     me = locks.me
     if action in ("lock", "activate", "reattach") and kind in (EXCL, READ, SHARED):
         # a former holder's writes may still be landing: wait for them here,
@@ -485,7 +476,7 @@ async def release_vdi(sheep, req: proto.Request, payload: bytes):
             msg = {"op": "lock", "a": "force", "vid": vid}
     else:
         if a.type not in (proto.LOCK_TYPE_NORMAL, proto.LOCK_TYPE_SHARED):
-            raise _err("INVALID_PARMS", f"unknown lock type {a.type}")
+            raise sd_error("INVALID_PARMS", f"unknown lock type {a.type}")
         msg = {"op": "lock", "a": "release_legacy", "vid": vid, "node": me, "type": a.type}
 
     async def work():

@@ -67,7 +67,7 @@ import os
 import numpy as np
 
 from sheep import proto
-from sheep.proto.errors import CODES, SdError
+from sheep.proto.errors import CODES, SdError, sd_error
 from sheep.store.basedir import fsync_dir
 
 log = logging.getLogger("sheep.vdi.table")
@@ -89,11 +89,11 @@ def used_vids_desc(table) -> np.ndarray:
 
 async def lookup(table, name: bytes, tag: bytes, snapid: int):
     """§12.3 in recycle mode (see the module docstring)."""
-    from sheep.vdi.table import NR, Lookup, _err
+    from sheep.vdi.table import NR, Lookup
 
     free = table.next_clear(1)
     if free == NR:
-        raise _err("FULL_VDI")
+        raise sd_error("FULL_VDI")
     has_tag = tag != bytes(256) or snapid != 0
     seen_name = False
     best = None  # (snap_id, vid) of the best snapshot match

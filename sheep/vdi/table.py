@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sheep import proto
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.errors import CODES, SdError, error_for, sd_error
 from sheep.vdi import recycle
 from sheep.vdi.refcount import Refs
 
@@ -71,9 +71,6 @@ class Lookup:
     next_snap_id: int = 0
     deleted_working: int = 0  # snapshot vid whose working VDI was deleted
 
-
-def _err(name: str, msg: str | None = None) -> SdError:
-    return error_for(CODES[name], msg)
 
 
 class VdiTable:
@@ -237,7 +234,7 @@ class VdiTable:
         if right == NR:
             right = self.next_clear(1)
             if right == NR:
-                raise _err("FULL_VDI")
+                raise sd_error("FULL_VDI")
         ranges = [(start, right)] if start < right else [(1, right), (start, NR)]
         seen_name = False
         stopped: Lookup | None = None  # NO_VDI because the newest inode is a snapshot
@@ -284,9 +281,9 @@ class VdiTable:
     def _live_state(self, vid: int, what: str) -> VdiState:
         st = self.states.get(vid)
         if st is None or not self.test(self.inuse, vid):
-            raise _err("NO_BASE_VDI", f"{what} {vid:#x} does not exist")
+            raise sd_error("NO_BASE_VDI", f"{what} {vid:#x} does not exist")
         if st.deleted:
-            raise _err("NO_BASE_VDI", f"{what} {vid:#x} has been deleted")
+            raise sd_error("NO_BASE_VDI", f"{what} {vid:#x} has been deleted")
         return st
 
     async def _read_index(self, vid: int, n: int) -> bytes:
@@ -309,7 +306,7 @@ class VdiTable:
         except SdError as e:
             log.error("cannot write the inode of new VDI %s (%#x): %s",
                       proto.cstr(ino.name), ino.vdi_id, e.message)
-            raise _err("VDI_WRITE", f"cannot write the inode of VDI {ino.vdi_id:#x}: "
+            raise sd_error("VDI_WRITE", f"cannot write the inode of VDI {ino.vdi_id:#x}: "
                                     f"{e.message}") from None
 
     async def _derive(self, name: bytes, vid: int, base: int, args: proto.VdiArgs,
@@ -318,16 +315,16 @@ class VdiTable:
         try:
             bino = await self.read_header(base)
         except SdError as e:
-            raise _err("BASE_VDI_READ", f"cannot read base VDI {base:#x}: {e.message}") from None
+            raise sd_error("BASE_VDI_READ", f"cannot read base VDI {base:#x}: {e.message}") from None
         if bino.block_size_shift != shift:
-            raise _err("INVALID_PARMS", f"object size of base VDI {base:#x} differs "
+            raise sd_error("INVALID_PARMS", f"object size of base VDI {base:#x} differs "
                                         f"(shift {bino.block_size_shift}, requested {shift})")
         size = args.vdi_size or bino.vdi_size
         n = min(bino.nr_objects, (size + (1 << shift) - 1) >> shift)
         try:
             index = await self._read_index(base, n)
         except SdError as e:
-            raise _err("BASE_VDI_READ", f"cannot read base VDI {base:#x}: {e.message}") from None
+            raise sd_error("BASE_VDI_READ", f"cannot read base VDI {base:#x}: {e.message}") from None
         ino = proto.InodeHeader(
             name=proto.pad(name, 256), create_time=proto.sd_time(time.time()), vdi_size=size,
             copy_policy=0, store_policy=0, nr_copies=copies, block_size_shift=shift,
@@ -338,27 +335,27 @@ class VdiTable:
     async def new_vdi_work(self, name: bytes, args: proto.VdiArgs) -> dict:
         cfg = self.sheep.group.config
         if not name.strip(b"\0"):
-            raise _err("INVALID_PARMS", "empty VDI name")
+            raise sd_error("INVALID_PARMS", "empty VDI name")
         copies, policy = args.copies, args.copy_policy
         if not copies:
             copies, policy = cfg.copies, cfg.copy_policy
         if policy:
-            raise _err("INVALID_PARMS", "erasure coding is not supported")
+            raise sd_error("INVALID_PARMS", "erasure coding is not supported")
         if not 1 <= copies <= proto.SD_MAX_COPIES:
-            raise _err("INVALID_PARMS", f"invalid number of copies {copies}")
+            raise sd_error("INVALID_PARMS", f"invalid number of copies {copies}")
         shift = args.block_size_shift or cfg.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
         if not proto.SD_MIN_BLOCK_SIZE_SHIFT <= shift <= proto.SD_MAX_BLOCK_SIZE_SHIFT:
-            raise _err("INVALID_PARMS", f"invalid block size shift {shift}")
+            raise sd_error("INVALID_PARMS", f"invalid block size shift {shift}")
         if args.store_policy:
-            raise _err("INVALID_PARMS", "hyper volumes (store policy 1) are not supported")
+            raise sd_error("INVALID_PARMS", "hyper volumes (store policy 1) are not supported")
         max_size = (1 << shift) * proto.MAX_DATA_OBJS
         if args.vdi_size > max_size:
-            raise _err("INVALID_PARMS", f"VDI size {args.vdi_size} exceeds the maximum {max_size}")
+            raise sd_error("INVALID_PARMS", f"VDI size {args.vdi_size} exceeds the maximum {max_size}")
         if args.snapid:
             return await self._snapshot_work(name, args)
         r = await self.lookup(name)
         if r.vid is not None:
-            raise _err("VDI_EXIST", f"VDI {proto.cstr(name)} exists already")
+            raise sd_error("VDI_EXIST", f"VDI {proto.cstr(name)} exists already")
         if r.code != CODES["NO_VDI"]:
             raise error_for(r.code)
         vid, snap_id = r.free, r.next_snap_id or 1
@@ -366,7 +363,7 @@ class VdiTable:
         if base:  # clone (also rollback's re-create): only from a snapshot
             st = self._live_state(base, "base VDI")
             if not st.snapshot:
-                raise _err("INVALID_PARMS", f"VDI {base:#x} is not a snapshot: only snapshots "
+                raise sd_error("INVALID_PARMS", f"VDI {base:#x} is not a snapshot: only snapshots "
                                             f"can be cloned")
             ino = await self._derive(name, vid, base, args, snap_id, copies, shift)
         else:
@@ -390,12 +387,12 @@ class VdiTable:
         base = args.base_vdi_id or w
         if base != w:  # rebase (QEMU's goto when the delete failed): base must be a snapshot
             if not self._live_state(base, "base VDI").snapshot:
-                raise _err("INVALID_PARMS", f"VDI {base:#x} is not a snapshot: only snapshots "
+                raise sd_error("INVALID_PARMS", f"VDI {base:#x} is not a snapshot: only snapshots "
                                             f"can be used as a base")
             if wst.replaced == base:
                 # W took the name by a snapshot of base: this request lost a snapshot
                 # race (it names the former working VDI); one snapshot wins, not two
-                raise _err("VDI_EXIST", f"VDI {base:#x} has been snapshotted already "
+                raise sd_error("VDI_EXIST", f"VDI {base:#x} has been snapshotted already "
                                         f"(the working VDI of {proto.cstr(name)} is now {w:#x})")
         n = r.free
         copies = wst.copies
@@ -419,7 +416,7 @@ class VdiTable:
                                                proto.INODE_SNAP_CTIME_OFF,
                                                now.to_bytes(8, "little"), copies=copies)
             except SdError as e:
-                raise _err("VDI_WRITE",
+                raise sd_error("VDI_WRITE",
                            f"cannot mark VDI {w:#x} as a snapshot: {e.message}") from None
         except BaseException:
             if base == w:
@@ -461,7 +458,7 @@ class VdiTable:
                      if not (h.session and h.session in mine and h.node == locks.me)]
         if holds:
             who = ", ".join(f"{h.kind} by {h.node}" for h in holds)
-            raise _err("VDI_LOCKED", f"VDI {vid:#x} is in use ({who}): unlock it first")
+            raise sd_error("VDI_LOCKED", f"VDI {vid:#x} is in use ({who}): unlock it first")
 
     async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int, conn=None) -> dict:
         """The work step of DEL_VDI (in the cluster-wide turn, so no lock is
@@ -503,7 +500,7 @@ class VdiTable:
 
     async def attr_work(self, req: proto.Request, payload: bytes) -> dict:
         if len(payload) != proto.SD_ATTR_OBJ_SIZE:
-            raise _err("INVALID_PARMS", "attribute payload must be 66320 bytes")
+            raise sd_error("INVALID_PARMS", "attribute payload must be 66320 bytes")
         gw = self.sheep.gateway
         attr = proto.VdiAttr.unpack(payload)
         found = await self.find(attr.name, attr.tag, req.args.snapid)
@@ -531,11 +528,11 @@ class VdiTable:
                 if creat:
                     await gw.create_and_write(oid, 0, data, copies=copies)
                     break
-                raise _err("NO_OBJ")
+                raise sd_error("NO_OBJ")
             if (existing.name, existing.tag, existing.snap_id, existing.key) == \
                     (attr.name, attr.tag, attr.snap_id, attr.key):
                 if excl:
-                    raise _err("VDI_EXIST")
+                    raise sd_error("VDI_EXIST")
                 if flags & proto.SD_FLAG_CMD_DEL:
                     await gw.write(oid, 0, b"\0", copies=copies)
                 elif creat:
@@ -543,7 +540,7 @@ class VdiTable:
                 break
             slot = (slot + 1) & 0xFFFFFFFF
             if slot == start:
-                raise _err("FULL_VDI")
+                raise sd_error("FULL_VDI")
         return {"op": "attr", "vid": vid, "attr_id": slot, "copies": copies}
 
     # ------------------------------------------------------------------

@@ -65,12 +65,12 @@ def test_all_names_exist_and_are_clean():
 
 def _raised_names(path: pathlib.Path) -> set[str]:
     """Names of the classes a module raises directly (``raise X(...)``) and the
-    result names it raises through ``error_for(CODES["..."])`` / ``_err("...")``."""
+    result names it raises through ``error_for(CODES["..."])`` / ``sd_error("...")``."""
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
             f = node.exc.func
-            if isinstance(f, ast.Name) and f.id not in ("error_for", "_err"):
+            if isinstance(f, ast.Name) and f.id not in ("error_for", "sd_error"):
                 names.add(f.id)
             elif isinstance(f, ast.Name) and node.exc.args:
                 a = node.exc.args[0]

@@ -89,6 +89,7 @@ class LockTable:
     # -- queries ----------------------------------------------------------
 
     def holders(self, vid: int) -> list[Holder]:
+        """Every lock on ``vid`` (exclusive, shared, read, standby), in grant order."""
         return self.locks.get(vid, [])
 
     def owner(self, vid: int) -> Holder | None:
@@ -98,7 +99,8 @@ class LockTable:
                 return h
         return None
 
-    def holds_of(self, session: int, node: str | None = None) -> list[tuple[int, Holder]]:
+    def session_locks(self, session: int, node: str | None = None) -> list[tuple[int, Holder]]:
+        """(vid, holder) of every lock ``session`` holds (through gateway ``node``, if given)."""
         return [(vid, h) for vid, hs in self.locks.items() for h in hs
                 if h.session == session and (node is None or h.node == node)]
 
@@ -332,7 +334,7 @@ class LockTable:
 
     def expire(self, node: str, session: int) -> list[int]:
         """Session ``(node, session)`` ended: drop all its holds; returns the vids."""
-        vids = [vid for vid, h in self.holds_of(session, node)]
+        vids = [vid for vid, h in self.session_locks(session, node)]
         for vid in set(vids):
             for h in self.holders(vid):
                 if h.kind == EXCL and h.session == session and h.node == node:

@@ -276,7 +276,7 @@ class Locks(WritesInFlight):
         for sid, s in list(self.sessions.items()):
             if s.expiring or now - s.last_seen <= self.grace:
                 continue
-            if not self.table.holds_of(sid, me):
+            if not self.table.session_locks(sid, me):
                 del self.sessions[sid]
                 continue
             s.expiring = True
@@ -296,7 +296,7 @@ class Locks(WritesInFlight):
             log.warning("releasing the locks of session %016x failed: %s", s.sid, e)
         finally:
             s.expiring = False
-            if time.monotonic() - s.last_seen > self.grace and not self.table.holds_of(s.sid, me):
+            if time.monotonic() - s.last_seen > self.grace and not self.table.session_locks(s.sid, me):
                 self.sessions.pop(s.sid, None)
 
     # -- fencing (the gateway for flagged requests, every replica for writes) --
@@ -419,7 +419,7 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
                 ok = any(h.session == sid and h.node == locks.me and h.kind in (READ, SHARED)
                          for h in locks.table.holders(a.base_vdi_id))
             held_ok = proto.LOCK_STATUS_HELD if ok else 0
-        return _reply(sheep, 0, True, holds=len(locks.table.holds_of(sid)),
+        return _reply(sheep, 0, True, holds=len(locks.table.session_locks(sid)),
                       extra=held_ok), b""
     name, tag = split_name_tag(payload)
     if not locks.enforced:  # Sheepdog 1.0: LOCK_VDI is GET_VDI_INFO
@@ -453,7 +453,7 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
     out = await sheep.group.cluster_op(work)
     await sheep.group.settled()  # the new generation is durable before anyone uses it
     return _reply(sheep, out["vid"], flagged, out["gen"],
-                  len(locks.table.holds_of(sid)) if sid else 0), b""
+                  len(locks.table.session_locks(sid)) if sid else 0), b""
 
 
 async def release_vdi(sheep, req: proto.Request, payload: bytes):

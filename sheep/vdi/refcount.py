@@ -61,7 +61,7 @@ class Refs:
     # ------------------------------------------------------------------
     # family tree
 
-    def holders(self, vid: int) -> list[int]:
+    def referrers(self, vid: int) -> list[int]:
         """``vid`` and all its descendants that are not deleted (who may hold vid's objects)."""
         states = self.sheep.vdis.states
         children: dict[int, list[int]] = defaultdict(list)
@@ -137,8 +137,8 @@ class Refs:
         for o, idxs in by_owner.items():
             idxs = sorted(set(idxs))
             held: set[int] = set()
-            holders = self.holders(o)
-            for v in holders:
+            referrers = self.referrers(o)
+            for v in referrers:
                 try:
                     ent = await self._entries(v, idxs)
                 except SdError as e:

@@ -451,13 +451,13 @@ class VdiTable:
         delete --force``).  Without enforced locks (1.0 clusters) the table
         is empty."""
         locks = self.sheep.locks
-        holds = [h for h in locks.table.holders(vid) if h.kind != "standby"]
-        if holds:  # ... but the requester's own
+        openers = [h for h in locks.table.holders(vid) if h.kind != "standby"]
+        if openers:  # ... but the requester's own
             mine = getattr(conn, "lock_sessions", None) or set()
-            holds = [h for h in holds
-                     if not (h.session and h.session in mine and h.node == locks.me)]
-        if holds:
-            who = ", ".join(f"{h.kind} by {h.node}" for h in holds)
+            openers = [h for h in openers
+                       if not (h.session and h.session in mine and h.node == locks.me)]
+        if openers:
+            who = ", ".join(f"{h.kind} by {h.node}" for h in openers)
             raise sd_error("VDI_LOCKED", f"VDI {vid:#x} is in use ({who}): unlock it first")
 
     async def del_vdi_work(self, name: bytes, tag: bytes, snapid: int, conn=None) -> dict:

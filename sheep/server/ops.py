@@ -1,7 +1,8 @@
 """The op table: one entry per opcode, and request admission (docs/protocol.md §4, §7).
 
-Each :class:`OpSpec` names the op, its class (gateway, peer, local,
-cluster), whether it is a *force* op (allowed before format and while
+Each :class:`OpSpec` names the op, its admission class ``kind`` (gateway,
+peer, local, cluster), its ``nature`` (what it does: object I/O, VDI query,
+cluster change, ...; :mod:`sheep.server.op_natures`), whether it is a *force* op (allowed before format and while
 waiting for nodes), and its handler ``handler(sheep, req, payload)`` which
 returns ``(rsp_args | None, body)`` or ``(rsp_args, body, result)`` and raises
 :class:`SdError` on failure.  Cluster ops go through ``group.cluster_op``
@@ -33,6 +34,7 @@ from sheep.proto.errors import CODES, SdError, error_for, sd_error
 from sheep.proto.inode import split_name_tag
 from sheep.server import md_ops, metrics, stats
 from sheep.server import ops_compat as compat
+from sheep.server.op_natures import NATURE
 from sheep.vdi import copies, locks
 
 log = logging.getLogger("sheep.server.ops")
@@ -42,9 +44,10 @@ Op = proto.Op
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    kind: str  # gateway | peer | local | cluster
+    kind: str  # admission class: gateway | peer | local | cluster
     force: bool
     handler: Callable[..., Awaitable]
+    nature: str  # what the op does, one of op_natures.NATURES (admission never reads it)
 
 
 
@@ -503,7 +506,8 @@ _TABLE = [
 
 _TABLE += md_ops.OPS  # MD_INFO / MD_PLUG / MD_UNPLUG (sheep.md_ops)
 
-OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h) for op, kind, force, h in _TABLE}
+OPS: dict[int, OpSpec] = {int(op): OpSpec(op.name, kind, force, h, NATURE[int(op)])
+                          for op, kind, force, h in _TABLE}
 
 
 def apply_main(sheep, msg: dict):

@@ -35,8 +35,6 @@ dependencies (uvloop, pyzmq, kazoo, numpy): ``pip install pysheepdog`` is
 enough for the client; the daemon needs ``pip install 'pysheepdog[server]'``.
 """
 
-from qemu_client.connection import GatewayLostError
-from qemu_client.session import InactiveError
 from qemu_client.sync import (
     BDRV_O_INACTIVE,
     BDRV_O_RDONLY,
@@ -53,6 +51,8 @@ from qemu_client.sync import (
 )
 from qemu_client.vdis import VdiInfo
 from sheep.proto.errors import ERROR_CLASSES, SdError
+from sheep.proto.failover import GatewayLostError
+from sheep.proto.lock_client import InactiveError
 
 globals().update(ERROR_CLASSES)  # NoVdiError, VdiLockedError, FencedError, ...
 

@@ -14,9 +14,9 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from qemu_client.connection import Connection
 from sheep import proto
 from sheep.proto.errors import CODES, SdError
+from sheep.proto.failover import Connection
 
 _NONZERO = re.compile(rb"[^\x00]")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from sheep.nbd import export
+from sheep.nbd import codec
 
 
 class RawNbd:
@@ -24,40 +24,40 @@ class RawNbd:
             buf += chunk
         return buf
 
-    def greet(self, cflags: int = export.FLAG_FIXED_NEWSTYLE | export.FLAG_NO_ZEROES) -> None:
+    def greet(self, cflags: int = codec.FLAG_FIXED_NEWSTYLE | codec.FLAG_NO_ZEROES) -> None:
         hello = self.recv(18)
         assert hello[:8] == b"NBDMAGIC"
-        assert struct.unpack(">QH", hello[8:]) == (export.IHAVEOPT, 3)
+        assert struct.unpack(">QH", hello[8:]) == (codec.IHAVEOPT, 3)
         self.s.sendall(struct.pack(">I", cflags))
 
-    def option(self, opt: int, data: bytes = b"", magic: int = export.IHAVEOPT) -> None:
+    def option(self, opt: int, data: bytes = b"", magic: int = codec.IHAVEOPT) -> None:
         self.s.sendall(struct.pack(">QII", magic, opt, len(data)) + data)
 
     def rep(self) -> tuple[int, int, bytes]:
         magic, opt, rtype, length = struct.unpack(">QIII", self.recv(20))
-        assert magic == export.REP_MAGIC
+        assert magic == codec.REP_MAGIC
         return opt, rtype, self.recv(length)
 
-    def go(self, name: str, opt: int = export.OPT_GO) -> tuple[int, int]:
+    def go(self, name: str, opt: int = codec.OPT_GO) -> tuple[int, int]:
         b = name.encode()
         self.option(opt, struct.pack(">I", len(b)) + b + struct.pack(">H", 0))
         size = flags = None
         while True:
             o, rtype, data = self.rep()
             assert o == opt
-            if rtype == export.REP_ACK:
+            if rtype == codec.REP_ACK:
                 return size, flags
-            assert rtype == export.REP_INFO, (hex(rtype), data)
-            if struct.unpack(">H", data[:2])[0] == export.INFO_EXPORT:
+            assert rtype == codec.REP_INFO, (hex(rtype), data)
+            if struct.unpack(">H", data[:2])[0] == codec.INFO_EXPORT:
                 size, flags = struct.unpack(">QH", data[2:])
 
     def request(self, cmd, handle, offset, length, flags=0, data=b"",
-                magic=export.REQUEST_MAGIC) -> None:
+                magic=codec.REQUEST_MAGIC) -> None:
         self.s.sendall(struct.pack(">IHHQQI", magic, flags, cmd, handle, offset, length) + data)
 
     def reply(self) -> tuple[int, int]:
         magic, err, handle = struct.unpack(">IIQ", self.recv(16))
-        assert magic == export.SIMPLE_REPLY_MAGIC
+        assert magic == codec.SIMPLE_REPLY_MAGIC
         return err, handle
 
     def is_closed(self) -> bool:

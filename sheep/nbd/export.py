@@ -14,14 +14,17 @@ Theory of operation
   start transmission, ``NBD_OPT_ABORT`` ends the session.  Export name =
   VDI name; ``name:tag`` or ``name@snapid`` opens a snapshot, read-only
   (``NBD_FLAG_READ_ONLY``).  Export size = VDI size.
-* **Opening** goes through :meth:`qemu_client.block.AsyncVdi.open` over an
-  in-process connection (:class:`LocalConnection`: requests run through
-  ``sheep.server.ops.dispatch`` on this node, exactly as if a client had sent them
-  over TCP).  So the byte-range to object mapping, first-write object
-  creation, copy-on-write for clones, the inode ``data_vdi_id`` update, the
-  retry after a snapshot was taken under us, and the lock session (LOCK_VDI
-  with a session id, lease renewal, fencing generation on every write,
-  RELEASE_VDI) are qemu_client's, not a second copy of them.
+* **The wire format** is :mod:`sheep.nbd.codec` (pure functions of bytes);
+  this module does the sockets, the VDIs and the locks.
+* **Opening** goes through the VDI I/O engine
+  (:meth:`sheep.proto.vdi_io.VdiIo.open`) over an in-process connection
+  (:class:`LocalConnection`: requests run through ``sheep.server.ops.dispatch``
+  on this node, exactly as if a client had sent them over TCP).  So the
+  byte-range to object mapping, first-write object creation, copy-on-write
+  for clones, the inode ``data_vdi_id`` update, the retry after a snapshot
+  was taken under us, and the lock session (LOCK_VDI with a session id,
+  lease renewal, fencing generation on every write, RELEASE_VDI) are the
+  same code ``qemu_client`` runs, not a second copy of them.
 * **Locking.**  A read-write export holds the VDI's exclusive lock for the
   lifetime of the connection (refused with NBD_REP_ERR_POLICY, or a closed
   connection after NBD_OPT_EXPORT_NAME, while somebody else holds it for
@@ -55,52 +58,17 @@ import contextlib
 import itertools
 import logging
 import socket
-import struct
 
 from sheep import proto
+from sheep.nbd import codec as nbd
 from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.vdi_io import VdiIo
 from sheep.server import ops
-
-try:  # the lock module (sessions); without it LOCK_VDI is a plain lookup
-    from sheep.vdi import locks as _lock
-except ImportError:  # pragma: no cover - only while sheep.lock does not exist
-    _lock = None
+from sheep.vdi import locks
 
 log = logging.getLogger("sheep.nbd.export")
 
-# ---- protocol constants (NBD proto.md) ------------------------------------
-NBDMAGIC = b"NBDMAGIC"
-IHAVEOPT = 0x49484156454F5054
-REP_MAGIC = 0x3E889045565A9
-REQUEST_MAGIC = 0x25609513
-SIMPLE_REPLY_MAGIC = 0x67446698
-
-FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2  # handshake flags (and client flags)
-
-OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS = 1, 2, 3, 5
-OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 6, 7, 8
-
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
-REP_ERR_UNSUP = 0x80000001
-REP_ERR_POLICY = 0x80000002
-REP_ERR_INVALID = 0x80000003
-REP_ERR_UNKNOWN = 0x80000006
-REP_ERR_SHUTDOWN = 0x80000007
-
-INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
-
-TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1, 2, 4, 8
-TF_SEND_TRIM, TF_SEND_WRITE_ZEROES = 32, 64
-
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = range(7)
-CMD_FLAG_FUA, CMD_FLAG_NO_HOLE = 1, 2
-
-EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN = 1, 5, 12, 22, 28, 75, 95, 108
-
 # ---- limits ----------------------------------------------------------------
-MAX_REQUEST = 32 << 20  # largest read/write (QEMU's NBD_MAX_BUFFER_SIZE)
-MAX_OPTION = 64 << 10  # option data we read at all (names are <= 4096 bytes)
-MAX_NAME = 4096
 TRANSIENT = {CODES["HALT"], CODES["AGAIN"]}
 TRANSIENT_WAIT = 30.0  # s a request retries HALT/AGAIN before the client sees EIO
 MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
@@ -114,30 +82,16 @@ RELEASE_TIMEOUT = 10.0
 # the other do not trip over the previous command's lock.
 LOCK_WAIT = 2.0
 
-_OPT_HDR = struct.Struct(">QII")
-_REP_HDR = struct.Struct(">QIII")
-_REQ = struct.Struct(">IHHQQI")
-_REPLY = struct.Struct(">IIQ")
-_U16, _U32, _U64 = struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
-
 _ids = itertools.count(1)
 
 
-class _Refused(Exception):
-    """An option is answered with an NBD_REP_ERR_* (code, message)."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
-
-
 # ---------------------------------------------------------------------------
-# the in-process connection qemu_client's AsyncVdi runs over
+# the in-process connection the VDI I/O engine runs over
 
 
 class LocalConnection:
-    """qemu_client's ``Connection`` interface, served by this sheep in-process
-    (keep it in step with :class:`qemu_client.connection.Connection`).
+    """The failover connection's interface, served by this sheep in-process
+    (keep it in step with :class:`sheep.proto.failover.Connection`).
 
     Every call is a real Sheepdog request run through ``ops.dispatch`` (the
     same admission checks, handlers and error codes as over TCP); non-zero
@@ -162,8 +116,8 @@ class LocalConnection:
         if payload:
             flags |= proto.SD_FLAG_CMD_WRITE
             data_length = len(payload)
-        if _lock is not None and self.owner is not None:
-            _lock.CURRENT_CONN.set(self.owner)
+        if self.owner is not None:
+            locks.CURRENT_CONN.set(self.owner)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TRANSIENT_WAIT
         pause = 0.05
@@ -172,7 +126,7 @@ class LocalConnection:
                                 epoch=self.sheep.group.epoch)
             rsp, body = await ops.dispatch(self.sheep, req, payload)
             # HALT / AGAIN: this node briefly cut off, an object being recovered:
-            # nothing was done; try again, as qemu_client does over TCP
+            # nothing was done; try again, as the failover connection does over TCP
             if rsp.result in TRANSIENT and loop.time() + pause < deadline:
                 if pause == 0.05:
                     log.info("op %#x: %s; trying again for up to %.0fs", op,
@@ -188,32 +142,8 @@ class LocalConnection:
         pass
 
 
-def _vdi_class():
-    """The client-side VDI logic (object split, COW, lock session, write-zeroes)."""
-    from qemu_client.block import AsyncVdi
-
-    return AsyncVdi
-
-
 # ---------------------------------------------------------------------------
 # export names
-
-
-def parse_export(export: str) -> list[tuple[str, str | int | None]]:
-    """Candidate (VDI name, snapshot) readings of an export name, best first.
-
-    ``name@N`` (N digits) is snapshot id N and ``name:tag`` the snapshot
-    tagged ``tag``; since a VDI name may itself contain ``:`` or ``@``, the
-    whole string as a working VDI name is always the last candidate."""
-    out: list[tuple[str, str | int | None]] = []
-    name, at, sid = export.rpartition("@")
-    if at and name and sid.isdigit() and int(sid) > 0:
-        out.append((name, int(sid)))
-    name, colon, tag = export.partition(":")
-    if colon and name and tag:
-        out.append((name, tag))
-    out.append((export, None))
-    return out
 
 
 def _snapshot_args(snapshot) -> tuple[str, int]:
@@ -234,7 +164,7 @@ async def _lookup(sheep, name: str, snapshot) -> int:
 async def resolve(sheep, export: str) -> tuple[str, str | int | None, int]:
     """(VDI name, snapshot or None, vid) of an export; NO_VDI/NO_TAG if none."""
     last: SdError | None = None
-    for name, snap in parse_export(export):
+    for name, snap in nbd.parse_export(export):
         try:
             return name, snap, await _lookup(sheep, name, snap)
         except SdError as e:
@@ -259,27 +189,10 @@ async def list_exports(sheep) -> list[str]:
         if ino is None:
             continue
         name = ino.name.rstrip(b"\0").decode(errors="replace")
-        if not name:
-            continue
-        if not ino.is_snapshot:
-            out.append(name)
-        else:
+        if name:
             tag = ino.tag.rstrip(b"\0").decode(errors="replace")
-            out.append(f"{name}:{tag}" if tag else f"{name}@{ino.snap_id}")
+            out.append(nbd.export_label(name, tag, ino.snap_id, bool(ino.is_snapshot)))
     return sorted(set(out))
-
-
-def _errno_of(e: BaseException) -> int:
-    if isinstance(e, SdError):
-        if e.code in (CODES["READONLY"],):
-            return EPERM
-        if e.code == CODES["INVALID_PARMS"]:
-            return EINVAL
-        if e.code == CODES["NO_SPACE"]:
-            return ENOSPC
-        if e.code in (CODES["SHUTDOWN"], CODES["KILLED"]):
-            return ESHUTDOWN
-    return EIO
 
 
 # ---------------------------------------------------------------------------
@@ -294,7 +207,7 @@ class NbdConnection:
         self.reader, self.writer = reader, writer
         self.id = next(_ids)
         self.peer = writer.get_extra_info("peername")
-        self.vdi = None  # the open AsyncVdi during transmission
+        self.vdi: VdiIo | None = None  # the open VDI during transmission
         self.export = ""
         self.readonly = False
         self.tasks: set[asyncio.Task] = set()
@@ -328,7 +241,7 @@ class NbdConnection:
             log.info("%s: negotiation timed out", self)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the client went away
-        except _Protocol as e:
+        except nbd.ProtocolViolation as e:
             log.warning("%s: closing: %s", self, e)
         except Exception:  # a bug costs this connection, never the daemon
             log.exception("%s failed", self)
@@ -344,10 +257,10 @@ class NbdConnection:
                 await asyncio.wait_for(vdi.close(), RELEASE_TIMEOUT)
             except Exception as e:  # noqa: BLE001 - the lease lapses after the grace
                 log.warning("%s: releasing VDI %s failed: %s", self, vdi.name, e)
-            locks = getattr(self.sheep, "locks", None)
-            if locks is not None and getattr(self, "lock_sessions", None):
+            lock_table = getattr(self.sheep, "locks", None)
+            if lock_table is not None and getattr(self, "lock_sessions", None):
                 with contextlib.suppress(Exception):
-                    locks.conn_closed(self)
+                    lock_table.conn_closed(self)
             log.info("%s closed", self)
         self.sheep.connections.discard(self)
         self._flush()
@@ -358,76 +271,45 @@ class NbdConnection:
     async def _negotiate(self) -> bool:
         """Option haggling; True when transmission starts, False to hang up."""
         r, w = self.reader, self.writer
-        w.write(NBDMAGIC + _U64.pack(IHAVEOPT) + _U16.pack(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES))
-        cflags = _U32.unpack(await r.readexactly(4))[0]
-        if cflags & ~(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES):
-            raise _Protocol(f"unknown client flags {cflags:#x}")
-        no_zeroes = bool(cflags & FLAG_NO_ZEROES)
+        w.write(nbd.handshake())
+        no_zeroes = nbd.client_flags(await r.readexactly(nbd.CLIENT_FLAGS_SIZE))
         while True:
-            magic, opt, length = _OPT_HDR.unpack(await r.readexactly(_OPT_HDR.size))
-            if magic != IHAVEOPT:
-                raise _Protocol(f"bad option magic {magic:#x}")
-            if length > MAX_OPTION:
-                raise _Protocol(f"option {opt} of {length} bytes")
+            opt, length = nbd.option_header(await r.readexactly(nbd.OPTION_HEADER_SIZE))
             data = await r.readexactly(length) if length else b""
-            if opt == OPT_EXPORT_NAME:
+            if opt == nbd.OPT_EXPORT_NAME:
                 try:
-                    await self._open(self._name(data))
-                except (_Refused, SdError) as e:
+                    await self._open(nbd.export_name(data))
+                except (nbd.Refused, SdError) as e:
                     log.info("%s: NBD_OPT_EXPORT_NAME %r refused: %s", self, data[:256], e)
                     return False  # no way to report an error here: hang up
-                w.write(_U64.pack(self.vdi.size) + _U16.pack(self._tflags())
-                        + (b"" if no_zeroes else bytes(124)))
+                w.write(nbd.export_name_reply(self.vdi.size, self._tflags(), no_zeroes))
                 return True
-            if opt == OPT_ABORT:
-                self._reply(opt, REP_ACK)
+            if opt == nbd.OPT_ABORT:
+                w.write(nbd.option_reply(opt, nbd.REP_ACK))
                 await w.drain()
                 return False
             try:
-                if opt == OPT_LIST:
+                if opt == nbd.OPT_LIST:
                     if length:
-                        raise _Refused(REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
-                    for name in await list_exports(self.sheep):
-                        b = name.encode()
-                        self._reply(opt, REP_SERVER, _U32.pack(len(b)) + b)
-                    self._reply(opt, REP_ACK)
-                elif opt in (OPT_INFO, OPT_GO):
+                        raise nbd.Refused(nbd.REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
+                    w.write(b"".join(nbd.list_reply(n) for n in await list_exports(self.sheep))
+                            + nbd.option_reply(opt, nbd.REP_ACK))
+                elif opt in (nbd.OPT_INFO, nbd.OPT_GO):
                     if await self._info_go(opt, data):
                         return True
-                elif opt == OPT_STARTTLS:
-                    raise _Refused(REP_ERR_POLICY, "TLS is not supported by this server")
+                elif opt == nbd.OPT_STARTTLS:
+                    raise nbd.Refused(nbd.REP_ERR_POLICY, "TLS is not supported by this server")
                 else:  # STRUCTURED_REPLY, metadata contexts, extended headers, ...
-                    raise _Refused(REP_ERR_UNSUP, f"option {opt} is not supported")
-            except _Refused as e:
-                self._reply(opt, e.code, e.message.encode())
+                    raise nbd.Refused(nbd.REP_ERR_UNSUP, f"option {opt} is not supported")
+            except nbd.Refused as e:
+                w.write(nbd.option_reply(opt, e.code, e.message.encode()))
             except SdError as e:  # cluster not ready, I/O error reading inodes, ...
-                self._reply(opt, REP_ERR_UNKNOWN, f"{e}".encode())
+                w.write(nbd.option_reply(opt, nbd.REP_ERR_UNKNOWN, f"{e}".encode()))
             await w.drain()
 
-    def _reply(self, opt: int, rtype: int, data: bytes = b"") -> None:
-        self.writer.write(_REP_HDR.pack(REP_MAGIC, opt, rtype, len(data)) + data)
-
-    @staticmethod
-    def _name(raw: bytes) -> str:
-        if len(raw) > MAX_NAME or b"\0" in raw:
-            raise _Refused(REP_ERR_INVALID, "export name is too long or contains NUL")
-        try:
-            return raw.decode()
-        except UnicodeDecodeError:
-            raise _Refused(REP_ERR_INVALID, "export name is not UTF-8") from None
-
     async def _info_go(self, opt: int, data: bytes) -> bool:
-        if len(data) < 6:
-            raise _Refused(REP_ERR_INVALID, "NBD_OPT_INFO/GO data too short")
-        nlen = _U32.unpack_from(data)[0]
-        if 4 + nlen + 2 > len(data):
-            raise _Refused(REP_ERR_INVALID, "export name runs past the option data")
-        name = self._name(data[4:4 + nlen])
-        nreq = _U16.unpack_from(data, 4 + nlen)[0]
-        if 4 + nlen + 2 + 2 * nreq != len(data):
-            raise _Refused(REP_ERR_INVALID, "bad information request list")
-        reqs = set(struct.unpack_from(f">{nreq}H", data, 6 + nlen))
-        if opt == OPT_GO:
+        name, requested = nbd.info_request(data)
+        if opt == nbd.OPT_GO:
             await self._open(name)
             size, ro, desc = self.vdi.size, self.readonly, self._description()
         else:
@@ -435,35 +317,26 @@ class NbdConnection:
             ino = await self.sheep.vdis.read_header(vid)
             size, ro = ino.vdi_size, ino.is_snapshot
             desc = f"sheepdog VDI {vname} (vid {vid:#x})"
-        tflags = self._tflags(ro)
-        self._reply(opt, REP_INFO, _U16.pack(INFO_EXPORT) + _U64.pack(size) + _U16.pack(tflags))
-        if INFO_NAME in reqs:
-            self._reply(opt, REP_INFO, _U16.pack(INFO_NAME) + name.encode())
-        if INFO_DESCRIPTION in reqs:
-            self._reply(opt, REP_INFO, _U16.pack(INFO_DESCRIPTION) + desc.encode()[:MAX_NAME])
-        self._reply(opt, REP_INFO, _U16.pack(INFO_BLOCK_SIZE)
-                    + struct.pack(">III", 1, 4096, MAX_REQUEST))
-        self._reply(opt, REP_ACK)
-        return opt == OPT_GO
+        self.writer.write(nbd.info_replies(opt, name, size, self._tflags(ro), desc, requested))
+        return opt == nbd.OPT_GO
 
     async def _resolve(self, export: str):
         try:
             return await resolve(self.sheep, export)
         except SdError as e:
             if e.code in (CODES["NO_VDI"], CODES["NO_TAG"]):
-                raise _Refused(REP_ERR_UNKNOWN, f"no VDI or snapshot named {export!r}") from None
+                raise nbd.Refused(nbd.REP_ERR_UNKNOWN, f"no VDI or snapshot named {export!r}") from None
             raise
 
     async def _open(self, export: str) -> None:
         """Open the export for transmission, taking the lock of a writable VDI."""
         name, snap, _vid = await self._resolve(export)
-        cls = _vdi_class()
         deadline = asyncio.get_running_loop().time() + LOCK_WAIT
         waited = False
         try:
             while True:
                 try:
-                    self.vdi = await cls.open(name, snapshot=snap,
+                    self.vdi = await VdiIo.open(name, snapshot=snap,
                                               conn=LocalConnection(self.sheep, owner=self))
                     break
                 except SdError as e:
@@ -476,9 +349,9 @@ class NbdConnection:
                 await asyncio.sleep(0.05)
         except SdError as e:
             if e.code == CODES["VDI_LOCKED"]:
-                raise _Refused(REP_ERR_POLICY, f"VDI {name} is locked: {e}") from None
+                raise nbd.Refused(nbd.REP_ERR_POLICY, f"VDI {name} is locked: {e}") from None
             if e.code in (CODES["NO_VDI"], CODES["NO_TAG"]):
-                raise _Refused(REP_ERR_UNKNOWN, f"no VDI or snapshot named {export!r}") from None
+                raise nbd.Refused(nbd.REP_ERR_UNKNOWN, f"no VDI or snapshot named {export!r}") from None
             raise
         self.export = export
         self.readonly = snap is not None or bool(self.vdi.inode.is_snapshot)
@@ -490,11 +363,7 @@ class NbdConnection:
         return f"sheepdog VDI {self.vdi.name} (vid {self.vdi.vid:#x})"
 
     def _tflags(self, readonly: bool | None = None) -> int:
-        ro = self.readonly if readonly is None else readonly
-        f = TF_HAS_FLAGS | TF_SEND_FLUSH
-        if ro:
-            return f | TF_READ_ONLY
-        return f | TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES
+        return nbd.transmission_flags(self.readonly if readonly is None else readonly)
 
     # -- transmission ------------------------------------------------------------
 
@@ -503,31 +372,29 @@ class NbdConnection:
         transport = w.transport
         loop = asyncio.get_running_loop()
         while not self.closed:
-            hdr = await r.readexactly(_REQ.size)
-            magic, flags, cmd, handle, offset, length = _REQ.unpack(hdr)
-            if magic != REQUEST_MAGIC:
-                raise _Protocol(f"bad request magic {magic:#x}")
-            if cmd == CMD_DISC:
+            req = nbd.request(await r.readexactly(nbd.REQUEST_SIZE))
+            cmd, length = req.cmd, req.length
+            if cmd == nbd.CMD_DISC:
                 return
             payload = b""
-            if cmd == CMD_WRITE and length > MAX_REQUEST:
+            if cmd == nbd.CMD_WRITE and length > nbd.MAX_REQUEST:
                 # we cannot buffer it and cannot resynchronise without it
-                self._send(handle, EOVERFLOW)
-                raise _Protocol(f"write of {length} bytes")
-            charge = min(length, MAX_REQUEST) if cmd in (CMD_WRITE, CMD_READ) else 0
+                self._send(req.handle, nbd.EOVERFLOW)
+                raise nbd.ProtocolViolation(f"write of {length} bytes")
+            charge = min(length, nbd.MAX_REQUEST) if cmd in (nbd.CMD_WRITE, nbd.CMD_READ) else 0
             await self.slots.acquire()
             while self.buffered and self.buffered + charge > MAX_BUFFERED:
                 self._room.clear()
                 await self._room.wait()
             self.buffered += charge
-            if cmd == CMD_WRITE:
+            if cmd == nbd.CMD_WRITE:
                 try:
                     payload = await r.readexactly(length)
                 except BaseException:
                     self.buffered -= charge
                     self.slots.release()
                     raise
-            task = loop.create_task(self._serve(cmd, flags, handle, offset, length, payload))
+            task = loop.create_task(self._serve(req, payload))
             task.charge = charge
             self.tasks.add(task)
             task.add_done_callback(self._done)
@@ -542,7 +409,7 @@ class NbdConnection:
 
     def _send(self, handle: int, err: int, data=None) -> None:
         """Queue a simple reply; the replies of one loop iteration go out in one write."""
-        self._out.append(_REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle))
+        self._out.append(nbd.simple_reply(err, handle))
         if data and not err:
             self._out.append(data)
             self._out_bytes += len(data)
@@ -563,53 +430,30 @@ class NbdConnection:
         else:
             self.writer.writelines(out)
 
-    async def _serve(self, cmd: int, flags: int, handle: int, offset: int, length: int,
-                     payload: bytes) -> None:
+    async def _serve(self, req: nbd.Request, payload: bytes) -> None:
         vdi = self.vdi
+        cmd, offset, length = req.cmd, req.offset, req.length
         try:
-            err = self._check(cmd, flags, offset, length, vdi.size)
+            err = nbd.request_errno(req, vdi.size, self.readonly)
             if err:
-                self._send(handle, err)
+                self._send(req.handle, err)
                 return
-            if cmd == CMD_READ:
+            if cmd == nbd.CMD_READ:
                 data = await vdi.pread(offset, length) if length else b""
-                self._send(handle, 0, data)
+                self._send(req.handle, 0, data)
                 return
-            if cmd == CMD_WRITE and length:
+            if cmd == nbd.CMD_WRITE and length:
                 await vdi.pwrite(offset, payload)
-            elif cmd in (CMD_TRIM, CMD_WRITE_ZEROES) and length:
-                unmap = cmd == CMD_TRIM or not flags & CMD_FLAG_NO_HOLE
+            elif cmd in (nbd.CMD_TRIM, nbd.CMD_WRITE_ZEROES) and length:
+                unmap = cmd == nbd.CMD_TRIM or not req.flags & nbd.CMD_FLAG_NO_HOLE
                 await vdi.pwrite_zeroes(offset, length, unmap)
             # CMD_FLUSH: every acknowledged write is already on every replica
-            self._send(handle, 0)
+            self._send(req.handle, 0)
         except Exception as e:  # noqa: BLE001 - one failed request, not the connection
-            err = _errno_of(e)
-            if err == EIO:
+            err = nbd.errno_for(e)
+            if err == nbd.EIO:
                 log.warning("%s: command %d at %d+%d failed: %r", self, cmd, offset, length, e)
-            self._send(handle, err)
-
-    def _check(self, cmd: int, flags: int, offset: int, length: int, size: int) -> int:
-        """The errno a request is refused with before any I/O, or 0."""
-        allowed = {CMD_READ: CMD_FLAG_FUA, CMD_WRITE: CMD_FLAG_FUA, CMD_FLUSH: CMD_FLAG_FUA,
-                   CMD_TRIM: CMD_FLAG_FUA,
-                   CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE}.get(cmd)
-        if allowed is None:  # CACHE, BLOCK_STATUS, RESIZE, unknown: not advertised
-            return EINVAL
-        if flags & ~allowed:
-            return EINVAL
-        if cmd == CMD_FLUSH:
-            return 0
-        if cmd != CMD_READ and self.readonly:
-            return EPERM
-        if cmd == CMD_READ and length > MAX_REQUEST:
-            return EOVERFLOW
-        if offset + length > size:
-            return ENOSPC if cmd in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL
-        return 0
-
-
-class _Protocol(Exception):
-    """A violation after which the connection is closed."""
+            self._send(req.handle, err)
 
 
 # ---------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from harness import wait_for
 from nbd_raw import RawNbd
 
 from sheep import proto
-from sheep.nbd import export
+from sheep.nbd import codec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -236,10 +236,10 @@ def test_snapshots_exported_read_only(nbd_cluster, vdi_name):
     try:
         raw.greet()
         size, flags = raw.go(f"{vdi_name}:first")
-        assert size == 12 * MiB and flags & export.TF_READ_ONLY
-        raw.request(export.CMD_WRITE, 1, 0, 4096, data=b"x" * 4096)
-        raw.request(export.CMD_TRIM, 2, 0, 4096)
-        assert sorted([raw.reply(), raw.reply()]) == [(export.EPERM, 1), (export.EPERM, 2)]
+        assert size == 12 * MiB and flags & codec.TF_READ_ONLY
+        raw.request(codec.CMD_WRITE, 1, 0, 4096, data=b"x" * 4096)
+        raw.request(codec.CMD_TRIM, 2, 0, 4096)
+        assert sorted([raw.reply(), raw.reply()]) == [(codec.EPERM, 1), (codec.EPERM, 2)]
     finally:
         raw.close()
     ok(qemu_io(b, f"{vdi_name}:first", "read -P 0x01 0 4096", ro=True))
@@ -353,19 +353,19 @@ def test_many_requests_in_flight(nbd_cluster, vdi_name):
             used.add(off)
             plan[h] = (off, data)
         for h, (off, data) in plan.items():
-            raw.request(export.CMD_WRITE, h, off, len(data), export.CMD_FLAG_FUA, data)
+            raw.request(codec.CMD_WRITE, h, off, len(data), codec.CMD_FLAG_FUA, data)
         got = sorted(raw.reply() for _ in plan)
         assert got == sorted((0, h) for h in plan)
         for h, (off, data) in plan.items():
-            raw.request(export.CMD_READ, 1000 + h, off, len(data))
+            raw.request(codec.CMD_READ, 1000 + h, off, len(data))
         for _ in plan:
             err, handle = raw.reply()
             assert err == 0
             off, data = plan[handle - 1000]
             assert raw.recv(len(data)) == data
-        raw.request(export.CMD_FLUSH, 7, 0, 0)
+        raw.request(codec.CMD_FLUSH, 7, 0, 0)
         assert raw.reply() == (0, 7)
-        raw.request(export.CMD_DISC, 8, 0, 0)
+        raw.request(codec.CMD_DISC, 8, 0, 0)
         assert raw.is_closed()
     finally:
         raw.close()
@@ -377,33 +377,33 @@ def test_export_name_option_and_errors(nbd_cluster, vdi_name):
     # NBD_OPT_EXPORT_NAME, without NO_ZEROES: size, flags and 124 zero bytes
     raw = RawNbd(a)
     try:
-        raw.greet(export.FLAG_FIXED_NEWSTYLE)
-        raw.option(export.OPT_EXPORT_NAME, vdi_name.encode())
+        raw.greet(codec.FLAG_FIXED_NEWSTYLE)
+        raw.option(codec.OPT_EXPORT_NAME, vdi_name.encode())
         size, flags = struct.unpack(">QH", raw.recv(10))
-        assert size == 8 * MiB and not flags & export.TF_READ_ONLY
+        assert size == 8 * MiB and not flags & codec.TF_READ_ONLY
         assert raw.recv(124) == bytes(124)
-        raw.request(export.CMD_WRITE, 1, 8 * MiB - 4096, 4096, data=b"\x99" * 4096)
+        raw.request(codec.CMD_WRITE, 1, 8 * MiB - 4096, 4096, data=b"\x99" * 4096)
         assert raw.reply() == (0, 1)
-        raw.request(export.CMD_READ, 2, 8 * MiB - 4096, 4096)
+        raw.request(codec.CMD_READ, 2, 8 * MiB - 4096, 4096)
         assert raw.reply() == (0, 2) and raw.recv(4096) == b"\x99" * 4096
         # out of range, unknown commands and flags: errors, the connection goes on
-        raw.request(export.CMD_READ, 3, 8 * MiB - 4096, 8192)
-        assert raw.reply() == (export.EINVAL, 3)
-        raw.request(export.CMD_WRITE, 4, 8 * MiB, 512, data=bytes(512))
-        assert raw.reply() == (export.ENOSPC, 4)
-        raw.request(export.CMD_WRITE_ZEROES, 5, 8 * MiB - 512, 1024)
-        assert raw.reply() == (export.ENOSPC, 5)
-        raw.request(export.CMD_TRIM, 6, 2 ** 63, 512)
-        assert raw.reply() == (export.EINVAL, 6)
+        raw.request(codec.CMD_READ, 3, 8 * MiB - 4096, 8192)
+        assert raw.reply() == (codec.EINVAL, 3)
+        raw.request(codec.CMD_WRITE, 4, 8 * MiB, 512, data=bytes(512))
+        assert raw.reply() == (codec.ENOSPC, 4)
+        raw.request(codec.CMD_WRITE_ZEROES, 5, 8 * MiB - 512, 1024)
+        assert raw.reply() == (codec.ENOSPC, 5)
+        raw.request(codec.CMD_TRIM, 6, 2 ** 63, 512)
+        assert raw.reply() == (codec.EINVAL, 6)
         raw.request(77, 7, 0, 512)
-        assert raw.reply() == (export.EINVAL, 7)
-        raw.request(export.CMD_READ, 8, 0, 512, flags=0x4000)
-        assert raw.reply() == (export.EINVAL, 8)
-        raw.request(export.CMD_CACHE, 9, 0, 512)
-        assert raw.reply() == (export.EINVAL, 9)
-        raw.request(export.CMD_READ, 10, 0, 64 * MiB)
-        assert raw.reply() == (export.EOVERFLOW, 10)
-        raw.request(export.CMD_READ, 11, 0, 0)
+        assert raw.reply() == (codec.EINVAL, 7)
+        raw.request(codec.CMD_READ, 8, 0, 512, flags=0x4000)
+        assert raw.reply() == (codec.EINVAL, 8)
+        raw.request(codec.CMD_CACHE, 9, 0, 512)
+        assert raw.reply() == (codec.EINVAL, 9)
+        raw.request(codec.CMD_READ, 10, 0, 64 * MiB)
+        assert raw.reply() == (codec.EOVERFLOW, 10)
+        raw.request(codec.CMD_READ, 11, 0, 0)
         assert raw.reply() == (0, 11)
         # garbage instead of a request: the connection is closed
         raw.s.sendall(os.urandom(28))
@@ -414,7 +414,7 @@ def test_export_name_option_and_errors(nbd_cluster, vdi_name):
     raw = RawNbd(a)
     try:
         raw.greet()
-        raw.option(export.OPT_EXPORT_NAME, b"no-such-vdi")
+        raw.option(codec.OPT_EXPORT_NAME, b"no-such-vdi")
         assert raw.is_closed()
     finally:
         raw.close()
@@ -427,48 +427,48 @@ def test_option_errors(nbd_cluster, vdi_name):
     raw = RawNbd(a)
     try:
         raw.greet()
-        raw.option(export.OPT_STRUCTURED_REPLY)
-        assert raw.rep()[:2] == (export.OPT_STRUCTURED_REPLY, export.REP_ERR_UNSUP)
-        raw.option(export.OPT_STARTTLS)
-        assert raw.rep()[:2] == (export.OPT_STARTTLS, export.REP_ERR_POLICY)
+        raw.option(codec.OPT_STRUCTURED_REPLY)
+        assert raw.rep()[:2] == (codec.OPT_STRUCTURED_REPLY, codec.REP_ERR_UNSUP)
+        raw.option(codec.OPT_STARTTLS)
+        assert raw.rep()[:2] == (codec.OPT_STARTTLS, codec.REP_ERR_POLICY)
         raw.option(4242, b"whatever")
-        assert raw.rep()[:2] == (4242, export.REP_ERR_UNSUP)
-        raw.option(export.OPT_LIST, b"junk")
-        assert raw.rep()[:2] == (export.OPT_LIST, export.REP_ERR_INVALID)
-        raw.option(export.OPT_GO, b"\0\0")  # too short
-        assert raw.rep()[:2] == (export.OPT_GO, export.REP_ERR_INVALID)
-        raw.option(export.OPT_GO, struct.pack(">I", 500) + b"abc\0\0")  # name past the end
-        assert raw.rep()[:2] == (export.OPT_GO, export.REP_ERR_INVALID)
-        raw.option(export.OPT_INFO, struct.pack(">I", 3) + b"abc" + struct.pack(">H", 5))
-        assert raw.rep()[:2] == (export.OPT_INFO, export.REP_ERR_INVALID)  # 5 requests, none sent
-        raw.option(export.OPT_GO, struct.pack(">I", 2) + b"\xff\xfe" + struct.pack(">H", 0))
-        assert raw.rep()[:2] == (export.OPT_GO, export.REP_ERR_INVALID)  # not UTF-8
-        raw.option(export.OPT_INFO, struct.pack(">I", 11) + b"no-such-vdi" + struct.pack(">H", 0))
+        assert raw.rep()[:2] == (4242, codec.REP_ERR_UNSUP)
+        raw.option(codec.OPT_LIST, b"junk")
+        assert raw.rep()[:2] == (codec.OPT_LIST, codec.REP_ERR_INVALID)
+        raw.option(codec.OPT_GO, b"\0\0")  # too short
+        assert raw.rep()[:2] == (codec.OPT_GO, codec.REP_ERR_INVALID)
+        raw.option(codec.OPT_GO, struct.pack(">I", 500) + b"abc\0\0")  # name past the end
+        assert raw.rep()[:2] == (codec.OPT_GO, codec.REP_ERR_INVALID)
+        raw.option(codec.OPT_INFO, struct.pack(">I", 3) + b"abc" + struct.pack(">H", 5))
+        assert raw.rep()[:2] == (codec.OPT_INFO, codec.REP_ERR_INVALID)  # 5 requests, none sent
+        raw.option(codec.OPT_GO, struct.pack(">I", 2) + b"\xff\xfe" + struct.pack(">H", 0))
+        assert raw.rep()[:2] == (codec.OPT_GO, codec.REP_ERR_INVALID)  # not UTF-8
+        raw.option(codec.OPT_INFO, struct.pack(">I", 11) + b"no-such-vdi" + struct.pack(">H", 0))
         _o, rtype, msg = raw.rep()
-        assert rtype == export.REP_ERR_UNKNOWN and b"no-such-vdi" in msg
+        assert rtype == codec.REP_ERR_UNKNOWN and b"no-such-vdi" in msg
         # NBD_OPT_INFO describes without opening; NBD_OPT_LIST lists
-        raw.option(export.OPT_INFO, struct.pack(">I", len(vdi_name)) + vdi_name.encode()
-                   + struct.pack(">HH", 1, export.INFO_NAME))
+        raw.option(codec.OPT_INFO, struct.pack(">I", len(vdi_name)) + vdi_name.encode()
+                   + struct.pack(">HH", 1, codec.INFO_NAME))
         replies = []
         while True:
             _o, rtype, data = raw.rep()
             replies.append((rtype, data))
-            if rtype == export.REP_ACK:
+            if rtype == codec.REP_ACK:
                 break
-        infos = {struct.unpack(">H", d[:2])[0]: d[2:] for t, d in replies if t == export.REP_INFO}
-        assert struct.unpack(">Q", infos[export.INFO_EXPORT][:8])[0] == 8 * MiB
-        assert infos[export.INFO_NAME] == vdi_name.encode()
-        raw.option(export.OPT_LIST)
+        infos = {struct.unpack(">H", d[:2])[0]: d[2:] for t, d in replies if t == codec.REP_INFO}
+        assert struct.unpack(">Q", infos[codec.INFO_EXPORT][:8])[0] == 8 * MiB
+        assert infos[codec.INFO_NAME] == vdi_name.encode()
+        raw.option(codec.OPT_LIST)
         names = []
         while True:
             _o, rtype, data = raw.rep()
-            if rtype == export.REP_ACK:
+            if rtype == codec.REP_ACK:
                 break
-            assert rtype == export.REP_SERVER
+            assert rtype == codec.REP_SERVER
             names.append(data[4:4 + struct.unpack(">I", data[:4])[0]].decode())
         assert vdi_name in names
-        raw.option(export.OPT_ABORT)
-        assert raw.rep()[:2] == (export.OPT_ABORT, export.REP_ACK)
+        raw.option(codec.OPT_ABORT)
+        assert raw.rep()[:2] == (codec.OPT_ABORT, codec.REP_ACK)
         assert raw.is_closed()
     finally:
         raw.close()
@@ -480,8 +480,8 @@ def test_option_errors(nbd_cluster, vdi_name):
     (b"\x00\x00", False),  # half the client flags, then hang up
     (b"\xff\xff\xff\xff", True),  # unknown client flags
     (struct.pack(">I", 3) + b"NOTOPTIONMAGIC!!", True),  # bad option magic
-    (struct.pack(">I", 3) + struct.pack(">QII", export.IHAVEOPT, export.OPT_GO, 1 << 30), True),
-    (struct.pack(">I", 3) + struct.pack(">QII", export.IHAVEOPT, export.OPT_GO, 100) + b"x" * 10,
+    (struct.pack(">I", 3) + struct.pack(">QII", codec.IHAVEOPT, codec.OPT_GO, 1 << 30), True),
+    (struct.pack(">I", 3) + struct.pack(">QII", codec.IHAVEOPT, codec.OPT_GO, 100) + b"x" * 10,
      False),  # a truncated option, then the client vanishes
 ], ids=["nothing", "half-flags", "bad-flags", "bad-magic", "huge-option", "cut-option"])
 def test_garbage_during_negotiation(nbd_cluster, vdi_name, garbage, closes):
@@ -509,8 +509,8 @@ def test_garbage_after_negotiation_releases_the_lock(nbd_cluster, vdi_name):
     new_vdi(nbd_cluster, vdi_name, 8 * MiB)
     a, b, _ = nbd_cluster.nodes
     for junk in (os.urandom(300),  # garbage requests
-                 struct.pack(">IHHQQI", export.REQUEST_MAGIC, 0, export.CMD_WRITE, 1, 0, 1 << 31),
-                 struct.pack(">IHHQQI", export.REQUEST_MAGIC, 0, export.CMD_WRITE, 1, 0, 4096)
+                 struct.pack(">IHHQQI", codec.REQUEST_MAGIC, 0, codec.CMD_WRITE, 1, 0, 1 << 31),
+                 struct.pack(">IHHQQI", codec.REQUEST_MAGIC, 0, codec.CMD_WRITE, 1, 0, 4096)
                  + b"short"):  # a write cut short, then the client vanishes
         raw = RawNbd(a)
         try:
@@ -539,16 +539,16 @@ def test_snapshot_taken_under_an_open_export(nbd_cluster, vdi_name):
         raw.greet()
         raw.go(vdi_name)
         for h, off in ((1, 0), (2, OBJ)):
-            raw.request(export.CMD_WRITE, h, off, OBJ, data=b"\x10" * OBJ)
+            raw.request(codec.CMD_WRITE, h, off, OBJ, data=b"\x10" * OBJ)
         assert sorted([raw.reply(), raw.reply()]) == [(0, 1), (0, 2)]
         collie(b, "vdi", "snapshot", "-s", "under", vdi_name)
-        raw.request(export.CMD_TRIM, 3, 0, OBJ)
+        raw.request(codec.CMD_TRIM, 3, 0, OBJ)
         assert raw.reply() == (0, 3)
-        raw.request(export.CMD_WRITE, 4, OBJ + 8192, 4096, data=b"\x20" * 4096)
+        raw.request(codec.CMD_WRITE, 4, OBJ + 8192, 4096, data=b"\x20" * 4096)
         assert raw.reply() == (0, 4)
-        raw.request(export.CMD_WRITE_ZEROES, 5, OBJ + 4096, 512, export.CMD_FLAG_NO_HOLE)
+        raw.request(codec.CMD_WRITE_ZEROES, 5, OBJ + 4096, 512, codec.CMD_FLAG_NO_HOLE)
         assert raw.reply() == (0, 5)
-        raw.request(export.CMD_DISC, 6, 0, 0)
+        raw.request(codec.CMD_DISC, 6, 0, 0)
         assert raw.is_closed()
     finally:
         raw.close()

@@ -18,7 +18,7 @@ from harness import Cluster, push, rss_mib, wait_for
 from nbd_raw import RawNbd
 
 from sheep import proto
-from sheep.nbd import export
+from sheep.nbd import codec, export
 from sheep.server import listener
 
 pytestmark = [pytest.mark.cluster]
@@ -75,7 +75,7 @@ def test_nbd_export_stops_reading_a_flooding_connection(stalled):
         raw.greet()
         raw.go("big")
         payload = os.urandom(4 * MiB)
-        frames = [struct.pack(">IHHQQI", export.REQUEST_MAGIC, 0, export.CMD_WRITE, i + 1, i * OBJ,
+        frames = [struct.pack(">IHHQQI", codec.REQUEST_MAGIC, 0, codec.CMD_WRITE, i + 1, i * OBJ,
                               len(payload)) + payload for i in range(40)]
         before = rss_mib(node.pid)
         sent = push(raw.s, frames)

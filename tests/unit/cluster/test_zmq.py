@@ -195,6 +195,9 @@ def test_partition_3_2_minority_stops_majority_goes_on_then_heals(netns, procs):
         move(procs.index(p), "main")
     for p in minority:
         p.wait(rejoined(p.ident), 20, "back in quorum, then its own join")
+    # each member delivers the rejoins on its own time: wait until M1 has both
+    majority[0].wait(lambda ev: sorted(([e["members"] for e in ev if e["ev"] in ("join", "leave")]
+                                        or [[]])[-1]) == sorted(idents), 10, "both rejoins")
     final = majority[0].views()[-1]
     assert sorted(final) == sorted(idents)
     for p in procs:

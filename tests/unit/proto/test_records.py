@@ -158,3 +158,18 @@ def test_the_package_re_exports_every_codec_name():
                and not isinstance(v, type(importlib))]
         missing = [k for k in own if getattr(package, k, None) is not getattr(mod, k)]
         assert missing == [], (name, missing)
+
+
+def test_no_module_of_the_package_shadows_a_re_exported_name():
+    """Importing ``sheep.proto.X`` binds ``X`` on the package: a module named
+    like a re-exported function would replace it (``proto.lock_session``)."""
+    import ast
+    import pathlib
+
+    import sheep.proto as package
+    root = pathlib.Path(package.__file__).parent
+    tree = ast.parse((root / "__init__.py").read_text())
+    exported = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                for a in node.names}
+    modules = {f.stem for f in root.glob("*.py")} - {"__init__"}
+    assert modules & exported == set()

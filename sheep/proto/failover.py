@@ -1,4 +1,7 @@
-"""A connection to the cluster for qemu_client: pipelined, typed errors, failover.
+"""A client's connection to the cluster: pipelined, typed errors, gateway failover.
+
+Used by the VDI I/O engine (:mod:`sheep.proto.vdi_io`) under qemu_client and
+by collie-style tools that want failover; it imports only the wire package.
 
 Guarantees:
 
@@ -12,7 +15,7 @@ Guarantees:
   (connection lost or refused, the gateway answering SHUTDOWN/KILLED, or no
   reply for ``stall_timeout`` seconds) the next request that notices it runs
   one failover for everybody: connect to another node, run the
-  ``on_reconnect`` hooks (qemu_client re-attaches its lock session there),
+  ``on_reconnect`` hooks (the VDI I/O engine re-attaches its lock session there),
   then every request that failed with the old connection is sent again on
   the new one.  Requests issued meanwhile wait for the failover.  Only when
   no node could be reached for ``failover_timeout`` seconds do callers see a
@@ -24,10 +27,10 @@ Guarantees:
   partition) is failed over like a lost one.  Callers see HALT only when no
   node could serve for ``failover_timeout`` seconds.
 
-Resending is safe for what qemu_client sends: reads, WRITE_OBJ of the same
+Resending is safe for what the VDI I/O engine sends: reads, WRITE_OBJ of the same
 bytes and the inode index updates are idempotent; callers that send
 something that is not (CREATE_AND_WRITE_OBJ, NEW_VDI, DEL_VDI) pass
-``retry=False`` and decide themselves (see :mod:`qemu_client.block`).
+``retry=False`` and decide themselves (see :mod:`sheep.proto.vdi_io`).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from sheep import proto
 from sheep.proto.connection import AsyncConnection
 from sheep.proto.errors import CODES, SdError, error_for
 
-log = logging.getLogger("qemu_client.connection")
+log = logging.getLogger("sheep.proto.failover")
 
 #: results meaning "this gateway is going away": fail over like a lost connection
 GATEWAY_GONE = {CODES["SHUTDOWN"], CODES["KILLED"]}
@@ -141,7 +144,7 @@ class Connection:
         pause = 0.05
         while True:
             if self._closed:
-                raise ConnectionError("qemu_client connection closed")
+                raise ConnectionError("connection to the cluster closed")
             if self._conn is None or (self._conn.closed and not self.failover_enabled):
                 await self.connect()
             if not internal and not self._ready.is_set():

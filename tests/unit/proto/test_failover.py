@@ -1,15 +1,16 @@
-"""qemu_client's connection against fake gateways (tiny asyncio servers that
-speak the framing and answer from a script): transient refusals are retried,
-a gateway stuck in HALT is failed over, other errors reach the caller."""
+"""The failover connection (sheep.proto.failover) against fake gateways: tiny
+asyncio servers that speak the framing and answer from a script.  Transient
+refusals are retried, a gateway stuck in HALT is failed over, other errors
+reach the caller."""
 
 import asyncio
 
 import pytest
 
-from qemu_client import connection
-from qemu_client.connection import Connection
 from sheep import proto
+from sheep.proto import failover as connection
 from sheep.proto.errors import CODES, SdError
+from sheep.proto.failover import Connection
 
 
 class FakeGateway:

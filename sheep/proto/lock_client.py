@@ -1,4 +1,4 @@
-"""Lock sessions for qemu_client (the pysheepdog extension of docs/protocol.md §17).
+"""Lock sessions of VDI clients (the pysheepdog extension of docs/protocol.md §17).
 
 A :class:`LockSession` is one client's identity towards the cluster: a random
 64-bit session id carried (behind ``SD_FLAG_CMD_SESSION``) in LOCK_VDI and
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from sheep import proto
 from sheep.proto.errors import CODES, FencedError, SdError, VdiLockedError  # noqa: F401
 
-log = logging.getLogger("qemu_client.session")
+log = logging.getLogger("sheep.proto.lock_client")
 
 RENEW_MAX = 2.0  # seconds between heartbeats at most
 

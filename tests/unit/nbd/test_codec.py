@@ -1,0 +1,162 @@
+"""The NBD wire format (sheep.nbd.codec): bytes in, records out.  Byte strings
+are written out by hand from the NBD protocol document, not produced by the
+codec under test."""
+
+import struct
+
+import pytest
+
+from sheep.nbd import codec as nbd
+from sheep.proto.errors import CODES, SdError
+
+pytestmark = pytest.mark.quick
+
+
+def test_handshake_is_the_fixed_newstyle_greeting():
+    assert nbd.handshake() == b"NBDMAGIC" + b"IHAVEOPT" + b"\x00\x03"
+
+
+@pytest.mark.parametrize("raw,no_zeroes", [(b"\0\0\0\x01", False), (b"\0\0\0\x03", True)])
+def test_client_flags(raw, no_zeroes):
+    assert nbd.client_flags(raw) is no_zeroes
+
+
+def test_unknown_client_flags_are_a_violation():
+    with pytest.raises(nbd.ProtocolViolation, match="client flags"):
+        nbd.client_flags(b"\0\0\0\x05")
+
+
+def test_option_header_and_its_limits():
+    raw = b"IHAVEOPT" + b"\0\0\0\x07" + b"\0\0\0\x10"
+    assert nbd.option_header(raw) == (nbd.OPT_GO, 16)
+    with pytest.raises(nbd.ProtocolViolation, match="magic"):
+        nbd.option_header(b"IHAVEOPX" + raw[8:])
+    with pytest.raises(nbd.ProtocolViolation, match="bytes"):
+        nbd.option_header(raw[:12] + struct.pack(">I", nbd.MAX_OPTION + 1))
+
+
+def test_option_reply_layout():
+    assert nbd.option_reply(nbd.OPT_LIST, nbd.REP_ACK) == \
+        bytes.fromhex("0003e889045565a9" "00000003" "00000001" "00000000")
+    err = nbd.option_reply(nbd.OPT_STARTTLS, nbd.REP_ERR_POLICY, b"no")
+    assert err[12:16] == b"\x80\x00\x00\x02" and err[16:20] == b"\0\0\0\x02" and err[20:] == b"no"
+
+
+def test_list_reply_carries_the_name_length_and_name():
+    r = nbd.list_reply("vm-disk")
+    assert r[8:16] == b"\0\0\0\x03\0\0\0\x02" and r[16:20] == b"\0\0\0\x0b"
+    assert r[20:] == b"\0\0\0\x07vm-disk"
+
+
+@pytest.mark.parametrize("raw,why", [(b"a\0b", "NUL"), (b"x" * 4097, "too long"),
+                                     (b"\xff\xfe", "UTF-8")])
+def test_bad_export_names_are_refused_invalid(raw, why):
+    with pytest.raises(nbd.Refused) as e:
+        nbd.export_name(raw)
+    assert e.value.code == nbd.REP_ERR_INVALID and why in e.value.message
+
+
+def test_info_request_parses_the_name_and_the_requested_types():
+    data = b"\0\0\0\x04disk" + b"\0\x02" + b"\0\x01\0\x03"
+    assert nbd.info_request(data) == ("disk", {nbd.INFO_NAME, nbd.INFO_BLOCK_SIZE})
+    assert nbd.info_request(b"\0\0\0\0\0\0") == ("", set())
+
+
+@pytest.mark.parametrize("data,why", [
+    (b"\0\0\0", "too short"),
+    (b"\0\0\0\x09disk\0\0", "runs past"),
+    (b"\0\0\0\x04disk\0\x02\0\x01", "request list"),   # says 2 types, carries 1
+    (b"\0\0\0\x04disk\0\x00\0\x01", "request list"),   # trailing bytes
+])
+def test_malformed_info_requests_are_refused_invalid(data, why):
+    with pytest.raises(nbd.Refused) as e:
+        nbd.info_request(data)
+    assert e.value.code == nbd.REP_ERR_INVALID and why in e.value.message
+
+
+def test_info_replies_export_block_size_and_ack_always_name_when_asked():
+    raw = nbd.info_replies(nbd.OPT_GO, "d", 1 << 30, 0x4D, "sheepdog VDI d", {nbd.INFO_NAME})
+    replies = []
+    while raw:
+        magic, opt, rtype, n = struct.unpack_from(">QIII", raw)
+        assert magic == nbd.REP_MAGIC and opt == nbd.OPT_GO
+        replies.append((rtype, raw[20:20 + n]))
+        raw = raw[20 + n:]
+    assert replies == [
+        (nbd.REP_INFO, b"\0\0" + (1 << 30).to_bytes(8, "big") + b"\0\x4d"),
+        (nbd.REP_INFO, b"\0\x01d"),
+        (nbd.REP_INFO, b"\0\x03" + struct.pack(">III", 1, 4096, 32 << 20)),
+        (nbd.REP_ACK, b""),
+    ]
+
+
+def test_export_name_reply_with_and_without_zeroes():
+    assert nbd.export_name_reply(512, 3, True) == (512).to_bytes(8, "big") + b"\0\x03"
+    assert nbd.export_name_reply(512, 3, False).endswith(bytes(124))
+    assert len(nbd.export_name_reply(512, 3, False)) == 134
+
+
+def test_transmission_flags():
+    assert nbd.transmission_flags(True) == 1 | 2 | 4
+    assert nbd.transmission_flags(False) == 1 | 4 | 8 | 32 | 64
+
+
+def test_request_and_simple_reply():
+    raw = bytes.fromhex("25609513" "0001" "0001" "00000000000000aa" "0000000000001000" "00000200")
+    assert nbd.request(raw) == nbd.Request(flags=nbd.CMD_FLAG_FUA, cmd=nbd.CMD_WRITE,
+                                           handle=0xAA, offset=4096, length=512)
+    with pytest.raises(nbd.ProtocolViolation, match="magic"):
+        nbd.request(b"\0" * 28)
+    assert nbd.simple_reply(22, 0xAA) == bytes.fromhex("67446698" "00000016" "00000000000000aa")
+
+
+def req(cmd, offset=0, length=512, flags=0):
+    return nbd.Request(flags, cmd, 1, offset, length)
+
+
+@pytest.mark.parametrize("r,size,ro,err", [
+    (req(nbd.CMD_READ), 4096, False, 0),
+    (req(nbd.CMD_WRITE, flags=nbd.CMD_FLAG_FUA), 4096, False, 0),
+    (req(nbd.CMD_WRITE_ZEROES, flags=nbd.CMD_FLAG_NO_HOLE), 4096, False, 0),
+    (req(nbd.CMD_TRIM, flags=nbd.CMD_FLAG_NO_HOLE), 4096, False, nbd.EINVAL),  # flag not allowed
+    (req(nbd.CMD_CACHE), 4096, False, nbd.EINVAL),                            # not advertised
+    (req(99), 4096, False, nbd.EINVAL),
+    (req(nbd.CMD_FLUSH, offset=1 << 40), 4096, True, 0),                      # no range check
+    (req(nbd.CMD_WRITE), 4096, True, nbd.EPERM),
+    (req(nbd.CMD_TRIM), 4096, True, nbd.EPERM),
+    (req(nbd.CMD_READ, length=nbd.MAX_REQUEST + 1), 1 << 40, False, nbd.EOVERFLOW),
+    (req(nbd.CMD_READ, offset=4000), 4096, False, nbd.EINVAL),
+    (req(nbd.CMD_WRITE, offset=4000), 4096, False, nbd.ENOSPC),
+    (req(nbd.CMD_WRITE_ZEROES, offset=4000), 4096, False, nbd.ENOSPC),
+    (req(nbd.CMD_TRIM, offset=4000), 4096, False, nbd.EINVAL),
+])
+def test_which_request_is_refused_with_which_errno(r, size, ro, err):
+    assert nbd.request_errno(r, size, ro) == err
+
+
+@pytest.mark.parametrize("code,err", [("READONLY", nbd.EPERM), ("INVALID_PARMS", nbd.EINVAL),
+                                      ("NO_SPACE", nbd.ENOSPC), ("SHUTDOWN", nbd.ESHUTDOWN),
+                                      ("EIO", nbd.EIO), ("NO_OBJ", nbd.EIO)])
+def test_errno_of_a_cluster_error(code, err):
+    assert nbd.errno_for(SdError(CODES[code])) == err
+
+
+def test_errno_of_anything_else_is_eio():
+    assert nbd.errno_for(ConnectionError("gone")) == nbd.EIO
+
+
+@pytest.mark.parametrize("export,candidates", [
+    ("disk", [("disk", None)]),
+    ("disk:base", [("disk", "base"), ("disk:base", None)]),
+    ("disk@3", [("disk", 3), ("disk@3", None)]),
+    ("disk@0", [("disk@0", None)]),
+    ("a:b@2", [("a:b", 2), ("a", "b@2"), ("a:b@2", None)]),
+])
+def test_export_name_candidates_best_first(export, candidates):
+    assert nbd.parse_export(export) == candidates
+
+
+def test_export_labels():
+    assert nbd.export_label("d", "", 0, False) == "d"
+    assert nbd.export_label("d", "base", 2, True) == "d:base"
+    assert nbd.export_label("d", "", 2, True) == "d@2"

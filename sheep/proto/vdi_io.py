@@ -33,7 +33,7 @@ lock's generation so that the cluster can fence us if the lock was taken
 away (FencedError).  Reads of objects our cached inode shows as never
 written are answered from that cache only while our lock is confirmed
 (a request that proved it succeeded less than ``CONFIRM_WINDOW`` seconds
-ago); otherwise the gateway is asked first — so a writer whose lock was
+ago; the constant is :mod:`sheep.proto.fenced_calls`'); otherwise the gateway is asked first — so a writer whose lock was
 taken over (its gateway cut off, an operator's unlock) never reads zeros
 where the new holder wrote.
 
@@ -59,7 +59,7 @@ import logging
 from sheep import proto
 from sheep.proto.errors import CODES, SdError, error_for, sd_error
 from sheep.proto.failover import Connection, GatewayLost
-from sheep.proto.fenced_calls import CONFIRM_WINDOW, NODE_REFRESH, FencedCalls  # noqa: F401
+from sheep.proto.fenced_calls import FencedCalls
 from sheep.proto.lock_client import InactiveError, LockSession
 
 log = logging.getLogger("sheep.proto.vdi_io")

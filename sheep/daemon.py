@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sheep import __version__, proto
 from sheep.cluster.drivers.base import JoinRejected
+from sheep.cluster.events import Events
 from sheep.cluster.group import KILLED, Group
 from sheep.cluster.joins import restart_vnodes_error
 from sheep.cluster.recovery import Recovery
@@ -112,7 +113,7 @@ class Sheep:
         group = getattr(self, "group", None)
         if group is None:  # not running yet: the start-up fails on its own
             return
-        group._fatal(f"disk failure: {why}")
+        group.fatal(f"disk failure: {why}")
 
     async def io_thread(self, fn, *args):
         """Run ``fn(*args)`` on an I/O thread, whatever its size."""
@@ -184,9 +185,17 @@ class Sheep:
         self.me = proto.SdNode.make(cfg.myaddr, cfg.port, vnodes, cfg.zone, space)
         self.vdis = VdiTable(self)
         self.locks = Locks(self)
-        self.group = Group(self)
+        self.events = Events()
+        self.group = Group(cfg=cfg, store=self.store, me=self.me, io_thread=self.io_thread,
+                           request_exit=self.request_exit, events=self.events,
+                           main_step=self.apply_main)
         self.gateway = Gateway(self)
         self.recovery = Recovery(self)
+        # the parts follow the cluster through its events (sheep.cluster.events);
+        # the order matters: VDIs before locks (a join merges VDIs first, a
+        # joiner restores the VDI table before the lock table)
+        for part in (self.vdis, self.locks, self.recovery):
+            part.subscribe(self.events)
         local_vdis = await self.io_thread(self.vdis.local_snapshot)
         self.vdis.merge(local_vdis)
         try:

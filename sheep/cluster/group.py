@@ -15,11 +15,14 @@ into the node's cluster state:
   All members apply the same changes in the same order, so epochs and epoch
   logs agree everywhere.
 * **Cluster operations** (format, VDI create/delete, attributes, shutdown)
-  use block/unblock built on notify: the origin sends BLOCK; when that BLOCK is
-  the oldest outstanding one, the origin runs the op's ``work`` step (nobody
-  else runs a work step meanwhile) and sends UNBLOCK carrying the result; on
-  delivery every member applies the op's ``main`` step.  A member that leaves
-  while holding or waiting for the block loses its turn.
+  use block/unblock built on notify (:mod:`sheep.cluster.turns`): one work
+  step at a time cluster-wide, then a main step applied by every member in
+  the same place of the order.
+* **Events.**  Recovery, locks and VDIs follow the cluster state by
+  subscribing to what the group publishes (:mod:`sheep.cluster.events`:
+  epoch changed, node joined/left, ...); their replicated state travels in
+  the join reply through the same bus.  The group calls none of them by
+  name.
 * **Joining.**  The master applies the join rules (``sheep.cluster.joins``) and
   replies with a snapshot of the cluster state, which the joiner adopts; the
   VDIs the joiner found on its own disk are merged by every member.  A
@@ -37,7 +40,7 @@ into the node's cluster state:
   (:meth:`Group.settled`).
 * **Failures.**  A callback that raises, a failing job or a driver that
   fails leave this node's state behind the others': it stops serving at once
-  and exits (:meth:`Group._fatal`), so that it never serves a half-applied
+  and exits (:meth:`Group.fatal`), so that it never serves a half-applied
   event.
 * **Serving.**  I/O is admitted only while :meth:`Group.serving` holds: the
   node is in the primary view (``on_quorum``) and the driver's membership
@@ -48,7 +51,6 @@ into the node's cluster state:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import logging
 import os
@@ -56,6 +58,7 @@ import time
 import uuid
 
 from sheep import proto
+from sheep.cluster import events as ev
 from sheep.cluster.drivers.base import Member, create_driver
 from sheep.cluster.epochs import EpochHistory
 from sheep.cluster.jobs import Jobs
@@ -67,29 +70,15 @@ from sheep.cluster.joins import (
     SHUTDOWN,
     WAIT_FOR_FORMAT,
     WAIT_FOR_JOIN,
+    comparable_tombs,
     verdict,
 )
-from sheep.proto.errors import CODES, SdError, error_for
+from sheep.cluster.turns import Turns
+from sheep.proto.errors import CODES, error_for
 from sheep.proto.placement import Ring, auto_vnodes
-from sheep.vdi import recycle
 
 log = logging.getLogger("sheep.cluster.group")
 
-
-WORK_TIMEOUT = 60.0  # longest a cluster op may hold the cluster-wide turn
-
-
-class _OpToken:
-    """A running work step's right to write (see Group.check_op_token)."""
-
-    __slots__ = ("valid", "why")
-
-    def __init__(self):
-        self.valid, self.why = True, ""
-
-
-#: the token of the cluster op whose work step the current task runs
-OP_TOKEN: contextvars.ContextVar = contextvars.ContextVar("sheep_op_token", default=None)
 
 STATUS_CODE = {OK: proto.SD_STATUS_OK, WAIT_FOR_FORMAT: proto.SD_STATUS_WAIT,
                WAIT_FOR_JOIN: proto.SD_STATUS_WAIT, SHUTDOWN: proto.SD_STATUS_SHUTDOWN,
@@ -101,12 +90,21 @@ def _node_key(node: proto.SdNode) -> str:
 
 
 class Group:
-    """This node's view of the cluster; all state changes run on the loop."""
+    """This node's view of the cluster; all state changes run on the loop.
 
-    def __init__(self, sheep):
-        self.sheep = sheep
-        self.store = sheep.store
-        self.me: proto.SdNode = sheep.me
+    ``cfg`` is the daemon's configuration (``cluster``, ``vnodes``), ``store``
+    its store, ``me`` its node; ``io_thread(fn, *args)`` runs disk work off
+    the loop; ``request_exit(delay, code=0)`` stops the daemon; ``events``
+    is the bus the group publishes on; ``main_step(msg)`` applies a cluster
+    op's main step (the op table's)."""
+
+    def __init__(self, *, cfg, store, me: proto.SdNode, io_thread, request_exit,
+                 events: ev.Events, main_step):
+        self.cfg = cfg
+        self.store = store
+        self.me: proto.SdNode = me
+        self.events = events
+        self._request_exit = request_exit
         raw = self.store.load_config()
         self.config = proto.SheepdogConfig.unpack(raw) if raw else proto.SheepdogConfig()
         self.epoch = self.store.latest_epoch() if self.config.ctime else 0
@@ -124,15 +122,11 @@ class Group:
         self.quorum = True
         self._refused: set[str] = set()  # idents of members whose join was refused
         self._epoch_changed = asyncio.Event()
-        self._blocks: list[tuple[str, str]] = []  # (block id, sender ident) in delivery order
-        self._turns: dict[str, asyncio.Future] = {}
-        self._done: dict[str, asyncio.Future] = {}
-        self._running_block: str | None = None
-        self._op_tokens: set = set()  # work steps running on this node
         self.member: Member | None = None
-        self.jobs = Jobs(sheep.io_thread, self._fatal)
+        self.jobs = Jobs(io_thread, self.fatal)
         self.history = EpochHistory(self.store, self.jobs)
-        self.driver = create_driver(sheep.cfg.cluster, self)
+        self.driver = create_driver(cfg.cluster, self)
+        self.turns = Turns(self.driver.notify, self.settled, self.fatal, main_step)
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -148,10 +142,9 @@ class Group:
         return json.dumps({
             "ctime": self.config.ctime, "epoch": self.epoch, "history": self.history.records(),
             "config": self.config.pack().hex() if self.formatted else None,
-            "fixed_vnodes": self.sheep.cfg.vnodes is not None,
+            "fixed_vnodes": self.cfg.vnodes is not None,
             "vdis": local_vdis or [],
-            "tombs": recycle.tombs_json(self.sheep.vdis.tombs),
-            "lock_gen": self.sheep.locks.join_info(),
+            **self.events.collect_join_data(),  # tombs (VDIs), lock_gen (locks)
         }).encode()
 
     def join_opaque(self) -> bytes:
@@ -160,7 +153,7 @@ class Group:
 
     def on_driver_failure(self, exc: BaseException) -> None:
         """Driver callback: it can no longer deliver events to us."""
-        self._fatal(f"the cluster driver failed: {exc!r}")
+        self.fatal(f"the cluster driver failed: {exc!r}")
 
     async def stop(self) -> None:
         try:
@@ -189,7 +182,7 @@ class Group:
         # before format a node weighs by its own strategy (1.0: sys->cinfo.flags
         # starts with AUTO_VNODES unless -V), so "node list" shows the weights
         auto = (self.config.flags & proto.SD_CLUSTER_FLAG_AUTO_VNODES if self.formatted
-                else self.sheep.cfg.vnodes is None)
+                else self.cfg.vnodes is None)
         if auto:
             weights = auto_vnodes([n.space if n.nr_vnodes else 0 for n in nodes])
             nodes = [n.replace(nr_vnodes=w) for n, w in zip(nodes, weights)]
@@ -227,7 +220,7 @@ class Group:
         self.epoch += 1
         self.history.write(self.epoch, proto.pack_nodes(self.nodes))
         log.info("epoch %d: %s", self.epoch, ", ".join(str(n) for n in self.nodes))
-        self.sheep.recovery.on_epoch(self.epoch - 1)
+        self.events.publish(ev.EPOCH_CHANGED, self.epoch - 1)
         self._notify_epoch()
 
     def _notify_epoch(self) -> None:
@@ -286,41 +279,20 @@ class Group:
         snap = {
             "config": config,
             "status": status,
-            "blocks": [list(b) for b in self._blocks],
+            "blocks": [list(b) for b in self.turns.blocks],
             "epoch": epoch,
             "disable_recovery": self.disable_recovery,
             "epochs": self.history.records() if epochs is None else epochs,
             "weights": self.weights,
             "vdis": info.get("vdis", []),
-            "tombs": self._comparable_tombs(info, v),  # the joiner's collected ids (vdi_recycle)
-            "state": self.sheep.vdis.snapshot(),
+            "tombs": comparable_tombs(info, v, self.history.logs, self.epoch),  # the joiner's collected ids (vdi_recycle)
             "adopt": v.adopt,
             "adopt_config": v.config,
             "refused": sorted(self._refused),
-            "locks": self.sheep.locks.snapshot(),
             "lock_gen": info.get("lock_gen", 0),  # the joiner's highest lock generation
+            **self.events.snapshots(),  # state (VDIs), locks
         }
         return True, json.dumps(snap).encode()
-
-    def _comparable_tombs(self, info: dict, v) -> dict:
-        """The joiner's tombstones (``sheep.vdi.recycle``) whose epoch the
-        cluster's records can be compared with: those of the history the
-        joiner shares with the cluster.  A tombstone at an epoch number of a
-        history the cluster does not have (the joiner was in a cluster
-        force-recovered without it, or the other way round) says nothing
-        about the cluster's records of that id: it would drop live VDIs."""
-        tombs = info.get("tombs") or {}
-        if not tombs or v.config or v.adopt:  # the joiner's history is the cluster's
-            return tombs
-        theirs = {e: nodes for e, nodes, _ts in info.get("history", [])}
-        mine = self.history.logs
-        diff = [e for e in theirs if e in mine and mine[e][0].hex() != theirs[e]]
-        limit = min(diff) - 1 if diff else self.epoch
-        kept = {k: e for k, e in tombs.items() if e <= limit}
-        if len(kept) != len(tombs):
-            log.warning("a joiner's tombstones of VDI ids %s are of a history the cluster "
-                        "does not have: ignored", sorted(set(tombs) - set(kept)))
-        return kept
 
     # The driver delivers events synchronously and in total order; each is
     # applied completely before the next one (and before check_join runs), so
@@ -335,7 +307,7 @@ class Group:
             fn(*args)
         except Exception as e:  # noqa: BLE001 - any failure is fatal here
             log.exception("%s failed", what)
-            self._fatal(f"cannot apply {what}: {e!r}")
+            self.fatal(f"cannot apply {what}: {e!r}")
 
     def on_join(self, joined: Member, members: list[Member], reply: bytes) -> None:
         self._guarded("a join", self._on_join, joined, members, reply)
@@ -371,14 +343,12 @@ class Group:
                 # cluster's epochs: a crash in between must never leave the
                 # newer history with our old copies still live (after a
                 # restart we would join at the cluster's epoch, undemoted)
-                self.sheep.recovery.demote_all(my_epoch)
-            # our tombstones as the cluster took them (those of a history
+                self.events.publish(ev.DATA_STALE, my_epoch)
+            # e.g. our tombstones as the cluster took them (those of a history
             # it does not have are dropped, ``_comparable_tombs``)
-            if "tombs" in info:
-                self.sheep.vdis.tombs = {int(k): e for k, e in info["tombs"].items()}
-                recycle.save_tombs(self.sheep.vdis)
+            self.events.publish(ev.REJOINING, info)
             self._adopt(info)
-            self._lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
+            self.turns.lose_turns("rejoined the cluster")  # our old BLOCKs are not in its queue
         was_formatted = self.formatted
         if not me and info.get("adopt_config") and not was_formatted:
             # an unformatted cluster takes over the joiner's cluster info (1.0)
@@ -393,14 +363,13 @@ class Group:
             hist = info["adopt"]
             newest = max(e for e, _, _ in hist)
             if not me and was_formatted and self.epoch < newest:
-                self.sheep.recovery.demote_all(self.epoch)  # our data is older
+                self.events.publish(ev.DATA_STALE, self.epoch)  # our data is older
             for e, nodes_hex, ts in hist:
                 self.history.write(e, bytes.fromhex(nodes_hex), ts)
             self.epoch = newest
             log.info("adopted the epoch history of %s (epoch %d)",
                      proto.SdNode.unpack(joined.node), self.epoch)
-        self.sheep.vdis.merge(info.get("vdis", []), info.get("tombs"))
-        self.sheep.locks.on_join(info)  # generations: the max with the joiner's
+        self.events.publish(ev.NODE_JOINED, info)  # VDIs merged, lock generations
         self.members = list(members)
         self._rebuild_nodes()
         log.info("%s joined; %d members", proto.SdNode.unpack(joined.node), len(members))
@@ -421,7 +390,7 @@ class Group:
                       why.get("name"))
             self.status = KILLED  # never serves: it was never in state OK
             self._notify_epoch()
-            self.sheep.request_exit(0.0, code=1)
+            self._request_exit(0.0, code=1)
             return
         self._refused.add(joined.ident)
         self.members = list(members)
@@ -452,14 +421,12 @@ class Group:
         self.config = cfg
         self.status = info["status"]
         # the cluster-op queue as the master saw it: a foreign op may be running
-        self._blocks = [tuple(b) for b in info.get("blocks", [])]
-        self._running_block = self._blocks[0][0] if self._blocks else None
+        self.turns.adopt(info.get("blocks", []))
         self.epoch = info["epoch"]
         self.weights = dict(info.get("weights", {}))
         self.disable_recovery = info.get("disable_recovery", False)
         self._refused = set(info.get("refused", []))
-        self.sheep.vdis.restore(info["state"])
-        self.sheep.locks.restore(info.get("locks"))
+        self.events.restore(info)
 
     def _maybe_start_after_restart(self) -> None:
         """Start once every node of the newest epoch is a member (1.0
@@ -491,7 +458,7 @@ class Group:
         else:
             # the same members as before the restart: no new epoch, but a
             # recovery interrupted by the restart must still be finished
-            self.sheep.recovery.start()
+            self.events.publish(ev.RESUMED)
             self._notify_epoch()
 
     def _on_leave(self, left: Member, members: list[Member]) -> None:
@@ -499,14 +466,8 @@ class Group:
         self.members = list(members)
         self._rebuild_nodes()
         log.info("%s left; %d members", proto.SdNode.unpack(left.node), len(members))
-        self.sheep.locks.on_node_leave(proto.SdNode.unpack(left.node))  # in order, everywhere
-        lost = [b for b in self._blocks if b[1] == left.ident]
-        if lost:
-            head = self._blocks[0] if self._blocks else None
-            self._blocks = [b for b in self._blocks if b[1] != left.ident]
-            if head in lost:
-                self._running_block = None
-                self._grant_next()
+        self.events.publish(ev.NODE_LEFT, proto.SdNode.unpack(left.node))  # in order, everywhere
+        self.turns.on_leave(left.ident)
         if self.status == OK:
             self._bump_epoch()
         else:
@@ -515,51 +476,23 @@ class Group:
     def _on_notify(self, sender: Member, msg: bytes) -> None:
         m = json.loads(msg)
         if m["t"] == "block":
-            self._blocks.append((m["id"], sender.ident))
-            self._grant_next()
+            self.turns.on_block(m["id"], sender.ident)
         elif m["t"] == "recovered":
-            self.sheep.recovery.on_recovered(m["epoch"], m["node"])
-        elif m["t"] == "lock":  # drained, freeze, quiet, thaw (sheep.lock_table)
-            try:
-                self.sheep.locks.apply_main(m)
-            except SdError:  # deterministic: ignored the same way everywhere
-                pass
+            self.events.publish(ev.RECOVERED, m["epoch"], m["node"])
+        elif m["t"] == "lock":  # drained, freeze, quiet, thaw (sheep.vdi.lock_table)
+            self.events.publish(ev.LOCK_MESSAGE, m)
             self._notify_epoch()  # wake waiters (wait_drained, a snapshot's freeze)
         elif m["t"] == "unblock":
-            if self._blocks and self._blocks[0][0] == m["id"]:
-                self._blocks.pop(0)
-                self._running_block = None
-                # whatever its outcome, a freeze its work step made ends with
-                # it (a snapshot's main step ends it too; lock_table)
-                self.sheep.locks.op_ended(proto.SdNode.unpack(sender.node))
-            else:
-                # e.g. from a member whose turn was dropped when it fell out of
-                # the view: its work step may be stale, its result must not apply
-                log.error("UNBLOCK %s from %s is not for the running cluster op (%s); "
-                          "ignored", m["id"], sender.ident, self._blocks[:1])
-                fut = self._done.pop(m["id"], None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(error_for(CODES["HALT"], "the cluster dropped our turn"))
+            if not self.turns.on_unblock(m["id"], sender.ident, m["msg"]):
                 return
-            try:
-                outcome = (True, self.sheep.apply_main(m["msg"]))
-            except SdError as e:  # deterministic: the same on every node
-                outcome = (False, e)
-            except Exception as e:
-                # Anything else (a disk error, a bug) would leave this node's
-                # state behind the others': it must not go on serving.
-                self._fatal(f"cannot apply cluster operation {m['msg'].get('op')}: {e!r}")
-                outcome = (False, error_for(CODES["SYSTEM_ERROR"], str(e)))
+            # whatever its outcome, a freeze its work step made ends with it
+            # (a snapshot's main step ends it too; sheep.vdi.lock_table)
+            self.events.publish(ev.OP_ENDED, proto.SdNode.unpack(sender.node))
+            self.turns.apply(m["id"], m["msg"])
             self._notify_epoch()  # state changed: wake waiters (e.g. VdiTable.await_state)
-            fut = self._done.pop(m["id"], None)
-            if fut is not None and not fut.done():
-                if outcome[0]:
-                    fut.set_result(outcome[1])
-                else:
-                    fut.set_exception(outcome[1])
-            self._grant_next()
+            self.turns.next_turn()
 
-    def _fatal(self, why: str) -> None:
+    def fatal(self, why: str) -> None:
         """This node can no longer keep its state in step with the cluster: stop
         serving at once (status KILLED), then exit (peers see it leave)."""
         if self.status == KILLED:
@@ -567,76 +500,16 @@ class Group:
         log.critical("%s; leaving the cluster", why)
         self.status = KILLED
         self._notify_epoch()
-        self.sheep.request_exit(0.0, code=1)
-
-    def _grant_next(self) -> None:
-        if self._running_block is not None or not self._blocks:
-            return
-        bid, ident = self._blocks[0]
-        self._running_block = bid
-        fut = self._turns.pop(bid, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        self._request_exit(0.0, code=1)
 
     # ------------------------------------------------------------------
-    # cluster operations
+    # cluster operations (sheep.cluster.turns)
 
     async def cluster_op(self, work):
-        """Run ``work()`` exclusively cluster-wide, then apply its result everywhere.
-
-        ``work`` is an async callable returning a JSON-able "main" message (or
-        raising SdError).  Returns what the main step returned on this node.
-        Cancelling the caller does not cancel the operation: once BLOCK is
-        sent, every node waits for our UNBLOCK, so it always goes out.  It
-        returns once this node's disk work for the op (``jobs``) is done.
-        """
-        return await asyncio.shield(asyncio.ensure_future(self._cluster_op(work)))
-
-    async def _cluster_op(self, work):
-        bid = uuid.uuid4().hex
-        loop = asyncio.get_running_loop()
-        turn = self._turns[bid] = loop.create_future()
-        done = self._done[bid] = loop.create_future()
-        token = _OpToken()
-        try:
-            try:
-                await self.driver.notify(json.dumps({"t": "block", "id": bid}).encode())
-            except RuntimeError as e:  # not a member (cut off, rejoining)
-                raise error_for(CODES["HALT"], f"cannot start a cluster operation: {e}") from None
-            await turn
-            self._op_tokens.add(token)
-            ctx = OP_TOKEN.set(token)
-            try:
-                msg = await asyncio.wait_for(work(), WORK_TIMEOUT)
-            except SdError as e:
-                msg = {"op": "error", "code": e.code, "message": e.message}
-            except asyncio.TimeoutError:
-                msg = {"op": "error", "code": CODES["NETWORK_ERROR"],
-                       "message": f"cluster operation took longer than {WORK_TIMEOUT}s"}
-            except Exception as e:
-                log.exception("work step failed")
-                msg = {"op": "error", "code": CODES["SYSTEM_ERROR"], "message": str(e)}
-            finally:
-                OP_TOKEN.reset(ctx)
-                self._op_tokens.discard(token)
-            if not token.valid:
-                msg = {"op": "error", "code": CODES["HALT"], "message": token.why}
-            try:
-                await self.driver.notify(
-                    json.dumps({"t": "unblock", "id": bid, "msg": msg}).encode())
-            except RuntimeError as e:
-                # not a member any more: the others dropped our turn with our leave
-                raise error_for(CODES["HALT"], f"cluster operation lost: {e}") from None
-            except Exception as e:
-                # every node waits for our UNBLOCK: leave, so they drop our turn
-                self._fatal(f"cannot send the end of a cluster operation: {e!r}")
-                raise error_for(CODES["CLUSTER_ERROR"], str(e)) from None
-            result = await done
-            await self.settled()  # the op's disk work is done before anyone hears of it
-            return result
-        finally:
-            self._turns.pop(bid, None)
-            self._done.pop(bid, None)
+        """Run ``work()`` exclusively cluster-wide, then apply its result everywhere
+        (:meth:`sheep.cluster.turns.Turns.run`).  Returns once this node's disk
+        work for the op is done."""
+        return await self.turns.run(work)
 
     # ------------------------------------------------------------------
     # main steps owned by the group
@@ -657,8 +530,7 @@ class Group:
         self.jobs.submit("formatting the store", wipe)
         self._save_config(cfg)
         self.config = cfg
-        self.sheep.vdis.clear()
-        recycle.reset_tombs(self.sheep.vdis)
+        self.events.publish(ev.FORMATTED)  # every VDI is gone
         self.status = OK
         self.epoch = 0
         self._rebuild_nodes()
@@ -672,7 +544,7 @@ class Group:
         done = self._save_config(self.config)
         log.info("cluster shutdown requested")
         # exit once the config is on disk (and the reply had time to go out)
-        done.add_done_callback(lambda _f: self.sheep.request_exit(0.2))
+        done.add_done_callback(lambda _f: self._request_exit(0.2))
 
     def apply_force_recover(self) -> list[proto.SdNode]:
         """FORCE_RECOVER main step: run with the nodes present (every node)."""
@@ -705,31 +577,13 @@ class Group:
                           "I/O is halted until the partition heals")
                 # the others may drop our cluster-op turn: a work step still
                 # running must not write anything more (its I/O gets HALT)
-                for token in self._op_tokens:
-                    token.valid, token.why = False, "cut off while running the operation"
+                self.turns.invalidate("cut off while running the operation")
             self._notify_epoch()
 
     def check_op_token(self) -> None:
         """Gateway writes of a cluster op's work step: HALT once this node
         may have lost its turn (see on_quorum)."""
-        token = OP_TOKEN.get()
-        if token is not None and not token.valid:
-            raise error_for(CODES["HALT"], token.why)
-
-    def _lose_turns(self, why: str) -> None:
-        """Our queued BLOCKs are gone (we rejoined): fail the ops waiting on them.
-
-        That covers ops still waiting for their turn (nothing was done) and
-        ops whose turn had come: their UNBLOCK went out in a view we left, so
-        it will never be delivered here (the cluster applied it or dropped
-        it; its state, which we just adopted, says which) — without this
-        their caller would wait forever."""
-        queued = {b for b, _ident in self._blocks}
-        for table in (self._turns, self._done):
-            for bid, fut in list(table.items()):
-                if bid not in queued and not fut.done():
-                    fut.set_exception(error_for(CODES["HALT"], f"cluster operation lost: {why}"))
-                    fut.exception()  # retrieved: the caller may be gone already
+        self.turns.check_token()
 
     def save_config(self) -> None:
         self._save_config(self.config)

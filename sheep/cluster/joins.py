@@ -55,9 +55,12 @@ Guarantees:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sheep import proto
+
+log = logging.getLogger("sheep.cluster.joins")
 
 WAIT_FOR_FORMAT = "wait_for_format"
 WAIT_FOR_JOIN = "wait_for_join"
@@ -139,3 +142,24 @@ def restart_vnodes_error(config: proto.SheepdogConfig, fixed_vnodes: bool,
     return (f"{RESTART_VNODES_MSG} (the cluster uses "
             f"{'automatic' if _auto(config.flags) else 'fixed'} vnodes; this node was started "
             f"{'with -V' if fixed_vnodes else 'without -V'})")
+
+
+def comparable_tombs(info: dict, v: Verdict, logs: dict, epoch: int) -> dict:
+    """The joiner's tombstones (``sheep.vdi.recycle``) whose epoch the
+    cluster's records can be compared with: those of the history the
+    joiner shares with the cluster.  A tombstone at an epoch number of a
+    history the cluster does not have (the joiner was in a cluster
+    force-recovered without it, or the other way round) says nothing
+    about the cluster's records of that id: it would drop live VDIs.
+    ``logs``: the cluster's epoch logs (epoch -> (nodes, time)); ``epoch``: its epoch."""
+    tombs = info.get("tombs") or {}
+    if not tombs or v.config or v.adopt:  # the joiner's history is the cluster's
+        return tombs
+    theirs = {e: nodes for e, nodes, _ts in info.get("history", [])}
+    diff = [e for e in theirs if e in logs and logs[e][0].hex() != theirs[e]]
+    limit = min(diff) - 1 if diff else epoch
+    kept = {k: e for k, e in tombs.items() if e <= limit}
+    if len(kept) != len(tombs):
+        log.warning("a joiner's tombstones of VDI ids %s are of a history the cluster "
+                    "does not have: ignored", sorted(set(tombs) - set(kept)))
+    return kept

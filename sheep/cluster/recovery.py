@@ -44,6 +44,7 @@ import logging
 import numpy as np
 
 from sheep import proto
+from sheep.cluster import events as ev
 from sheep.cluster.fetch import LIVE, Fetcher, Outcome  # noqa: F401  (LIVE: peer reads)
 from sheep.proto.errors import CODES, SdError
 from sheep.vdi import recycle
@@ -92,7 +93,14 @@ class Recovery:
         return ((table == me) & (cols < copies[:, None])).any(axis=1)
 
     # ------------------------------------------------------------------
-    # epoch changes (called by the group layer, in delivery order)
+    # epoch changes (events of the group layer, in delivery order)
+
+    def subscribe(self, events: ev.Events) -> None:
+        """Follow the cluster (:mod:`sheep.cluster.events`)."""
+        events.subscribe(ev.EPOCH_CHANGED, self.on_epoch)
+        events.subscribe(ev.RESUMED, self.start)
+        events.subscribe(ev.DATA_STALE, self.demote_all)
+        events.subscribe(ev.RECOVERED, self.on_recovered)
 
     def on_epoch(self, old_epoch: int) -> None:
         """The epoch moved on from ``old_epoch``: demote what we no longer hold

@@ -130,7 +130,7 @@ async def drop_failed_disks(sheep, deep: bool) -> bool:
         return False
     lost, all_lost = await sheep.io_thread(store.drop_lost_disks, deep)
     if all_lost:
-        sheep.group._fatal("every disk of the multi-disk set is lost")
+        sheep.group.fatal("every disk of the multi-disk set is lost")
         return False
     if not lost:
         return False

@@ -61,7 +61,8 @@ import logging
 import time
 
 from sheep import proto
-from sheep.proto.errors import CODES, sd_error
+from sheep.cluster import events as ev
+from sheep.proto.errors import CODES, SdError, sd_error
 from sheep.proto.inode import split_name_tag
 from sheep.vdi.lock_flight import DRAIN_WAIT, FREEZE_WAIT, WritesInFlight  # noqa: F401
 from sheep.vdi.lock_table import EXCL, KIND_CODE, READ, SHARED, STANDBY, LockTable
@@ -141,6 +142,23 @@ class Locks(WritesInFlight):
     @property
     def me(self) -> str:
         return f"{self.sheep.me.host}:{self.sheep.me.port}"
+
+    def subscribe(self, events: ev.Events) -> None:
+        """Follow the cluster (:mod:`sheep.cluster.events`): the table travels in
+        join replies; joins merge generations; a leave drops the node's locks;
+        lock messages and the end of cluster ops apply in delivery order."""
+        events.state("locks", self.snapshot, self.restore)
+        events.join_data("lock_gen", self.join_info)
+        events.subscribe(ev.NODE_JOINED, self.on_join)
+        events.subscribe(ev.NODE_LEFT, self.on_node_leave)
+        events.subscribe(ev.LOCK_MESSAGE, self._lock_message)
+        events.subscribe(ev.OP_ENDED, self.op_ended)
+
+    def _lock_message(self, msg: dict) -> None:
+        try:
+            self.apply_main(msg)
+        except SdError:  # deterministic: ignored the same way everywhere
+            pass
 
     def apply_main(self, msg: dict) -> dict:
         """A lock main step (or a ``drained`` message), in total order."""

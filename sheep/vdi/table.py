@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sheep import proto
+from sheep.cluster import events as ev
 from sheep.proto.errors import CODES, SdError, error_for, sd_error
 from sheep.vdi import recycle
 from sheep.vdi.refcount import Refs
@@ -161,6 +162,25 @@ class VdiTable:
         for s in snap["states"]:
             self.states[s["vid"]] = VdiState(**s)
         recycle.add_tombs(self, snap.get("tombs", {}))
+
+    def subscribe(self, events: ev.Events) -> None:
+        """Follow the cluster (:mod:`sheep.cluster.events`): the table travels in
+        join replies; a joiner's VDIs are merged; a format empties it."""
+        events.state("state", self.snapshot, self.restore)
+        events.join_data("tombs", lambda: recycle.tombs_json(self.tombs))
+        events.subscribe(ev.REJOINING, self._rejoining)
+        events.subscribe(ev.NODE_JOINED,
+                         lambda info: self.merge(info.get("vdis", []), info.get("tombs")))
+        events.subscribe(ev.FORMATTED, self._formatted)
+
+    def _rejoining(self, info: dict) -> None:
+        if "tombs" in info:  # our tombstones as the cluster took them
+            self.tombs = {int(k): e for k, e in info["tombs"].items()}
+            recycle.save_tombs(self)
+
+    def _formatted(self) -> None:
+        self.clear()
+        recycle.reset_tombs(self)
 
     def merge(self, entries: list[dict], tombs: dict | None = None) -> None:
         """Union in VDIs a node found on its own disk (deterministic on all nodes).

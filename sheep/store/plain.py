@@ -51,7 +51,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import threading
 from collections import OrderedDict
 from typing import Callable, Iterable, Sequence
@@ -70,8 +69,8 @@ from sheep.store.basedir import (
     pwrite_full,
     unlink,
 )
+from sheep.store.inventory import Inventory
 from sheep.store.md_disks import MdDisks
-from sheep.store.space import free_space
 from sheep.store.stale import StaleCopies
 
 log = logging.getLogger("sheep.store")
@@ -80,7 +79,6 @@ BLOCK = M.BLOCK
 HDR_LEN = M.HDR_LEN
 _crc32c = M.crc32c
 crcmod_crc32c = M.crcmod_crc32c
-_OID_RE = re.compile(r"[0-9a-f]{16}")
 _NSTRIPES = 512
 _CACHE_MAX = 4096
 Check = Callable[[], None] | None
@@ -98,7 +96,7 @@ class _Entry:
         self.meta = meta
 
 
-class PlainStore(MdDisks, StaleCopies, BaseDir, Store):
+class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
     """File-per-object store; see the module docstring for the format."""
 
     def __init__(self, base_dir: str, extra_dirs: Sequence[str] = (), nosync: bool = False):
@@ -552,55 +550,6 @@ class PlainStore(MdDisks, StaleCopies, BaseDir, Store):
         found = self._find(oid)
         return None if found is None else found[1].st_size
 
-    def _scan(self):
-        dirs = self.obj_dirs
-        for d in dirs:
-            try:
-                it = os.scandir(d)
-            except FileNotFoundError as e:
-                if len(dirs) == 1:  # (a vanished directory: see Sheep.disk_failed)
-                    raise oserror(e, f"cannot list {d}") from e
-                continue  # a lost disk: sheep.store.md_disks drops it
-            except OSError as e:
-                raise oserror(e, f"cannot list {d}") from e
-            with it:
-                try:
-                    for ent in it:
-                        if _OID_RE.fullmatch(ent.name) and int(ent.name, 16):
-                            yield ent
-                except OSError as e:
-                    raise oserror(e, f"cannot list {d}") from e
-
-    def list_oids(self) -> list[int]:
-        """All object ids (16 hex digit, non-zero names), ascending, unique."""
-        return sorted({int(ent.name, 16) for ent in self._scan()})
-
-    def oid_array(self) -> np.ndarray:
-        """The live oids as a sorted unique uint64 array (bulk use)."""
-        return np.unique(np.array([int(ent.name, 16) for ent in self._scan()], dtype=np.uint64))
-
-    def wipe(self) -> None:
-        """Delete every object, record, temporary file and stale copy."""
-        for lk in self._locks:
-            lk.acquire()
-        try:
-            with self._cache_lock:
-                self._cache.clear()
-            with self._stale_lock:
-                self._stale = {}
-            for d in range(len(self.obj_dirs)):
-                subs = (self.obj_dirs[d], os.path.join(self.obj_dirs[d], ".stale"),
-                        self.meta_dirs[d], os.path.join(self.meta_dirs[d], "stale"))
-                for sub in subs:
-                    with os.scandir(sub) as it:
-                        for ent in it:
-                            if not ent.name.startswith(".") and ent.is_file(follow_symlinks=False):
-                                unlink(ent.path)
-                self._sync_dirs(subs)
-        finally:
-            for lk in self._locks:
-                lk.release()
-
     def verify(self, oid: int) -> list[int]:
         """Indices of blocks whose data matches neither CRC of the record on
         disk (every block if the record is damaged)."""
@@ -625,34 +574,3 @@ class PlainStore(MdDisks, StaleCopies, BaseDir, Store):
                 raise oserror(e, f"cannot verify object {name}") from e
             finally:
                 os.close(fd)
-
-    def healthy(self) -> str | None:
-        """None if the base directory and every object directory are still
-        there; else what is wrong (with several disks, a lost one is dropped
-        by :meth:`drop_lost_disks` instead)."""
-        dirs = self.obj_dirs + self.meta_dirs if len(self.obj_dirs) == 1 else []
-        # with their .stale/ and stale/: a disk unmounted after a failure
-        # leaves its mountpoint, an empty directory on the parent filesystem
-        dirs = [p for d in dirs for p in (d, os.path.join(d, ".stale" if d in self.obj_dirs
-                                                          else "stale"))]
-        for d in [self._epoch_dir] + dirs:
-            if not os.path.isdir(d):
-                return f"object directory {d} has vanished"
-        return None
-
-    def capacity(self) -> int:
-        """Single disk (``BASE/obj``): total size of its filesystem.  Once
-        extra disks are given or plugged: the sum of their recorded spaces
-        (1.0's ``md_init_space``), so that losing, plugging or unplugging one
-        re-weights the node."""
-        if self._md_mode:
-            return self.md_space()
-        return free_space(self.obj_dirs, total=True)
-
-    def used(self) -> int:
-        """Sum of the object file sizes (apparent sizes)."""
-        total = 0
-        for ent in self._scan():
-            with contextlib.suppress(FileNotFoundError):
-                total += ent.stat(follow_symlinks=False).st_size
-        return total

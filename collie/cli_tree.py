@@ -1,6 +1,6 @@
 """collie's command tree, read from its argparse parser, and what is made of it.
 
-:func:`walk` yields every command path of ``collie.__main__.build_parser()``
+:func:`walk` yields every command path of ``collie.cli.build_parser()``
 (``()``, ``("vdi",)``, ``("vdi", "create")``, ...) with its parser, so the
 bash completion (:func:`bash_completion`, printed by the hidden ``collie
 --completion bash``) and the man pages (``collie.manpage``) always list

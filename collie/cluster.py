@@ -15,6 +15,7 @@ from collie.client import (
     bitmap_bits,
 )
 from collie.output import JSON_HELP, Out, ctime_str, strftime_local
+from collie.prog import prog_name
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, result_name, strerror
@@ -87,7 +88,6 @@ def _use_lock(args) -> bool:
         return False
     if args.lock:
         return True
-    from collie.__main__ import prog_name
     return prog_name() != "dog"
 
 

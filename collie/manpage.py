@@ -98,7 +98,7 @@ def sheep_page(parser: argparse.ArgumentParser) -> str:
 
 def write_all(outdir: str) -> list[str]:
     """Write the pages into ``outdir`` (created); return their paths."""
-    from collie.__main__ import build_parser
+    from collie.cli import build_parser
     from sheep.config import _parser as sheep_parser
 
     os.makedirs(outdir, exist_ok=True)

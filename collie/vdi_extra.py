@@ -16,6 +16,7 @@ from collie.client import (
     CollieError,
 )
 from collie.output import JSON_HELP, TEXT_BOLD, TEXT_NORMAL, Out
+from collie.prog import prog_name
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, strerror
@@ -332,7 +333,6 @@ def _age(seconds: float) -> str:
 
 
 def _is_dog() -> bool:
-    from collie.__main__ import prog_name
     return prog_name() == "dog"
 
 

@@ -140,3 +140,64 @@ def test_the_rules_catch_a_violation():
     finally:
         bad.unlink()
     assert found == ["qemu_client._import_rule_probe imports sheep.datapath.gateway"]
+
+
+def _module_graph(in_functions: bool) -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (at import time only,
+    or also inside functions)."""
+    paths = {module_name(p): p for pkg in ("sheep", "collie", "qemu_client") for p in files(pkg)}
+    graph: dict[str, set[str]] = {}
+    for mod, path in paths.items():
+        out = set()
+        for name, in_func in imports(path):
+            if in_func and not in_functions:
+                continue
+            parts = name.split(".")
+            for n in range(len(parts), 0, -1):  # the longest prefix that is a module
+                target = ".".join(parts[:n])
+                if target in paths:
+                    if target != mod:
+                        out.add(target)
+                    break
+        graph[mod] = out
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of ``graph`` (as a path), or []."""
+    state: dict[str, int] = {}  # 1 on the stack, 2 done
+    stack: list[str] = []
+
+    def visit(v):
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        stack.pop()
+        state[v] = 2
+        return []
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return []
+
+
+def test_no_import_cycles_at_import_time():
+    """Importing any module never needs itself half-imported: the module-level
+    imports of the project form no cycle (lazy imports inside a function,
+    which load a sibling command only when it runs, are not counted)."""
+    assert _cycle(_module_graph(in_functions=False)) == []
+
+
+def test_nothing_imports_an_entry_point():
+    """``__main__`` modules run the programs; nothing else depends on them."""
+    graph = _module_graph(in_functions=True)
+    assert sorted((m, t) for m, ts in graph.items() for t in ts if t.endswith("__main__")) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []

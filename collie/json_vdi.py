@@ -86,7 +86,7 @@ def vdi_object_map(args, client: Client, out: Out, name: str, inode, raw: bytes,
     return EXIT_SUCCESS
 
 
-def _holders(client: Client, oid: int) -> list[dict]:
+def _object_nodes(client: Client, oid: int) -> list[dict]:
     rows = []
     for n in client.nodes:
         req = Request(Op.EXIST)
@@ -132,7 +132,7 @@ def vdi_object_location(args, client: Client, out: Out, name: str, inode, raw: b
         expected = client.nodes
     else:
         expected = Ring(client.nodes).replicas(oid, inode.nr_copies)
-    doc.update(oid=oid, allocated=True, nodes=_holders(client, oid),
+    doc.update(oid=oid, allocated=True, nodes=_object_nodes(client, oid),
                expected=[_node(n) for n in expected])
     out.json(doc)
     return EXIT_SUCCESS

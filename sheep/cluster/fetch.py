@@ -7,6 +7,9 @@ object at the current epoch has every acknowledged write.  Every copy — live
 or stale — carries a version (``sheep.store.meta``); of two copies, the one
 with the greater version holds every acknowledged write the other holds.
 
+Here a *holder* of an object at an epoch is one of its replica nodes on that
+epoch's ring (whether or not it has a copy yet).
+
 The rule, for a node that holds ``oid`` at epoch E and lacks a live copy:
 
 1. **Current holders first.**  Every other holder at E is asked for its live
@@ -208,12 +211,12 @@ class Fetcher:
         stale tag or None for live); [] if no copy exists anywhere; Retry if
         that cannot be decided now."""
         g = self.sheep.group
-        holders = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
-        answers = await self._probe_all(holders, oid, epoch, need_all=False)
+        replicas = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
+        answers = await self._probe_all(replicas, oid, epoch, need_all=False)
         live = [(a[0], i) for i, a in enumerate(answers) if a is not None and a[0] is not None]
         if live:  # step 1: the current holders' live copies, newest first
-            return [(holders[i], None) for v, i in sorted(live, reverse=True)]
-        silent = [holders[i] for i, a in enumerate(answers) if a is None]
+            return [(replicas[i], None) for v, i in sorted(live, reverse=True)]
+        silent = [replicas[i] for i, a in enumerate(answers) if a is None]
         if silent:
             raise Retry(f"current holder(s) {', '.join(map(str, silent))} did not answer")
         # step 2: every other current holder said "no such object"
@@ -297,14 +300,14 @@ class Fetcher:
         epoch, ring = g.epoch, g.ring
         if not self.holds(oid, ring):
             return False
-        holders = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
-        answers = await self._probe_all(holders, oid, epoch, need_all=False)
+        replicas = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
+        answers = await self._probe_all(replicas, oid, epoch, need_all=False)
         live = sorted(((a[0], i) for i, a in enumerate(answers)
                        if a is not None and a[0] is not None), reverse=True)
         if not live:
             return False
         size = sheep.gateway.obj_size(oid)
-        version, data = await self._first_good([(holders[i], None) for _v, i in live],
+        version, data = await self._first_good([(replicas[i], None) for _v, i in live],
                                                oid, epoch, size)
 
         def check():

@@ -50,7 +50,7 @@ class LockSession:
         self.lease_ms = 0
         self.supported = False  # the server understands sessions
         self.enforced = False  # the cluster enforces locks
-        self.holds = -1  # holds the gateway counts for us at the last renewal
+        self.lock_count = -1  # locks the gateway counted for us at the last renewal
         self._task: asyncio.Task | None = None
 
     async def lock(self, name: str, tag: str = "", snapid: int = 0,
@@ -61,7 +61,7 @@ class LockSession:
         rsp, _ = await self.conn.call(proto.Op.LOCK_VDI, args,
                                       payload=proto.vdi_name_payload(name, tag),
                                       flags=proto.SD_FLAG_CMD_SESSION)
-        status, gen, lease_ms, _holds = proto.session_reply(rsp.args)
+        status, gen, lease_ms, _count = proto.session_reply(rsp.args)
         self.supported = bool(status & proto.LOCK_STATUS_SESSION)
         self.enforced = bool(status & proto.LOCK_STATUS_ENFORCED)
         if lease_ms:
@@ -80,12 +80,12 @@ class LockSession:
         await self.conn.call(proto.Op.RELEASE_VDI, args, flags=proto.SD_FLAG_CMD_SESSION)
 
     async def renew(self) -> int:
-        """One lease heartbeat; returns how many holds the cluster has for us."""
+        """One lease heartbeat; returns how many locks the cluster has for us."""
         args = proto.VdiArgs()
         proto.set_lock_session(args, self.id, proto.LOCK_MODE_RENEW)
         rsp, _ = await self.conn.call(proto.Op.LOCK_VDI, args, flags=proto.SD_FLAG_CMD_SESSION)
-        self.holds = proto.session_reply(rsp.args)[3]
-        return self.holds
+        self.lock_count = proto.session_reply(rsp.args)[3]
+        return self.lock_count
 
     async def confirm(self, vid: int, generation: int) -> bool:
         """Does this session still hold ``vid`` (its exclusive grant of
@@ -95,7 +95,7 @@ class LockSession:
         args = proto.VdiArgs(base_vdi_id=vid)
         proto.set_lock_session(args, self.id, proto.LOCK_MODE_RENEW, generation)
         rsp, _ = await self.conn.call(proto.Op.LOCK_VDI, args, flags=proto.SD_FLAG_CMD_SESSION)
-        status, _gen, _lease, self.holds = proto.session_reply(rsp.args)
+        status, _gen, _lease, self.lock_count = proto.session_reply(rsp.args)
         return bool(status & proto.LOCK_STATUS_HELD)
 
     def period(self) -> float:

@@ -27,7 +27,7 @@ from sheep.proto.records import HashRsp, ObjArgs, Record, Request, VdiArgs, VdiR
 #   1.0 name[+tag] payload and ``snapid`` as LOCK_VDI always does.
 # vdi reply to such a LOCK_VDI (``pad``@34, zero from a 1.0 server):
 #   @34 u16 status bits (LOCK_STATUS_*), @36 u32 generation granted (0: no
-#   exclusive lock), @40 u32 lease grace in ms, @44 u32 holds of the session
+#   exclusive lock), @40 u32 lease grace in ms, @44 u32 lock count (how many locks the session has)
 #   LOCK_MODE_RENEW with @24 u32 ``base_vdi_id`` = a vid and the generation
 #   held in the high u32 of @16: the reply's status has LOCK_STATUS_HELD if
 #   the session still holds that grant through this gateway.
@@ -60,7 +60,7 @@ LOCK_STATUS_ENFORCED = 0x2  # the cluster enforces locks (SD_CLUSTER_FLAG_USE_LO
 # gateway, as this gateway (in the primary view) knows it now
 LOCK_STATUS_HELD = 0x4
 # GET_VDI_INFO reply (any request, flagged or not): somebody holds the VDI open
-# (a writer, shared or read lock; a standby is no open); @44 u32 holds = how
+# (a writer, shared or read lock; a standby is no open); @44 u32 lock count = how
 # many.  Zero (1.0's reply) when nobody does.  collie refuses to delete it.
 LOCK_STATUS_IN_USE = 0x8
 
@@ -91,12 +91,12 @@ def release_session(args: "VdiArgs") -> tuple[int, int]:
 
 
 def set_session_reply(rsp: "VdiRsp", status: int, generation: int = 0, lease_ms: int = 0,
-                      holds: int = 0) -> None:
-    rsp.pad = _SESSION_RSP.pack(status, generation, lease_ms, holds)
+                      lock_count: int = 0) -> None:
+    rsp.pad = _SESSION_RSP.pack(status, generation, lease_ms, lock_count)
 
 
 def session_reply(rsp: "VdiRsp") -> tuple[int, int, int, int]:
-    """(status bits, generation, lease grace ms, holds) of a LOCK_VDI reply."""
+    """(status bits, generation, lease grace ms, lock count) of a LOCK_VDI reply."""
     return _SESSION_RSP.unpack(rsp.pad)
 
 

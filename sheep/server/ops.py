@@ -252,9 +252,9 @@ async def get_vdi_info(sheep, req, payload):
     st = sheep.vdis.state(vid)
     rsp = proto.VdiRsp(vdi_id=vid, copies=st.copies if st else 0,
                        block_size_shift=sheep.vdis.shift_of(vid))
-    holds = [h for h in sheep.locks.table.holders(vid) if h.kind != "standby"]
-    if holds:  # in use: collie's delete refuses (zero, as 1.0, otherwise)
-        proto.set_session_reply(rsp, proto.LOCK_STATUS_IN_USE, holds=len(holds))
+    openers = [h for h in sheep.locks.table.holders(vid) if h.kind != "standby"]
+    if openers:  # in use: collie's delete refuses (zero, as 1.0, otherwise)
+        proto.set_session_reply(rsp, proto.LOCK_STATUS_IN_USE, lock_count=len(openers))
     return rsp, b""
 
 

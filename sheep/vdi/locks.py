@@ -403,7 +403,7 @@ _MODE_KIND = {proto.LOCK_MODE_READ: READ, proto.LOCK_MODE_INACTIVE: STANDBY}
 
 
 
-def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0,
+def _reply(sheep, vid: int, flagged: bool, gen: int = 0, lock_count: int = 0,
            extra: int = 0) -> proto.VdiRsp:
     vdis = sheep.vdis
     st = vdis.state(vid)
@@ -412,7 +412,7 @@ def _reply(sheep, vid: int, flagged: bool, gen: int = 0, holds: int = 0,
     if flagged:
         locks = sheep.locks
         status = proto.LOCK_STATUS_SESSION | (proto.LOCK_STATUS_ENFORCED if locks.enforced else 0)
-        proto.set_session_reply(rsp, status | extra, gen, int(locks.grace * 1000), holds)
+        proto.set_session_reply(rsp, status | extra, gen, int(locks.grace * 1000), lock_count)
     return rsp
 
 
@@ -437,7 +437,7 @@ async def lock_vdi(sheep, req: proto.Request, payload: bytes):
                 ok = any(h.session == sid and h.node == locks.me and h.kind in (READ, SHARED)
                          for h in locks.table.holders(a.base_vdi_id))
             held_ok = proto.LOCK_STATUS_HELD if ok else 0
-        return _reply(sheep, 0, True, holds=len(locks.table.session_locks(sid)),
+        return _reply(sheep, 0, True, lock_count=len(locks.table.session_locks(sid)),
                       extra=held_ok), b""
     name, tag = split_name_tag(payload)
     if not locks.enforced:  # Sheepdog 1.0: LOCK_VDI is GET_VDI_INFO

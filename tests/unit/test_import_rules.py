@@ -1,4 +1,5 @@
-"""Which package may import which (docs/architecture.md, "Import rules").
+"""Which package may import which (docs/architecture.md, "Import rules"), no
+import cycles, no module over 600 lines.
 
 Every ``import`` statement of the project is read with :mod:`ast` (module
 level and inside functions alike) and checked against the rules:
@@ -201,3 +202,14 @@ def test_nothing_imports_an_entry_point():
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+MAX_LINES = 600
+
+
+def test_no_module_is_over_600_lines():
+    """Modules are named for what they hold and stay readable in one sitting
+    (docs/architecture.md); tests aside."""
+    long = {str(p.relative_to(ROOT)): n for pkg in ("sheep", "collie", "qemu_client", "bench")
+            for p in files(pkg) if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}

@@ -93,15 +93,19 @@ class SnapshotVdi(VdiIo):
                                             copies=hdr.nr_copies), raw[lo:hi])
             args = proto.VdiArgs(vdi_size=hdr.vdi_size, base_vdi_id=old, snapid=1,
                                  copies=hdr.nr_copies, block_size_shift=hdr.block_size_shift)
-            try:
-                rsp, _ = await self._call(proto.Op.NEW_VDI, args,
-                                          payload=proto.vdi_name_payload(self.name),
-                                          retry=False)
-                new = rsp.args.vdi_id
-            except GatewayLost:
-                new = await self._resent_new_vdi(args, old)
-            await self._load(new)
+            await self._load(await self._new_vdi(args, old))
             return await self._snapshot_info(old)
+
+    async def _new_vdi(self, args: proto.VdiArgs, parent: int) -> int:
+        """NEW_VDI of this name's new working VDI (child of ``parent``), sent
+        once; if the gateway died with it in flight, checked before it is sent
+        again.  Returns the new vid."""
+        try:
+            rsp, _ = await self._call(proto.Op.NEW_VDI, args,
+                                      payload=proto.vdi_name_payload(self.name), retry=False)
+            return rsp.args.vdi_id
+        except GatewayLost:
+            return await self._resent_new_vdi(args, parent)
 
     async def _resent_new_vdi(self, args: proto.VdiArgs, parent: int) -> int:
         """NEW_VDI was in flight when the gateway died: did it happen?"""
@@ -156,13 +160,7 @@ class SnapshotVdi(VdiIo):
             args = proto.VdiArgs(vdi_size=bhdr.vdi_size, base_vdi_id=base,
                                  snapid=0 if deleted else 1, copies=bhdr.nr_copies,
                                  block_size_shift=bhdr.block_size_shift)
-            try:
-                rsp, _ = await self._call(proto.Op.NEW_VDI, args,
-                                          payload=proto.vdi_name_payload(self.name),
-                                          retry=False)
-                new = rsp.args.vdi_id
-            except GatewayLost:
-                new = await self._resent_new_vdi(args, base)
+            new = await self._new_vdi(args, base)
             if deleted and self.session.enforced:
                 # the old working VDI (and its lock) is gone: lock the new one
                 # (a rebase moved our lock to the new working VDI already)

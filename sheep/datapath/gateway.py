@@ -13,8 +13,9 @@ Guarantees:
   is unreachable or answers with an epoch error makes the gateway wait for
   the next epoch and retry the whole operation on the new ring; HALT and
   AGAIN (a replica briefly cut off, an object not recovered yet) are retried
-  after a short pause; a write that some replicas applied while another
-  answered NO_OBJ is retried too.  All invisibly to the client, for up to
+  after a short pause; a write that another replica applied, or answered
+  with a retryable error, while one answered NO_OBJ is retried too (NO_OBJ
+  from every replica is final).  All invisibly to the client, for up to
   ``RETRY_WINDOW`` seconds.
 * Fencing: a client write that carries a lock generation is checked here and
   again before every retry, and the generation travels with every peer
@@ -191,12 +192,15 @@ class Gateway:
                     if not isinstance(e, SdError):
                         raise e
                 codes = {e.code for e in errors}
-                if codes <= RETRY_CODES or (codes == {CODES["NO_OBJ"]}
-                                            and len(errors) < len(results)):
-                    # NO_OBJ from some replicas while others applied it: a
-                    # replica could not see the object yet; try again
+                others = codes - {CODES["NO_OBJ"]}
+                # NO_OBJ from some replicas while others applied it, or next to
+                # a retryable answer (a replica that may have the object): a
+                # replica could not see the object yet; try again.  NO_OBJ
+                # from every replica is final.
+                if others <= RETRY_CODES and (others or len(errors) < len(results)):
                     log.info("retrying %016x after: %s", oid, "; ".join(map(str, errors)))
-                    why = min(codes & EPOCH_CODES, default=None) or min(codes)
+                    why = (min(codes & EPOCH_CODES, default=None)
+                           or min(codes & RETRY_CODES, default=None) or min(codes))
                     continue
                 raise next(e for e in errors if e.code not in RETRY_CODES)
         finally:

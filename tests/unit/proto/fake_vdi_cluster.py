@@ -5,7 +5,8 @@ of ``sheep.proto.vdi_io`` (no daemons, no sockets).
 It answers what a gateway answers: GET_VDI_INFO, READ_OBJ, WRITE_OBJ,
 CREATE_AND_WRITE_OBJ (with copy-on-write), DISCARD_OBJ, LOCK_VDI with
 sessions (write, read, renew/confirm, reattach), RELEASE_VDI, NEW_VDI of a
-snapshot.  Writes carrying a generation other than the current holder's are
+snapshot (optionally losing its reply once, as a gateway that dies after
+applying it).  Writes carrying a generation other than the current holder's are
 refused FENCED; writes to a snapshot's objects are refused READONLY.  Every
 request is recorded in ``log`` as ``(op name, oid or name)``.
 """
@@ -16,6 +17,7 @@ import asyncio
 
 from sheep import proto
 from sheep.proto.errors import CODES, error_for
+from sheep.proto.failover import GatewayLost
 from sheep.proto.inode import split_name_tag
 
 Op = proto.Op
@@ -32,6 +34,7 @@ class FakeCluster:
         self.granted_since_drop = False  # somebody else was granted the VDI after a drop
         self.log: list[tuple[str, object]] = []
         self.delay = 0.0  # seconds each object request takes (to overlap requests)
+        self.lose_reply_of: str | None = None  # op name: apply it once, then GatewayLost
         self._next_vid = 0x100
 
     # -- set-up --------------------------------------------------------------
@@ -117,12 +120,29 @@ class FakeCluster:
             rsp.args.vdi_id = vid
         elif op == Op.LOCK_VDI:
             self._lock(rsp, args, payload, flags)
+        elif op == Op.NEW_VDI:
+            rsp.args.vdi_id = self._new_vdi(args, payload)
+            if self.lose_reply_of == op.name:  # applied, then the gateway died
+                self.lose_reply_of = None
+                raise GatewayLost("the gateway went away")
         elif op == Op.RELEASE_VDI:
             self.log.append((op.name, args.base_vdi_id))
             self.holder = None
         else:
             raise error_for(CODES["NO_SUPPORT"])
         return rsp, body
+
+    def _new_vdi(self, args, payload) -> int:
+        """NEW_VDI of a name's new working VDI; ``snapid`` 1: its base becomes
+        a snapshot (what a snapshot and a rebase do)."""
+        name = proto.cstr(split_name_tag(payload, allow_tag=False)[0])
+        self.log.append(("NEW_VDI", name))
+        base = args.base_vdi_id
+        if args.snapid and base:
+            hdr = self.header(base)
+            hdr.snap_ctime, hdr.snap_id = 1 << 32, hdr.snap_id + 1
+            self.objs[proto.vid_to_vdi_oid(base)][:proto.SD_INODE_HEADER_SIZE] = hdr.pack()
+        return self.new_vdi(name, args.vdi_size, parent=base)
 
     def _object_op(self, op, args, payload, data_length, flags) -> bytes:
         oid = args.oid

@@ -29,7 +29,7 @@ from sheep.server import metrics, ops, stats
 pytestmark = pytest.mark.quick
 
 Op = proto.Op
-DOC = Path(__file__).parents[3] / "docs" / "protocol.md"
+DOC = Path(__file__).parents[3] / "docs/protocol.md"
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ Guarantees:
   is unreachable or answers with an epoch error makes the gateway wait for
   the next epoch and retry the whole operation on the new ring; HALT and
   AGAIN (a replica briefly cut off, an object not recovered yet) are retried
-  after a short pause; a write that another replica applied, or answered
-  with a retryable error, while one answered NO_OBJ is retried too (NO_OBJ
-  from every replica is final).  All invisibly to the client, for up to
+  after a short pause; a write that another replica applied while one
+  answered NO_OBJ is retried too (whatever the rest answered); NO_OBJ with
+  no replica applying the write is final.  All invisibly to the client, for up to
   ``RETRY_WINDOW`` seconds.
 * Fencing: a client write that carries a lock generation is checked here and
   again before every retry, and the generation travels with every peer
@@ -193,11 +193,13 @@ class Gateway:
                         raise e
                 codes = {e.code for e in errors}
                 others = codes - {CODES["NO_OBJ"]}
-                # NO_OBJ from some replicas while others applied it, or next to
-                # a retryable answer (a replica that may have the object): a
-                # replica could not see the object yet; try again.  NO_OBJ
-                # from every replica is final.
-                if others <= RETRY_CODES and (others or len(errors) < len(results)):
+                # NO_OBJ from some replicas while another applied the write (the
+                # others answering NO_OBJ or something retryable): a replica
+                # could not see the object yet; try again.  When no replica
+                # applied it, NO_OBJ is final (a replica answers it only once
+                # recovery found no copy anywhere), even next to a HALT.
+                if codes <= RETRY_CODES or (others <= RETRY_CODES
+                                            and len(errors) < len(results)):
                     log.info("retrying %016x after: %s", oid, "; ".join(map(str, errors)))
                     why = (min(codes & EPOCH_CODES, default=None)
                            or min(codes & RETRY_CODES, default=None) or min(codes))

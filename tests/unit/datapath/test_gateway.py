@@ -369,3 +369,14 @@ async def test_a_read_error_that_is_neither_skippable_nor_retryable_is_raised(ta
         await tagged.gw.read(OID, 0, 4)
     assert code_of(e) == "INVALID_PARMS"
     assert tagged.net.sent() == [1]
+
+
+async def test_no_object_anywhere_next_to_a_lasting_halt_is_no_obj_at_once(monkeypatch):
+    """No replica applied the write: NO_OBJ is final even while another replica
+    keeps answering HALT (no stall for the retry window)."""
+    monkeypatch.setattr(gateway, "RETRY_WINDOW", 5.0)
+    c = FakeCluster(n=4)
+    c.net.fault(1, *[CODES["HALT"]] * 1000)
+    with pytest.raises(SdError) as e:
+        await asyncio.wait_for(c.gw.write(OID, 100, b"new"), 2)
+    assert code_of(e) == "NO_OBJ"

@@ -241,6 +241,11 @@ class NbdConnection:
             log.info("%s: negotiation timed out", self)
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the client went away
+        except RuntimeError:
+            if not self.writer.is_closing():
+                raise
+            # uvloop: a reply written after the client closed (e.g. the end
+            # of a lock wait): the client went away
         except nbd.ProtocolViolation as e:
             log.warning("%s: closing: %s", self, e)
         except Exception:  # a bug costs this connection, never the daemon

@@ -109,22 +109,25 @@ def test_whole_cluster_crash_between_a_refused_join_and_its_leave(make_cluster):
     fixed = a.add_node(start=False)
     fixed.extra += ["-V", "64"]  # refused: the cluster uses automatic vnodes
     needle = f":{fixed.port}/".encode()
-    p = fixed.launch()
-    deadline = time.monotonic() + 60
-    pid = None
+    # the members cannot answer the join until the joiner is frozen: its join
+    # is in the log, the verdict comes only once it hears nothing more
     with open(os.path.join(a.cdir, "lock"), "a+") as lk:
-        while time.monotonic() < deadline:
-            fcntl.flock(lk, fcntl.LOCK_EX)  # nobody appends meanwhile (sheep/cluster/drivers/local.py)
-            try:
-                with open(os.path.join(a.cdir, "log"), "rb") as f:
-                    if needle in f.read() and os.path.exists(fixed.pidfile):
-                        pid = int(open(fixed.pidfile).read())
-                        os.kill(pid, signal.SIGSTOP)  # it asked to join, hears nothing more
-                        break
-            finally:
-                fcntl.flock(lk, fcntl.LOCK_UN)
-            time.sleep(0.002)
-    assert pid is not None, "the refused node never asked to join"
+        fcntl.flock(lk, fcntl.LOCK_EX)  # not stopped inside the log's lock (drivers/local.py)
+        for n in a.nodes[:2]:
+            os.kill(n.pid, signal.SIGSTOP)
+        fcntl.flock(lk, fcntl.LOCK_UN)
+    try:
+        p = fixed.launch()
+
+        def asked():
+            with open(os.path.join(a.cdir, "log"), "rb") as f:
+                return needle in f.read() and os.path.exists(fixed.pidfile)
+        wait_for(asked, 60, what="the refused node to ask to join")
+        pid = int(open(fixed.pidfile).read())
+        os.kill(pid, signal.SIGSTOP)  # it asked to join, hears nothing more
+    finally:
+        for n in a.nodes[:2]:
+            os.kill(n.pid, signal.SIGCONT)
     fixed.pid = pid
     try:
         for n in a.nodes[:2]:

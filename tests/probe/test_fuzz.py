@@ -85,6 +85,12 @@ def test_fuzz_sheep_and_nbd_ports(probe_dir, rnd, probe_seconds):
         for t in threads:
             t.join(probe_seconds + 60)
         acked_during = w.acked() - acked0
+        # An NBD fuzz connection may still wait (up to LOCK_WAIT) for fuzzw's
+        # lock with fuzzed requests queued behind its GO: once the writer lets
+        # go of the lock it would get it and write them, legitimately, under
+        # the writer's model.  Every NBD connection ends while the writer still
+        # holds the lock.
+        nbd_idle = _wait_no_connections([c.nodes[i].nbd_port for i in (0, 1)], 30)
 
         alive = {n.idx: n.alive() for n in c.nodes}
         members_ok = all(alive.values()) and c.all_members()
@@ -113,6 +119,8 @@ def test_fuzz_sheep_and_nbd_ports(probe_dir, rnd, probe_seconds):
         bad = problems(out, list(reports.values()))
         if not members_ok:
             bad.append(f"a daemon died or left the cluster under fuzzing: alive {alive}")
+        if not nbd_idle:
+            bad.append("NBD connections of the fuzzers were still open 30 s after the fuzzing")
         if acked_during <= 0:
             bad.append("the writer made no progress while the daemons were fuzzed")
         if qemu.returncode != 0 or "Pattern verification failed" in qemu.stdout:
@@ -128,3 +136,32 @@ def _fresh(c) -> str:
     name = f"nbdcheck{random.randrange(1 << 30)}"
     c.new_vdi(name, 16 * MiB)
     return name
+
+
+def _open_connections(ports: list[int]) -> int:
+    """TCP connections whose local port is one of ``ports`` (every state but
+    LISTEN and TIME_WAIT: a server side the client closed is in CLOSE_WAIT
+    until the daemon closes it), from /proc/net/tcp and tcp6."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            port, state = int(fields[1].rsplit(":", 1)[1], 16), fields[3]
+            if port in ports and state not in ("0A", "06"):
+                n += 1
+    return n
+
+
+def _wait_no_connections(ports: list[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _open_connections(ports):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)  # polling a condition, not a fixed wait
+    return True
+

@@ -483,7 +483,7 @@ class Group:
             self.events.publish(ev.LOCK_MESSAGE, m)
             self._notify_epoch()  # wake waiters (wait_drained, a snapshot's freeze)
         elif m["t"] == "unblock":
-            if not self.turns.on_unblock(m["id"], sender.ident, m["msg"]):
+            if not self.turns.on_unblock(m["id"], sender.ident):
                 return
             # whatever its outcome, a freeze its work step made ends with it
             # (a snapshot's main step ends it too; sheep.vdi.lock_table)

@@ -144,12 +144,12 @@ class Turns:
 
     def on_block(self, bid: str, ident: str) -> None:
         self.blocks.append((bid, ident))
-        self._grant_next()
+        self.next_turn()
 
-    def on_unblock(self, bid: str, sender: str, msg: dict) -> bool:
-        """Apply the main step of the running op; False (and nothing applied)
-        if the UNBLOCK is not for the running op.  A main step that fails
-        other than with SdError stops this node."""
+    def on_unblock(self, bid: str, sender: str) -> bool:
+        """End the running op's turn; False (and nothing changed but its
+        origin told HALT) if the UNBLOCK is not for the running op.  The main
+        step is :meth:`apply`'s."""
         if not (self.blocks and self.blocks[0][0] == bid):
             log.error("UNBLOCK %s from %s is not for the running cluster op (%s); ignored",
                       bid, sender, self.blocks[:1])
@@ -162,7 +162,8 @@ class Turns:
         return True
 
     def apply(self, bid: str, msg: dict) -> None:
-        """The main step of the op that just ended, its outcome to its origin."""
+        """The main step of the op that just ended, its outcome to its origin.
+        A main step that fails other than with SdError stops this node."""
         try:
             outcome = (True, self.main_step(msg))
         except SdError as e:  # deterministic: the same on every node
@@ -187,7 +188,7 @@ class Turns:
             self.blocks = [b for b in self.blocks if b[1] != ident]
             if head in lost:
                 self.running = None
-                self._grant_next()
+                self.next_turn()
 
     def adopt(self, blocks: list) -> None:
         """The queue as the master saw it (a joiner): a foreign op may be running."""
@@ -195,9 +196,7 @@ class Turns:
         self.running = self.blocks[0][0] if self.blocks else None
 
     def next_turn(self) -> None:
-        self._grant_next()
-
-    def _grant_next(self) -> None:
+        """Give the turn to the oldest BLOCK if no op is running."""
         if self.running is not None or not self.blocks:
             return
         bid, _ident = self.blocks[0]

@@ -62,6 +62,7 @@ import socket
 from sheep import proto
 from sheep.nbd import codec as nbd
 from sheep.proto.errors import CODES, SdError, error_for
+from sheep.proto.failover import TRANSIENT  # HALT, AGAIN: nothing was done
 from sheep.proto.vdi_io import VdiIo
 from sheep.server import ops
 from sheep.vdi import locks
@@ -69,7 +70,6 @@ from sheep.vdi import locks
 log = logging.getLogger("sheep.nbd.export")
 
 # ---- limits ----------------------------------------------------------------
-TRANSIENT = {CODES["HALT"], CODES["AGAIN"]}
 TRANSIENT_WAIT = 30.0  # s a request retries HALT/AGAIN before the client sees EIO
 MAX_IN_FLIGHT = 128  # requests in progress per connection before we stop reading
 MAX_BUFFERED = 64 << 20  # bytes of payloads + read buffers in progress per connection

@@ -47,7 +47,7 @@ class Order:
             for t in self.members.values():
                 if m["t"] == "block":
                     t.on_block(m["id"], sender)
-                elif t.on_unblock(m["id"], sender, m["msg"]):
+                elif t.on_unblock(m["id"], sender):
                     t.apply(m["id"], m["msg"])
                     t.next_turn()
         return notify
@@ -105,7 +105,7 @@ async def test_an_unblock_for_another_op_is_ignored_everywhere():
     o = Order("a", "b")
     for t in o.members.values():
         t.on_block("mine", "a")
-        assert t.on_unblock("stale", "c", {"op": "x", "v": 9}) is False
+        assert t.on_unblock("stale", "c") is False
     assert [t.blocks for t in o.members.values()] == [[("mine", "a")]] * 2
 
 
@@ -173,6 +173,6 @@ async def test_a_main_step_that_fails_unexpectedly_stops_the_node():
     t = o.members["a"]
     t.main_step = lambda msg: 1 / 0
     t.on_block("x", "a")
-    assert t.on_unblock("x", "a", {"op": "y"})
+    assert t.on_unblock("x", "a")
     t.apply("x", {"op": "y"})
     assert o.fatal and "cannot apply cluster operation y" in o.fatal[0]

@@ -24,7 +24,8 @@ from sheep.cluster.events import Events
 from sheep.cluster.group import KILLED, Group
 from sheep.cluster.joins import restart_vnodes_error
 from sheep.cluster.recovery import Recovery
-from sheep.datapath.gateway import Gateway
+from sheep.datapath.gateway import Gateway, PeerPool
+from sheep.datapath.replica import Replica
 from sheep.proto.errors import CODES, SdError, error_for
 from sheep.server import md_ops, ops
 from sheep.server.listener import start_servers
@@ -49,9 +50,6 @@ class Sheep:
         self.cfg = cfg
         self.store = PlainStore(cfg.base_dir, cfg.stores[1:], nosync=cfg.nosync)
         self.connections: set = set()
-        self.recovery_throttle = proto.RecoveryThrottling(
-            max_exec_count=cfg.recovery_max, queue_work_interval=cfg.recovery_interval,
-            throttling=bool(cfg.recovery_max or cfg.recovery_interval))
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sheep-io")
         self._exit: asyncio.Event | None = None
         self.exit_code = 0
@@ -183,14 +181,31 @@ class Sheep:
             space = await self.io_thread(node_space, self.store, self.store.obj_dirs)
         vnodes = 0 if cfg.gateway else (cfg.vnodes or proto.SD_DEFAULT_VNODES)
         self.me = proto.SdNode.make(cfg.myaddr, cfg.port, vnodes, cfg.zone, space)
-        self.vdis = VdiTable(self)
-        self.locks = Locks(self)
+        # the parts, each given what it works with (docs/architecture.md); the
+        # request path (listener, op table, NBD export) reaches them through
+        # this object, the parts never do
         self.events = Events()
         self.group = Group(cfg=cfg, store=self.store, me=self.me, io_thread=self.io_thread,
                            request_exit=self.request_exit, events=self.events,
                            main_step=self.apply_main)
-        self.gateway = Gateway(self)
-        self.recovery = Recovery(self)
+        self.peers = PeerPool()  # forwarded I/O
+        # recovery traffic (fetches, object lists, repairs): served from the
+        # peer's local store only, never queued behind forwarded I/O
+        self.recovery_peers = PeerPool()
+        self.vdis = VdiTable(store=self.store, group=self.group, nosync=cfg.nosync)
+        self.locks = Locks(me=self.me, group=self.group, store=self.store, vdis=self.vdis,
+                           grace=cfg.lock_grace)
+        throttle = proto.RecoveryThrottling(
+            max_exec_count=cfg.recovery_max, queue_work_interval=cfg.recovery_interval,
+            throttling=bool(cfg.recovery_max or cfg.recovery_interval))
+        self.recovery = Recovery(me=self.me, group=self.group, store=self.store,
+                                 vdis=self.vdis, throttle=throttle, peers=self.recovery_peers,
+                                 io=self.io, io_thread=self.io_thread)
+        self.replica = Replica(store=self.store, group=self.group, locks=self.locks,
+                               vdis=self.vdis, recovery=self.recovery, io=self.io)
+        self.gateway = Gateway(group=self.group, vdis=self.vdis, locks=self.locks,
+                               replica=self.replica, peers=self.peers)
+        self.vdis.bind(gateway=self.gateway, locks=self.locks)
         # the parts follow the cluster through its events (sheep.cluster.events);
         # the order matters: VDIs before locks (a join merges VDIs first, a
         # joiner restores the VDI table before the lock table)
@@ -292,8 +307,8 @@ class Sheep:
             s.close()
         for conn in list(self.connections):
             conn.close()
-        self.gateway.peers.close()
-        self.gateway.recovery_peers.close()
+        self.peers.close()
+        self.recovery_peers.close()
         try:
             await asyncio.wait_for(self.group.stop(), 1.0)
         except Exception:

@@ -76,11 +76,11 @@ class FakeSheep:
         base = tempfile.mkdtemp(prefix="vdi-fakes-")  # vid tombstones (-R) go here
         weakref.finalize(self, shutil.rmtree, base, True)
         self.store = types.SimpleNamespace(base_dir=base)
-        self.cfg = types.SimpleNamespace(nosync=True)
         self.gateway = FakeGateway()
         self.group = FakeGroup()
         self.locks = FakeLocks()
-        self.vdis = VdiTable(self)
+        self.vdis = VdiTable(store=self.store, group=self.group, nosync=True)
+        self.vdis.bind(gateway=self.gateway, locks=self.locks)
 
 
 def run(coro):

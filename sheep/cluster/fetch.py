@@ -103,18 +103,23 @@ def best_local(store, oid: int) -> tuple[int | None, tuple[int, int] | None]:
 class Fetcher:
     """Steps 1-4 for one object at a time (``sheep.cluster.recovery`` schedules them)."""
 
-    def __init__(self, sheep):
-        self.sheep = sheep
+    def __init__(self, *, group, store, vdis, peers, io, io_thread):
+        """``group`` the membership (epoch, ring, nodes); ``store`` this node's
+        objects; ``vdis`` the VDI table (redundancy and object size per VDI);
+        ``peers`` the connection pool for recovery traffic; ``io`` /
+        ``io_thread`` run store calls off the event loop."""
+        self.group, self.store, self.vdis, self.peers = group, store, vdis, peers
+        self.io, self.io_thread = io, io_thread
         # whole objects in memory at once, background and on-access together
         self._fetching = asyncio.Semaphore(MAX_FETCHES)
 
     # -- helpers ----------------------------------------------------------------
 
     def _copies(self, oid: int) -> int:
-        return self.sheep.vdis.copies_of(proto.oid_to_vid(oid))
+        return self.vdis.copies_of(proto.oid_to_vid(oid))
 
     def holds(self, oid: int, ring=None) -> bool:
-        g = self.sheep.group
+        g = self.group
         ring = ring or g.ring
         return any(g.is_me(n) for n in ring.replicas(oid, self._copies(oid)))
 
@@ -122,7 +127,7 @@ class Fetcher:
                        tgt_epoch: int = 0):
         req = proto.Request(proto.Op.READ_PEER, proto.ObjArgs(oid=oid, tgt_epoch=tgt_epoch),
                             flags=flags, epoch=epoch, data_length=length)
-        return await self.sheep.gateway.recovery_peers.request(node, req)
+        return await self.peers.request(node, req)
 
     async def _probe(self, node, oid: int, epoch: int):
         """(live version, best stale) of ``node``; raises on any error but NO_OBJ."""
@@ -167,17 +172,16 @@ class Fetcher:
 
     async def recover(self, oid: int) -> Outcome:
         """One attempt at steps 1-4 (see the module docstring)."""
-        sheep = self.sheep
-        g, store = sheep.group, sheep.store
+        g, store = self.group, self.store
         if proto.is_data_obj(oid):
-            await sheep.vdis.await_state(proto.oid_to_vid(oid))
+            await self.vdis.await_state(proto.oid_to_vid(oid))
         await g.settled()
         epoch, ring = g.epoch, g.ring
         if store.exists(oid):
             return Outcome.PRESENT
         if not self.holds(oid, ring):
             return Outcome.NOT_HOLDER
-        size = sheep.gateway.obj_size(oid)
+        size = self.vdis.obj_size(oid)
         try:
             sources = await self._choose(oid, epoch, ring)
             if not sources:
@@ -200,7 +204,7 @@ class Fetcher:
         for node, tag in sources:
             try:
                 if node is None:
-                    return await self.sheep.io(self.sheep.store.read_stale, oid, tag)
+                    return await self.io(self.store.read_stale, oid, tag)
                 return await self._fetch(node, oid, epoch, tag, size)
             except (Retry, SdError) as e:
                 why.append(str(e))
@@ -210,7 +214,7 @@ class Fetcher:
         """The copies to fetch, best first, as (node or None for this node,
         stale tag or None for live); [] if no copy exists anywhere; Retry if
         that cannot be decided now."""
-        g = self.sheep.group
+        g = self.group
         replicas = [n for n in ring.replicas(oid, self._copies(oid)) if not g.is_me(n)]
         answers = await self._probe_all(replicas, oid, epoch, need_all=False)
         live = [(a[0], i) for i, a in enumerate(answers) if a is not None and a[0] is not None]
@@ -222,7 +226,7 @@ class Fetcher:
         # step 2: every other current holder said "no such object"
         others = [n for n in g.nodes if not g.is_me(n)]
         answers = await self._probe_all(others, oid, epoch)
-        lv, ls = best_local(self.sheep.store, oid)
+        lv, ls = best_local(self.store, oid)
         cands = []  # (version, node or None, stale tag or None)
         if ls:
             cands.append((ls[0], None, ls[1]))
@@ -232,7 +236,7 @@ class Fetcher:
             if s is not None:
                 cands.append((s[0], n, s[1]))
         if not cands:  # step 3, unless the object may live on nodes that are all away
-            lost = await self.sheep.io_thread(self._lost_epochs, oid, 1, epoch)
+            lost = await self.io_thread(self._lost_epochs, oid, 1, epoch)
             if lost:
                 e, holders = lost[-1]
                 raise Retry(f"no copy among the members, but every holder of epoch {e} "
@@ -240,7 +244,7 @@ class Fetcher:
             return []
         cands.sort(key=lambda c: (c[0], c[2] or 0), reverse=True)
         version, node, tag = cands[0]
-        lost = await self.sheep.io_thread(self._lost_epochs, oid, M.version_epoch(version), epoch)
+        lost = await self.io_thread(self._lost_epochs, oid, M.version_epoch(version), epoch)
         if lost:
             e, holders = lost[0]
             raise Retry(f"best copy is version {M.fmt_version(version)}, but every holder of "
@@ -254,7 +258,7 @@ class Fetcher:
     def _lost_epochs(self, oid: int, since: int, epoch: int) -> list[tuple[int, list[str]]]:
         """Epochs ``since``..``epoch`` none of whose holders of ``oid`` is in
         the cluster now, with those holders."""
-        g = self.sheep.group
+        g = self.group
         present = {(bytes(n.addr), n.port) for n in g.nodes}
         copies = self._copies(oid)
         lost = []
@@ -268,8 +272,7 @@ class Fetcher:
         return lost
 
     async def _install(self, oid: int, epoch: int, size: int, data, version: int) -> Outcome:
-        sheep = self.sheep
-        g, store = sheep.group, sheep.store
+        g, store = self.group, self.store
         sparse = proto.is_sparse_obj(oid)
 
         def check():
@@ -287,15 +290,14 @@ class Fetcher:
                 store.move_to_stale(oid, epoch)
                 return False
             return store.exists(oid)  # (a client's create may have won: also fine)
-        if not await sheep.io(install):
+        if not await self.io(install):
             return Outcome.UNAVAILABLE
         return Outcome.PRESENT
 
     async def repair(self, oid: int) -> bool:
         """Replace this node's damaged live copy of ``oid`` by the newest live
         copy of another current holder; True if replaced."""
-        sheep = self.sheep
-        g = sheep.group
+        g = self.group
         await g.settled()
         epoch, ring = g.epoch, g.ring
         if not self.holds(oid, ring):
@@ -306,14 +308,14 @@ class Fetcher:
                        if a is not None and a[0] is not None), reverse=True)
         if not live:
             return False
-        size = sheep.gateway.obj_size(oid)
+        size = self.vdis.obj_size(oid)
         version, data = await self._first_good([(replicas[i], None) for _v, i in live],
                                                oid, epoch, size)
 
         def check():
             if g.epoch != epoch:
                 raise error_for(CODES["OLD_NODE_VER"], "epoch moved during the repair")
-        done = await sheep.io(lambda: sheep.store.install(
+        done = await self.io(lambda: self.store.install(
             oid, size, data, version, proto.is_sparse_obj(oid), check, replace_damaged=True))
         if done:
             log.warning("replaced the damaged copy of %016x by version %s from another "

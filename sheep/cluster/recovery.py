@@ -57,9 +57,16 @@ ON_ACCESS_WAIT = 5.0  # s a request waits for the object it needs
 
 
 class Recovery:
-    def __init__(self, sheep):
-        self.sheep = sheep
-        self.fetcher = Fetcher(sheep)
+    def __init__(self, *, me, group, store, vdis, throttle, peers, io, io_thread):
+        """``me`` this node; ``group`` the membership; ``store`` this node's
+        objects; ``vdis`` the VDI table; ``throttle`` the recovery throttling
+        record to start with (``collie cluster recover`` sets :attr:`throttle`); ``peers`` the
+        connection pool for recovery traffic; ``io`` / ``io_thread`` run store
+        calls off the event loop."""
+        self.me, self.group, self.store, self.vdis = me, group, store, vdis
+        self.throttle, self.peers, self.io = throttle, peers, io
+        self.fetcher = Fetcher(group=group, store=store, vdis=vdis, peers=peers, io=io,
+                               io_thread=io_thread)
         self.state = proto.RecoveryState()
         self._inflight: dict[int, asyncio.Future] = {}
         self._task: asyncio.Task | None = None
@@ -70,7 +77,7 @@ class Recovery:
 
     @property
     def _me_key(self) -> str:
-        return f"{self.sheep.me.host}:{self.sheep.me.port}"
+        return f"{self.me.host}:{self.me.port}"
 
     def holds(self, oid: int, ring=None) -> bool:
         """Does this node hold ``oid`` under ``ring`` (default: the current one)?"""
@@ -79,14 +86,14 @@ class Recovery:
     def owned_mask(self, oids: np.ndarray, ring) -> np.ndarray:
         """For each oid: does this node hold it under ``ring``?  (bulk, numpy;
         safe to call from an I/O thread)"""
-        g = self.sheep.group
+        g = self.group
         me = next((i for i, n in enumerate(ring.nodes) if g.is_me(n)), None)
         oids = np.asarray(oids, dtype=np.uint64)
         if me is None or not len(oids) or not ring.nr_zones:
             return np.zeros(len(oids), dtype=bool)
         vids = ((oids >> np.uint64(32)) & np.uint64(0xFFFFFF)).astype(np.int64)
         uniq, inv = np.unique(vids, return_inverse=True)
-        per_vid = np.array([ring.nr_copies(self.sheep.vdis.copies_of(int(v))) for v in uniq])
+        per_vid = np.array([ring.nr_copies(self.vdis.copies_of(int(v))) for v in uniq])
         copies = per_vid[inv]
         table = ring.bulk_placement(oids, int(copies.max()))
         cols = np.arange(table.shape[1])[None, :]
@@ -105,14 +112,14 @@ class Recovery:
     def on_epoch(self, old_epoch: int) -> None:
         """The epoch moved on from ``old_epoch``: demote what we no longer hold
         (a store job), then recover what we now hold."""
-        g = self.sheep.group
+        g = self.group
         ring, epoch = g.ring, g.epoch
         g.jobs.submit(f"epoch {epoch}: moving unheld objects to .stale",
                       self._demote_unheld, ring, old_epoch, epoch)
         self.start()
 
     def _demote_unheld(self, ring, old_epoch: int, epoch: int) -> int:
-        store = self.sheep.store
+        store = self.store
         oids = store.oid_array()
         if not len(oids):
             return 0
@@ -124,20 +131,20 @@ class Recovery:
 
     def demote_all(self, my_epoch: int) -> None:
         """This node missed writes while away: keep its objects only as stale."""
-        store = self.sheep.store
+        store = self.store
 
         def demote():
             n = store.move_many_to_stale(store.oid_array().tolist(), my_epoch)
             if n:
                 log.info("rejoined from epoch %d: %d local objects kept only as stale "
                          "copies", my_epoch, n)
-        self.sheep.group.jobs.submit(f"demoting the objects of epoch {my_epoch}", demote)
+        self.group.jobs.submit(f"demoting the objects of epoch {my_epoch}", demote)
 
     def start(self) -> None:
         """(Re)start background recovery for the current epoch."""
         if self._task is not None:
             self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._run(self.sheep.group.epoch))
+        self._task = asyncio.get_running_loop().create_task(self._run(self.group.epoch))
 
     def kick(self) -> None:
         """Recovery was enabled, or the throttle changed (a pass that already
@@ -154,7 +161,7 @@ class Recovery:
     # background recovery
 
     async def _run(self, epoch: int) -> None:
-        g = self.sheep.group
+        g = self.group
         try:
             await g.settled()
             while g.status != "ok" or g.disable_recovery:
@@ -179,13 +186,13 @@ class Recovery:
 
     async def _pass(self, epoch: int) -> bool:
         """One pass over the objects to recover; True once complete (announced)."""
-        g = self.sheep.group
+        g = self.group
         self.state = st = proto.RecoveryState(in_recovery=1, state=0)
         todo, complete = await self._list_missing(epoch)
         st.state, st.nr_total = 1, len(todo)
         if len(todo):
             log.info("epoch %d: recovering %d objects", epoch, len(todo))
-        thr = self.sheep.recovery_throttle
+        thr = self.throttle
         nxt = iter(range(len(todo)))
         failed: list[int] = []
 
@@ -221,7 +228,7 @@ class Recovery:
     async def _list_missing(self, epoch: int) -> tuple[np.ndarray, bool]:
         """Objects this node must hold at ``epoch`` but lacks; and whether
         every member's list could be read."""
-        g, store, io = self.sheep.group, self.sheep.store, self.sheep.io
+        g, store, io = self.group, self.store, self.io
         parts = [await io(store.stale_oid_array)]
         complete = True
         for node in list(g.nodes):
@@ -240,8 +247,8 @@ class Recovery:
         if not len(cand):
             return cand, complete
         mask = await io(self.owned_mask, cand, g.ring)
-        if self.sheep.vdis.tombs:  # objects of collected VDIs stay gone (-R)
-            mask &= ~recycle.collected_mask(self.sheep.vdis, cand)
+        if self.vdis.tombs:  # objects of collected VDIs stay gone (-R)
+            mask &= ~recycle.collected_mask(self.vdis, cand)
         return cand[mask], complete
 
     async def _peer_list(self, node, epoch: int) -> bytes:
@@ -250,7 +257,7 @@ class Recovery:
             req = proto.Request(proto.Op.GET_OBJ_LIST, flags=proto.SD_FLAG_CMD_RECOVERY,
                                 epoch=epoch, data_length=size)
             try:
-                _rsp, body = await self.sheep.gateway.recovery_peers.request(node, req)
+                _rsp, body = await self.peers.request(node, req)
                 return body
             except SdError as e:
                 if e.code != CODES["BUFFER_SMALL"] or size >= 1 << 30:
@@ -259,13 +266,13 @@ class Recovery:
 
     def on_recovered(self, epoch: int, node: str) -> None:
         """Membership event: ``node`` finished recovering ``epoch``."""
-        g = self.sheep.group
+        g = self.group
         done = self.completed.setdefault(epoch, set())
         done.add(node)
         for e in [e for e in self.completed if e < g.epoch]:
             del self.completed[e]
         if epoch == g.epoch and {f"{n.host}:{n.port}" for n in g.nodes} <= done:
-            store = self.sheep.store
+            store = self.store
 
             def purge():
                 n = store.purge_stale()
@@ -287,7 +294,7 @@ class Recovery:
         deadline = loop.time() + wait
         delay = 0.05
         while True:
-            if self.sheep.store.exists(oid):
+            if self.store.exists(oid):
                 return Outcome.PRESENT
             fut = self._inflight.get(oid)
             if fut is None:

@@ -30,7 +30,7 @@ import logging
 import time
 
 from sheep import proto
-from sheep.datapath import replica
+from sheep.datapath.replica import Fence
 from sheep.proto.connection import AsyncConnection
 from sheep.proto.errors import CODES, SdError, error_for
 
@@ -93,37 +93,41 @@ class PeerPool:
 
 
 class Gateway:
-    def __init__(self, sheep):
-        self.sheep = sheep
-        self.peers = PeerPool()
-        # Recovery traffic (fetches, object lists, repairs) has connections of
-        # its own: a forwarded write can wait on a peer for on-access recovery,
-        # which fetches from the gateway's node; were the fetch queued behind
-        # forwarded I/O on a connection both sheep stopped reading (128 in
-        # progress each way, sheep.server.listener), neither would ever be read.  What
-        # is sent here is served from the peer's local store only.
-        self.recovery_peers = PeerPool()
+    """Object I/O on every replica of an object (the guarantees above).
+
+    ``group`` the membership (epoch, ring, turns of cluster ops); ``vdis`` the
+    VDI table (redundancy, state and size per VDI, references); ``locks`` the
+    lock table (fenced writes); ``replica`` this node's holder side, run as
+    the local leg; ``peers`` the pool of connections to the other sheep for
+    forwarded I/O (recovery traffic has a pool of its own: a forwarded write
+    can wait on a peer for on-access recovery, which fetches from this node;
+    were that fetch queued behind forwarded I/O on a connection both sheep
+    stopped reading, 128 in progress each way, neither would ever be read)."""
+
+    def __init__(self, *, group, vdis, locks, replica, peers: PeerPool):
+        self.group, self.vdis, self.locks = group, vdis, locks
+        self.replica, self.peers = replica, peers
 
     # ------------------------------------------------------------------
     # helpers
 
     def copies(self, oid: int, copies: int = 0) -> int:
-        return copies or self.sheep.vdis.copies_of(proto.oid_to_vid(oid))
+        return copies or self.vdis.copies_of(proto.oid_to_vid(oid))
 
     def _client_copies(self, oid: int, requested: int) -> int:
         """The redundancy a client request is placed with: the VDI's own
         (what recovery uses too) whenever the VDI is known — a client's cached
         count is stale after ``vdi alter-copy`` — else what it asked for."""
-        st = self.sheep.vdis.state(proto.oid_to_vid(oid))
+        st = self.vdis.state(proto.oid_to_vid(oid))
         return st.copies if st is not None else requested
 
     def obj_size(self, oid: int) -> int:
-        return proto.object_size(oid, self.sheep.vdis.shift_of(proto.oid_to_vid(oid)))
+        return self.vdis.obj_size(oid)
 
     async def _attempts(self, oid: int, copies: int):
         """Yield (epoch, ring, replica nodes) per attempt; ``asend(code)`` of
         the error that ended an attempt chooses the wait before the next."""
-        group = self.sheep.group
+        group = self.group
         deadline = time.monotonic() + RETRY_WINDOW
         pause = 0.05
         while True:
@@ -148,7 +152,7 @@ class Gateway:
             flags |= proto.SD_FLAG_CMD_SESSION
             proto.set_fence(args, fence.gen)
             args.cow_oid = 1 + next(i for i, n in enumerate(ring.nodes)
-                                    if self.sheep.group.is_me(n))
+                                    if self.group.is_me(n))
         if payload:
             flags |= proto.SD_FLAG_CMD_WRITE
             length = len(payload)
@@ -156,16 +160,16 @@ class Gateway:
         _rsp, body = await self.peers.request(node, req, payload)
         return body
 
-    def _fence(self, req: proto.Request) -> "replica.Fence | None":
+    def _fence(self, req: proto.Request) -> Fence | None:
         gen = proto.fence_of(req)
-        if not gen or not self.sheep.locks.enforced:
+        if not gen or not self.locks.enforced:
             return None
-        return replica.Fence(gen, self.sheep.locks.me)
+        return Fence(gen, self.locks.me)
 
     async def _fanout(self, oid: int, copies: int, local, remote, fence=None) -> None:
         """Run ``local(epoch)`` here / ``remote(node, epoch, ring)`` on peers, all replicas."""
         copies = self.copies(oid, copies)
-        locks, vid = self.sheep.locks, proto.oid_to_vid(oid)
+        locks, vid = self.locks, proto.oid_to_vid(oid)
         if fence is not None:
             # admitted only while the grant stands, and counted from the same
             # moment on: a grant that ends waits for this fan-out (draining)
@@ -177,12 +181,12 @@ class Gateway:
         try:
             while True:
                 epoch, ring, nodes = await attempts.asend(why)
-                self.sheep.group.check_op_token()  # a cluster op's work step that lost its turn
+                self.group.check_op_token()  # a cluster op's work step that lost its turn
                 if why is not None and fence is not None:
                     # a retry: fine while the grant stands or is being drained
                     # (it was admitted before), never after the grant moved on
                     locks.fence_check(vid, fence.gen, fence.node, draining_ok=True)
-                calls = [local(epoch) if self.sheep.group.is_me(n) else remote(n, epoch, ring)
+                calls = [local(epoch) if self.group.is_me(n) else remote(n, epoch, ring)
                          for n in nodes]
                 results = await asyncio.gather(*calls, return_exceptions=True)
                 errors = [r for r in results if isinstance(r, BaseException)]
@@ -215,7 +219,7 @@ class Gateway:
 
     async def read(self, oid: int, offset: int, length: int, copies: int = 0) -> bytes:
         copies = self.copies(oid, copies)
-        group = self.sheep.group
+        group = self.group
         last: SdError | None = None
         attempts = self._attempts(oid, copies)
         why = None
@@ -227,7 +231,7 @@ class Gateway:
                 for node in order:
                     try:
                         if group.is_me(node):
-                            return await replica.read(self.sheep, oid, offset, length, epoch)
+                            return await self.replica.read(oid, offset, length, epoch)
                         return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
                                                 offset, length=length)
                     except SdError as e:
@@ -245,7 +249,7 @@ class Gateway:
 
     async def write(self, oid: int, offset: int, data, copies: int = 0, fence=None) -> None:
         async def local(epoch):
-            await replica.write(self.sheep, oid, data, offset, epoch, fence)
+            await self.replica.write(oid, data, offset, epoch, fence)
 
         async def remote(node, epoch, ring):
             await self._peer(node, proto.Op.WRITE_PEER, oid, epoch, copies, offset, data,
@@ -260,7 +264,7 @@ class Gateway:
             raise error_for(CODES["INVALID_PARMS"], "write beyond the end of the object")
 
         async def local(epoch):
-            await replica.create(self.sheep, oid, data, offset, epoch, fence)
+            await self.replica.create(oid, data, offset, epoch, fence)
 
         async def remote(node, epoch, ring):
             await self._peer(node, proto.Op.CREATE_AND_WRITE_PEER, oid, epoch, copies,
@@ -271,7 +275,7 @@ class Gateway:
 
     async def remove(self, oid: int, copies: int = 0) -> None:
         async def local(epoch):
-            await replica.remove(self.sheep, oid, epoch)
+            await self.replica.remove(oid, epoch)
 
         async def remote(node, epoch, ring):
             try:
@@ -288,7 +292,7 @@ class Gateway:
     async def _check_data_write(self, oid: int) -> None:
         if proto.is_data_obj(oid):
             vid = proto.oid_to_vid(oid)
-            st = await self.sheep.vdis.await_state(vid)
+            st = await self.vdis.await_state(vid)
             if st is None or st.deleted:
                 raise error_for(CODES["NO_VDI"], f"object {oid:016x} belongs to no VDI")
             if st.snapshot:
@@ -298,7 +302,7 @@ class Gateway:
         """A data object must lie inside its VDI (VDIs only grow, so re-read on doubt)."""
         if not proto.is_data_obj(oid):
             return
-        vdis = self.sheep.vdis
+        vdis = self.vdis
         st = vdis.state(proto.oid_to_vid(oid))
         idx = proto.data_oid_to_idx(oid)
         if idx * (1 << st.block_size_shift) < st.size:
@@ -319,7 +323,7 @@ class Gateway:
         the replicas check again."""
         if not req.flags & proto.SD_FLAG_CMD_SESSION:
             return None
-        await self.sheep.locks.check_write(req, write)
+        await self.locks.check_write(req, write)
         return self._fence(req)
 
     async def handle_read(self, req: proto.Request, payload: bytes):
@@ -358,7 +362,7 @@ class Gateway:
             if len(payload) != size:
                 # the parent may have just become a snapshot under writes still
                 # landing in it: copy it once they have landed
-                await self.sheep.locks.wait_drained(proto.oid_to_vid(a.cow_oid), code="AGAIN")
+                await self.locks.wait_drained(proto.oid_to_vid(a.cow_oid), code="AGAIN")
                 base = await self.read(a.cow_oid, 0, size)
                 if not isinstance(base, bytearray):  # (a remote read already is one)
                     base = bytearray(base)
@@ -410,7 +414,7 @@ class Gateway:
             n = int.from_bytes(new[4 * k:4 * k + 4], "little")
             if o and o != n:
                 dropped.append((o, first + k))
-        await self.sheep.vdis.refs.release(dropped)
+        await self.vdis.refs.release(dropped)
 
     async def _check_header_write(self, a: proto.ObjArgs, payload: bytes) -> None:
         """An inode header write may grow ``vdi_size`` but never shrink it."""
@@ -424,7 +428,7 @@ class Gateway:
         if new < cur:
             raise error_for(CODES["INVALID_PARMS"],
                             f"VDI {vid:#x}: shrinking from {cur} to {new} bytes is not supported")
-        st = self.sheep.vdis.state(vid)
+        st = self.vdis.state(vid)
         if new > (1 << (st.block_size_shift if st else 22)) * proto.MAX_DATA_OBJS:
             raise error_for(CODES["INVALID_PARMS"], f"VDI {vid:#x}: size {new} is too large")
         if st is not None:

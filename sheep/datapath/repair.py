@@ -53,10 +53,10 @@ async def repair_replica(sheep, req: proto.Request, payload: bytes):
     g, store = sheep.group, sheep.store
     await g.settled()
     epoch = g.epoch
-    size = sheep.gateway.obj_size(oid)
+    size = sheep.vdis.obj_size(oid)
     rd = proto.Request(proto.Op.READ_PEER, proto.ObjArgs(oid=oid, tgt_epoch=LIVE),
                        flags=proto.SD_FLAG_CMD_RECOVERY, epoch=epoch, data_length=size)
-    rsp, data = await sheep.gateway.recovery_peers.request(src, rd)
+    rsp, data = await sheep.recovery_peers.request(src, rd)
     if len(data) != size:
         raise error_for(CODES["EIO"], f"short read of {oid:016x} from {src.host}:{port}: "
                                       f"{len(data)} of {size} bytes")
@@ -93,7 +93,7 @@ def _local_state(store, oid: int) -> int | None:
 async def _push_back(sheep, oid: int, src, epoch: int) -> None:
     req = proto.Request(proto.Op.REPAIR_REPLICA, flags=proto.SD_FLAG_CMD_SESSION, epoch=epoch)
     req.args.oid, req.args.addr, req.args.port = oid, bytes(sheep.me.addr), sheep.me.port
-    await sheep.gateway.peers.request(src, req)
+    await sheep.peers.request(src, req)
 
 
 async def oids_exist(sheep, req: proto.Request, payload: bytes):

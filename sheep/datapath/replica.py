@@ -48,191 +48,198 @@ class Fence:
     node: str  # "addr:port" of the gateway
 
 
-async def admit_epoch(sheep, epoch: int) -> None:
-    """Refuse an older epoch, wait for a newer one, then for its store jobs."""
-    group = sheep.group
-    if epoch != group.epoch:
-        if (epoch - group.epoch) & 0x80000000:  # request is older (serial arithmetic)
-            raise error_for(CODES["OLD_NODE_VER"])
-        if not await group.wait_epoch_at_least(epoch, EPOCH_WAIT):
-            raise error_for(CODES["NEW_NODE_VER"])
+class Replica:
+    """This node as a holder of objects (the guarantees above).
+
+    ``store`` this node's objects; ``group`` the membership (epoch, serving,
+    the epoch's nodes); ``locks`` the lock table (fencing); ``vdis`` the VDI
+    table (object sizes); ``recovery`` recovers a missing object and repairs
+    a damaged one; ``io`` runs store calls off the event loop."""
+
+    def __init__(self, *, store, group, locks, vdis, recovery, io):
+        self.store, self.group, self.locks = store, group, locks
+        self.vdis, self.recovery, self.io = vdis, recovery, io
+
+    async def admit_epoch(self, epoch: int) -> None:
+        """Refuse an older epoch, wait for a newer one, then for its store jobs."""
+        group = self.group
+        if epoch != group.epoch:
+            if (epoch - group.epoch) & 0x80000000:  # request is older (serial arithmetic)
+                raise error_for(CODES["OLD_NODE_VER"])
+            if not await group.wait_epoch_at_least(epoch, EPOCH_WAIT):
+                raise error_for(CODES["NEW_NODE_VER"])
+            if group.epoch != epoch:
+                raise error_for(CODES["OLD_NODE_VER"])
+        await group.settled()
         if group.epoch != epoch:
             raise error_for(CODES["OLD_NODE_VER"])
-    await group.settled()
-    if group.epoch != epoch:
-        raise error_for(CODES["OLD_NODE_VER"])
+
+    def _guard(self, oid: int, epoch: int, fence: Fence | None):
+        """The check run under the object's store lock (any thread)."""
+        group, locks = self.group, self.locks
+        vid = proto.oid_to_vid(oid)
+
+        def check():
+            if group.epoch != epoch:
+                raise error_for(CODES["OLD_NODE_VER"],
+                                f"epoch moved from {epoch} to {group.epoch}")
+            if not group.serving():
+                raise error_for(CODES["HALT"], "this node is cut off from the cluster")
+            if fence is not None:  # a former holder's draining writes still land
+                locks.fence_check(vid, fence.gen, fence.node, draining_ok=True)
+        return check
+
+    def _settle(self, oid: int, epoch: int) -> None:
+        """After a change admitted at ``epoch`` (same I/O call): if the epoch moved
+        meanwhile, the new holders may have copied the object without it — refuse
+        so the gateway redoes it on the new ring, and keep no live orphan."""
+        g = self.group
+        if g.epoch == epoch:
+            return
+        if not self.recovery.holds(oid):
+            self.store.move_to_stale(oid, epoch)
+        raise error_for(CODES["OLD_NODE_VER"],
+                        f"epoch moved from {epoch} to {g.epoch} during a write")
+
+    async def _with_recovery(self, oid: int, call, size: int, repair_later: bool = True):
+        """Run ``call()`` (a store call on ``size`` bytes); on NO_OBJ recover the
+        object first; on a damaged copy schedule its repair (``repair_later``)."""
+        try:
+            return await self.io(call, size=size)
+        except SdError as e:
+            if e.code != CODES["NO_OBJ"]:
+                if (repair_later and e.code == CODES["EIO"]
+                        and not getattr(e, "disk_failure", False)):
+                    self.recovery.repair_later(oid)
+                raise
+        outcome = await self.recovery.recover_object(oid)
+        if outcome is Outcome.ABSENT:
+            raise error_for(CODES["NO_OBJ"], f"object {oid:016x} exists nowhere")
+        if outcome is not Outcome.PRESENT:
+            raise error_for(CODES["AGAIN"],
+                            f"object {oid:016x} is not recovered yet ({outcome.value})")
+        return await self.io(call, size=size)
+
+    # -- the operations (local leg and peer handlers share them) ------------------
+
+    async def write(self, oid: int, data, offset: int, epoch: int,
+                    fence: Fence | None = None) -> None:
+        await self.admit_epoch(epoch)
+        if fence is not None:
+            await self.locks.fence_ready(fence.gen)
+        store, check = self.store, self._guard(oid, epoch, fence)
+
+        def call():
+            store.write(oid, data, offset, epoch, check)
+            self._settle(oid, epoch)
+        try:
+            await self._with_recovery(oid, call, len(data), repair_later=False)
+        except SdError as e:
+            # a partial write over a damaged block cannot be merged: repair the
+            # copy from another holder first, then write (the other replicas have
+            # the data; the client must not fail for one bad disk block)
+            if e.code != CODES["EIO"] or getattr(e, "disk_failure", False):
+                raise
+            if not await self.recovery.fetcher.repair(oid):
+                raise
+            await self.io(call, size=len(data))
+
+    async def create(self, oid: int, data, offset: int, epoch: int,
+                     fence: Fence | None = None) -> None:
+        await self.admit_epoch(epoch)
+        if proto.is_data_obj(oid):  # its size comes from the VDI: know the VDI first
+            await self.vdis.await_state(proto.oid_to_vid(oid))
+        if fence is not None:
+            await self.locks.fence_ready(fence.gen)
+        size = self.vdis.obj_size(oid)
+        store, check = self.store, self._guard(oid, epoch, fence)
+
+        def call():
+            store.create_and_write(oid, size, data, offset, proto.is_sparse_obj(oid), epoch,
+                                   check)
+            self._settle(oid, epoch)
+        await self.io(call)
+
+    async def remove(self, oid: int, epoch: int) -> None:
+        await self.admit_epoch(epoch)
+        store, check = self.store, self._guard(oid, epoch, None)
+        try:
+            await self.io(store.remove, oid, check)
+        except SdError as e:
+            if e.code != CODES["NO_OBJ"]:  # gone already: what a remove wants
+                raise
+
+    async def read(self, oid: int, offset: int, length: int, epoch: int) -> bytes:
+        await self.admit_epoch(epoch)
+        store, group = self.store, self.group
+
+        def call():
+            data = store.read(oid, offset, length)
+            if not group.serving():  # cut off while we read: the data may be stale
+                raise error_for(CODES["HALT"], "this node is cut off from the cluster")
+            return data
+        return await self._with_recovery(oid, call, length)
+
+    def fence_of(self, req: proto.Request) -> Fence | None:
+        """Fencing credentials a gateway forwarded (SD_FLAG_CMD_SESSION): the
+        generation in ``__pad`` and 1 + the gateway's index in the epoch's node
+        list in ``cow_oid`` (unused by peer writes)."""
+        gen = proto.fence_of(req)
+        if not gen:
+            return None
+        nodes = self.group.nodes
+        idx = req.args.cow_oid - 1
+        if not 0 <= idx < len(nodes):
+            raise error_for(CODES["INVALID_PARMS"], "fenced peer write without its gateway")
+        n = nodes[idx]
+        return Fence(gen, f"{n.host}:{n.port}")
+
+    async def recovery_read(self, req: proto.Request):
+        """A read by another node's recovery or repair: never triggers recovery here.
+
+        WILDCARD without a buffer: a probe (``sheep.cluster.fetch.probe_reply``: live
+        version, best stale copy).  Otherwise a whole copy with its version in
+        ``rsp.obj.offset``: the live one (no WILDCARD, or ``tgt_epoch`` = LIVE),
+        or the stale copy of epoch ``tgt_epoch``."""
+        await self.admit_epoch(req.epoch)
+        a, store = req.args, self.store
+        if req.flags & proto.SD_FLAG_CMD_WILDCARD and req.data_length == 0:
+            live, stale = await self.io(best_local, store, a.oid)
+            if live is None and stale is None:
+                raise error_for(CODES["NO_OBJ"])
+            return probe_reply(live, stale), b""
+        if not req.flags & proto.SD_FLAG_CMD_WILDCARD or a.tgt_epoch == LIVE:
+            version, data = await self.io(store.read_object, a.oid)
+        else:
+            version, data = await self.io(store.read_stale, a.oid, a.tgt_epoch)
+        if a.offset or req.data_length < len(data):
+            data = bytes(memoryview(data)[a.offset:a.offset + req.data_length])
+        return proto.ObjRsp(offset=version), data
 
 
-def _guard(sheep, oid: int, epoch: int, fence: Fence | None):
-    """The check run under the object's store lock (any thread)."""
-    group, locks = sheep.group, sheep.locks
-    vid = proto.oid_to_vid(oid)
-
-    def check():
-        if group.epoch != epoch:
-            raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {group.epoch}")
-        if not group.serving():
-            raise error_for(CODES["HALT"], "this node is cut off from the cluster")
-        if fence is not None:  # a former holder's draining writes still land
-            locks.fence_check(vid, fence.gen, fence.node, draining_ok=True)
-    return check
-
-
-def _settle(sheep, oid: int, epoch: int) -> None:
-    """After a change admitted at ``epoch`` (same I/O call): if the epoch moved
-    meanwhile, the new holders may have copied the object without it — refuse
-    so the gateway redoes it on the new ring, and keep no live orphan."""
-    g = sheep.group
-    if g.epoch == epoch:
-        return
-    if not sheep.recovery.holds(oid):
-        sheep.store.move_to_stale(oid, epoch)
-    raise error_for(CODES["OLD_NODE_VER"], f"epoch moved from {epoch} to {g.epoch} during a write")
-
-
-async def _with_recovery(sheep, oid: int, call, size: int, repair_later: bool = True):
-    """Run ``call()`` (a store call on ``size`` bytes); on NO_OBJ recover the
-    object first; on a damaged copy schedule its repair (``repair_later``)."""
-    try:
-        return await sheep.io(call, size=size)
-    except SdError as e:
-        if e.code != CODES["NO_OBJ"]:
-            if (repair_later and e.code == CODES["EIO"]
-                    and not getattr(e, "disk_failure", False)):
-                sheep.recovery.repair_later(oid)
-            raise
-    outcome = await sheep.recovery.recover_object(oid)
-    if outcome is Outcome.ABSENT:
-        raise error_for(CODES["NO_OBJ"], f"object {oid:016x} exists nowhere")
-    if outcome is not Outcome.PRESENT:
-        raise error_for(CODES["AGAIN"], f"object {oid:016x} is not recovered yet ({outcome.value})")
-    return await sheep.io(call, size=size)
-
-
-# -- the operations (local leg and peer handlers share them) --------------------
-
-async def write(sheep, oid: int, data, offset: int, epoch: int,
-                fence: Fence | None = None) -> None:
-    await admit_epoch(sheep, epoch)
-    if fence is not None:
-        await sheep.locks.fence_ready(fence.gen)
-    store, check = sheep.store, _guard(sheep, oid, epoch, fence)
-
-    def call():
-        store.write(oid, data, offset, epoch, check)
-        _settle(sheep, oid, epoch)
-    try:
-        await _with_recovery(sheep, oid, call, len(data), repair_later=False)
-    except SdError as e:
-        # a partial write over a damaged block cannot be merged: repair the
-        # copy from another holder first, then write (the other replicas have
-        # the data; the client must not fail for one bad disk block)
-        if e.code != CODES["EIO"] or getattr(e, "disk_failure", False):
-            raise
-        if not await sheep.recovery.fetcher.repair(oid):
-            raise
-        await sheep.io(call, size=len(data))
-
-
-async def create(sheep, oid: int, data, offset: int, epoch: int,
-                 fence: Fence | None = None) -> None:
-    await admit_epoch(sheep, epoch)
-    if proto.is_data_obj(oid):  # its size comes from the VDI: know the VDI first
-        await sheep.vdis.await_state(proto.oid_to_vid(oid))
-    if fence is not None:
-        await sheep.locks.fence_ready(fence.gen)
-    size = sheep.gateway.obj_size(oid)
-    store, check = sheep.store, _guard(sheep, oid, epoch, fence)
-
-    def call():
-        store.create_and_write(oid, size, data, offset, proto.is_sparse_obj(oid), epoch, check)
-        _settle(sheep, oid, epoch)
-    await sheep.io(call)
-
-
-async def remove(sheep, oid: int, epoch: int) -> None:
-    await admit_epoch(sheep, epoch)
-    store, check = sheep.store, _guard(sheep, oid, epoch, None)
-    try:
-        await sheep.io(store.remove, oid, check)
-    except SdError as e:
-        if e.code != CODES["NO_OBJ"]:  # gone already: what a remove wants
-            raise
-
-
-async def read(sheep, oid: int, offset: int, length: int, epoch: int) -> bytes:
-    await admit_epoch(sheep, epoch)
-    store, group = sheep.store, sheep.group
-
-    def call():
-        data = store.read(oid, offset, length)
-        if not group.serving():  # cut off while we read: the data may be stale
-            raise error_for(CODES["HALT"], "this node is cut off from the cluster")
-        return data
-    return await _with_recovery(sheep, oid, call, length)
-
-
-# -- peer op handlers (the op table's entries) --------------------------------
-
-def _fence_of(sheep, req: proto.Request) -> Fence | None:
-    """Fencing credentials a gateway forwarded (SD_FLAG_CMD_SESSION): the
-    generation in ``__pad`` and 1 + the gateway's index in the epoch's node
-    list in ``cow_oid`` (unused by peer writes)."""
-    gen = proto.fence_of(req)
-    if not gen:
-        return None
-    nodes = sheep.group.nodes
-    idx = req.args.cow_oid - 1
-    if not 0 <= idx < len(nodes):
-        raise error_for(CODES["INVALID_PARMS"], "fenced peer write without its gateway")
-    n = nodes[idx]
-    return Fence(gen, f"{n.host}:{n.port}")
-
+# -- peer op handlers (the op table's entries; ``sheep`` is the daemon) ----------
 
 async def handle_create(sheep, req: proto.Request, payload: bytes):
-    a = req.args
-    await admit_epoch(sheep, req.epoch)  # the fence names a node of this epoch
-    await create(sheep, a.oid, payload, a.offset, req.epoch, _fence_of(sheep, req))
+    a, r = req.args, sheep.replica
+    await r.admit_epoch(req.epoch)  # the fence names a node of this epoch
+    await r.create(a.oid, payload, a.offset, req.epoch, r.fence_of(req))
     return None, b""
 
 
 async def handle_write(sheep, req: proto.Request, payload: bytes):
-    a = req.args
-    await admit_epoch(sheep, req.epoch)
-    await write(sheep, a.oid, payload, a.offset, req.epoch, _fence_of(sheep, req))
+    a, r = req.args, sheep.replica
+    await r.admit_epoch(req.epoch)
+    await r.write(a.oid, payload, a.offset, req.epoch, r.fence_of(req))
     return None, b""
 
 
 async def handle_remove(sheep, req: proto.Request, payload: bytes):
-    await remove(sheep, req.args.oid, req.epoch)
+    await sheep.replica.remove(req.args.oid, req.epoch)
     return None, b""
 
 
 async def handle_read(sheep, req: proto.Request, payload: bytes):
     a = req.args
     if req.flags & proto.SD_FLAG_CMD_RECOVERY:
-        return await _recovery_read(sheep, req)
-    return None, await read(sheep, a.oid, a.offset, req.data_length, req.epoch)
-
-
-async def _recovery_read(sheep, req: proto.Request):
-    """A read by another node's recovery or repair: never triggers recovery here.
-
-    WILDCARD without a buffer: a probe (``sheep.cluster.fetch.probe_reply``: live
-    version, best stale copy).  Otherwise a whole copy with its version in
-    ``rsp.obj.offset``: the live one (no WILDCARD, or ``tgt_epoch`` = LIVE),
-    or the stale copy of epoch ``tgt_epoch``."""
-    await admit_epoch(sheep, req.epoch)
-    a, store = req.args, sheep.store
-    if req.flags & proto.SD_FLAG_CMD_WILDCARD and req.data_length == 0:
-        live, stale = await sheep.io(best_local, store, a.oid)
-        if live is None and stale is None:
-            raise error_for(CODES["NO_OBJ"])
-        return probe_reply(live, stale), b""
-    if not req.flags & proto.SD_FLAG_CMD_WILDCARD or a.tgt_epoch == LIVE:
-        version, data = await sheep.io(store.read_object, a.oid)
-    else:
-        version, data = await sheep.io(store.read_stale, a.oid, a.tgt_epoch)
-    if a.offset or req.data_length < len(data):
-        data = bytes(memoryview(data)[a.offset:a.offset + req.data_length])
-    return proto.ObjRsp(offset=version), data
+        return await sheep.replica.recovery_read(req)
+    return None, await sheep.replica.read(a.oid, a.offset, req.data_length, req.epoch)

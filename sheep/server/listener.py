@@ -82,7 +82,7 @@ class SheepProtocol(asyncio.Protocol):
         if req.opcode == proto.Op.CREATE_AND_WRITE_OBJ and req.flags & proto.SD_FLAG_CMD_COW:
             # a copy-on-write create reads the whole parent object (two copies
             # of it at times) and sends it to every replica
-            charge = max(charge, 2 * self.sheep.gateway.obj_size(req.args.oid))
+            charge = max(charge, 2 * self.sheep.vdis.obj_size(req.args.oid))
         self.buffered += charge
         task = asyncio.get_running_loop().create_task(self._serve(req, payload))
         task.charge = charge

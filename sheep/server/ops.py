@@ -178,7 +178,7 @@ async def get_obj_list(sheep, req, payload):
     copies are listed before stale ones: a copy moving meanwhile is seen)."""
     store = sheep.store
     if req.flags & proto.SD_FLAG_CMD_RECOVERY:
-        await replica.admit_epoch(sheep, req.epoch)
+        await sheep.replica.admit_epoch(req.epoch)
 
         def both():
             return np.union1d(store.oid_array(), store.stale_oid_array())
@@ -231,13 +231,13 @@ async def get_vnodes(sheep, req, payload):
 
 
 async def get_recovery(sheep, req, payload):
-    return None, sheep.recovery_throttle.pack()
+    return None, sheep.recovery.throttle.pack()
 
 
 async def set_recovery(sheep, req, payload):
     if len(payload) != proto.RecoveryThrottling.SIZE:
         raise sd_error("INVALID_PARMS")
-    sheep.recovery_throttle = proto.RecoveryThrottling.unpack(payload)
+    sheep.recovery.throttle = proto.RecoveryThrottling.unpack(payload)
     sheep.recovery.kick()
     return None, b""
 
@@ -357,7 +357,7 @@ async def reweight(sheep, req, payload):
             if sheep.group.is_me(n):
                 space = sheep.me.space
             else:
-                rsp, _ = await sheep.gateway.peers.request(n, proto.Request(proto.Op.STAT_SHEEP))
+                rsp, _ = await sheep.peers.request(n, proto.Request(proto.Op.STAT_SHEEP))
                 space = rsp.args.store_size
             weights[f"{n.host}:{n.port}"] = [n.nr_vnodes, space]
         return {"op": "weights", "weights": weights}

@@ -20,7 +20,6 @@ import asyncio
 import logging
 
 from sheep import proto
-from sheep.datapath import replica
 from sheep.proto.errors import CODES, SdError, sd_error
 
 log = logging.getLogger("sheep.vdi.copies")
@@ -65,7 +64,7 @@ async def _replace(sheep, oid: int, old: int, new: int) -> None:
     async def drop(node):
         try:
             if group.is_me(node):
-                await replica.remove(sheep, oid, epoch)
+                await sheep.replica.remove(oid, epoch)
             else:
                 await gw._peer(node, proto.Op.REMOVE_PEER, oid, epoch, old)
         except SdError as e:

@@ -30,7 +30,7 @@ FREEZE_WAIT = 15.0  # s a snapshot waits for the writes in flight (the rest of i
 
 
 class WritesInFlight:
-    """Needs ``sheep``, ``table``, ``me``, ``enforced``, ``_changed`` and the
+    """Needs ``group``, ``table``, ``me``, ``enforced``, ``_changed`` and the
     dicts made by :meth:`_init_flight` (called by ``Locks.__init__``)."""
 
     def _init_flight(self) -> None:
@@ -89,8 +89,8 @@ class WritesInFlight:
         msg = {"t": "lock", "a": action, "vid": vid, "gen": gen, "node": self.me, **extra}
         while pending():
             try:
-                await self.sheep.group.driver.notify(json.dumps(msg).encode())
-                await self.sheep.group.wait_until(lambda: not pending(), 5.0)
+                await self.group.driver.notify(json.dumps(msg).encode())
+                await self.group.wait_until(lambda: not pending(), 5.0)
             except RuntimeError:  # not a member: the others drop our entries
                 return
             except asyncio.CancelledError:
@@ -122,27 +122,27 @@ class WritesInFlight:
         write may still land in W only while the index is copied."""
         if not self.enforced:
             return ""  # Sheepdog 1.0 mode: no generations, nothing to count
-        self.sheep.group.check_op_token()  # a work step that lost its turn freezes nothing
+        self.group.check_op_token()  # a work step that lost its turn freezes nothing
         fid = uuid.uuid4().hex
         msg = {"t": "lock", "a": "freeze", "vid": vid, "node": self.me, "fid": fid}
         try:
-            await self.sheep.group.driver.notify(json.dumps(msg).encode())
+            await self.group.driver.notify(json.dumps(msg).encode())
         except RuntimeError as e:  # not a member (cut off): nothing was frozen
             raise sd_error("HALT", f"cannot freeze VDI {vid:#x} for the snapshot: {e}") from None
         mine = lambda: getattr(self.table.frozen.get(vid), "fid", None) == fid  # noqa: E731
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout  # one bound for all the waits
         try:
-            ok = await self.sheep.group.wait_until(lambda: fid in self._freezes_seen, timeout)
+            ok = await self.group.wait_until(lambda: fid in self._freezes_seen, timeout)
         finally:
             self._freezes_seen.discard(fid)
         ok = ok and mine()  # else refused: another snapshot froze it
         if ok:
-            ok = await self.sheep.group.wait_until(
+            ok = await self.group.wait_until(
                 lambda: not mine() or self.table.is_quiet(vid), max(0.0, deadline - loop.time()))
             ok = ok and mine()
         if ok:
-            ok = await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
+            ok = await self.group.wait_until(lambda: vid not in self.table.draining,
                                                    max(0.0, deadline - loop.time()))
         if not ok:
             await self.thaw(vid, fid)
@@ -162,14 +162,14 @@ class WritesInFlight:
             return
         msg = {"t": "lock", "a": "thaw", "vid": vid, "node": self.me, "fid": fid}
         with contextlib.suppress(RuntimeError):  # not a member: dropped with our leave
-            await self.sheep.group.driver.notify(json.dumps(msg).encode())
+            await self.group.driver.notify(json.dumps(msg).encode())
 
     async def wait_drained(self, vid: int, timeout: float = DRAIN_WAIT,
                            code: str = "VDI_LOCKED") -> None:
         """Wait until no former holder's writes to ``vid`` are still landing;
         raises ``code`` if they still are after ``timeout``."""
         if vid in self.table.draining:
-            if not await self.sheep.group.wait_until(lambda: vid not in self.table.draining,
+            if not await self.group.wait_until(lambda: vid not in self.table.draining,
                                                      timeout):
                 g, n = self.table.draining.get(vid, (0, "?"))
                 raise sd_error(code, f"VDI {vid:#x}: writes of the former holder (generation "

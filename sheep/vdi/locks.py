@@ -95,21 +95,27 @@ class _Session:
 class Locks(WritesInFlight):
     """This node's part: the replicated table plus the sessions of its own clients."""
 
-    def __init__(self, sheep):
-        self.sheep = sheep
-        self.grace = float(getattr(sheep.cfg, "lock_grace", DEFAULT_GRACE) or DEFAULT_GRACE)
+    def __init__(self, *, me, group, store, vdis, grace: float | None = None):
+        """``me`` this node (its "host:port" names it in the table); ``group``
+        the membership (config flags, cluster ops, node keys, store jobs);
+        ``store`` where the generation counter persists; ``vdis`` the VDI
+        table (snapshots are read-only; GET_VDI_COPIES); ``grace`` how long
+        a silent session keeps its locks (s; default ``DEFAULT_GRACE``)."""
+        self.me = f"{me.host}:{me.port}"
+        self.group, self.store, self.vdis = group, store, vdis
+        self.grace = float(grace or DEFAULT_GRACE)
         gen, last = self._load()
         self.table = LockTable(gen, last)
         self.persisted = (self.table.generation, self.table.last_items())
         self.sessions: dict[int, _Session] = {}
         self._reaper: asyncio.Task | None = None
-        self._init_flight()  # writes in flight (sheep.lock_flight)
+        self._init_flight()  # writes in flight (sheep.vdi.lock_flight)
         self._last_tick: float | None = None
 
     # -- persistence of the generation counter and the latest grants ---------
 
     def _load(self) -> tuple[int, list]:
-        store = self.sheep.store
+        store = self.store
         try:
             raw = store.read_file(STATE_FILE)
             if raw is not None:
@@ -119,7 +125,7 @@ class Locks(WritesInFlight):
             return (int(old.strip() or 0) if old else 0), []
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.error("cannot read the lock state in %s: %s; starting from generation 0",
-                      self.sheep.cfg.base_dir, e)
+                      self.store.base_dir, e)
             return 0, []
 
     def _persist(self) -> None:
@@ -130,18 +136,14 @@ class Locks(WritesInFlight):
             return
         self.persisted = state
         raw = json.dumps({"generation": state[0], "last": state[1]}).encode()
-        self.sheep.group.jobs.submit("persisting the lock state",
-                                     self.sheep.store.write_file, STATE_FILE, raw)
+        self.group.jobs.submit("persisting the lock state",
+                                     self.store.write_file, STATE_FILE, raw)
 
     # -- replicated state hooks (sheep.cluster.group / sheep.server.ops) --------------------
 
     @property
     def enforced(self) -> bool:
-        return bool(self.sheep.group.config.flags & proto.SD_CLUSTER_FLAG_USE_LOCK)
-
-    @property
-    def me(self) -> str:
-        return f"{self.sheep.me.host}:{self.sheep.me.port}"
+        return bool(self.group.config.flags & proto.SD_CLUSTER_FLAG_USE_LOCK)
 
     def subscribe(self, events: ev.Events) -> None:
         """Follow the cluster (:mod:`sheep.cluster.events`): the table travels in
@@ -309,7 +311,7 @@ class Locks(WritesInFlight):
         async def work():
             return msg
         try:
-            await self.sheep.group.cluster_op(work)
+            await self.group.cluster_op(work)
         except Exception as e:  # retried at the next reaper tick
             log.warning("releasing the locks of session %016x failed: %s", s.sid, e)
         finally:
@@ -323,7 +325,7 @@ class Locks(WritesInFlight):
         """Wait (briefly) until this node applied the grant of ``gen``: it may
         have been granted through another node a moment ago."""
         if gen > self.table.generation:
-            await self.sheep.group.wait_until(lambda: self.table.generation >= gen, 3.0)
+            await self.group.wait_until(lambda: self.table.generation >= gen, 3.0)
 
     async def check_write(self, req: proto.Request, write: bool = True) -> None:
         """A client request with a lock generation, at its gateway (this node).
@@ -333,7 +335,7 @@ class Locks(WritesInFlight):
             return
         await self.fence_ready(gen)
         vid = proto.oid_to_vid(req.args.oid)
-        st = self.sheep.vdis.state(vid)
+        st = self.vdis.state(vid)
         if not write and st is not None and st.snapshot:
             return
         self.fence_check(vid, gen, self.me)
@@ -350,7 +352,7 @@ class Locks(WritesInFlight):
         t = self.table
         if draining_ok and t.draining.get(vid) == (gen, node):
             return  # admitted before its grant ended: it lands everywhere
-        st = self.sheep.vdis.state(vid)
+        st = self.vdis.state(vid)
         if st is not None and st.snapshot:
             raise sd_error("READONLY", f"VDI {vid:#x} is a snapshot now")
         t.check_write(vid, gen, node)
@@ -367,7 +369,7 @@ class Locks(WritesInFlight):
         return b"".join(out)
 
     def _nid(self, key: str) -> bytes:
-        n = self.sheep.group.node_by_key(key)
+        n = self.group.node_by_key(key)
         if n is None:
             host, _, port = key.rpartition(":")
             n = proto.SdNode.make(host, int(port))
@@ -375,7 +377,7 @@ class Locks(WritesInFlight):
 
     def copies_records(self) -> bytes:
         """GET_VDI_COPIES with the 1.0 view of the locks (exclusive and shared)."""
-        vdis = self.sheep.vdis
+        vdis = self.vdis
         out = []
         for vid in sorted(vdis.states):
             rec = vdis.states[vid].record()

@@ -147,7 +147,7 @@ async def collect_work(table, vid: int) -> list[int]:
         return []
     for v in members:
         try:
-            await table.sheep.gateway.remove(proto.vid_to_vdi_oid(v), copies=table.copies_of(v))
+            await table.gateway.remove(proto.vid_to_vdi_oid(v), copies=table.copies_of(v))
         except SdError as e:
             if e.code != CODES["NO_OBJ"]:
                 log.warning("not recycling the family of VDI %#x: removing the inode of "
@@ -159,7 +159,7 @@ async def collect_work(table, vid: int) -> list[int]:
 def apply_collect(table, vids: list[int]) -> None:
     """Main step (every node): forget ``vids``, clear their bits, and
     remember them as collected at this epoch (tombstones)."""
-    epoch = table.sheep.group.epoch
+    epoch = table.group.epoch
     for v in vids:
         _forget(table, v)
         table.tombs[v] = max(table.tombs.get(v, 0), epoch)
@@ -213,33 +213,32 @@ def collected_mask(table, oids: np.ndarray) -> np.ndarray:
     return np.isin(vids.astype(np.int64), np.asarray(gone, dtype=np.int64))
 
 
-def _path(sheep) -> str:
-    return os.path.join(sheep.store.base_dir, "vid_tombstones")
+def _path(store) -> str:
+    return os.path.join(store.base_dir, "vid_tombstones")
 
 
-def load_tombs(sheep) -> dict[int, int]:
+def load_tombs(store) -> dict[int, int]:
     try:
-        with open(_path(sheep)) as f:
+        with open(_path(store)) as f:
             return {int(v): int(e) for v, e in json.load(f).items()}
     except FileNotFoundError:
         return {}
     except (OSError, ValueError) as e:
-        log.error("cannot read %s: %s", _path(sheep), e)
+        log.error("cannot read %s: %s", _path(store), e)
         raise
 
 
 def save_tombs(table) -> None:
     """Durable (unless -n) before return: tmp + fsync + rename + dir fsync."""
-    sheep = table.sheep
-    path = _path(sheep)
+    path = _path(table.store)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(tombs_json(table.tombs), f)
-        if not sheep.cfg.nosync:
+        if not table.nosync:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
-    if not sheep.cfg.nosync:
+    if not table.nosync:
         fsync_dir(os.path.dirname(path))
 
 

@@ -55,15 +55,18 @@ def _entry(raw: bytes, k: int) -> int:
 
 
 class Refs:
-    def __init__(self, sheep):
-        self.sheep = sheep
+    """The references of ``table`` (a :class:`sheep.vdi.table.VdiTable`): its
+    states, its object I/O and its group."""
+
+    def __init__(self, table):
+        self.table = table
 
     # ------------------------------------------------------------------
     # family tree
 
     def referrers(self, vid: int) -> list[int]:
         """``vid`` and all its descendants that are not deleted (who may hold vid's objects)."""
-        states = self.sheep.vdis.states
+        states = self.table.states
         children: dict[int, list[int]] = defaultdict(list)
         for s in states.values():
             if s.parent:
@@ -82,7 +85,7 @@ class Refs:
 
     def has_relatives(self, vid: int) -> bool:
         """True if ``vid`` has a parent or any child (it shares objects)."""
-        states = self.sheep.vdis.states
+        states = self.table.states
         st = states.get(vid)
         if st is not None and st.parent:
             return True
@@ -91,9 +94,9 @@ class Refs:
     async def _entries(self, vid: int, idxs: list[int]) -> dict[int, int]:
         """data_vdi_id[i] of inode ``vid`` for every i in idxs (one read)."""
         lo, hi = min(idxs), max(idxs)
-        raw = await self.sheep.gateway.read(proto.vid_to_vdi_oid(vid),
+        raw = await self.table.gateway.read(proto.vid_to_vdi_oid(vid),
                                             proto.data_vdi_id_offset(lo), 4 * (hi - lo + 1),
-                                            copies=self.sheep.vdis.copies_of(vid))
+                                            copies=self.table.copies_of(vid))
         return {i: _entry(raw, i - lo) for i in idxs}
 
     # ------------------------------------------------------------------
@@ -103,7 +106,7 @@ class Refs:
         """Called after an index write landed that dropped entries ``(o, i)``."""
         if not dropped:
             return
-        vdis = self.sheep.vdis
+        vdis = self.table
         slow = []
         by_owner: dict[int, list[int]] = defaultdict(list)
         for o, i in dropped:
@@ -124,7 +127,7 @@ class Refs:
         async def work():
             removed = await self.reclaim_locked(slow)
             return {"op": "reclaim", "removed": removed}
-        await self.sheep.group.cluster_op(work)
+        await self.table.group.cluster_op(work)
 
     async def reclaim_locked(self, dropped: list[tuple[int, int]]) -> int:
         """Remove every X = (o, i) that no live holder references.  Must run in a
@@ -155,7 +158,7 @@ class Refs:
 
     async def _remove(self, oid: int) -> None:
         try:
-            await self.sheep.gateway.remove(oid)
+            await self.table.gateway.remove(oid)
         except SdError as e:
             if e.code != CODES["NO_OBJ"]:
                 log.warning("reclaiming %016x: %s", oid, e)

@@ -52,7 +52,7 @@ class VdiState:
     parent: int = 0
     size: int = 0  # last known vdi_size (a lower bound: VDIs only grow)
     replaced: int = 0  # the working VDI this one replaced by a snapshot (0: not known)
-    src: int = 0  # epoch this record is known from (ids recycling: sheep.vdi_recycle)
+    src: int = 0  # epoch this record is known from (ids recycling: sheep.vdi.recycle)
 
     def record(self) -> proto.VdiStateRecord:
         return proto.VdiStateRecord(
@@ -75,11 +75,27 @@ class Lookup:
 
 
 class VdiTable:
-    def __init__(self, sheep):
-        self.sheep = sheep
-        self.refs = Refs(sheep)
-        self.tombs: dict[int, int] = {}  # collected vid -> epoch (sheep.vdi_recycle)
+    """This node's copy of the VDI table (the theory above).
+
+    ``store`` this node's objects (the start-up scan, tombstones); ``group``
+    the membership (cluster config, epoch, cluster ops); ``nosync`` the
+    node's ``-n`` (tombstones written without fsync).  The object I/O and
+    the lock table are bound afterwards with :meth:`bind` (they need the
+    table themselves)."""
+
+    def __init__(self, *, store, group, nosync: bool = False):
+        self.store, self.group, self.nosync = store, group, nosync
+        self.gateway = None  # the object I/O (bind)
+        self.locks = None  # the lock table (bind)
+        self.refs = Refs(self)
+        self.tombs: dict[int, int] = {}  # collected vid -> epoch (sheep.vdi.recycle)
         self.clear()
+
+    def bind(self, *, gateway, locks) -> None:
+        """The parts that need this table too: ``gateway`` reads and writes
+        inode and attribute objects; ``locks`` is asked before a VDI changes
+        hands (snapshot, delete)."""
+        self.gateway, self.locks = gateway, locks
 
     # ------------------------------------------------------------------
     # bitmaps and states
@@ -122,25 +138,29 @@ class VdiTable:
         millisecond ago through another node must not see "no such VDI"."""
         st = self.states.get(vid)
         if st is None:
-            await self.sheep.group.wait_until(lambda: vid in self.states, timeout)
+            await self.group.wait_until(lambda: vid in self.states, timeout)
             st = self.states.get(vid)
         return st
 
     @property
     def recycling(self) -> bool:
         """The cluster reuses the ids of deleted families (``format -R``)."""
-        g = getattr(self.sheep, "group", None)
-        return bool(g is not None and g.config.flags & proto.SD_CLUSTER_FLAG_RECYCLE_VID)
+        return bool(self.group.config.flags & proto.SD_CLUSTER_FLAG_RECYCLE_VID)
 
     def copies_of(self, vid: int) -> int:
         st = self.states.get(vid)
-        return st.copies if st else self.sheep.group.config.copies or proto.SD_DEFAULT_COPIES
+        return st.copies if st else self.group.config.copies or proto.SD_DEFAULT_COPIES
+
+    def obj_size(self, oid: int) -> int:
+        """The size of object ``oid`` (its VDI's object size; 4 MiB for a
+        VDI-less object)."""
+        return proto.object_size(oid, self.shift_of(proto.oid_to_vid(oid)))
 
     def shift_of(self, vid: int) -> int:
         st = self.states.get(vid)
         if st:
             return st.block_size_shift
-        return self.sheep.group.config.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
+        return self.group.config.block_size_shift or proto.SD_DEFAULT_BLOCK_SIZE_SHIFT
 
     def snapshot(self) -> dict:
         """JSON-able copy of the whole table (sent to joining nodes)."""
@@ -208,8 +228,8 @@ class VdiTable:
         """VDIs whose inode objects are in the local store (start-up scan):
         live copies, and, as 1.0's ``default_init`` (``for_each_object_in_stale``),
         inodes that only have stale copies (the newest one is read)."""
-        store = self.sheep.store
-        self.tombs = recycle.load_tombs(self.sheep)
+        store = self.store
+        self.tombs = recycle.load_tombs(self.store)
         my_epoch = store.latest_epoch()
         out = []
         live = [o for o in store.list_oids() if proto.is_vdi_obj(o)]
@@ -236,7 +256,7 @@ class VdiTable:
     # lookup (§12.3, default mode)
 
     async def read_header(self, vid: int) -> proto.InodeHeader:
-        data = await self.sheep.gateway.read(proto.vid_to_vdi_oid(vid), 0,
+        data = await self.gateway.read(proto.vid_to_vdi_oid(vid), 0,
                                              proto.SD_INODE_HEADER_SIZE,
                                              copies=self.copies_of(vid))
         return proto.InodeHeader.unpack(data)
@@ -309,7 +329,7 @@ class VdiTable:
     async def _read_index(self, vid: int, n: int) -> bytes:
         if not n:
             return b""
-        return await self.sheep.gateway.read(proto.vid_to_vdi_oid(vid), proto.SD_INODE_HEADER_SIZE,
+        return await self.gateway.read(proto.vid_to_vdi_oid(vid), proto.SD_INODE_HEADER_SIZE,
                                              4 * n, copies=self.copies_of(vid))
 
     async def _write_inode(self, ino: proto.InodeHeader, index: bytes = b"") -> None:
@@ -321,7 +341,7 @@ class VdiTable:
         registered only after this succeeded, so a failed create leaves no
         trace in the bitmaps (1.0 leaves the vid allocated)."""
         try:
-            await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
+            await self.gateway.create_and_write(proto.vid_to_vdi_oid(ino.vdi_id), 0,
                                                       ino.pack() + index, copies=ino.nr_copies)
         except SdError as e:
             log.error("cannot write the inode of new VDI %s (%#x): %s",
@@ -353,7 +373,7 @@ class VdiTable:
         return ino
 
     async def new_vdi_work(self, name: bytes, args: proto.VdiArgs) -> dict:
-        cfg = self.sheep.group.config
+        cfg = self.group.config
         if not name.strip(b"\0"):
             raise sd_error("INVALID_PARMS", "empty VDI name")
         copies, policy = args.copies, args.copy_policy
@@ -416,7 +436,7 @@ class VdiTable:
                                         f"(the working VDI of {proto.cstr(name)} is now {w:#x})")
         n = r.free
         copies = wst.copies
-        locks = self.sheep.locks
+        locks = self.locks
         if base == w:
             # W's writer goes on until the main step moves its lock to N: its
             # writes stop (and the admitted ones land) before W's index is
@@ -432,7 +452,7 @@ class VdiTable:
             # N exists before W is marked: a failure here leaves W the working VDI
             now = proto.sd_time(time.time())
             try:
-                await self.sheep.gateway.write(proto.vid_to_vdi_oid(w),
+                await self.gateway.write(proto.vid_to_vdi_oid(w),
                                                proto.INODE_SNAP_CTIME_OFF,
                                                now.to_bytes(8, "little"), copies=copies)
             except SdError as e:
@@ -451,7 +471,7 @@ class VdiTable:
         self.set(self.inuse, vid)
         self.states[vid] = VdiState(vid, msg["copies"], msg["policy"], msg["shift"],
                                     parent=msg["parent"], size=msg["size"],
-                                    replaced=msg.get("replaced", 0), src=self.sheep.group.epoch)
+                                    replaced=msg.get("replaced", 0), src=self.group.epoch)
         old = msg.get("old")
         if old and old in self.states:
             self.states[old].snapshot = True
@@ -470,7 +490,7 @@ class VdiTable:
         Break the lock first (``collie vdi lock unlock``, or ``collie vdi
         delete --force``).  Without enforced locks (1.0 clusters) the table
         is empty."""
-        locks = self.sheep.locks
+        locks = self.locks
         openers = [h for h in locks.table.holders(vid) if h.kind != "standby"]
         if openers:  # ... but the requester's own
             mine = getattr(conn, "lock_sessions", None) or set()
@@ -495,7 +515,7 @@ class VdiTable:
         ino.name = bytes(256)
         ino.vdi_size = 0
         # rewriting the header alone recreates the inode with an all-zero index
-        await self.sheep.gateway.create_and_write(proto.vid_to_vdi_oid(vid), 0, ino.pack(),
+        await self.gateway.create_and_write(proto.vid_to_vdi_oid(vid), 0, ino.pack(),
                                                   copies=copies)
         await self.refs.reclaim_locked(dropped)
         return await self._collect({"op": "del_vdi", "vid": vid})
@@ -521,7 +541,7 @@ class VdiTable:
     async def attr_work(self, req: proto.Request, payload: bytes) -> dict:
         if len(payload) != proto.SD_ATTR_OBJ_SIZE:
             raise sd_error("INVALID_PARMS", "attribute payload must be 66320 bytes")
-        gw = self.sheep.gateway
+        gw = self.gateway
         attr = proto.VdiAttr.unpack(payload)
         found = await self.find(attr.name, attr.tag, req.args.snapid)
         ino = await self.read_header(found)

@@ -88,9 +88,7 @@ class FakeSheep:
         self.store = PlainStore(str(tmp_path / "store"), nosync=True)
         self.store.open()
         self.peers = FakePeers(group)
-        self.gateway = type("G", (), {"peers": self.peers, "recovery_peers": self.peers,
-                                      "obj_size": lambda _s, o: SIZE})()
-        self.vdis = type("V", (), {"copies_of": lambda _s, v: 3,
+        self.vdis = type("V", (), {"copies_of": lambda _s, v: 3, "obj_size": lambda _s, o: SIZE,
                                    "await_state": lambda _s, v: asyncio.sleep(0)})()
 
     async def io(self, fn, *args, size=None):
@@ -123,8 +121,13 @@ def world(tmp_path):
     sheep.store.close()
 
 
+def make_fetcher(s) -> Fetcher:
+    return Fetcher(group=s.group, store=s.store, vdis=s.vdis, peers=s.peers, io=s.io,
+                   io_thread=s.io_thread)
+
+
 def recover(sheep, oid):
-    return asyncio.run(Fetcher(sheep).recover(oid))
+    return asyncio.run(make_fetcher(sheep).recover(oid))
 
 
 def test_live_copy_of_a_current_holder_wins_over_newer_looking_stale(world):
@@ -192,7 +195,7 @@ def test_an_epoch_whose_every_holder_is_missing_is_waited_for(world):
                if key(ME) in map(key, g.ring.replicas(o, 3))
                and key(ME) in map(key, back.replicas(o, 3)))
     sheep.peers.copies[key(NODES[1])]["stale"][8] = (V(8, 3), data(b"best we have"))
-    f = Fetcher(sheep)
+    f = make_fetcher(sheep)
     assert asyncio.run(f.recover(oid)) is Outcome.UNAVAILABLE  # epoch 9's holders may have newer
     assert not sheep.store.exists(oid)
     # one of epoch 9's holders is back (and answers: it has nothing newer)
@@ -296,7 +299,7 @@ def test_the_epoch_history_rule_runs_off_the_loop_and_builds_few_rings(world, mo
         return await real_io_thread(fn, *args)
     sheep.io_thread = io_thread
     sheep.peers.copies[key(NODES[2])]["stale"][299] = (V(1, 3), data(b"old"))
-    f = Fetcher(sheep)
+    f = make_fetcher(sheep)
     for _ in range(3):
         asyncio.run(f.recover(oid))
     assert "_lost_epochs" in in_thread

@@ -6,7 +6,7 @@ The collaborators are fakes behind the interfaces Recovery uses: the group
 (``ring``, ``epoch``, ``nodes``, ``jobs.submit``, ``driver.notify``,
 ``settled``), an in-memory store (``oid_array``, ``stale_oid_array``,
 ``move_many_to_stale``, ``purge_stale``, ``exists``), the peers' object
-lists (``gateway.recovery_peers.request``) and the fetcher (``recover``,
+lists (``peers.request``, the recovery pool) and the fetcher (``recover``,
 ``repair``).  Placement is the real ``Ring``.
 """
 
@@ -109,7 +109,7 @@ class FakeStore:
 
 
 class FakePeers:
-    """``gateway.recovery_peers``: GET_OBJ_LIST answers, BUFFER_SMALL as a sheep does."""
+    """The recovery peers: GET_OBJ_LIST answers, BUFFER_SMALL as a sheep does."""
 
     def __init__(self):
         self.lists = {}  # node key -> oids
@@ -138,7 +138,7 @@ class FakeFetcher:
         self.repairs = []
 
     def holds(self, oid, ring=None):
-        return Fetcher(self.sheep).holds(oid, ring)
+        return make_fetcher(self.sheep).holds(oid, ring)
 
     async def recover(self, oid):
         self.calls.append(oid)
@@ -166,7 +166,6 @@ class FakeSheep:
         self.me = ME
         self.store = FakeStore()
         self.peers = FakePeers()
-        self.gateway = type("G", (), {"recovery_peers": self.peers})()
         self.copies = {}  # vid -> copies (default 3)
         self.vdis = type("V", (), {"tombs": {},
                                    "copies_of": lambda _s, vid: self.copies.get(vid, 3)})()
@@ -174,6 +173,19 @@ class FakeSheep:
 
     async def io(self, fn, *args, size=None):
         return fn(*args)
+
+    async def io_thread(self, fn, *args):
+        return fn(*args)
+
+
+def make_recovery(s) -> Recovery:
+    return Recovery(me=s.me, group=s.group, store=s.store, vdis=s.vdis,
+                    throttle=s.recovery_throttle, peers=s.peers, io=s.io, io_thread=s.io_thread)
+
+
+def make_fetcher(s) -> Fetcher:
+    return Fetcher(group=s.group, store=s.store, vdis=s.vdis, peers=s.peers, io=s.io,
+                   io_thread=s.io_thread)
 
 
 @pytest.fixture
@@ -183,7 +195,7 @@ def sheep():
 
 @pytest.fixture
 def rec(sheep):
-    r = Recovery(sheep)
+    r = make_recovery(sheep)
     r.fetcher = FakeFetcher(sheep)
     return r
 
@@ -193,7 +205,7 @@ def oids_of(n, vid=0x1234):
 
 
 def held(sheep, oids, ring=None):
-    f = Fetcher(sheep)
+    f = make_fetcher(sheep)
     return [o for o in oids if f.holds(o, ring)], [o for o in oids if not f.holds(o, ring)]
 
 
@@ -210,11 +222,11 @@ async def until(pred, timeout=5.0):
 
 
 def test_owned_mask_agrees_with_holds_for_every_vdi_copy_count(sheep):
-    r = Recovery(sheep)
+    r = make_recovery(sheep)
     sheep.copies = {1: 1, 2: 2, 3: 3, 4: 7, 5: 0}  # 7 > zones: capped; 0: nobody holds
     oids = np.array([o for vid in range(1, 7) for o in oids_of(300, vid)]
                     + [proto.vid_to_vdi_oid(v) for v in range(1, 7)], dtype=np.uint64)
-    f = Fetcher(sheep)
+    f = make_fetcher(sheep)
     for ring in (sheep.group.ring, Ring(NODES[:3]), Ring(NODES[:1])):
         mask = r.owned_mask(oids, ring)
         assert mask.dtype == bool and len(mask) == len(oids)
@@ -227,7 +239,7 @@ def test_owned_mask_agrees_with_holds_for_every_vdi_copy_count(sheep):
 
 
 def test_owned_mask_is_all_false_off_the_ring_or_empty(sheep):
-    r = Recovery(sheep)
+    r = make_recovery(sheep)
     oids = np.array(oids_of(50), dtype=np.uint64)
     assert not r.owned_mask(oids, Ring(NODES[1:])).any()
     assert not r.owned_mask(oids, Ring([])).any()
@@ -377,7 +389,7 @@ async def test_a_pass_cut_by_an_epoch_change_stops_without_announcing(sheep, rec
         g.epoch = 6
         return Outcome.PRESENT
     rec.fetcher.outcome = {o: moved for o in mine}
-    sheep.recovery_throttle = proto.RecoveryThrottling(max_exec_count=1)
+    rec.throttle = proto.RecoveryThrottling(max_exec_count=1)
     assert await rec._pass(5) is True  # done with epoch 5: a new pass owns epoch 6
     assert g.driver.sent == [] and len(rec.fetcher.calls) == 1
 

@@ -36,6 +36,7 @@ from sheep import proto
 from sheep.cluster.fetch import Outcome
 from sheep.datapath import replica
 from sheep.datapath.gateway import Gateway
+from sheep.datapath.replica import Replica
 from sheep.proto.errors import CODES, SdError, error_for
 
 Op = proto.Op
@@ -350,6 +351,9 @@ class FakeVdis:
     def shift_of(self, vid) -> int:
         return SHIFT
 
+    def obj_size(self, oid) -> int:
+        return proto.object_size(oid, SHIFT)
+
 
 class FakeSheep:
     def __init__(self, me: proto.SdNode, epoch: int, ring: FakeRing, copies: int = 3):
@@ -359,7 +363,11 @@ class FakeSheep:
         self.store = FakeStore()
         self.recovery = FakeRecovery(self.store)
         self.vdis = FakeVdis(copies)
-        self.gateway = Gateway(self)
+        self.replica = Replica(store=self.store, group=self.group, locks=self.locks,
+                               vdis=self.vdis, recovery=self.recovery, io=self.io)
+        self.peers = None  # FakeCluster puts its network here
+        self.gateway = Gateway(group=self.group, vdis=self.vdis, locks=self.locks,
+                               replica=self.replica, peers=self.peers)
 
     async def io(self, fn, *args, size=None):
         await asyncio.sleep(0)  # the call leaves the event loop, as on an I/O thread
@@ -424,7 +432,7 @@ class FakeCluster:
         self.sheep = [FakeSheep(nd, epoch, ring, copies) for nd in self.nodes]
         self.net = FakeNet(self)
         for s in self.sheep:
-            s.gateway.peers = self.net
+            s.peers = s.gateway.peers = self.net
 
     def index(self, node) -> int:
         return next(i for i, n in enumerate(self.nodes)

@@ -57,9 +57,9 @@ def untouched(s) -> bool:
 
 # the changes, each as fn(sheep, epoch, fence)
 CHANGES = {
-    "write": lambda s, e, f=None: replica.write(s, OID, b"new", 10, e, f),
-    "create": lambda s, e, f=None: replica.create(s, OID, b"new", 10, e, f),
-    "remove": lambda s, e, f=None: replica.remove(s, OID, e),
+    "write": lambda s, e, f=None: s.replica.write(OID, b"new", 10, e, f),
+    "create": lambda s, e, f=None: s.replica.create(OID, b"new", 10, e, f),
+    "remove": lambda s, e, f=None: s.replica.remove(OID, e),
 }
 FENCEABLE = ["write", "create"]
 
@@ -68,7 +68,7 @@ FENCEABLE = ["write", "create"]
 
 @pytest.mark.parametrize("op", list(CHANGES) + ["read"])
 async def test_a_request_of_an_older_epoch_is_refused_and_changes_nothing(s, op):
-    call = (replica.read(s, OID, 0, 4, EPOCH - 1) if op == "read"
+    call = (s.replica.read(OID, 0, 4, EPOCH - 1) if op == "read"
             else CHANGES[op](s, EPOCH - 1))
     with pytest.raises(SdError) as e:
         await call
@@ -79,7 +79,7 @@ async def test_a_request_of_an_older_epoch_is_refused_and_changes_nothing(s, op)
 async def test_epochs_compare_in_serial_arithmetic():
     s = FakeSheep(NODES[0], 2, FakeRing(NODES))
     with pytest.raises(SdError) as e:  # 0xffffffff is just before 2 (wrapped), not after
-        await replica.admit_epoch(s, 0xFFFFFFFF)
+        await s.replica.admit_epoch(0xFFFFFFFF)
     assert code_of(e) == "OLD_NODE_VER"
 
 
@@ -149,7 +149,7 @@ async def test_a_node_that_may_not_serve_changes_nothing(s, op):
 async def test_a_read_by_a_node_cut_off_is_halt(s):
     s.group.up = False
     with pytest.raises(SdError) as e:
-        await replica.read(s, OID, 0, 4, EPOCH)
+        await s.replica.read(OID, 0, 4, EPOCH)
     assert code_of(e) == "HALT"
 
 
@@ -178,7 +178,7 @@ async def test_a_draining_grants_writes_land_only_through_its_own_gateway(s):
     assert s.store.objs[OID][10:13] == b"new"
     s.locks.draining.clear()  # drained: refused from now on
     with pytest.raises(SdError) as e:
-        await replica.write(s, OID, b"end", 10, EPOCH, Fence(GEN, GW))
+        await s.replica.write(OID, b"end", 10, EPOCH, Fence(GEN, GW))
     assert code_of(e) == "FENCED"
     assert s.store.objs[OID][10:13] == b"new"
 
@@ -234,7 +234,7 @@ async def test_a_read_cut_off_while_it_read_is_halt(s):
         return data
     s.store.read = read
     with pytest.raises(SdError) as e:
-        await replica.read(s, OID, 0, 4, EPOCH)
+        await s.replica.read(OID, 0, 4, EPOCH)
     assert code_of(e) == "HALT"
 
 
@@ -266,7 +266,7 @@ async def test_a_missing_object_is_recovered_before_it_is_written(s):
 async def test_a_missing_object_is_recovered_before_it_is_read(s):
     del s.store.objs[OID]
     s.recovery.elsewhere[OID] = b"r" * OBJ
-    assert await replica.read(s, OID, 0, 4, EPOCH) == b"rrrr"
+    assert await s.replica.read(OID, 0, 4, EPOCH) == b"rrrr"
 
 
 @pytest.mark.parametrize("case,code", [("absent", "NO_OBJ"), ("undecided", "AGAIN"),
@@ -275,7 +275,7 @@ async def test_a_missing_object_is_no_obj_only_when_it_exists_nowhere(s, case, c
     del s.store.objs[OID]
     s.recovery.undecided = case == "undecided"
     s.recovery.holder = case != "not holder"
-    for call in (replica.read(s, OID, 0, 4, EPOCH), CHANGES["write"](s, EPOCH)):
+    for call in (s.replica.read(OID, 0, 4, EPOCH), CHANGES["write"](s, EPOCH)):
         with pytest.raises(SdError) as e:
             await call
         assert code_of(e) == code
@@ -285,7 +285,7 @@ async def test_a_missing_object_is_no_obj_only_when_it_exists_nowhere(s, case, c
 async def test_a_damaged_copy_answers_eio_to_a_read_and_is_repaired_later(s):
     s.store.damaged.add(OID)
     with pytest.raises(SdError) as e:
-        await replica.read(s, OID, 0, 4, EPOCH)
+        await s.replica.read(OID, 0, 4, EPOCH)
     assert code_of(e) == "EIO"
     assert s.recovery.later == [OID]
 
@@ -295,7 +295,7 @@ async def test_a_failing_disk_is_not_an_object_to_repair(s):
     err.disk_failure = True
     s.store.fail = err
     with pytest.raises(SdError) as e:
-        await replica.read(s, OID, 0, 4, EPOCH)
+        await s.replica.read(OID, 0, 4, EPOCH)
     assert code_of(e) == "EIO"
     assert s.recovery.later == []
 

@@ -53,10 +53,9 @@ class FakeGateway:
     METHODS = ("handle_create", "handle_read", "handle_write", "handle_remove",
                "handle_discard")
 
-    def __init__(self, obj_size=4 << 20):
+    def __init__(self):
         self.script = {}
         self.calls = []
-        self.size = obj_size
         for m in self.METHODS:
             setattr(self, m, self._method(m))
 
@@ -68,6 +67,14 @@ class FakeGateway:
                 return None, b""
             return await fn(req, payload)
         return handler
+
+
+
+class FakeVdis:
+    """``sheep.vdis`` as the listener reads it: the size of an object (``size``)."""
+
+    def __init__(self, size=4 << 20):
+        self.size = size
 
     def obj_size(self, oid):
         return self.size
@@ -105,6 +112,7 @@ class FakeSheep:
     def __init__(self, tmp_path=None):
         self.group = FakeGroup()
         self.gateway = FakeGateway()
+        self.vdis = FakeVdis()
         self.locks = FakeLocks()
         self.store = FakeStore()
         self.connections = set()

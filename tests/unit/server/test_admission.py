@@ -54,6 +54,8 @@ class FakeSheep:
         self.store = PlainStore(str(tmp_path / "s"), nosync=True)
         self.store.open()
         self.recovery = type("R", (), {"holds": lambda _s, oid: True})()
+        self.replica = replica.Replica(store=self.store, group=self.group, locks=self.locks,
+                                       vdis=None, recovery=self.recovery, io=self.io)
 
     async def io(self, fn, *args, size=None):
         return fn(*args)
@@ -95,19 +97,19 @@ def test_local_leg_checks_serving_epoch_and_fence_under_the_store_lock(sheep):
     run = asyncio.run
     sheep.group.up = False
     with pytest.raises(SdError) as e:
-        run(replica.write(sheep, OID, b"new", 0, 5))
+        run(sheep.replica.write(OID, b"new", 0, 5))
     assert e.value.code == CODES["HALT"]
     sheep.group.up = True
     with pytest.raises(SdError) as e:  # a gateway of an older epoch
-        run(replica.write(sheep, OID, b"new", 0, 4))
+        run(sheep.replica.write(OID, b"new", 0, 4))
     assert e.value.code == CODES["OLD_NODE_VER"]
     sheep.locks.current[vid] = (9, "127.0.0.1:7001")
     for fence in (replica.Fence(8, "127.0.0.1:7001"), replica.Fence(9, "127.0.0.1:7002")):
         with pytest.raises(SdError) as e:  # an old grant, or the right one through another gateway
-            run(replica.write(sheep, OID, b"new", 0, 5, fence))
+            run(sheep.replica.write(OID, b"new", 0, 5, fence))
         assert e.value.code == CODES["FENCED"]
     assert st.read(OID, 0, 3) == b"old"
-    run(replica.write(sheep, OID, b"new", 0, 5, replica.Fence(9, "127.0.0.1:7001")))
+    run(sheep.replica.write(OID, b"new", 0, 5, replica.Fence(9, "127.0.0.1:7001")))
     assert st.read(OID, 0, 3) == b"new"
 
 
@@ -123,7 +125,7 @@ def test_a_write_that_finished_after_the_epoch_moved_is_redone_and_leaves_no_orp
     st.write = slow_write
     sheep.recovery.holds = lambda oid: False  # and this node no longer holds it
     with pytest.raises(SdError) as e:
-        asyncio.run(replica.write(sheep, OID, b"new", 0, 5))
+        asyncio.run(sheep.replica.write(OID, b"new", 0, 5))
     assert e.value.code == CODES["OLD_NODE_VER"]  # the gateway redoes it on the new ring
     assert not st.exists(OID) and list(st.stale_copies(OID)) == [5]
 
@@ -138,7 +140,7 @@ def test_a_write_waiting_on_recovery_says_no_obj_only_if_the_object_exists_nowhe
         return Outcome[outcome]
     sheep.recovery.recover_object = recover_object
     with pytest.raises(SdError) as e:  # the object is not here (yet)
-        asyncio.run(replica.write(sheep, OID, b"new", 0, 5))
+        asyncio.run(sheep.replica.write(OID, b"new", 0, 5))
     assert e.value.code == CODES[code]
 
 
@@ -149,13 +151,11 @@ def test_a_recovery_pass_keeps_a_fixed_number_of_tasks(tmp_path):
     from sheep.cluster import recovery
     from sheep.cluster.fetch import Outcome
 
-    class Sheep:
-        group = FakeGroup()
-        recovery_throttle = proto.RecoveryThrottling()
-        me = proto.SdNode.make("127.0.0.1", 7000)
-    sheep = Sheep()
-    sheep.group.disable_recovery = False
-    rec = recovery.Recovery(sheep)
+    group = FakeGroup()
+    group.disable_recovery = False
+    rec = recovery.Recovery(me=proto.SdNode.make("127.0.0.1", 7000), group=group, store=None,
+                            vdis=None, throttle=proto.RecoveryThrottling(), peers=None,
+                            io=None, io_thread=None)
     todo = np.arange(1, 250_001, dtype=np.uint64)
     peak = {"tasks": 0, "done": 0}
 
@@ -172,7 +172,7 @@ def test_a_recovery_pass_keeps_a_fixed_number_of_tasks(tmp_path):
     class Driver:
         async def notify(self, msg):
             pass
-    sheep.group.driver = Driver()
+    group.driver = Driver()
     rec._list_missing = list_missing
     rec.recover_object = recover_object
     assert asyncio.run(rec._pass(5)) is True

@@ -176,7 +176,7 @@ async def test_buffered_bytes_cap_counts_payloads_and_reply_buffers(node, monkey
 async def test_a_copy_on_write_create_is_charged_two_parent_objects(node, monkeypatch):
     monkeypatch.setattr(listener, "MAX_BUFFERED", 10 << 20)
     sheep, conn, tr = node
-    sheep.gateway.size = 4 << 20
+    sheep.vdis.size = 4 << 20
     started, release = blocking(sheep.gateway, "handle_create")
     req = write_req(1, 512, flags=proto.SD_FLAG_CMD_COW, op=proto.Op.CREATE_AND_WRITE_OBJ)
     conn.data_received(frames((req, b"z" * 512)))

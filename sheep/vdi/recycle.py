@@ -69,6 +69,7 @@ import numpy as np
 from sheep import proto
 from sheep.proto.errors import CODES, SdError, sd_error
 from sheep.store.basedir import fsync_dir
+from sheep.vdi.lookup import Lookup
 
 log = logging.getLogger("sheep.vdi.table")
 
@@ -89,10 +90,8 @@ def used_vids_desc(table) -> np.ndarray:
 
 async def lookup(table, name: bytes, tag: bytes, snapid: int):
     """§12.3 in recycle mode (see the module docstring)."""
-    from sheep.vdi.table import NR, Lookup
-
     free = table.next_clear(1)
-    if free == NR:
+    if free == proto.SD_NR_VDIS:
         raise sd_error("FULL_VDI")
     has_tag = tag != bytes(256) or snapid != 0
     seen_name = False

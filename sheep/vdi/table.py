@@ -34,6 +34,7 @@ from sheep import proto
 from sheep.cluster import events as ev
 from sheep.proto.errors import CODES, SdError, error_for, sd_error
 from sheep.vdi import recycle
+from sheep.vdi.lookup import Lookup
 from sheep.vdi.refcount import Refs
 
 log = logging.getLogger("sheep.vdi.table")
@@ -60,18 +61,6 @@ class VdiState:
             deleted=int(self.deleted), copy_policy=self.copy_policy,
             block_size_shift=self.block_size_shift, parent_vid=self.parent,
             lock_state=proto.LOCK_STATE_UNLOCKED)
-
-
-@dataclass
-class Lookup:
-    """Result of §12.3: ``vid`` when found; else ``code`` (NO_VDI/NO_TAG)."""
-
-    vid: int | None
-    code: int
-    free: int
-    next_snap_id: int = 0
-    deleted_working: int = 0  # snapshot vid whose working VDI was deleted
-
 
 
 class VdiTable:

@@ -29,6 +29,7 @@ from sheep.datapath.replica import Replica
 from sheep.proto.errors import CODES, SdError, error_for
 from sheep.server import md_ops, ops
 from sheep.server.listener import start_servers
+from sheep.store.base import WouldBlock
 from sheep.store.plain import PlainStore
 from sheep.store.space import node_space
 from sheep.vdi.locks import Locks
@@ -59,21 +60,31 @@ class Sheep:
         """Lock and prepare the store; raises StoreLockedError / OSError."""
         self.store.open()
 
-    async def io(self, fn, *args, size: int | None = None):
+    async def io(self, fn, *args, size: int | None = None, cached=None):
         """Run a blocking store call on the I/O threads.  With ``-n`` (no sync)
         a call on at most ``INLINE_MAX`` bytes (``size``) only touches the page
-        cache and runs inline.  A failing disk (not a damaged object) takes the
+        cache and runs inline.  Without ``-n``, ``cached`` (a variant of ``fn``
+        taking the same arguments that raises :class:`WouldBlock` instead of
+        waiting on the disk or a lock, such as ``store.read_cached``) is tried
+        inline first for such a call: a read of cached data costs no thread
+        hop.  A failing disk (not a damaged object) takes the
         node out of the cluster, so that its objects are recovered elsewhere:
         see :meth:`disk_failed`."""
         try:
-            if self.cfg.nosync and size is not None and size <= INLINE_MAX:
-                return fn(*args)
+            if size is not None and size <= INLINE_MAX:
+                if self.cfg.nosync:
+                    return fn(*args)
+                if cached is not None:
+                    try:
+                        return cached(*args)
+                    except WouldBlock:
+                        pass
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except SdError as e:
             # several disks: a lost one is dropped and the call redone on the others
             if ((e.code == CODES["EIO"] or getattr(e, "disk_failure", False))
                     and self.store.multi_disk and await md_ops.drop_failed_disks(self, deep=True)):
-                return await self.io(fn, *args, size=size)
+                return await self.io(fn, *args, size=size, cached=cached)
             why = self._disk_failure(e)
             if why is None:
                 raise

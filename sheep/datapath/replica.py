@@ -101,11 +101,14 @@ class Replica:
         raise error_for(CODES["OLD_NODE_VER"],
                         f"epoch moved from {epoch} to {g.epoch} during a write")
 
-    async def _with_recovery(self, oid: int, call, size: int, repair_later: bool = True):
-        """Run ``call()`` (a store call on ``size`` bytes); on NO_OBJ recover the
-        object first; on a damaged copy schedule its repair (``repair_later``)."""
+    async def _with_recovery(self, oid: int, call, size: int, repair_later: bool = True,
+                             cached=None):
+        """Run ``call()`` (a store call on ``size`` bytes; ``cached()`` its
+        variant that never waits, tried inline first, see ``Sheep.io``); on
+        NO_OBJ recover the object first; on a damaged copy schedule its repair
+        (``repair_later``)."""
         try:
-            return await self.io(call, size=size)
+            return await self.io(call, size=size, cached=cached)
         except SdError as e:
             if e.code != CODES["NO_OBJ"]:
                 if (repair_later and e.code == CODES["EIO"]
@@ -173,12 +176,15 @@ class Replica:
         await self.admit_epoch(epoch)
         store, group = self.store, self.group
 
-        def call():
-            data = store.read(oid, offset, length)
+        def call(read=store.read):
+            data = read(oid, offset, length)
             if not group.serving():  # cut off while we read: the data may be stale
                 raise error_for(CODES["HALT"], "this node is cut off from the cluster")
             return data
-        return await self._with_recovery(oid, call, length)
+
+        def cached():  # page-cached data, no lock: inline (WouldBlock: on a thread)
+            return call(store.read_cached)
+        return await self._with_recovery(oid, call, length, cached=cached)
 
     def fence_of(self, req: proto.Request) -> Fence | None:
         """Fencing credentials a gateway forwarded (SD_FLAG_CMD_SESSION): the

@@ -17,6 +17,11 @@ class StoreLockedError(Exception):
     """Another process (a second sheep daemon) holds the base directory lock."""
 
 
+class WouldBlock(Exception):
+    """A ``*_cached`` call cannot complete without waiting on the disk or on
+    an object's lock: do the blocking call instead (on an I/O thread)."""
+
+
 class Store(abc.ABC):
     """One node's persistent state: config, epoch log and objects.
 
@@ -119,6 +124,13 @@ class Store(abc.ABC):
         if the stored data fails its integrity check. Corrupt data is never
         returned.
         """
+
+    def read_cached(self, oid: int, offset: int, length: int) -> bytes:
+        """:meth:`read`, if it can be answered without waiting: from the page
+        cache, with no object lock taken, so it may run on the event loop.
+        Raises :class:`WouldBlock` otherwise (the default: never possible);
+        the same errors as :meth:`read` when it can answer."""
+        raise WouldBlock
 
     @abc.abstractmethod
     def read_object(self, oid: int) -> tuple[int, bytes]:

@@ -22,7 +22,7 @@ import threading
 import time
 
 from sheep.proto.errors import CODES, error_for
-from sheep.store.base import StoreLockedError
+from sheep.store.base import StoreLockedError, WouldBlock
 
 _TS = struct.Struct("<q")
 _EPOCH_RE = re.compile(r"[0-9]{8}")
@@ -59,6 +59,24 @@ def pread_full(fd: int, length: int, offset: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
+
+
+def pread_nowait(fd: int, length: int, offset: int) -> bytearray:
+    """``length`` bytes at ``offset``, only if all are in the page cache
+    (``preadv2`` with ``RWF_NOWAIT``); :class:`WouldBlock` if any is not, or
+    where the kernel or file system cannot tell (EOPNOTSUPP, EINVAL)."""
+    buf = bytearray(length)
+    try:
+        n = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+    except (BlockingIOError, AttributeError):  # (no os.RWF_NOWAIT: not Linux)
+        raise WouldBlock from None
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise WouldBlock from None
+        raise
+    if n != length:  # partly cached, or a short file (the blocking read tells which)
+        raise WouldBlock
+    return buf
 
 
 def pwrite_full(fd: int, data, offset: int) -> None:

@@ -59,13 +59,14 @@ import numpy as np
 
 from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
-from sheep.store.base import Store
+from sheep.store.base import Store, WouldBlock
 from sheep.store.basedir import (
     BaseDir,
     err,
     fsync_dir,
     oserror,
     pread_full,
+    pread_nowait,
     pwrite_full,
     unlink,
 )
@@ -457,7 +458,8 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
 
     # -- objects: reads -----------------------------------------------------
 
-    def _read_once(self, oid: int, offset: int, length: int, locked: bool) -> bytes:
+    def _read_once(self, oid: int, offset: int, length: int, locked: bool,
+                   nowait: bool = False) -> bytes:
         fd, d, name = self._open_obj(oid, os.O_RDONLY)
         try:
             st = os.fstat(fd)
@@ -475,7 +477,7 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
             a = b0 * BLOCK
             end = offset + length
             e = min(M.nblocks(end) * BLOCK, size)
-            buf = pread_full(fd, e - a, a)
+            buf = pread_nowait(fd, e - a, a) if nowait else pread_full(fd, e - a, a)
         except OSError as ex:
             raise oserror(ex, f"cannot read object {name}") from ex
         finally:
@@ -496,6 +498,16 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
             pass
         with self._lock_for(oid):
             return self._read_once(oid, offset, length, locked=True)
+
+    def read_cached(self, oid: int, offset: int, length: int) -> bytes:
+        """:meth:`read` from the page cache with the object's record cached,
+        no object lock taken; :class:`WouldBlock` when that is not enough
+        (data not cached, record not cached, or a block that does not match
+        its record, as while a write is landing: the locked read decides)."""
+        try:
+            return self._read_once(oid, offset, length, locked=False, nowait=True)
+        except _Retry:
+            raise WouldBlock from None
 
     def read_object(self, oid: int) -> tuple[int, bytes]:
         """``(version, data)`` of the whole live copy, consistent with each

@@ -91,7 +91,7 @@ class FakeSheep:
         self.vdis = type("V", (), {"copies_of": lambda _s, v: 3, "obj_size": lambda _s, o: SIZE,
                                    "await_state": lambda _s, v: asyncio.sleep(0)})()
 
-    async def io(self, fn, *args, size=None):
+    async def io(self, fn, *args, size=None, cached=None):  # (the blocking call only)
         return fn(*args)
 
     async def io_thread(self, fn, *args):

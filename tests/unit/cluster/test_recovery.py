@@ -171,7 +171,7 @@ class FakeSheep:
                                    "copies_of": lambda _s, vid: self.copies.get(vid, 3)})()
         self.recovery_throttle = proto.RecoveryThrottling()
 
-    async def io(self, fn, *args, size=None):
+    async def io(self, fn, *args, size=None, cached=None):  # (the blocking call only)
         return fn(*args)
 
     async def io_thread(self, fn, *args):

@@ -38,6 +38,7 @@ from sheep.datapath import replica
 from sheep.datapath.gateway import Gateway
 from sheep.datapath.replica import Replica
 from sheep.proto.errors import CODES, SdError, error_for
+from sheep.store.base import WouldBlock
 
 Op = proto.Op
 SHIFT = 12  # 4 KiB data objects
@@ -219,6 +220,8 @@ class FakeStore:
         self.stale: dict[tuple[int, int], bytes] = {}
         self.changes: list[tuple[str, int, int]] = []  # (what, oid, epoch)
         self.reads: list[int] = []
+        self.cold: set[int] = set()  # not in the page cache: read_cached would wait
+        self.waited: list[int] = []  # read_cached calls that would have waited
         self.fail: SdError | None = None  # the next store call raises this
         self.on_locked = None  # fn(oid): runs under the lock before the check
         self.after_change = None  # fn(oid): runs after a change, under the lock
@@ -287,6 +290,14 @@ class FakeStore:
         if oid in self.damaged:
             raise error_for(CODES["EIO"], f"object {oid:016x} fails its checksum")
         return bytes(buf[offset:offset + length])
+
+    def read_cached(self, oid: int, offset: int, length: int) -> bytes:
+        """``read`` unless the object is ``cold`` (not in the page cache) or
+        damaged (a block that fails its record: the locked read decides)."""
+        if oid in self.cold or oid in self.damaged:
+            self.waited.append(oid)
+            raise WouldBlock
+        return self.read(oid, offset, length)
 
     def move_to_stale(self, oid: int, epoch: int) -> None:
         self.stale[(oid, epoch)] = bytes(self.objs.pop(oid))
@@ -369,8 +380,15 @@ class FakeSheep:
         self.gateway = Gateway(group=self.group, vdis=self.vdis, locks=self.locks,
                                replica=self.replica, peers=self.peers)
 
-    async def io(self, fn, *args, size=None):
-        await asyncio.sleep(0)  # the call leaves the event loop, as on an I/O thread
+    async def io(self, fn, *args, size=None, cached=None):
+        """As ``Sheep.io``: the variant that never waits first, if any (inline),
+        else the blocking call, which leaves the event loop as on an I/O thread."""
+        if cached is not None:
+            try:
+                return cached(*args)
+            except WouldBlock:
+                pass
+        await asyncio.sleep(0)
         return fn(*args)
 
 

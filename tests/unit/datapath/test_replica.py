@@ -372,3 +372,11 @@ async def test_a_peer_read_returns_the_range(s):
                         data_length=3)
     _rsp, body = await replica.handle_read(s, req, b"")
     assert body == b"ooo"
+
+
+async def test_a_read_uses_the_page_cache_inline_and_the_disk_only_when_it_must(s):
+    assert await s.replica.read(OID, 0, 4, EPOCH) == b"oooo"
+    assert s.store.waited == []  # cached: answered without leaving the loop
+    s.store.cold.add(OID)
+    assert await s.replica.read(OID, 4, 4, EPOCH) == b"oooo"
+    assert s.store.waited == [OID]  # the blocking read answered it

@@ -57,7 +57,7 @@ class FakeSheep:
         self.replica = replica.Replica(store=self.store, group=self.group, locks=self.locks,
                                        vdis=None, recovery=self.recovery, io=self.io)
 
-    async def io(self, fn, *args, size=None):
+    async def io(self, fn, *args, size=None, cached=None):  # (the blocking call only)
         return fn(*args)
 
 

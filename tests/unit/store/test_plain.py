@@ -558,3 +558,79 @@ def test_stale_copies_move_read_purge(tmp_path):
     assert st2.list_stale() == {oid: [5, 3]}
     assert st2.purge_stale() == 2
     assert st2.list_stale() == {} and not list((tmp_path / "s" / "obj" / ".stale").glob("0*"))
+
+
+# -- read_cached: the read that never waits (run on the event loop) -----------
+
+def durable_store(tmp_path):
+    s = PlainStore(str(tmp_path / "durable"))
+    s.open()
+    return s
+
+
+def drop_page_cache(tmp_path, oid, root="durable"):
+    fd = os.open(obj_path(tmp_path, oid, root), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def test_read_cached_answers_as_read_once_the_record_is_known(tmp_path):
+    from sheep.store.base import WouldBlock
+    s = durable_store(tmp_path)
+    try:
+        data = pattern(3 * BLOCK)
+        s.create_and_write(OID, 4 * BLOCK, data, 0, epoch=1)
+        s.read(OID, 0, 1)  # the record is cached now
+        for off, n in ((0, 4096), (BLOCK - 7, 300), (3 * BLOCK, BLOCK)):
+            assert s.read_cached(OID, off, n) == s.read(OID, off, n)
+        with pytest.raises(SdError) as e:  # the same errors as read
+            s.read_cached(OID + 1, 0, 10)
+        assert code_of(e) == CODES["NO_OBJ"]
+        with pytest.raises(SdError) as e:
+            s.read_cached(OID, 4 * BLOCK - 1, 2)
+        assert code_of(e) == CODES["INVALID_PARMS"]
+        drop_page_cache(tmp_path, OID)
+        with pytest.raises(WouldBlock):  # not in the page cache: the blocking read's job
+            s.read_cached(OID, 0, 4096)
+        assert s.read(OID, 0, 4096) == data[:4096]
+    finally:
+        s.close()
+
+
+def test_read_cached_waits_for_nothing_a_fresh_store_has_to_load(tmp_path):
+    from sheep.store.base import WouldBlock
+    s = durable_store(tmp_path)
+    s.create_and_write(OID, 2 * BLOCK, b"abc", 0, epoch=1)
+    s.close()
+    s = durable_store(tmp_path)  # restarted: no record cached
+    try:
+        with pytest.raises(WouldBlock):
+            s.read_cached(OID, 0, 3)
+        assert s.read(OID, 0, 3) == b"abc"
+        assert s.read_cached(OID, 0, 3) == b"abc"
+    finally:
+        s.close()
+
+
+def test_read_cached_never_takes_the_object_lock_and_never_returns_bad_data(tmp_path):
+    from sheep.store.base import WouldBlock
+    s = durable_store(tmp_path)
+    try:
+        s.create_and_write(OID, 2 * BLOCK, pattern(2 * BLOCK), 0, epoch=1)
+        s.read(OID, 0, 1)
+        with s._lock_for(OID):  # a writer holds it (a plain Lock: taking it would hang)
+            assert s.read_cached(OID, 10, 20) == pattern(2 * BLOCK)[10:30]
+        path = obj_path(tmp_path, OID, "durable")
+        with open(path, "r+b") as f:  # damage a block behind the store's back
+            f.seek(HDR_LEN + 100)
+            f.write(b"\xff" * 8)
+        with pytest.raises(WouldBlock):  # it does not match the record: the locked read decides
+            s.read_cached(OID, 0, 200)
+        with pytest.raises(SdError) as e:
+            s.read(OID, 0, 200)
+        assert code_of(e) == CODES["EIO"]
+    finally:
+        s.close()

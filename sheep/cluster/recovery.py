@@ -58,12 +58,14 @@ ON_ACCESS_WAIT = 5.0  # s a request waits for the object it needs
 
 class Recovery:
     def __init__(self, *, me, group, store, vdis, throttle, peers, io, io_thread):
-        """``me`` this node; ``group`` the membership; ``store`` this node's
+        """``me`` this node (its address names it in "recovered" messages);
+        ``group`` the membership; ``store`` this node's
         objects; ``vdis`` the VDI table; ``throttle`` the recovery throttling
         record to start with (``collie cluster recover`` sets :attr:`throttle`); ``peers`` the
         connection pool for recovery traffic; ``io`` / ``io_thread`` run store
         calls off the event loop."""
-        self.me, self.group, self.store, self.vdis = me, group, store, vdis
+        self._me_key = f"{me.host}:{me.port}"  # (the address only: space and vnodes change)
+        self.group, self.store, self.vdis = group, store, vdis
         self.throttle, self.peers, self.io = throttle, peers, io
         self.fetcher = Fetcher(group=group, store=store, vdis=vdis, peers=peers, io=io,
                                io_thread=io_thread)
@@ -74,10 +76,6 @@ class Recovery:
         self.completed: dict[int, set[str]] = {}
         self._repairing: set[int] = set()
         self.handled_total = 0  # objects handled by recovery passes since start (metrics)
-
-    @property
-    def _me_key(self) -> str:
-        return f"{self.me.host}:{self.me.port}"
 
     def holds(self, oid: int, ring=None) -> bool:
         """Does this node hold ``oid`` under ``ring`` (default: the current one)?"""

@@ -423,3 +423,15 @@ def test_apply_main_runs_the_named_step(sheep):
     assert applied == [msg] and sheep.locks.cleared == 1  # a format drops every lock
     with pytest.raises(KeyError):
         ops.apply_main(sheep, {"op": "no such step"})
+
+
+def test_set_recovery_reaches_the_recovery_part_and_get_recovery_reads_it_back(sheep):
+    sheep.recovery.throttle = proto.RecoveryThrottling()
+    want = proto.RecoveryThrottling(max_exec_count=3, queue_work_interval=250, throttling=1)
+    req = proto.Request(Op.SET_RECOVERY, flags=proto.SD_FLAG_CMD_WRITE,
+                        data_length=proto.RecoveryThrottling.SIZE)
+    assert run(sheep, req, want.pack())[0].result == 0
+    assert sheep.recovery.throttle.pack() == want.pack() and sheep.recovery.kicks == 1
+    rsp, body = run(sheep, proto.Request(Op.GET_RECOVERY,
+                                         data_length=proto.RecoveryThrottling.SIZE))
+    assert (rsp.result, body) == (0, want.pack())

@@ -60,6 +60,33 @@ class RawNbd:
         assert magic == codec.SIMPLE_REPLY_MAGIC
         return err, handle
 
+    def structured(self) -> None:
+        """Negotiate structured replies (NBD_OPT_STRUCTURED_REPLY)."""
+        self.option(codec.OPT_STRUCTURED_REPLY)
+        assert self.rep()[:2] == (codec.OPT_STRUCTURED_REPLY, codec.REP_ACK)
+
+    def meta_context(self, opt: int, name: str, *queries: str) -> list[tuple[int, str]]:
+        """NBD_OPT_LIST/SET_META_CONTEXT: the (context id, name) replies
+        before the ACK (an error reply raises AssertionError)."""
+        b = name.encode()
+        data = struct.pack(">I", len(b)) + b + struct.pack(">I", len(queries))
+        data += b"".join(struct.pack(">I", len(q.encode())) + q.encode() for q in queries)
+        self.option(opt, data)
+        out = []
+        while True:
+            o, rtype, body = self.rep()
+            assert o == opt
+            if rtype == codec.REP_ACK:
+                return out
+            assert rtype == codec.REP_META_CONTEXT, (hex(rtype), body)
+            out.append((struct.unpack(">I", body[:4])[0], body[4:].decode()))
+
+    def chunk(self) -> tuple[int, int, int, bytes]:
+        """One structured reply chunk: (flags, type, handle, payload)."""
+        magic, flags, rtype, handle, length = struct.unpack(">IHHQI", self.recv(20))
+        assert magic == codec.STRUCTURED_REPLY_MAGIC, hex(magic)
+        return flags, rtype, handle, self.recv(length)
+
     def is_closed(self) -> bool:
         """True once the server has closed the connection (EOF or reset)."""
         try:

@@ -7,6 +7,11 @@ functions of bytes and numbers, so that it can be tested byte for byte:
   option replies (``NBD_REP_*``, including the ``NBD_REP_ERR_*`` codes);
 * export names and the ``NBD_OPT_INFO`` / ``NBD_OPT_GO`` request lists, with
   the ``NBD_INFO_*`` replies we give (export, name, description, block size);
+* structured replies (``NBD_OPT_STRUCTURED_REPLY``: reads as one
+  ``OFFSET_DATA`` chunk, errors as ``ERROR`` chunks) and the one metadata
+  context, ``base:allocation`` (``NBD_OPT_LIST/SET_META_CONTEXT``,
+  ``NBD_CMD_BLOCK_STATUS``: a hole is an object the VDI's index does not
+  point to);
 * transmission requests and simple replies, the transmission flags we
   advertise, and which request is refused with which errno before any I/O.
 
@@ -35,8 +40,9 @@ FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2  # handshake flags (and client flags)
 
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS = 1, 2, 3, 5
 OPT_INFO, OPT_GO, OPT_STRUCTURED_REPLY = 6, 7, 8
+OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 9, 10
 
-REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
+REP_ACK, REP_SERVER, REP_INFO, REP_META_CONTEXT = 1, 2, 3, 4
 REP_ERR_UNSUP = 0x80000001
 REP_ERR_POLICY = 0x80000002
 REP_ERR_INVALID = 0x80000003
@@ -46,10 +52,20 @@ REP_ERR_SHUTDOWN = 0x80000007
 INFO_EXPORT, INFO_NAME, INFO_DESCRIPTION, INFO_BLOCK_SIZE = 0, 1, 2, 3
 
 TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_SEND_FUA = 1, 2, 4, 8
-TF_SEND_TRIM, TF_SEND_WRITE_ZEROES = 32, 64
+TF_SEND_TRIM, TF_SEND_WRITE_ZEROES, TF_SEND_DF, TF_CAN_MULTI_CONN = 32, 64, 128, 256
 
-CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES = range(7)
-CMD_FLAG_FUA, CMD_FLAG_NO_HOLE = 1, 2
+(CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES,
+ CMD_BLOCK_STATUS) = range(8)
+CMD_FLAG_FUA, CMD_FLAG_NO_HOLE, CMD_FLAG_DF, CMD_FLAG_REQ_ONE = 1, 2, 4, 8
+
+STRUCTURED_REPLY_MAGIC = 0x668E33EF
+REPLY_FLAG_DONE = 1
+REPLY_TYPE_NONE, REPLY_TYPE_OFFSET_DATA, REPLY_TYPE_BLOCK_STATUS = 0, 1, 5
+REPLY_TYPE_ERROR = 1 << 15 | 1
+STATE_HOLE, STATE_ZERO = 1, 2
+BASE_ALLOCATION = "base:allocation"
+BASE_ALLOCATION_ID = 1  # the context id we give it
+MAX_EXTENTS = 1 << 16  # descriptors in one BLOCK_STATUS reply (the rest: ask again)
 
 EPERM, EIO, ENOMEM, EINVAL, ENOSPC, EOVERFLOW, ENOTSUP, ESHUTDOWN = 1, 5, 12, 22, 28, 75, 95, 108
 
@@ -62,16 +78,19 @@ _OPT_HDR = struct.Struct(">QII")
 _REP_HDR = struct.Struct(">QIII")
 _REQ = struct.Struct(">IHHQQI")
 _REPLY = struct.Struct(">IIQ")
+_CHUNK = struct.Struct(">IHHQI")
 _U16, _U32, _U64 = struct.Struct(">H"), struct.Struct(">I"), struct.Struct(">Q")
 
 OPTION_HEADER_SIZE = _OPT_HDR.size  # 16
 REQUEST_SIZE = _REQ.size  # 28
 CLIENT_FLAGS_SIZE = 4
 
-#: the flags a command may carry (anything else: EINVAL); CACHE,
-#: BLOCK_STATUS, RESIZE and unknown commands are not advertised
-_ALLOWED_FLAGS = {CMD_READ: CMD_FLAG_FUA, CMD_WRITE: CMD_FLAG_FUA, CMD_FLUSH: CMD_FLAG_FUA,
-                  CMD_TRIM: CMD_FLAG_FUA, CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE}
+#: the flags a command may carry (anything else: EINVAL); CACHE, RESIZE and
+#: unknown commands are not advertised (DF: with structured replies only)
+_ALLOWED_FLAGS = {CMD_READ: CMD_FLAG_FUA | CMD_FLAG_DF, CMD_WRITE: CMD_FLAG_FUA,
+                  CMD_FLUSH: CMD_FLAG_FUA, CMD_TRIM: CMD_FLAG_FUA,
+                  CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+                  CMD_BLOCK_STATUS: CMD_FLAG_REQ_ONE}
 
 
 class ProtocolViolation(Exception):
@@ -171,13 +190,65 @@ def export_name_reply(size: int, tflags: int, no_zeroes: bool) -> bytes:
     return _U64.pack(size) + _U16.pack(tflags) + (b"" if no_zeroes else bytes(124))
 
 
-def transmission_flags(readonly: bool) -> int:
-    """The flags we advertise: FLUSH always; FUA, TRIM and WRITE_ZEROES for
-    writable exports."""
-    f = TF_HAS_FLAGS | TF_SEND_FLUSH
+def transmission_flags(readonly: bool, structured: bool = False) -> int:
+    """The flags we advertise: FLUSH always; DF once structured replies are
+    on (a read is always one chunk); FUA, TRIM and WRITE_ZEROES for writable
+    exports; MULTI_CONN for read-only ones (a snapshot never changes, so
+    every connection sees the same data; a writable VDI has one writer)."""
+    f = TF_HAS_FLAGS | TF_SEND_FLUSH | (TF_SEND_DF if structured else 0)
     if readonly:
-        return f | TF_READ_ONLY
+        return f | TF_READ_ONLY | TF_CAN_MULTI_CONN
     return f | TF_SEND_FUA | TF_SEND_TRIM | TF_SEND_WRITE_ZEROES
+
+
+# ---- metadata contexts -------------------------------------------------------
+
+def meta_context_request(data: bytes) -> tuple[str, list[str]]:
+    """(export name, queries) of NBD_OPT_LIST/SET_META_CONTEXT data."""
+    if len(data) < 8:
+        raise Refused(REP_ERR_INVALID, "meta context data too short")
+    nlen = _U32.unpack_from(data)[0]
+    if 4 + nlen + 4 > len(data):
+        raise Refused(REP_ERR_INVALID, "export name runs past the option data")
+    name = export_name(data[4:4 + nlen])
+    pos = 4 + nlen
+    count = _U32.unpack_from(data, pos)[0]
+    pos += 4
+    queries = []
+    for _ in range(count):
+        if pos + 4 > len(data):
+            raise Refused(REP_ERR_INVALID, "meta context query list runs past the data")
+        qlen = _U32.unpack_from(data, pos)[0]
+        pos += 4
+        if pos + qlen > len(data) or qlen > MAX_NAME:
+            raise Refused(REP_ERR_INVALID, "meta context query runs past the data")
+        try:
+            queries.append(data[pos:pos + qlen].decode())
+        except UnicodeDecodeError:
+            raise Refused(REP_ERR_INVALID, "meta context query is not UTF-8") from None
+        pos += qlen
+    if pos != len(data):
+        raise Refused(REP_ERR_INVALID, "trailing bytes after the meta context queries")
+    return name, queries
+
+
+def meta_contexts(opt: int, queries: list[str]) -> list[str]:
+    """The contexts (of ours: ``base:allocation``) the queries select.
+    LIST: no query lists everything, ``base:`` every base context; SET:
+    only the exact name selects it."""
+    if opt == OPT_LIST_META_CONTEXT and not queries:
+        return [BASE_ALLOCATION]
+    for q in queries:
+        if q == BASE_ALLOCATION or (opt == OPT_LIST_META_CONTEXT and q == "base:"):
+            return [BASE_ALLOCATION]
+    return []
+
+
+def meta_context_replies(opt: int, contexts: list[str]) -> bytes:
+    """One NBD_REP_META_CONTEXT per context (id 0 when listing), then ACK."""
+    cid = 0 if opt == OPT_LIST_META_CONTEXT else BASE_ALLOCATION_ID
+    return b"".join(option_reply(opt, REP_META_CONTEXT, _U32.pack(cid) + c.encode())
+                    for c in contexts) + option_reply(opt, REP_ACK)
 
 
 # ---- transmission ----------------------------------------------------------
@@ -206,15 +277,24 @@ def simple_reply(err: int, handle: int) -> bytes:
     return _REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle)
 
 
-def request_errno(req: Request, size: int, readonly: bool) -> int:
+def request_errno(req: Request, size: int, readonly: bool, structured: bool = False,
+                  block_status: bool = False) -> int:
     """The errno ``req`` is refused with before any I/O on an export of
     ``size`` bytes, or 0: EINVAL for commands and flags we do not advertise
-    and reads past the end, EPERM for changes of a read-only export,
-    EOVERFLOW for reads over ``MAX_REQUEST``, ENOSPC for writes past the end."""
+    (DF without structured replies, BLOCK_STATUS without ``base:allocation``
+    selected, or of no bytes) and reads past the end, EPERM for changes of a
+    read-only export, EOVERFLOW for reads over ``MAX_REQUEST``, ENOSPC for
+    writes past the end."""
     allowed = _ALLOWED_FLAGS.get(req.cmd)
     if allowed is None or req.flags & ~allowed:
         return EINVAL
+    if req.flags & CMD_FLAG_DF and not structured:
+        return EINVAL
     if req.cmd == CMD_FLUSH:
+        return 0
+    if req.cmd == CMD_BLOCK_STATUS:
+        if not block_status or not req.length or req.offset + req.length > size:
+            return EINVAL
         return 0
     if req.cmd != CMD_READ and readonly:
         return EPERM
@@ -223,6 +303,55 @@ def request_errno(req: Request, size: int, readonly: bool) -> int:
     if req.offset + req.length > size:
         return ENOSPC if req.cmd in (CMD_WRITE, CMD_WRITE_ZEROES) else EINVAL
     return 0
+
+
+def structured_read(handle: int, offset: int, length: int) -> bytes:
+    """The header of a read's one and final chunk (``OFFSET_DATA``); the
+    ``length`` bytes of data follow it."""
+    return _CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, handle,
+                       8 + length) + _U64.pack(offset)
+
+
+def structured_error(handle: int, err: int, message: str = "") -> bytes:
+    """A final ``ERROR`` chunk: the errno and a message for a human."""
+    msg = message.encode()[:MAX_NAME]
+    return _CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle,
+                       6 + len(msg)) + _U32.pack(err) + _U16.pack(len(msg)) + msg
+
+
+def block_status_reply(handle: int, extents: list[tuple[int, int]]) -> bytes:
+    """The final ``BLOCK_STATUS`` chunk of ``base:allocation``: (length, flags)
+    descriptors."""
+    body = _U32.pack(BASE_ALLOCATION_ID) + b"".join(struct.pack(">II", n, f) for n, f in extents)
+    return _CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, handle,
+                       len(body)) + body
+
+
+def allocation(index, object_size: int, offset: int, length: int,
+               one: bool = False) -> list[tuple[int, int]]:
+    """``base:allocation`` of ``length`` bytes at ``offset`` of a VDI whose
+    objects of ``object_size`` bytes are ``index`` (its ``data_vdi_id``
+    entries: 0 is an object never written, which reads as zeros: HOLE|ZERO;
+    anything else is data, the VDI's own or a parent's).  Adjacent objects
+    of the same kind make one extent; the extents cover the range exactly
+    (``one``: only the first; at most ``MAX_EXTENTS``)."""
+    out: list[tuple[int, int]] = []
+    pos, end = offset, offset + length
+    while pos < end and len(out) < MAX_EXTENTS:
+        idx = pos // object_size
+        flags = 0 if idx < len(index) and index[idx] else STATE_HOLE | STATE_ZERO
+        stop = (idx + 1) * object_size
+        while stop < end:
+            nxt = stop // object_size
+            if (0 if nxt < len(index) and index[nxt] else STATE_HOLE | STATE_ZERO) != flags:
+                break
+            stop += object_size
+        stop = min(stop, end)
+        out.append((stop - pos, flags))
+        if one:
+            break
+        pos = stop
+    return out
 
 
 def errno_for(e: BaseException) -> int:

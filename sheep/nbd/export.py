@@ -210,6 +210,9 @@ class NbdConnection:
         self.vdi: VdiIo | None = None  # the open VDI during transmission
         self.export = ""
         self.readonly = False
+        self.structured = False  # NBD_OPT_STRUCTURED_REPLY negotiated
+        self.meta_export: str | None = None  # base:allocation selected for this export
+        self.block_status = False  # ... and it is the export in use
         self.tasks: set[asyncio.Task] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.buffered = 0  # bytes taken by requests in progress
@@ -287,6 +290,7 @@ class NbdConnection:
                 except (nbd.Refused, SdError) as e:
                     log.info("%s: NBD_OPT_EXPORT_NAME %r refused: %s", self, data[:256], e)
                     return False  # no way to report an error here: hang up
+                self.block_status = self.meta_export == self.export
                 w.write(nbd.export_name_reply(self.vdi.size, self._tflags(), no_zeroes))
                 return True
             if opt == nbd.OPT_ABORT:
@@ -302,9 +306,17 @@ class NbdConnection:
                 elif opt in (nbd.OPT_INFO, nbd.OPT_GO):
                     if await self._info_go(opt, data):
                         return True
+                elif opt == nbd.OPT_STRUCTURED_REPLY:
+                    if length:
+                        raise nbd.Refused(nbd.REP_ERR_INVALID,
+                                          "NBD_OPT_STRUCTURED_REPLY takes no data")
+                    self.structured = True
+                    w.write(nbd.option_reply(opt, nbd.REP_ACK))
+                elif opt in (nbd.OPT_LIST_META_CONTEXT, nbd.OPT_SET_META_CONTEXT):
+                    w.write(await self._meta_context(opt, data))
                 elif opt == nbd.OPT_STARTTLS:
                     raise nbd.Refused(nbd.REP_ERR_POLICY, "TLS is not supported by this server")
-                else:  # STRUCTURED_REPLY, metadata contexts, extended headers, ...
+                else:  # extended headers, ...
                     raise nbd.Refused(nbd.REP_ERR_UNSUP, f"option {opt} is not supported")
             except nbd.Refused as e:
                 w.write(nbd.option_reply(opt, e.code, e.message.encode()))
@@ -312,10 +324,24 @@ class NbdConnection:
                 w.write(nbd.option_reply(opt, nbd.REP_ERR_UNKNOWN, f"{e}".encode()))
             await w.drain()
 
+    async def _meta_context(self, opt: int, data: bytes) -> bytes:
+        """NBD_OPT_LIST/SET_META_CONTEXT: which of our contexts (``base:allocation``)
+        the queries select, for an export that exists; SET remembers it for
+        that export (another export opened later has none selected)."""
+        if not self.structured:
+            raise nbd.Refused(nbd.REP_ERR_INVALID, "negotiate structured replies first")
+        name, queries = nbd.meta_context_request(data)
+        await self._resolve(name)
+        contexts = nbd.meta_contexts(opt, queries)
+        if opt == nbd.OPT_SET_META_CONTEXT:
+            self.meta_export = name if contexts else None
+        return nbd.meta_context_replies(opt, contexts)
+
     async def _info_go(self, opt: int, data: bytes) -> bool:
         name, requested = nbd.info_request(data)
         if opt == nbd.OPT_GO:
             await self._open(name)
+            self.block_status = self.meta_export == name
             size, ro, desc = self.vdi.size, self.readonly, self._description()
         else:
             vname, _snap, vid = await self._resolve(name)
@@ -368,7 +394,8 @@ class NbdConnection:
         return f"sheepdog VDI {self.vdi.name} (vid {self.vdi.vid:#x})"
 
     def _tflags(self, readonly: bool | None = None) -> int:
-        return nbd.transmission_flags(self.readonly if readonly is None else readonly)
+        return nbd.transmission_flags(self.readonly if readonly is None else readonly,
+                                      self.structured)
 
     # -- transmission ------------------------------------------------------------
 
@@ -418,6 +445,24 @@ class NbdConnection:
         if data and not err:
             self._out.append(data)
             self._out_bytes += len(data)
+        self._queued()
+
+    def _send_read(self, req: nbd.Request, err: int, data=b"", why: str = "") -> None:
+        """Queue the reply of a read: simple, or with structured replies one
+        final chunk (the data, or the error with ``why``)."""
+        if not self.structured:
+            self._send(req.handle, err, data)
+            return
+        if err:
+            self._out.append(nbd.structured_error(req.handle, err, why))
+        else:
+            self._out.append(nbd.structured_read(req.handle, req.offset, len(data)))
+            if data:
+                self._out.append(data)
+                self._out_bytes += len(data)
+        self._queued()
+
+    def _queued(self) -> None:
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -439,13 +484,23 @@ class NbdConnection:
         vdi = self.vdi
         cmd, offset, length = req.cmd, req.offset, req.length
         try:
-            err = nbd.request_errno(req, vdi.size, self.readonly)
+            err = nbd.request_errno(req, vdi.size, self.readonly, self.structured,
+                                    self.block_status)
             if err:
-                self._send(req.handle, err)
+                if cmd == nbd.CMD_READ:
+                    self._send_read(req, err, why="request refused")
+                else:
+                    self._send(req.handle, err)
                 return
             if cmd == nbd.CMD_READ:
                 data = await vdi.pread(offset, length) if length else b""
-                self._send(req.handle, 0, data)
+                self._send_read(req, 0, data)
+                return
+            if cmd == nbd.CMD_BLOCK_STATUS:
+                extents = nbd.allocation(vdi.index, vdi.object_size, offset, length,
+                                         one=bool(req.flags & nbd.CMD_FLAG_REQ_ONE))
+                self._out.append(nbd.block_status_reply(req.handle, extents))
+                self._queued()
                 return
             if cmd == nbd.CMD_WRITE and length:
                 await vdi.pwrite(offset, payload)
@@ -458,7 +513,10 @@ class NbdConnection:
             err = nbd.errno_for(e)
             if err == nbd.EIO:
                 log.warning("%s: command %d at %d+%d failed: %r", self, cmd, offset, length, e)
-            self._send(req.handle, err)
+            if cmd == nbd.CMD_READ:
+                self._send_read(req, err, why=str(e))
+            else:
+                self._send(req.handle, err)
 
 
 # ---------------------------------------------------------------------------

@@ -427,8 +427,19 @@ def test_option_errors(nbd_cluster, vdi_name):
     raw = RawNbd(a)
     try:
         raw.greet()
-        raw.option(codec.OPT_STRUCTURED_REPLY)
-        assert raw.rep()[:2] == (codec.OPT_STRUCTURED_REPLY, codec.REP_ERR_UNSUP)
+        meta = struct.pack(">I", len(vdi_name)) + vdi_name.encode() + struct.pack(">I", 0)
+        raw.option(codec.OPT_LIST_META_CONTEXT, meta)  # before structured replies
+        assert raw.rep()[:2] == (codec.OPT_LIST_META_CONTEXT, codec.REP_ERR_INVALID)
+        raw.option(codec.OPT_STRUCTURED_REPLY, b"x")
+        assert raw.rep()[:2] == (codec.OPT_STRUCTURED_REPLY, codec.REP_ERR_INVALID)
+        raw.structured()
+        raw.option(codec.OPT_SET_META_CONTEXT, meta[:-1])  # truncated
+        assert raw.rep()[:2] == (codec.OPT_SET_META_CONTEXT, codec.REP_ERR_INVALID)
+        raw.option(codec.OPT_SET_META_CONTEXT, struct.pack(">I", 5) + b"nosuc" + bytes(4))
+        assert raw.rep()[:2] == (codec.OPT_SET_META_CONTEXT, codec.REP_ERR_UNKNOWN)
+        assert raw.meta_context(codec.OPT_LIST_META_CONTEXT, vdi_name) == \
+            [(0, "base:allocation")]
+        assert raw.meta_context(codec.OPT_LIST_META_CONTEXT, vdi_name, "qemu:") == []
         raw.option(codec.OPT_STARTTLS)
         assert raw.rep()[:2] == (codec.OPT_STARTTLS, codec.REP_ERR_POLICY)
         raw.option(4242, b"whatever")
@@ -473,6 +484,110 @@ def test_option_errors(nbd_cluster, vdi_name):
     finally:
         raw.close()
     daemon_fine(nbd_cluster, vdi_name)
+
+
+def test_qemu_img_map_sees_holes_and_data(nbd_cluster, vdi_name):
+    """base:allocation (NBD_CMD_BLOCK_STATUS): qemu-img map reports data
+    exactly where objects were written, zeros everywhere else; a clone's
+    objects still owned by its parent are data too."""
+    import json
+    new_vdi(nbd_cluster, vdi_name, 32 * MiB)
+    a, b, _ = nbd_cluster.nodes
+    ok(qemu_io(a, vdi_name, f"write -P 0x11 {OBJ + 100} 4096",
+               f"write -P 0x12 {5 * OBJ} {OBJ + 1}"))  # objects 1, 5 and 6
+
+    def data_ranges(node, name):
+        out = ok(run([need_tool("qemu-img"), "map", "--output=json", "-f", "raw",
+                      url(node, name)]))
+        extents = json.loads(out)
+        assert sum(e["length"] for e in extents) == 32 * MiB
+        assert all(e["zero"] for e in extents if not e["data"])
+        merged = []
+        for e in extents:
+            if e["data"]:
+                if merged and merged[-1][1] == e["start"]:
+                    merged[-1][1] += e["length"]
+                else:
+                    merged.append([e["start"], e["start"] + e["length"]])
+        return merged
+    assert data_ranges(b, vdi_name) == [[OBJ, 2 * OBJ], [5 * OBJ, 7 * OBJ]]
+    collie(a, "vdi", "snapshot", "-s", "m", vdi_name)
+    clone = vdi_name + "-c"
+    collie(a, "vdi", "clone", "-s", "m", vdi_name, clone)
+    ok(qemu_io(b, clone, "write -P 0x13 0 512"))  # object 0: the clone's own
+    assert data_ranges(a, clone) == [[0, 2 * OBJ], [5 * OBJ, 7 * OBJ]]
+    assert data_ranges(a, f"{vdi_name}:m") == [[OBJ, 2 * OBJ], [5 * OBJ, 7 * OBJ]]
+
+
+def test_structured_replies_and_block_status_on_the_wire(nbd_cluster, vdi_name):
+    new_vdi(nbd_cluster, vdi_name, 16 * MiB)
+    a, b, _ = nbd_cluster.nodes
+    ok(qemu_io(a, vdi_name, f"write -P 0x21 {2 * OBJ} 4096"))
+    raw = RawNbd(b)
+    try:
+        raw.greet()
+        raw.structured()
+        assert raw.meta_context(codec.OPT_SET_META_CONTEXT, vdi_name, "base:allocation") == \
+            [(codec.BASE_ALLOCATION_ID, "base:allocation")]
+        size, flags = raw.go(vdi_name)
+        assert size == 16 * MiB and flags & codec.TF_SEND_DF
+        assert not flags & codec.TF_CAN_MULTI_CONN  # writable: one writer
+        raw.request(codec.CMD_READ, 1, 2 * OBJ, 4096, flags=codec.CMD_FLAG_DF)
+        f, t, h, body = raw.chunk()
+        assert (f, t, h) == (codec.REPLY_FLAG_DONE, codec.REPLY_TYPE_OFFSET_DATA, 1)
+        assert struct.unpack(">Q", body[:8])[0] == 2 * OBJ and body[8:] == b"\x21" * 4096
+        raw.request(codec.CMD_READ, 2, 16 * MiB - 10, 20)  # past the end: an error chunk
+        f, t, h, body = raw.chunk()
+        assert (f, t, h) == (codec.REPLY_FLAG_DONE, codec.REPLY_TYPE_ERROR, 2)
+        assert struct.unpack(">I", body[:4])[0] == codec.EINVAL
+        raw.request(codec.CMD_BLOCK_STATUS, 3, OBJ, 3 * OBJ)
+        f, t, h, body = raw.chunk()
+        assert (f, t, h) == (codec.REPLY_FLAG_DONE, codec.REPLY_TYPE_BLOCK_STATUS, 3)
+        hz = codec.STATE_HOLE | codec.STATE_ZERO
+        assert struct.unpack(">7I", body) == (codec.BASE_ALLOCATION_ID, OBJ, hz, OBJ, 0,
+                                              OBJ, hz)
+        raw.request(codec.CMD_BLOCK_STATUS, 4, 0, 16 * MiB, flags=codec.CMD_FLAG_REQ_ONE)
+        assert struct.unpack(">3I", raw.chunk()[3]) == (codec.BASE_ALLOCATION_ID, 2 * OBJ, hz)
+        raw.request(codec.CMD_WRITE, 5, 0, 512, data=b"w" * 512)  # simple replies still fine
+        assert raw.reply() == (0, 5)
+        raw.request(codec.CMD_BLOCK_STATUS, 6, 0, OBJ)  # our own write is data at once
+        assert struct.unpack(">3I", raw.chunk()[3]) == (codec.BASE_ALLOCATION_ID, OBJ, 0)
+        raw.request(codec.CMD_DISC, 7, 0, 0)
+    finally:
+        raw.close()
+    other = vdi_name + "-other"
+    new_vdi(nbd_cluster, other, 4 * MiB)
+    raw = RawNbd(a)  # base:allocation selected for another export: BLOCK_STATUS is EINVAL
+    try:
+        raw.greet()
+        raw.structured()
+        assert raw.meta_context(codec.OPT_SET_META_CONTEXT, other, "base:allocation")
+        raw.go(vdi_name)
+        raw.request(codec.CMD_BLOCK_STATUS, 1, 0, 4096)
+        assert raw.reply() == (codec.EINVAL, 1)
+    finally:
+        raw.close()
+    daemon_fine(nbd_cluster, vdi_name)
+
+
+def test_a_snapshot_is_exported_to_many_connections_at_once(nbd_cluster, vdi_name):
+    new_vdi(nbd_cluster, vdi_name, 8 * MiB)
+    a, b, _ = nbd_cluster.nodes
+    ok(qemu_io(a, vdi_name, "write -P 0x31 0 8M"))
+    collie(a, "vdi", "snapshot", "-s", "mc", vdi_name)
+    conns = [RawNbd(n) for n in (a, a, b)]
+    try:
+        for r in conns:
+            r.greet()
+            _size, flags = r.go(f"{vdi_name}:mc")
+            assert flags & codec.TF_CAN_MULTI_CONN and flags & codec.TF_READ_ONLY
+        for i, r in enumerate(conns):
+            r.request(codec.CMD_READ, i, i * MiB, 4096)
+        for i, r in enumerate(conns):
+            assert r.reply() == (0, i) and r.recv(4096) == b"\x31" * 4096
+    finally:
+        for r in conns:
+            r.close()
 
 
 @pytest.mark.parametrize("garbage,closes", [

@@ -97,8 +97,10 @@ def test_export_name_reply_with_and_without_zeroes():
 
 
 def test_transmission_flags():
-    assert nbd.transmission_flags(True) == 1 | 2 | 4
+    assert nbd.transmission_flags(True) == 1 | 2 | 4 | 256  # read-only: multi-conn
     assert nbd.transmission_flags(False) == 1 | 4 | 8 | 32 | 64
+    assert nbd.transmission_flags(False, structured=True) == 1 | 4 | 8 | 32 | 64 | 128  # DF
+    assert nbd.transmission_flags(True, structured=True) == 1 | 2 | 4 | 128 | 256
 
 
 def test_request_and_simple_reply():
@@ -132,6 +134,83 @@ def req(cmd, offset=0, length=512, flags=0):
 ])
 def test_which_request_is_refused_with_which_errno(r, size, ro, err):
     assert nbd.request_errno(r, size, ro) == err
+
+
+@pytest.mark.parametrize("r,structured,meta,err", [
+    (req(nbd.CMD_BLOCK_STATUS), True, True, 0),
+    (req(nbd.CMD_BLOCK_STATUS, flags=nbd.CMD_FLAG_REQ_ONE), True, True, 0),
+    (req(nbd.CMD_BLOCK_STATUS), True, False, nbd.EINVAL),   # base:allocation not selected
+    (req(nbd.CMD_BLOCK_STATUS, length=0), True, True, nbd.EINVAL),
+    (req(nbd.CMD_BLOCK_STATUS, offset=4000), True, True, nbd.EINVAL),  # past the end
+    (req(nbd.CMD_BLOCK_STATUS, flags=nbd.CMD_FLAG_FUA), True, True, nbd.EINVAL),
+    (req(nbd.CMD_READ, flags=nbd.CMD_FLAG_DF), True, False, 0),
+    (req(nbd.CMD_READ, flags=nbd.CMD_FLAG_DF), False, False, nbd.EINVAL),  # DF not advertised
+    (req(nbd.CMD_WRITE, flags=nbd.CMD_FLAG_DF), True, False, nbd.EINVAL),
+])
+def test_block_status_and_df_need_what_was_negotiated(r, structured, meta, err):
+    assert nbd.request_errno(r, 4096, True, structured, meta) == err
+
+
+def meta_data(name: bytes, *queries: bytes) -> bytes:
+    out = struct.pack(">I", len(name)) + name + struct.pack(">I", len(queries))
+    return out + b"".join(struct.pack(">I", len(q)) + q for q in queries)
+
+
+def test_meta_context_requests_and_replies():
+    assert nbd.meta_context_request(meta_data(b"vm")) == ("vm", [])
+    assert nbd.meta_context_request(meta_data(b"vm", b"base:allocation", b"qemu:dirty")) == \
+        ("vm", ["base:allocation", "qemu:dirty"])
+    for bad in (b"\0\0\0", meta_data(b"vm")[:-1], meta_data(b"vm", b"base:") + b"x",
+                struct.pack(">I", 2) + b"vm" + struct.pack(">I", 1) + struct.pack(">I", 9) + b"x",
+                meta_data(b"vm", b"\xff\xfe")):
+        with pytest.raises(nbd.Refused) as e:
+            nbd.meta_context_request(bad)
+        assert e.value.code == nbd.REP_ERR_INVALID
+    L, S = nbd.OPT_LIST_META_CONTEXT, nbd.OPT_SET_META_CONTEXT
+    assert nbd.meta_contexts(L, []) == ["base:allocation"]
+    assert nbd.meta_contexts(L, ["base:"]) == ["base:allocation"]
+    assert nbd.meta_contexts(S, ["base:"]) == []  # SET needs the full name
+    assert nbd.meta_contexts(S, ["qemu:dirty-bitmap:x", "base:allocation"]) == ["base:allocation"]
+    assert nbd.meta_contexts(S, []) == [] and nbd.meta_contexts(L, ["qemu:"]) == []
+    rep = nbd.meta_context_replies(S, ["base:allocation"])
+    assert rep == (nbd.option_reply(S, nbd.REP_META_CONTEXT, b"\0\0\0\1base:allocation")
+                   + nbd.option_reply(S, nbd.REP_ACK))
+    assert nbd.meta_context_replies(L, ["base:allocation"]).startswith(
+        nbd.option_reply(L, nbd.REP_META_CONTEXT, b"\0\0\0\0base:allocation"))
+    assert nbd.meta_context_replies(S, []) == nbd.option_reply(S, nbd.REP_ACK)
+
+
+def test_structured_chunks_byte_for_byte():
+    assert nbd.structured_read(0xAA, 4096, 3) == bytes.fromhex(
+        "668e33ef" "0001" "0001" "00000000000000aa" "0000000b" "0000000000001000")
+    assert nbd.structured_error(0xAA, 5, "bad") == bytes.fromhex(
+        "668e33ef" "0001" "8001" "00000000000000aa" "00000009" "00000005" "0003") + b"bad"
+    assert nbd.block_status_reply(7, [(4096, 3), (512, 0)]) == bytes.fromhex(
+        "668e33ef" "0001" "0005" "0000000000000007" "00000014" "00000001"
+        "00001000" "00000003" "00000200" "00000000")
+
+
+HZ = nbd.STATE_HOLE | nbd.STATE_ZERO
+
+
+@pytest.mark.parametrize("index,offset,length,one,want", [
+    ([0, 0, 0, 0], 0, 4 * 16, False, [(64, HZ)]),
+    ([5, 5, 0, 7], 0, 4 * 16, False, [(32, 0), (16, HZ), (16, 0)]),  # 7: a parent's object
+    ([5, 5, 0, 7], 8, 30, False, [(24, 0), (6, HZ)]),  # clipped to the range at both ends
+    ([5, 5, 0, 7], 8, 30, True, [(24, 0)]),  # REQ_ONE: the first extent only
+    ([0, 5], 20, 4, False, [(4, 0)]),
+    ([5], 0, 40, False, [(16, 0), (24, HZ)]),  # past the index (never written): a hole
+])
+def test_allocation_extents_follow_the_index(index, offset, length, one, want):
+    got = nbd.allocation(index, 16, offset, length, one)
+    assert got == want
+    assert sum(n for n, _f in got) == (want[0][0] if one else length)
+
+
+def test_allocation_stops_at_max_extents():
+    index = [i % 2 for i in range(2 * nbd.MAX_EXTENTS)]
+    got = nbd.allocation(index, 1, 0, len(index))
+    assert len(got) == nbd.MAX_EXTENTS and all(n == 1 for n, _f in got)
 
 
 @pytest.mark.parametrize("code,err", [("READONLY", nbd.EPERM), ("INVALID_PARMS", nbd.EINVAL),

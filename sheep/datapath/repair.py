@@ -75,10 +75,15 @@ async def repair_replica(sheep, req: proto.Request, payload: bytes):
     def check():
         if g.epoch != epoch:
             raise error_for(CODES["OLD_NODE_VER"], "epoch moved during the repair")
-    await sheep.io_thread(lambda: store.install(oid, size, data, version,
-                                                proto.is_sparse_obj(oid), check,
-                                                replace_damaged=local is None))
-    log.info("repaired %016x from %s:%d (version %s)", oid, src.host, port, fmt_version(version))
+    done = await sheep.io_thread(lambda: store.install(oid, size, data, version,
+                                                       proto.is_sparse_obj(oid), check,
+                                                       replace_damaged=local is None))
+    if done:
+        log.info("repaired %016x from %s:%d (version %s)", oid, src.host, port,
+                 fmt_version(version))
+    else:  # intact after all (repaired or rewritten meanwhile), or newer than the source's
+        log.warning("repair of %016x from %s:%d (version %s) left the copy here as it is",
+                    oid, src.host, port, fmt_version(version))
     return None, b""
 
 

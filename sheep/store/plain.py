@@ -59,19 +59,19 @@ import numpy as np
 
 from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
-from sheep.store.base import Store, WouldBlock
+from sheep.store.base import Store
 from sheep.store.basedir import (
     BaseDir,
     err,
     fsync_dir,
     oserror,
     pread_full,
-    pread_nowait,
     pwrite_full,
     unlink,
 )
 from sheep.store.inventory import Inventory
 from sheep.store.md_disks import MdDisks
+from sheep.store.reads import ObjectReads
 from sheep.store.stale import StaleCopies
 
 log = logging.getLogger("sheep.store")
@@ -85,10 +85,6 @@ _CACHE_MAX = 4096
 Check = Callable[[], None] | None
 
 
-class _Retry(Exception):
-    """Lockless read attempt failed; redo it under the object's lock."""
-
-
 class _Entry:
     __slots__ = ("key", "meta")
 
@@ -97,7 +93,7 @@ class _Entry:
         self.meta = meta
 
 
-class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
+class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, BaseDir, Store):
     """File-per-object store; see the module docstring for the format."""
 
     def __init__(self, base_dir: str, extra_dirs: Sequence[str] = (), nosync: bool = False):
@@ -106,6 +102,8 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
         self._locks = [threading.Lock() for _ in range(_NSTRIPES)]
         self._cache: OrderedDict[int, _Entry] = OrderedDict()
         self._cache_lock = threading.Lock()
+        # reads do not touch the access time (dropped if the files are not ours: EPERM)
+        self._noatime = getattr(os, "O_NOATIME", 0)
         self._stale: dict[int, dict[int, int]] | None = None  # oid -> {epoch: dir}
         self._stale_lock = threading.Lock()
 
@@ -166,10 +164,16 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
         """Open the object file: (fd, dir index, name). NO_OBJ if absent."""
         name = self._check_oid(oid)
         for i in self._search_order(oid):
+            path = os.path.join(self.obj_dirs[i], name)
             try:
-                return os.open(os.path.join(self.obj_dirs[i], name), flags), i, name
+                return os.open(path, flags), i, name
             except FileNotFoundError:
                 continue
+            except PermissionError as e:
+                if not flags & self._noatime:
+                    raise oserror(e, f"cannot open object {name}") from e
+                self._noatime = 0  # not the files' owner: no O_NOATIME
+                return self._open_obj(oid, flags & ~getattr(os, "O_NOATIME", 0))
             except OSError as e:
                 raise oserror(e, f"cannot open object {name}") from e
         raise err("NO_OBJ", f"object {name} not found")
@@ -306,8 +310,9 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
 
         Replaces a live copy only if that copy's version is not greater (equal
         versions are replaced: copies converge).  ``replace_damaged``: the
-        caller found the live copy damaged — replace it whatever its record
-        says.  Returns whether it stored."""
+        caller found the live copy damaged or missing — replace it if it is
+        missing or still damaged, unless its record says it is newer.
+        Returns whether it stored."""
         name = self._check_oid(oid)
         mv = memoryview(data).cast("B")
         if len(mv) != size:
@@ -316,7 +321,10 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
         with self._lock_for(oid):
             if check is not None:
                 check()
-            if not replace_damaged:
+            if replace_damaged:
+                if not self._damaged_locked(oid, version):
+                    return False
+            else:
                 old = self._old_meta(oid)  # EIO if its record is damaged
                 if old is not None and old.version > version:
                     return False
@@ -456,81 +464,6 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
             finally:
                 os.close(fd)
 
-    # -- objects: reads -----------------------------------------------------
-
-    def _read_once(self, oid: int, offset: int, length: int, locked: bool,
-                   nowait: bool = False) -> bytes:
-        fd, d, name = self._open_obj(oid, os.O_RDONLY)
-        try:
-            st = os.fstat(fd)
-            size = st.st_size
-            self._check_range(name, offset, length, size)
-            if not length:
-                return b""
-            if locked:
-                ent = self._entry_locked(oid, d, name, fd, st)
-            else:
-                ent = self._cached(oid, (st.st_dev, st.st_ino, size, d))
-                if ent is None:
-                    raise _Retry
-            b0 = offset // BLOCK
-            a = b0 * BLOCK
-            end = offset + length
-            e = min(M.nblocks(end) * BLOCK, size)
-            buf = pread_nowait(fd, e - a, a) if nowait else pread_full(fd, e - a, a)
-        except OSError as ex:
-            raise oserror(ex, f"cannot read object {name}") from ex
-        finally:
-            os.close(fd)
-        got = M.block_crcs(buf)
-        if not locked and len(ent.meta.bad_blocks(got, b0)):
-            raise _Retry
-        self._verify(ent.meta, got, b0, f"object {name}")
-        if a == offset and e == end:
-            return buf
-        return bytes(memoryview(buf)[offset - a:end - a])
-
-    def read(self, oid: int, offset: int, length: int) -> bytes:
-        """Exactly ``length`` verified bytes; EIO rather than bad data."""
-        try:
-            return self._read_once(oid, offset, length, locked=False)
-        except _Retry:
-            pass
-        with self._lock_for(oid):
-            return self._read_once(oid, offset, length, locked=True)
-
-    def read_cached(self, oid: int, offset: int, length: int) -> bytes:
-        """:meth:`read` from the page cache with the object's record cached,
-        no object lock taken; :class:`WouldBlock` when that is not enough
-        (data not cached, record not cached, or a block that does not match
-        its record, as while a write is landing: the locked read decides)."""
-        try:
-            return self._read_once(oid, offset, length, locked=False, nowait=True)
-        except _Retry:
-            raise WouldBlock from None
-
-    def read_object(self, oid: int) -> tuple[int, bytes]:
-        """``(version, data)`` of the whole live copy, consistent with each
-        other (read under the object's lock); NO_OBJ, EIO."""
-        with self._lock_for(oid):
-            fd, d, name = self._open_obj(oid, os.O_RDONLY)
-            try:
-                st = os.fstat(fd)
-                ent = self._entry_locked(oid, d, name, fd, st)
-                data = pread_full(fd, st.st_size, 0)
-            except OSError as e:
-                raise oserror(e, f"cannot read object {name}") from e
-            finally:
-                os.close(fd)
-            self._verify(ent.meta, M.block_crcs(data), 0, f"object {name}")
-            return ent.meta.version, data
-
-    def version(self, oid: int) -> int | None:
-        """Version of the live copy, None if absent; EIO if its record is damaged."""
-        with self._lock_for(oid):
-            meta = self._old_meta(oid)
-            return None if meta is None else meta.version
-
     def remove(self, oid: int, check: Check = None) -> None:
         """Delete the object (every copy), its record and its stale copies
         (they are older versions of what is deleted); NO_OBJ if absent."""
@@ -561,28 +494,3 @@ class PlainStore(Inventory, MdDisks, StaleCopies, BaseDir, Store):
         """File size of the object, None if absent."""
         found = self._find(oid)
         return None if found is None else found[1].st_size
-
-    def verify(self, oid: int) -> list[int]:
-        """Indices of blocks whose data matches neither CRC of the record on
-        disk (every block if the record is damaged)."""
-        with self._lock_for(oid):
-            fd, d, name = self._open_obj(oid, os.O_RDONLY)
-            try:
-                size = os.fstat(fd).st_size
-                n = M.nblocks(size)
-                try:
-                    meta = self._load_meta(self._paths(d, name)[1], size)
-                except SdError:
-                    return list(range(n))
-                if meta is None:
-                    return []  # no record: it is rebuilt from the data on first use
-                bad: list[int] = []
-                step = 256 * BLOCK
-                for off in range(0, size, step):
-                    got = M.block_crcs(pread_full(fd, min(step, size - off), off))
-                    bad.extend((meta.bad_blocks(got, off // BLOCK) + off // BLOCK).tolist())
-                return bad
-            except OSError as e:
-                raise oserror(e, f"cannot verify object {name}") from e
-            finally:
-                os.close(fd)

@@ -15,6 +15,7 @@ import sys
 
 from collie import __version__
 from collie.cli import UsageExit, build_parser, parse_args  # noqa: F401  (tests use them here)
+from collie.cli_tree import bash_completion
 from collie.client import EXIT_USAGE, Client, CollieError
 from collie.output import Out
 from collie.prog import prog_name
@@ -26,8 +27,6 @@ def _completion(rest: list[str]) -> int:
     if rest != ["bash"]:
         sys.stderr.write(f"{prog_name()}: --completion: only 'bash' is supported\n")
         return EXIT_USAGE
-    from collie.cli_tree import bash_completion
-
     sys.stdout.write(bash_completion(build_parser()))
     return 0
 

@@ -288,7 +288,7 @@ class Client:
                       data_length=proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN)
         req.args.snapid = snapid
         rsp, _ = self.exec(req, proto.vdi_name_payload(name, tag or ""))
-        self.last_vdi_info = rsp  # its in-use bits: collie.vdi_inuse
+        self.last_vdi_info = rsp  # its in-use bits: collie.vdi_delete
         if rsp.result != SD_RES_SUCCESS:
             return rsp.result, 0
         return SD_RES_SUCCESS, rsp.args.vdi_id

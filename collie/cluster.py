@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from collie import cluster_snapshot, vdi_backup, vdi_check
+from collie.args import parse_copy, parse_shift, redundancy
 from collie.client import (
     EXIT_FAILURE,
     EXIT_SUCCESS,
@@ -16,69 +18,14 @@ from collie.client import (
 )
 from collie.output import JSON_HELP, Out, ctime_str, strftime_local
 from collie.prog import prog_name
+from collie.prompt import FORMAT_PRINT, confirm
+from collie.queries import stat_cluster
+from collie.zones import nr_zones, warn_short
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, result_name, strerror
 
 DEFAULT_STORE = "plain"
-
-FORMAT_PRINT = ("    __\n"
-                "   ()'`;\n"
-                "   /\\|`\n"
-                "  /  |   Caution! The cluster is not empty.\n"
-                "(/_)_|_  Are you sure you want to continue? [yes/no]: ")
-
-
-def confirm(out: Out, message: str) -> None:
-    """Ask; anything but "yes" ends the command successfully (as dog)."""
-    out.write(message)
-    out.stdout.flush()
-    answer = sys.stdin.readline()
-    if not answer.strip().lower().startswith("yes"):
-        raise CollieError(code=EXIT_SUCCESS)
-
-
-def parse_copy(text: str) -> tuple[int, int]:
-    """``-c``: "N" replicas or "D:P" erasure code -> (copies, copy_policy)."""
-    if ":" in text:
-        d_s, p_s = text.split(":", 1)
-        try:
-            d, p = int(d_s), int(p_s)
-        except ValueError:
-            d = p = -1
-        if d not in (2, 4, 8, 16) or not 1 <= p <= 15 or p >= d:
-            raise CollieError("Invalid redundancy level " + text,
-                              "Only 2, 4, 8, 16 data strips and 1 to 15 parity "
-                              "strips (less than data) are supported",
-                              code=EXIT_USAGE)
-        return d + p, (d // 2) << 4 | p
-    try:
-        copies = int(text)
-    except ValueError:
-        copies = -1
-    if not 1 <= copies <= proto.SD_MAX_COPIES:
-        raise CollieError(f"Invalid copies number, must be an integer between "
-                          f"1 and {proto.SD_MAX_COPIES}", code=EXIT_USAGE)
-    return copies, 0
-
-
-def parse_shift(text: str) -> int:
-    try:
-        shift = int(text)
-    except ValueError:
-        shift = -1
-    if not 20 <= shift <= 31:
-        raise CollieError("Object Size is limited to 2^20 ~ 2^31", code=EXIT_USAGE)
-    return shift
-
-
-def redundancy(copies: int, policy: int) -> str:
-    if policy:
-        return f"{(policy >> 4) * 2}:{policy & 0xF}"
-    return str(copies)
-
-
-# ---------------------------------------------------------------------------
 
 
 def _use_lock(args) -> bool:
@@ -114,7 +61,6 @@ def cluster_format(args, client: Client, out: Out) -> int:
                 raise CollieError("Need to specify the option of '-V', because there "
                                   "are vnode strategy of sheep is fixed in the cluster")
 
-    from collie.zones import warn_short
     warn_short(out, copies or proto.SD_DEFAULT_COPIES, nodes)
     if copies > len(nodes) and not args.force:
         confirm(out, f"Number of copies ({copies}) is larger than number of nodes "
@@ -161,21 +107,6 @@ def list_store(client: Client, out: Out) -> int:
     return EXIT_SYSFAIL
 
 
-def stat_cluster(client: Client):
-    """STAT_CLUSTER sized for every epoch; doubles nodes_nr on BUFFER_SMALL."""
-    nodes_nr = len(client.nodes)
-    epoch = max(client.epoch, 1)
-    while True:
-        length = epoch * (proto.EpochLogHeader.SIZE + nodes_nr * proto.SD_NODE_SIZE)
-        req = Request(Op.STAT_CLUSTER, data_length=length)
-        req.args.nodes_nr = nodes_nr
-        rsp, data = client.exec(req)
-        if rsp.result == CODES["BUFFER_SMALL"]:
-            nodes_nr = max(nodes_nr * 2, 1)
-            continue
-        return rsp, proto.unpack_epoch_logs(data, nodes_nr)
-
-
 def _nodes_text(nodes) -> str:
     return ", ".join(f"{n.host}:{n.port}:{n.nr_vnodes}" for n in nodes)
 
@@ -184,7 +115,6 @@ def cluster_info(args, client: Client, out: Out) -> int:
     """``cluster info``; when the copies exceed the zones a warning with the
     effective redundancy goes to stderr (``--json``: ``zones`` and
     ``effective_copies`` always), see collie.zones."""
-    from collie.zones import nr_zones, warn_short
     nodes = client.update_node_list()
     rsp, logs = stat_cluster(client)
     first = logs[0][0] if logs else proto.EpochLogHeader()
@@ -332,9 +262,6 @@ def register(reg) -> None:
     p.add_argument("-f", "--force", action="store_true", help="do not prompt for confirmation")
     reg.add("reweight", cluster_reweight, "re-measure node capacities and update node weights",
             subparsers=sub)
-    from collie import vdi_backup
     vdi_backup.register_cluster(reg, sub)
-    from collie import vdi_check
     vdi_check.register_cluster(reg, sub)
-    from collie import cluster_snapshot
     cluster_snapshot.register(reg, sub)

@@ -39,6 +39,7 @@ import json
 import os
 import time
 
+from collie import json_node
 from collie.client import (
     EXIT_SUCCESS,
     EXIT_SYSFAIL,
@@ -49,6 +50,8 @@ from collie.client import (
     unpack_vids,
 )
 from collie.output import JSON_HELP, Out, ctime_str
+from collie.prompt import FORMAT_PRINT, confirm
+from collie.vdi_delete import do_vdi_delete
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import strerror
@@ -177,7 +180,6 @@ def snapshot_list(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, "Fail to list snapshot.", code=e.code) from None
     if args.json:
-        from collie import json_node
         return json_node.snapshot_list(args, out, snaps)
     out.line("Index\t\tTag\t\tSnapshot Time")
     for s in snaps:
@@ -186,7 +188,6 @@ def snapshot_list(args, client: Client, out: Out) -> int:
 
 
 def _format(client: Client, out: Out, trunk: dict) -> None:
-    from collie.cluster import FORMAT_PRINT, confirm
     rsp, data = client.cluster_info()
     cur = proto.ClusterInfoHeader.unpack(data.ljust(proto.ClusterInfoHeader.SIZE, b"\0"))
     if next(bitmap_bits(client.read_vdis()), None) is not None:
@@ -265,7 +266,6 @@ def _restore(client: Client, farm: Farm, vdis: list[dict]) -> None:
             if succ is not None:
                 pending[succ["vid"]] = nxt
             else:
-                from collie.vdi import do_vdi_delete
                 do_vdi_delete(client, r["name"], 0, "")
         todo.extend(kids)
         done += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collie.client import EXIT_SUCCESS, EXIT_SYSFAIL, Client, CollieError
 from collie.output import Out
+from collie.queries import MD_INFO_SIZE, unpack_md_info
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import strerror
@@ -95,7 +96,6 @@ def node_stat(args, client: Client, out: Out, st: proto.SdStat) -> int:
 
 def md_info(args, client: Client, out: Out) -> int:
     """The disks of the node given by -a/-p (or, with -A, of every node)."""
-    from collie.node_md import MD_INFO_SIZE, unpack_md_info
     nodes = client.update_node_list()
     targets = nodes if args.all else [None]
     docs = []

@@ -10,10 +10,10 @@ and every ``status`` one of a few fixed lowercase words.
 from __future__ import annotations
 
 import base64
-import io
 import re
 import time
 
+from collie.args import NO_INDEX
 from collie.client import (
     EXIT_FAILURE,
     EXIT_SUCCESS,
@@ -23,9 +23,17 @@ from collie.client import (
     VdiEntry,
 )
 from collie.output import Out
+from collie.queries import (
+    LOCK_KINDS,
+    PARTICIPANT_STATES,
+    get_vdi_state,
+    inode_index,
+    stat_cluster,
+)
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, strerror
+from sheep.proto.placement import Ring
 
 
 def kind_of(e: VdiEntry) -> str:
@@ -72,8 +80,6 @@ def vdi_object_map(args, client: Client, out: Out, name: str, inode, raw: bytes,
                    idx) -> int:
     """``objects``: index and vid of every allocated data object (or of the
     one ``-i`` names, allocated or not: vid 0 is unallocated)."""
-    from collie.vdi import inode_index
-    from collie.vdi_extra import NO_INDEX
     if idx is not NO_INDEX:
         off = proto.data_vdi_id_offset(idx)
         objs = [(idx, int.from_bytes(raw[off:off + 4], "little"))]
@@ -111,8 +117,6 @@ def _object_nodes(client: Client, oid: int) -> list[dict]:
 def vdi_object_location(args, client: Client, out: Out, name: str, inode, raw: bytes,
                         idx) -> int:
     """Which node has the object (EXIST on each), and where the ring puts it."""
-    from collie.vdi_extra import NO_INDEX
-    from sheep.proto.placement import Ring
     vid = inode.vdi_id
     doc = {"name": name, "vid": vid, "index": None if idx is NO_INDEX else idx,
            "copies": inode.nr_copies, "nr_nodes": len(client.nodes)}
@@ -145,7 +149,6 @@ def vdi_object_location(args, client: Client, out: Out, name: str, inode, raw: b
 def vdi_lock_list(args, client: Client, out: Out, locks) -> int:
     """One object per lock holder (GET_LOCKS), or, from a Sheepdog 1.0 sheep,
     per locked VDI with its owners (GET_VDI_COPIES)."""
-    from collie.vdi_extra import _KIND, _PSTATE, get_vdi_state
     rows = []
     if locks is not None:
         by_vid: dict[int, list] = {}
@@ -155,7 +158,7 @@ def vdi_lock_list(args, client: Client, out: Out, locks) -> int:
         for e in client.parse_vdi(with_index=False):
             for r in by_vid.get(e.vid, []):
                 rows.append({"name": e.name, "id": e.snapid, "vid": e.vid, "tag": e.tag,
-                             "type": kind_of(e), "kind": _KIND.get(r.kind, "unknown"),
+                             "type": kind_of(e), "kind": LOCK_KINDS.get(r.kind, "unknown"),
                              "owner": proto.nid_to_str(r.owner),
                              "session": r.session or None, "generation": r.generation,
                              "since": r.since, "age": max(int(now - r.since), 0)})
@@ -176,7 +179,7 @@ def vdi_lock_list(args, client: Client, out: Out, locks) -> int:
             for j in range(st.nr_participants):
                 pst = int.from_bytes(st.participants_state[4 * j:4 * j + 4], "little")
                 owners.append({"owner": proto.nid_to_str(st.participants[40 * j:40 * j + 40]),
-                               "state": _PSTATE.get(pst, "(unknown)").strip("()")})
+                               "state": PARTICIPANT_STATES.get(pst, "(unknown)").strip("()")})
             row.update(kind="shared", owners=owners)
         rows.append(row)
     out.json(rows)
@@ -201,46 +204,29 @@ _FIXED = re.compile(r"^fixed (missing|replica) ([0-9a-f]+)$")
 _MISSING = re.compile(r"^\[([^\]]+):(\d+)\] oid ([0-9a-f]+) is missing\.$")
 
 
-def _captured(fn, *a) -> tuple[int, list[str], list[str]]:
-    """Run a text-printing check into buffers: (exit code, stdout lines, stderr lines)."""
-    buf, ebuf = io.StringIO(), io.StringIO()
-    code = fn(*a[:1], Out(stdout=buf, stderr=ebuf), *a[1:])
-    return code, buf.getvalue().splitlines(), ebuf.getvalue().splitlines()
-
-
-def check_report(client: Client, inode, vids, exist: bool) -> tuple[int, dict]:
-    """One VDI's check as a document; ``status``: "ok" (nothing to do),
-    "repaired" (replicas fixed), "missing" (``-e`` found objects missing) or
-    "failed" (objects that could not be checked or repaired, see ``errors``)."""
-    from collie.vdi_check import do_vdi_check, do_vdi_check_exist
+def check_report(inode, vids, exist: bool, lines: list[str], errs: list[str]) -> dict:
+    """One VDI's check as a document, from the text its check printed
+    (``lines`` on stdout, ``errs`` on stderr; collie.vdi_check runs it);
+    ``status``: "ok" (nothing to do), "repaired" (replicas fixed), "missing"
+    (``-e`` found objects missing) or "failed" (objects that could not be
+    checked or repaired, see ``errors``)."""
     doc = {"name": inode.name_str, "vid": inode.vdi_id,
            "id": inode.snap_id if inode.is_snapshot else 0, "tag": inode.tag_str,
            "snapshot": inode.is_snapshot, "nr_objects": 1 + sum(1 for v in vids if v)}
     if exist:
-        code, lines, errs = _captured(do_vdi_check_exist, client, inode, vids)
         missing = [{"host": m[1], "port": int(m[2]), "oid": int(m[3], 16)}
                    for m in map(_MISSING.match, lines) if m]
         doc.update(status="missing" if missing else "ok", missing=missing, errors=errs)
-        return code, doc
-    code, lines, errs = _captured(do_vdi_check, client, inode, vids)
+        return doc
     fixed = [{"oid": int(m[2], 16), "what": m[1]} for m in map(_FIXED.match, lines) if m]
     status = "failed" if errs else ("repaired" if fixed else "ok")
     doc.update(status=status, fixed=fixed, errors=errs)
-    return code, doc
+    return doc
 
 
-def vdi_check(args, client: Client, out: Out, inode, vids) -> int:
-    code, doc = check_report(client, inode, vids, args.exist)
-    out.json(doc)
-    return code
-
-
-def cluster_check(args, client: Client, out: Out) -> int:
-    """Every VDI's check report; ``status`` "ok" / "repaired" / "failed" overall."""
-    reports = []
-    for e in client.parse_vdi(with_index=True):
-        _, doc = check_report(client, e.inode, e.data_vdi_id, False)
-        reports.append(doc)
+def cluster_check(out: Out, reports: list[dict]) -> int:
+    """Every VDI's check report (:func:`check_report`); ``status`` "ok" /
+    "repaired" / "failed" overall."""
     states = {r["status"] for r in reports}
     status = "failed" if "failed" in states else ("repaired" if "repaired" in states
                                                   else "ok")
@@ -255,9 +241,6 @@ def cluster_check(args, client: Client, out: Out) -> int:
 def vdi_track(args, client: Client, out: Out, inode, raw: bytes, idx, oid: int) -> int:
     """Where the object was placed at each epoch (newest first): the ring's
     replicas among that epoch's members (every member when fewer than copies)."""
-    from collie.cluster import stat_cluster
-    from collie.vdi_extra import NO_INDEX
-    from sheep.proto.placement import Ring
     if not oid:
         if idx is NO_INDEX:
             oid = proto.vid_to_vdi_oid(inode.vdi_id)

@@ -16,7 +16,9 @@ import os
 import sys
 
 from collie import __version__
+from collie.cli import build_parser
 from collie.cli_tree import subcommands, walk
+from sheep.config import _parser as sheep_parser
 
 SEE_ALSO = ("docs/multi-host.md and docs/deployment.md in the pysheepdog sources; "
             "the README for the cluster drivers and the data-safety guarantees.")
@@ -98,9 +100,6 @@ def sheep_page(parser: argparse.ArgumentParser) -> str:
 
 def write_all(outdir: str) -> list[str]:
     """Write the pages into ``outdir`` (created); return their paths."""
-    from collie.cli import build_parser
-    from sheep.config import _parser as sheep_parser
-
     os.makedirs(outdir, exist_ok=True)
     pages = {"collie.8": collie_page(build_parser()), "dog.8": ".so man8/collie.8\n",
              "sheep.8": sheep_page(sheep_parser())}

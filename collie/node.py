@@ -17,6 +17,7 @@ from collie.client import (
 )
 from collie.node_md import register as register_md
 from collie.output import JSON_HELP, Out
+from collie.zones import warn_short, warn_short_cluster
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import strerror
@@ -30,7 +31,6 @@ def node_list(args, client: Client, out: Out) -> int:
         # stderr: copies > zones.  The copies come from the STAT_CLUSTER record
         # update_node_list read (dog's own requests); --json asks CLUSTER_INFO
         # when that record had none
-        from collie.zones import warn_short, warn_short_cluster
         if client.cluster_copies:
             warn_short(out, client.cluster_copies, nodes)
         elif args.json:

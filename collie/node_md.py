@@ -1,10 +1,9 @@
 """``collie node md info|plug|unplug``: multi-disk management (dog/node.c).
 
-Wire format (SD_OP_MD_INFO reply, ``struct sd_md_info``): 64 disk slots of
-4120 bytes each -- i32 ``idx``, 4 pad bytes, u64 ``free``, u64 ``used``,
-``char path[4096]`` -- then i32 ``nr`` (slots used) at offset 263680, the
-whole padded to 263688 bytes.  MD_PLUG / MD_UNPLUG carry the comma-separated
-directory list, NUL-terminated, with SD_FLAG_CMD_WRITE.  Output and messages
+The SD_OP_MD_INFO reply (``struct sd_md_info``) is decoded by
+:func:`collie.queries.unpack_md_info`.  MD_PLUG / MD_UNPLUG carry the
+comma-separated directory list, NUL-terminated, with SD_FLAG_CMD_WRITE.
+Output and messages
 are dog's: the table header is printed first (also before a failure), ``-A``
 prints a ``Node <i>:`` line before each node's rows, ``-r`` prints
 ``HOST:PORT idx size used avail use% path`` lines instead; ``plug`` and
@@ -13,11 +12,11 @@ prints a ``Node <i>:`` line before each node's rows, ``-r`` prints
 
 from __future__ import annotations
 
-import struct
-
+from collie import json_node
 from collie.client import EXIT_FAILURE, EXIT_SUCCESS, EXIT_USAGE, Client, CollieError
-from collie.cluster import confirm
 from collie.output import JSON_HELP, Out
+from collie.prompt import confirm
+from collie.queries import MD_INFO_SIZE, unpack_md_info
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import strerror
@@ -32,36 +31,6 @@ UNPLUG_PRINT = ("    __\n"
                 "   /\\|`\n"
                 "  /  |   Caution! Recovery will be triggered after unplugging.\n"
                 "(/_)_|_  Are you sure you want to continue? [yes/no]: ")
-
-MD_MAX_DISK = 64
-MD_DISK_SIZE = 4 + 4 + 8 + 8 + 4096
-MD_NR_OFFSET = MD_MAX_DISK * MD_DISK_SIZE  # 263680
-MD_INFO_SIZE = MD_NR_OFFSET + 8  # 263688
-
-
-def unpack_md_info(buf: bytes) -> list[tuple[int, int, int, str]]:
-    """(idx, free, used, path) of each disk in use."""
-    buf = buf.ljust(MD_INFO_SIZE, b"\0")
-    nr = struct.unpack_from("<i", buf, MD_NR_OFFSET)[0]
-    disks = []
-    for i in range(max(0, min(nr, MD_MAX_DISK))):
-        off = i * MD_DISK_SIZE
-        idx, free, used = struct.unpack_from("<i4xQQ", buf, off)
-        path = proto.cstr(buf[off + 24:off + MD_DISK_SIZE])
-        disks.append((idx, free, used, path))
-    return disks
-
-
-def pack_md_info(disks) -> bytes:
-    """The reverse of :func:`unpack_md_info` (for tests and servers)."""
-    out = bytearray(MD_INFO_SIZE)
-    for i, (idx, free, used, path) in enumerate(disks):
-        off = i * MD_DISK_SIZE
-        struct.pack_into("<i4xQQ", out, off, idx, free, used)
-        raw = path.encode()[:4095]
-        out[off + 24:off + 24 + len(raw)] = raw
-    struct.pack_into("<i", out, MD_NR_OFFSET, len(disks))
-    return bytes(out)
 
 
 def _node_md_info(client: Client, out: Out, node: proto.SdNode | None) -> None:
@@ -84,7 +53,6 @@ def _node_md_info(client: Client, out: Out, node: proto.SdNode | None) -> None:
 
 def md_info(args, client: Client, out: Out) -> int:
     if args.json:
-        from collie import json_node
         return json_node.md_info(args, client, out)
     nodes = client.update_node_list()
     if not out.raw:

@@ -7,36 +7,28 @@ registers every ``vdi`` subcommand.
 
 from __future__ import annotations
 
-from collie import json_vdi, progress, vdi_backup, vdi_extra, vdi_image
+from collie import json_vdi, progress, vdi_backup, vdi_check, vdi_extra, vdi_image
+from collie.args import parse_copy, parse_shift, redundancy, size_arg, snapshot_arg
 from collie.client import (
     EXIT_FAILURE,
-    EXIT_MISSING,
     EXIT_SUCCESS,
     EXIT_USAGE,
     Client,
     CollieError,
     VdiEntry,
     check_vdi_name,
-    count_data_objs,
-    unpack_vids,
 )
-from collie.cluster import confirm, parse_copy, parse_shift, redundancy
 from collie.output import JSON_HELP, Out, strftime_local
-from collie.vdi_args import size_arg, snapshot_arg
+from collie.prompt import confirm
+from collie.queries import inode_index
+from collie.vdi_delete import NR_BATCHED_RECLAMATION_DEFAULT, do_vdi_delete
 from collie.vdi_rw import vdi_read, vdi_write
+from collie.zones import warn_short
 from sheep import proto
-from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, strerror
 
 OLD_MAX_DATA_OBJS = 1 << 20
 SD_MAX_VDI_SIZE = (1 << 22) * (1 << 32)
-NR_BATCHED_RECLAMATION_DEFAULT = 128
-
-
-def inode_index(raw: bytes, inode: proto.InodeHeader) -> list[int]:
-    """data_vdi_id entries of a (full) inode read."""
-    return unpack_vids(raw[proto.SD_INODE_HEADER_SIZE:proto.SD_INODE_INDEX_END],
-                       count_data_objs(inode))
 
 
 # ---------------------------------------------------------------------------
@@ -77,7 +69,6 @@ def vdi_create(args, client: Client, out: Out) -> int:
 
     vid = client.do_vdi_create(args.name, size, 0, False, copies, policy,
                                store_policy, shift)
-    from collie.zones import warn_short
     warn_short(out, copies or getattr(client, "last_new_vdi_copies", 0) or default_copies,
                client.nodes)
     if args.prealloc:
@@ -193,52 +184,6 @@ def vdi_resize(args, client: Client, out: Out) -> int:
     except CollieError as e:
         raise CollieError(*e.messages, "Failed to update an inode header") from None
     return EXIT_SUCCESS
-
-
-def do_vdi_delete(client: Client, name: str, snapid: int, tag: str,
-                  batch: int = NR_BATCHED_RECLAMATION_DEFAULT, force: bool = False,
-                  force_option: str = "--force") -> None:
-    """dog's delete; a VDI in use is refused first (collie.vdi_inuse)."""
-    ret, vid = client.find_vdi_name(name, snapid, tag)
-    if ret != 0:
-        raise CollieError(f"Failed to open VDI {name} (snapshot id: {snapid} snapshot "
-                          f"tag: {tag}): {strerror(ret)}",
-                          code=EXIT_MISSING if ret == CODES["NO_VDI"] else EXIT_FAILURE)
-    from collie.vdi_inuse import refuse_in_use
-    refuse_in_use(client, vid, name, force, force_option)
-    oid = proto.vid_to_vdi_oid(vid)
-    try:
-        raw = client.read_object(oid, proto.SD_INODE_SIZE, 0, direct=False)
-    except CollieError as e:
-        raise CollieError(*e.messages, f"failed to read inode object: {oid:016x}") from None
-    inode = proto.InodeHeader.unpack(raw)
-    vids = inode_index(raw, inode)
-    nr_objs, i = len(vids), 0
-    while i < nr_objs:
-        while i < nr_objs and not vids[i]:
-            i += 1
-        start, filled = i, 0
-        while i < nr_objs and filled < batch:
-            if vids[i]:
-                vids[i] = 0
-                filled += 1
-            i += 1
-        try:
-            client.write_object(oid, bytes(4 * (i - start)),
-                                proto.data_vdi_id_offset(start),
-                                copies=inode.nr_copies, copy_policy=inode.copy_policy,
-                                direct=True)
-        except CollieError as e:
-            raise CollieError(*e.messages, f"failed to update inode for discarding "
-                                           f"objects: {oid:016x}") from None
-    req = Request(Op.DEL_VDI, flags=proto.SD_FLAG_CMD_WRITE,
-                  data_length=proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN)
-    req.args.snapid = snapid
-    rsp, _ = client.exec(req, proto.vdi_name_payload(name, tag or ""))
-    if rsp.result != 0:
-        raise CollieError(f"Failed to delete {name}: {strerror(rsp.result)}",
-                          code=EXIT_MISSING if rsp.result == CODES["NO_VDI"]
-                          else EXIT_FAILURE)
 
 
 def vdi_delete(args, client: Client, out: Out) -> int:
@@ -451,7 +396,6 @@ def register(reg) -> None:
     progress.add_option(p)
 
     vdi_extra.register(reg, sub, cmd)
-    from collie import vdi_check
     vdi_check.register_vdi(reg, sub, cmd)
     vdi_backup.register_vdi(cmd)
     vdi_image.register_vdi(cmd)

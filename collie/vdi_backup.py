@@ -34,8 +34,12 @@ import sys
 import tempfile
 
 from collie import progress
+from collie.args import parse_copy, snapshot_arg
 from collie.client import EXIT_SUCCESS, EXIT_SYSFAIL, EXIT_USAGE, Client, CollieError
 from collie.output import Out
+from collie.prompt import confirm
+from collie.queries import inode_index
+from collie.vdi_delete import do_vdi_delete
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import strerror
@@ -47,11 +51,6 @@ REC = struct.Struct("<IIII")
 END_IDX = 0xFFFFFFFF
 SECTOR_SIZE = 512
 SD_DEFAULT_COPIES = 3
-
-
-def _index(raw: bytes, inode: proto.InodeHeader) -> list[int]:
-    from collie.vdi import inode_index
-    return inode_index(raw, inode)
 
 
 def compact(to_data: bytes, from_data: bytes) -> tuple[int, int]:
@@ -69,7 +68,6 @@ def compact(to_data: bytes, from_data: bytes) -> tuple[int, int]:
 
 
 def vdi_backup(args, client: Client, out: Out) -> int:
-    from collie.vdi_args import snapshot_arg
     to_id, to_tag = snapshot_arg(args.snapshot)
     from_id, from_tag = snapshot_arg(args.from_snapshot)
     if (not to_id and not to_tag) or (not from_id and not from_tag):
@@ -77,8 +75,8 @@ def vdi_backup(args, client: Client, out: Out) -> int:
     _, from_inode, from_raw = client.read_vdi_obj(args.name, from_id, from_tag, proto.SD_INODE_SIZE)
     _, to_inode, to_raw = client.read_vdi_obj(args.name, to_id, to_tag, proto.SD_INODE_SIZE)
     osize = from_inode.object_size
-    from_vids = _index(from_raw, from_inode)
-    to_vids = _index(to_raw, to_inode)
+    from_vids = inode_index(from_raw, from_inode)
+    to_vids = inode_index(to_raw, to_inode)
     write = out.write_bytes
     write(HDR.pack(VDI_BACKUP_FORMAT_VERSION, VDI_BACKUP_MAGIC))
     with progress.bar(args, len(to_vids), f"backup {args.name}", unit="obj") as bar:
@@ -184,12 +182,11 @@ def validated_stream(stream, inode: proto.InodeHeader):
 
 def _do_restore(client: Client, name: str, snapid: int, tag: str, stream,
                 bar=progress.NULL) -> None:
-    from collie.vdi import do_vdi_delete
     hdr = _read_exact(stream, HDR.size)
     if len(hdr) != HDR.size or HDR.unpack(hdr) != (VDI_BACKUP_FORMAT_VERSION, VDI_BACKUP_MAGIC):
         raise CollieError("The backup file is corrupted", code=EXIT_SYSFAIL)
     base_vid, inode, raw = client.read_vdi_obj(name, snapid, tag, proto.SD_INODE_SIZE)
-    parent_vids = _index(raw, inode)
+    parent_vids = inode_index(raw, inode)
     vid = client.do_vdi_create(name, inode.vdi_size, base_vid, False, inode.nr_copies,
                                inode.copy_policy, inode.store_policy, inode.block_size_shift)
     while True:
@@ -221,8 +218,6 @@ def _do_restore(client: Client, name: str, snapid: int, tag: str, stream,
 
 
 def vdi_restore(args, client: Client, out: Out) -> int:
-    from collie.vdi import do_vdi_delete
-    from collie.vdi_args import snapshot_arg
     snapid, tag = snapshot_arg(args.snapshot)
     if not snapid and not tag:
         raise CollieError("We can restore a backup file only to snapshots",
@@ -265,7 +260,6 @@ def vdi_restore(args, client: Client, out: Out) -> int:
 
 
 def _copies_arg(text: str | None, what: str, out: Out) -> int:
-    from collie.cluster import parse_copy
     if not text:
         out.line(f"The {what}'s redundancy level is not specified, use "
                  f"{SD_DEFAULT_COPIES} as default.")
@@ -278,7 +272,6 @@ def _copies_arg(text: str | None, what: str, out: Out) -> int:
 
 
 def vdi_alter_copy(args, client: Client, out: Out) -> int:
-    from collie.cluster import confirm
     client.update_node_list()
     copies = _copies_arg(args.copies, "vdi", out)
     if not args.force and copies > len(client.nodes):
@@ -322,7 +315,6 @@ def vdi_alter_copy(args, client: Client, out: Out) -> int:
 
 
 def cluster_alter_copy(args, client: Client, out: Out) -> int:
-    from collie.cluster import confirm
     client.update_node_list()
     copies = _copies_arg(args.copies, "cluster", out)
     if not args.force and copies > len(client.nodes):

@@ -29,12 +29,14 @@ connections per thread); lines are printed in object order.
 
 from __future__ import annotations
 
+import io
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from collie import progress
+from collie import json_vdi, progress
+from collie.args import NO_INDEX, parse_index, snapshot_arg
 from collie.client import (
     EXIT_FAILURE,
     EXIT_SUCCESS,
@@ -44,6 +46,8 @@ from collie.client import (
     CollieError,
 )
 from collie.output import JSON_HELP, Out
+from collie.queries import inode_index, stat_cluster
+from collie.zones import under_replicated_warning
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, strerror
@@ -238,7 +242,6 @@ def do_vdi_check(client: Client, out: Out, inode: proto.InodeHeader,
                 raise
     finally:
         conns.close()
-    from collie.zones import under_replicated_warning
     with bar.write_mode():
         out.line(f"finish check&repair {inode.name_str}")
         under_replicated_warning(out, inode.name_str, len(object_list(inode, vids)),
@@ -254,7 +257,6 @@ def do_vdi_check_exist(client: Client, out: Out, inode: proto.InodeHeader,
     for oid in object_list(inode, vids):
         for n in ring.replicas(oid, copies):
             per_node[(n.host, n.port)].append(oid)
-    from collie.zones import under_replicated_warning
     under_replicated_warning(out, inode.name_str, len(object_list(inode, vids)),
                              inode.nr_copies, client.nr_zones)
     total = 0
@@ -279,12 +281,22 @@ def do_vdi_check_exist(client: Client, out: Out, inode: proto.InodeHeader,
 
 
 def _snap(args):
-    from collie.vdi_args import snapshot_arg
     return snapshot_arg(getattr(args, "snapshot", None))
 
 
+def _check_report(client: Client, inode: proto.InodeHeader, vids: list[int],
+                  exist: bool) -> tuple[int, dict]:
+    """Run one VDI's check (``-e``: the existence check) with its text output
+    captured, rendered by :func:`collie.json_vdi.check_report`: (exit code,
+    the document)."""
+    buf, ebuf = io.StringIO(), io.StringIO()
+    check = do_vdi_check_exist if exist else do_vdi_check
+    code = check(client, Out(stdout=buf, stderr=ebuf), inode, vids)
+    return code, json_vdi.check_report(inode, vids, exist, buf.getvalue().splitlines(),
+                                       ebuf.getvalue().splitlines())
+
+
 def vdi_check(args, client: Client, out: Out) -> int:
-    from collie.vdi import inode_index
     client.update_node_list()
     snapid, tag = _snap(args)
     try:
@@ -293,8 +305,9 @@ def vdi_check(args, client: Client, out: Out) -> int:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
     vids = inode_index(raw, inode)
     if args.json:
-        from collie import json_vdi
-        return json_vdi.vdi_check(args, client, out, inode, vids)
+        code, doc = _check_report(client, inode, vids, args.exist)
+        out.json(doc)
+        return code
     if args.exist:
         return do_vdi_check_exist(client, out, inode, vids)
     with progress.bar(args, len(object_list(inode, vids)), f"check {args.name}",
@@ -305,8 +318,9 @@ def vdi_check(args, client: Client, out: Out) -> int:
 def cluster_check(args, client: Client, out: Out) -> int:
     client.update_node_list()
     if args.json:
-        from collie import json_vdi
-        return json_vdi.cluster_check(args, client, out)
+        reports = [_check_report(client, e.inode, e.data_vdi_id, False)[1]
+                   for e in client.parse_vdi(with_index=True)]
+        return json_vdi.cluster_check(out, reports)
     entries = client.parse_vdi(with_index=True)
     total = sum(len(object_list(e.inode, e.data_vdi_id)) for e in entries)
     with progress.bar(args, total, "check cluster", unit="obj") as bar:
@@ -349,8 +363,6 @@ def parse_oid(text: str | None) -> int:
 
 
 def vdi_track(args, client: Client, out: Out) -> int:
-    from collie.cluster import stat_cluster
-    from collie.vdi_extra import NO_INDEX, parse_index
     client.update_node_list()
     snapid, tag = _snap(args)
     idx = parse_index(args.index)
@@ -361,7 +373,6 @@ def vdi_track(args, client: Client, out: Out) -> int:
         raise CollieError(*e.messages, "FATAL: no inode objects", code=e.code) from None
     vid, nodes_nr = inode.vdi_id, len(client.nodes)
     if args.json:
-        from collie import json_vdi
         return json_vdi.vdi_track(args, client, out, inode, raw, idx, oid)
     if not oid:
         if idx is NO_INDEX:

@@ -4,8 +4,10 @@ setattr/getattr, lock list, plus the tree renderer used by ``vdi tree``."""
 from __future__ import annotations
 
 import sys
+import time
 
 from collie import json_vdi
+from collie.args import NO_INDEX, parse_index, snapshot_arg
 from collie.client import (
     EXIT_EXISTS,
     EXIT_FAILURE,
@@ -17,25 +19,20 @@ from collie.client import (
 )
 from collie.output import JSON_HELP, TEXT_BOLD, TEXT_NORMAL, Out
 from collie.prog import prog_name
+from collie.queries import (
+    LOCK_KINDS,
+    PARTICIPANT_STATES,
+    get_locks,
+    get_vdi_state,
+    inode_index,
+)
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES, strerror
-
-NO_INDEX = None
-
-
-def parse_index(text: str | None):
-    if text is None:
-        return NO_INDEX
-    try:
-        return int(text, 16) if text.startswith("0x") else int(text, 10)
-    except ValueError:
-        raise CollieError("The index must be a decimal integer or a hexadecimal "
-                          "integer started with 0x", code=EXIT_FAILURE) from None
+from sheep.proto.placement import Ring
 
 
 def _snap(args):
-    from collie.vdi_args import snapshot_arg
     return snapshot_arg(getattr(args, "snapshot", None))
 
 
@@ -119,7 +116,6 @@ class VdiTree:
 
 
 def vdi_object_map(args, client: Client, out: Out) -> int:
-    from collie.vdi import inode_index
     snapid, tag = _snap(args)
     idx = parse_index(args.index)
     try:
@@ -166,7 +162,6 @@ def _expected_location(client: Client, out: Out, oid: int, copies: int) -> None:
         out.line(f"\nBecause number of nodes ({len(client.nodes)}) is less than number "
                  f"of copies ({copies}), the object should be located at every nodes.")
         return
-    from sheep.proto.placement import Ring
     ring = Ring(client.nodes)
     out.line("\nAccording to sheepdog algorithm, the object should be located at:")
     out.line(" ".join(f"{n.host}:{n.port}" for n in ring.replicas(oid, copies)))
@@ -284,45 +279,6 @@ def vdi_getattr(args, client: Client, out: Out) -> int:
 # locks
 
 
-def get_vdi_state(client: Client) -> list[proto.VdiStateRecord]:
-    rlen = 512 * proto.VdiStateRecord.SIZE
-    while True:
-        rsp, data = client.exec(Request(Op.GET_VDI_COPIES, data_length=rlen))
-        if rsp.result == CODES["BUFFER_SMALL"]:
-            rlen *= 2
-            continue
-        if rsp.result != 0:
-            raise CollieError(f"failed to execute SD_OP_GET_VDI_COPIES: "
-                              f"{strerror(rsp.result)}", "Failed to get VDI state",
-                              code=EXIT_SYSFAIL)
-        size = proto.VdiStateRecord.SIZE
-        return [proto.VdiStateRecord.unpack(data, off)
-                for off in range(0, len(data) - size + 1, size)]
-
-
-_PSTATE = {1: "(modified)", 2: "(shared)", 3: "(invalidated)"}
-
-
-def get_locks(client: Client) -> list[proto.LockRecord] | None:
-    """Every lock holder (GET_LOCKS, a pysheepdog extension); None from a 1.0 sheep."""
-    rlen = 512 * proto.LockRecord.SIZE
-    while True:
-        rsp, data = client.exec(Request(Op.GET_LOCKS, data_length=rlen))
-        if rsp.result == CODES["BUFFER_SMALL"]:
-            rlen *= 2
-            continue
-        if rsp.result == CODES["INVALID_PARMS"]:
-            return None
-        if rsp.result != 0:
-            raise CollieError(f"failed to list locks: {strerror(rsp.result)}", code=EXIT_SYSFAIL)
-        size = proto.LockRecord.SIZE
-        return [proto.LockRecord.unpack(data, off) for off in range(0, len(data) - size + 1, size)]
-
-
-_KIND = {proto.LOCK_KIND_EXCLUSIVE: "write", proto.LOCK_KIND_SHARED: "shared",
-         proto.LOCK_KIND_READ: "read", proto.LOCK_KIND_STANDBY: "standby"}
-
-
 def _age(seconds: float) -> str:
     s = max(int(seconds), 0)
     if s < 60:
@@ -342,7 +298,6 @@ def vdi_lock_list(args, client: Client, out: Out) -> int:
         return json_vdi.vdi_lock_list(args, client, out, locks)
     if locks is None:
         return _vdi_lock_list_1_0(client, out)
-    import time
     by_vid: dict[int, list[proto.LockRecord]] = {}
     for r in locks:
         by_vid.setdefault(r.vid, []).append(r)
@@ -354,7 +309,7 @@ def vdi_lock_list(args, client: Client, out: Out) -> int:
         for r in by_vid.get(e.vid, []):
             session = f"{r.session:016x}" if r.session else "-"
             out.line(f"{mark} {e.name:<8s}  {e.snapid:5d}  {e.vid:6x}  {e.tag:<13s}  "
-                     f"{_KIND.get(r.kind, '?'):<7s}  {proto.nid_to_str(r.owner):<21s}  "
+                     f"{LOCK_KINDS.get(r.kind, '?'):<7s}  {proto.nid_to_str(r.owner):<21s}  "
                      f"{session:<16s}  {r.generation:>10d}  {_age(now - r.since)}")
     return EXIT_SUCCESS
 
@@ -374,7 +329,7 @@ def _vdi_lock_list_1_0(client: Client, out: Out) -> int:
             for j in range(st.nr_participants):
                 pst = int.from_bytes(st.participants_state[4 * j:4 * j + 4], "little")
                 line += " " + proto.nid_to_str(st.participants[40 * j:40 * j + 40])
-                line += _PSTATE.get(pst, f"(UNKNOWN {pst}, BUG!)")
+                line += PARTICIPANT_STATES.get(pst, f"(UNKNOWN {pst}, BUG!)")
         out.line(line)
     return EXIT_SUCCESS
 

@@ -48,6 +48,7 @@ import stat
 import sys
 
 from collie import progress
+from collie.args import parse_copy, parse_shift, size_arg, snapshot_arg
 from collie.client import (
     EXIT_EXISTS,
     EXIT_FAILURE,
@@ -144,8 +145,6 @@ def _file_size(fd: int) -> int:
 
 
 def vdi_import(args, client: Client, out: Out) -> int:
-    from collie.cluster import parse_copy, parse_shift
-    from collie.vdi_args import size_arg
     want = size_arg(args.size) if args.size is not None else None
     copies, policy = parse_copy(args.copies) if args.copies else (0, 0)
     shift = parse_shift(args.block_size_shift) if args.block_size_shift else 0
@@ -242,7 +241,6 @@ def _write(client: Client, inode, vid: int, idx: int, data: bytes) -> None:
 
 
 def vdi_export(args, client: Client, out: Out) -> int:
-    from collie.vdi import snapshot_arg
     snapid, tag = snapshot_arg(args.snapshot)
     _, inode, raw = client.read_vdi_obj(args.name, snapid, tag, proto.SD_INODE_INDEX_END)
     vids = unpack_vids(raw[proto.SD_INODE_HEADER_SIZE:proto.SD_INODE_INDEX_END],

@@ -12,12 +12,14 @@ another writer allocated meanwhile.  Progress bars go to stderr only
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 
 from collie import progress, vdi_image
+from collie.args import size_arg, snapshot_arg
 from collie.client import EXIT_SUCCESS, Client, CollieError, unpack_vids
 from collie.output import Out
-from collie.vdi_args import size_arg, snapshot_arg
 from sheep import proto
 
 
@@ -74,9 +76,6 @@ def _refuse_oversized_file(room: int, offset: int, vdi_size: int) -> None:
     """``vdi write NAME [OFFSET]`` from a regular file longer than the space
     up to the VDI end: refused before anything is written (a pipe is checked
     as it is read, see :func:`vdi_write`)."""
-    import os
-    import stat
-
     try:
         st = os.fstat(sys.stdin.fileno())
         if not stat.S_ISREG(st.st_mode):

@@ -17,7 +17,7 @@ on stderr (stdout stays as dog prints it):
 
 from __future__ import annotations
 
-from collie.client import Client
+from collie.client import Client, CollieError
 from collie.output import Out
 from sheep import proto
 
@@ -39,7 +39,6 @@ def warn_short_cluster(client: Client, out: Out, nodes) -> None:
     """``node list``'s warning: the cluster's copies against the zones of
     ``nodes`` (one more request, after the output; a daemon that does not
     answer it just gets no warning)."""
-    from collie.client import CollieError
     try:
         copies = cluster_copies(client)
     except CollieError:

@@ -13,7 +13,7 @@ import time
 import pytest
 from harness import wait_for
 
-from collie.node_md import MD_INFO_SIZE
+from collie.queries import MD_INFO_SIZE
 from sheep import proto
 from sheep.proto import Op, Request
 from sheep.proto.errors import CODES

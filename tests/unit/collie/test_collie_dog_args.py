@@ -3,7 +3,7 @@
 
 import pytest
 
-from collie import node, node_md
+from collie import node, queries
 from collie.__main__ import UsageExit, build_parser, parse_args
 from collie.output import Out
 from sheep import proto
@@ -42,11 +42,11 @@ def test_unknown_words_are_usage_errors(capsys):
 
 def test_md_info_layout_round_trip():
     disks = [(0, 10 << 30, 1 << 20, "/a"), (1, 5, 6, "/b/c")]
-    buf = node_md.pack_md_info(disks)
-    assert len(buf) == node_md.MD_INFO_SIZE == 263688
-    assert buf[node_md.MD_NR_OFFSET:node_md.MD_NR_OFFSET + 4] == (2).to_bytes(4, "little")
+    buf = queries.pack_md_info(disks)
+    assert len(buf) == queries.MD_INFO_SIZE == 263688
+    assert buf[queries.MD_NR_OFFSET:queries.MD_NR_OFFSET + 4] == (2).to_bytes(4, "little")
     assert buf[4120 + 24:4120 + 28] == b"/b/c"  # second slot's path
-    assert node_md.unpack_md_info(buf) == disks
+    assert queries.unpack_md_info(buf) == disks
 
 
 def test_stat_lines_print_read_before_write_like_dog():

@@ -1,5 +1,6 @@
-"""Refusing to delete a VDI that is in use (``vdi delete``, ``vdi rollback``,
-``vdi restore``).
+"""Deleting a VDI: refuse one in use, then release its objects (dog's
+delete, for ``vdi delete``, ``vdi rollback``, ``vdi restore`` and ``cluster
+snapshot load``).
 
 A VDI is in use while somebody holds its lock: a writer (``qemu``, the NBD
 export, ``qemu_client`` opened read-write), a shared (multipath) or a read
@@ -22,18 +23,20 @@ from __future__ import annotations
 
 import sys
 
-from collie.client import EXIT_FAILURE, Client, CollieError
+from collie.client import EXIT_FAILURE, EXIT_MISSING, Client, CollieError
+from collie.queries import LOCK_KINDS, get_locks, get_vdi_state, inode_index
 from sheep import proto
 from sheep.proto import Op, Request
+from sheep.proto.errors import CODES, strerror
+
+NR_BATCHED_RECLAMATION_DEFAULT = 128
 
 
 def holders(client: Client, vid: int) -> list[str]:
     """Who holds ``vid`` open, one "KIND via NODE" text each ([] if nobody)."""
-    from collie.vdi_extra import _KIND, get_locks, get_vdi_state
-
     locks = get_locks(client)
     if locks is not None:
-        return [f"{_KIND.get(r.kind, '?')} lock via {proto.nid_to_str(r.owner)}"
+        return [f"{LOCK_KINDS.get(r.kind, '?')} lock via {proto.nid_to_str(r.owner)}"
                 for r in locks if r.vid == vid and r.kind != proto.LOCK_KIND_STANDBY]
     for st in get_vdi_state(client):  # a 1.0 sheep: its lock state
         if st.vid == vid and st.lock_state == proto.LOCK_STATE_LOCKED:
@@ -50,7 +53,6 @@ def break_lock(client: Client, vid: int, name: str) -> None:
     proto.set_release_session(req.args, 0)
     rsp, _ = client.exec(req)
     if rsp.result != 0:
-        from sheep.proto.errors import strerror
         raise CollieError(f"Failed to unlock VDI {name}: {strerror(rsp.result)}",
                           code=EXIT_FAILURE)
 
@@ -80,3 +82,48 @@ def refuse_in_use(client: Client, vid: int, name: str, force: bool,
                           "next write fails)", code=EXIT_FAILURE)
     break_lock(client, vid, name)
     sys.stderr.write(f"VDI {name} was in use ({', '.join(who)}); lock broken ({option})\n")
+
+
+def do_vdi_delete(client: Client, name: str, snapid: int, tag: str,
+                  batch: int = NR_BATCHED_RECLAMATION_DEFAULT, force: bool = False,
+                  force_option: str = "--force") -> None:
+    """dog's delete; a VDI in use is refused first (:func:`refuse_in_use`)."""
+    ret, vid = client.find_vdi_name(name, snapid, tag)
+    if ret != 0:
+        raise CollieError(f"Failed to open VDI {name} (snapshot id: {snapid} snapshot "
+                          f"tag: {tag}): {strerror(ret)}",
+                          code=EXIT_MISSING if ret == CODES["NO_VDI"] else EXIT_FAILURE)
+    refuse_in_use(client, vid, name, force, force_option)
+    oid = proto.vid_to_vdi_oid(vid)
+    try:
+        raw = client.read_object(oid, proto.SD_INODE_SIZE, 0, direct=False)
+    except CollieError as e:
+        raise CollieError(*e.messages, f"failed to read inode object: {oid:016x}") from None
+    inode = proto.InodeHeader.unpack(raw)
+    vids = inode_index(raw, inode)
+    nr_objs, i = len(vids), 0
+    while i < nr_objs:
+        while i < nr_objs and not vids[i]:
+            i += 1
+        start, filled = i, 0
+        while i < nr_objs and filled < batch:
+            if vids[i]:
+                vids[i] = 0
+                filled += 1
+            i += 1
+        try:
+            client.write_object(oid, bytes(4 * (i - start)),
+                                proto.data_vdi_id_offset(start),
+                                copies=inode.nr_copies, copy_policy=inode.copy_policy,
+                                direct=True)
+        except CollieError as e:
+            raise CollieError(*e.messages, f"failed to update inode for discarding "
+                                           f"objects: {oid:016x}") from None
+    req = Request(Op.DEL_VDI, flags=proto.SD_FLAG_CMD_WRITE,
+                  data_length=proto.SD_MAX_VDI_LEN + proto.SD_MAX_VDI_TAG_LEN)
+    req.args.snapid = snapid
+    rsp, _ = client.exec(req, proto.vdi_name_payload(name, tag or ""))
+    if rsp.result != 0:
+        raise CollieError(f"Failed to delete {name}: {strerror(rsp.result)}",
+                          code=EXIT_MISSING if rsp.result == CODES["NO_VDI"]
+                          else EXIT_FAILURE)

@@ -49,20 +49,27 @@ def inode_index(raw: bytes, inode: proto.InodeHeader) -> list[int]:
 # locks
 
 
-def get_vdi_state(client: Client) -> list[proto.VdiStateRecord]:
-    rlen = 512 * proto.VdiStateRecord.SIZE
+def _records(client: Client, op: int, record) -> tuple[int, list]:
+    """(result, records) of a request answered with fixed-size records, the
+    buffer doubled from 512 records while the answer is BUFFER_SMALL."""
+    rlen = 512 * record.SIZE
     while True:
-        rsp, data = client.exec(Request(Op.GET_VDI_COPIES, data_length=rlen))
-        if rsp.result == CODES["BUFFER_SMALL"]:
-            rlen *= 2
-            continue
-        if rsp.result != 0:
-            raise CollieError(f"failed to execute SD_OP_GET_VDI_COPIES: "
-                              f"{strerror(rsp.result)}", "Failed to get VDI state",
-                              code=EXIT_SYSFAIL)
-        size = proto.VdiStateRecord.SIZE
-        return [proto.VdiStateRecord.unpack(data, off)
-                for off in range(0, len(data) - size + 1, size)]
+        rsp, data = client.exec(Request(op, data_length=rlen))
+        if rsp.result != CODES["BUFFER_SMALL"]:
+            break
+        rlen *= 2
+    if rsp.result:
+        return rsp.result, []
+    return 0, [record.unpack(data, off) for off in range(0, len(data) - record.SIZE + 1,
+                                                           record.SIZE)]
+
+
+def get_vdi_state(client: Client) -> list[proto.VdiStateRecord]:
+    result, records = _records(client, Op.GET_VDI_COPIES, proto.VdiStateRecord)
+    if result != 0:
+        raise CollieError(f"failed to execute SD_OP_GET_VDI_COPIES: "
+                          f"{strerror(result)}", "Failed to get VDI state", code=EXIT_SYSFAIL)
+    return records
 
 
 #: a shared lock participant's state (GET_VDI_COPIES), as dog prints it
@@ -71,18 +78,12 @@ PARTICIPANT_STATES = {1: "(modified)", 2: "(shared)", 3: "(invalidated)"}
 
 def get_locks(client: Client) -> list[proto.LockRecord] | None:
     """Every lock holder (GET_LOCKS, a pysheepdog extension); None from a 1.0 sheep."""
-    rlen = 512 * proto.LockRecord.SIZE
-    while True:
-        rsp, data = client.exec(Request(Op.GET_LOCKS, data_length=rlen))
-        if rsp.result == CODES["BUFFER_SMALL"]:
-            rlen *= 2
-            continue
-        if rsp.result == CODES["INVALID_PARMS"]:
-            return None
-        if rsp.result != 0:
-            raise CollieError(f"failed to list locks: {strerror(rsp.result)}", code=EXIT_SYSFAIL)
-        size = proto.LockRecord.SIZE
-        return [proto.LockRecord.unpack(data, off) for off in range(0, len(data) - size + 1, size)]
+    result, records = _records(client, Op.GET_LOCKS, proto.LockRecord)
+    if result == CODES["INVALID_PARMS"]:
+        return None
+    if result != 0:
+        raise CollieError(f"failed to list locks: {strerror(result)}", code=EXIT_SYSFAIL)
+    return records
 
 
 #: a GET_LOCKS record's kind, by name

@@ -146,14 +146,21 @@ def export_name(raw: bytes) -> str:
         raise Refused(REP_ERR_INVALID, "export name is not UTF-8") from None
 
 
+def _named(data: bytes, after: int, what: str) -> tuple[str, int]:
+    """(export name, offset past it) of option data that starts with a u32
+    name length and the name, followed by at least ``after`` more bytes."""
+    if len(data) < 4 + after:
+        raise Refused(REP_ERR_INVALID, f"{what} data too short")
+    nlen = _U32.unpack_from(data)[0]
+    if 4 + nlen + after > len(data):
+        raise Refused(REP_ERR_INVALID, "export name runs past the option data")
+    return export_name(data[4:4 + nlen]), 4 + nlen
+
+
 def info_request(data: bytes) -> tuple[str, set[int]]:
     """(export name, requested ``NBD_INFO_*`` types) of NBD_OPT_INFO / NBD_OPT_GO data."""
-    if len(data) < 6:
-        raise Refused(REP_ERR_INVALID, "NBD_OPT_INFO/GO data too short")
-    nlen = _U32.unpack_from(data)[0]
-    if 4 + nlen + 2 > len(data):
-        raise Refused(REP_ERR_INVALID, "export name runs past the option data")
-    name = export_name(data[4:4 + nlen])
+    name, pos = _named(data, 2, "NBD_OPT_INFO/GO")
+    nlen = pos - 4
     nreq = _U16.unpack_from(data, 4 + nlen)[0]
     if 4 + nlen + 2 + 2 * nreq != len(data):
         raise Refused(REP_ERR_INVALID, "bad information request list")
@@ -205,13 +212,7 @@ def transmission_flags(readonly: bool, structured: bool = False) -> int:
 
 def meta_context_request(data: bytes) -> tuple[str, list[str]]:
     """(export name, queries) of NBD_OPT_LIST/SET_META_CONTEXT data."""
-    if len(data) < 8:
-        raise Refused(REP_ERR_INVALID, "meta context data too short")
-    nlen = _U32.unpack_from(data)[0]
-    if 4 + nlen + 4 > len(data):
-        raise Refused(REP_ERR_INVALID, "export name runs past the option data")
-    name = export_name(data[4:4 + nlen])
-    pos = 4 + nlen
+    name, pos = _named(data, 4, "meta context")
     count = _U32.unpack_from(data, pos)[0]
     pos += 4
     queries = []

@@ -90,7 +90,7 @@ CLIENT_FLAGS_SIZE = 4
 _ALLOWED_FLAGS = {CMD_READ: CMD_FLAG_FUA | CMD_FLAG_DF, CMD_WRITE: CMD_FLAG_FUA,
                   CMD_FLUSH: CMD_FLAG_FUA, CMD_TRIM: CMD_FLAG_FUA,
                   CMD_WRITE_ZEROES: CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
-                  CMD_BLOCK_STATUS: CMD_FLAG_REQ_ONE}
+                  CMD_BLOCK_STATUS: CMD_FLAG_REQ_ONE | CMD_FLAG_FUA}
 
 
 class ProtocolViolation(Exception):
@@ -313,9 +313,16 @@ def structured_read(handle: int, offset: int, length: int) -> bytes:
                        8 + length) + _U64.pack(offset)
 
 
+def structured_done(handle: int) -> bytes:
+    """A final ``NONE`` chunk: the reply of a zero-length read (an
+    ``OFFSET_DATA`` chunk must carry at least one byte)."""
+    return _CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_NONE, handle, 0)
+
+
 def structured_error(handle: int, err: int, message: str = "") -> bytes:
-    """A final ``ERROR`` chunk: the errno and a message for a human."""
-    msg = message.encode()[:MAX_NAME]
+    """A final ``ERROR`` chunk: the errno and a message for a human (cut to
+    ``MAX_NAME`` bytes on a character boundary: it stays UTF-8)."""
+    msg = message.encode()[:MAX_NAME].decode(errors="ignore").encode()
     return _CHUNK.pack(STRUCTURED_REPLY_MAGIC, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, handle,
                        6 + len(msg)) + _U32.pack(err) + _U16.pack(len(msg)) + msg
 

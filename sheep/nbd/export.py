@@ -328,6 +328,8 @@ class NbdConnection:
         """NBD_OPT_LIST/SET_META_CONTEXT: which of our contexts (``base:allocation``)
         the queries select, for an export that exists; SET remembers it for
         that export (another export opened later has none selected)."""
+        if opt == nbd.OPT_SET_META_CONTEXT:  # replaces the selection, even when it fails
+            self.meta_export = None
         if not self.structured:
             raise nbd.Refused(nbd.REP_ERR_INVALID, "negotiate structured replies first")
         name, queries = nbd.meta_context_request(data)
@@ -447,19 +449,28 @@ class NbdConnection:
             self._out_bytes += len(data)
         self._queued()
 
-    def _send_read(self, req: nbd.Request, err: int, data=b"", why: str = "") -> None:
-        """Queue the reply of a read: simple, or with structured replies one
-        final chunk (the data, or the error with ``why``)."""
+    def _send_read(self, req: nbd.Request, data) -> None:
+        """Queue the data of a read: a simple reply, or with structured
+        replies one final chunk (``NONE`` for a read of no bytes)."""
         if not self.structured:
-            self._send(req.handle, err, data)
+            self._send(req.handle, 0, data)
             return
-        if err:
-            self._out.append(nbd.structured_error(req.handle, err, why))
-        else:
+        if data:
             self._out.append(nbd.structured_read(req.handle, req.offset, len(data)))
-            if data:
-                self._out.append(data)
-                self._out_bytes += len(data)
+            self._out.append(data)
+            self._out_bytes += len(data)
+        else:
+            self._out.append(nbd.structured_done(req.handle))
+        self._queued()
+
+    def _send_error(self, req: nbd.Request, err: int, why: str) -> None:
+        """Queue an error reply: with structured replies an ``ERROR`` chunk
+        carrying ``why`` (a read must never get a simple reply then), else a
+        simple reply."""
+        if not self.structured:
+            self._send(req.handle, err)
+            return
+        self._out.append(nbd.structured_error(req.handle, err, why))
         self._queued()
 
     def _queued(self) -> None:
@@ -487,17 +498,15 @@ class NbdConnection:
             err = nbd.request_errno(req, vdi.size, self.readonly, self.structured,
                                     self.block_status)
             if err:
-                if cmd == nbd.CMD_READ:
-                    self._send_read(req, err, why="request refused")
-                else:
-                    self._send(req.handle, err)
+                self._send_error(req, err, "request refused")
                 return
             if cmd == nbd.CMD_READ:
                 data = await vdi.pread(offset, length) if length else b""
-                self._send_read(req, 0, data)
+                self._send_read(req, data)
                 return
             if cmd == nbd.CMD_BLOCK_STATUS:
-                extents = nbd.allocation(vdi.index, vdi.object_size, offset, length,
+                index = await vdi.allocation_index(offset, length)
+                extents = nbd.allocation(index, vdi.object_size, offset, length,
                                          one=bool(req.flags & nbd.CMD_FLAG_REQ_ONE))
                 self._out.append(nbd.block_status_reply(req.handle, extents))
                 self._queued()
@@ -513,10 +522,7 @@ class NbdConnection:
             err = nbd.errno_for(e)
             if err == nbd.EIO:
                 log.warning("%s: command %d at %d+%d failed: %r", self, cmd, offset, length, e)
-            if cmd == nbd.CMD_READ:
-                self._send_read(req, err, why=str(e))
-            else:
-                self._send(req.handle, err)
+            self._send_error(req, err, str(e))
 
 
 # ---------------------------------------------------------------------------

@@ -302,6 +302,21 @@ class VdiIo(FencedCalls):
             await asyncio.gather(*(part(*p) for p in self._split(offset, length)))
             return bytes(out)
 
+    async def allocation_index(self, offset: int, length: int) -> list[int]:
+        """The ``data_vdi_id`` entries to report the allocation of ``length``
+        bytes at ``offset`` from (0: never written, reads as zeros; anything
+        else: data, ours or a parent's).  As for reads, a 0 entry of our cache
+        is trusted only while our lock stands (confirmed; FencedError if not):
+        a writer whose lock was taken must never report zeros where the new
+        one wrote."""
+        async with self._io(False):
+            self._check(offset, length)
+            if length:
+                first, last = offset // self.object_size, (offset + length - 1) // self.object_size
+                if not all(self.index[first:last + 1]):
+                    await self._confirm_lock()
+            return self.index
+
     async def pwrite(self, offset: int, data) -> None:
         """Write ``data`` at ``offset``; returns once every replica has it."""
         async with self._io(True):

@@ -550,7 +550,8 @@ def test_structured_replies_and_block_status_on_the_wire(nbd_cluster, vdi_name):
         assert struct.unpack(">3I", raw.chunk()[3]) == (codec.BASE_ALLOCATION_ID, 2 * OBJ, hz)
         raw.request(codec.CMD_WRITE, 5, 0, 512, data=b"w" * 512)  # simple replies still fine
         assert raw.reply() == (0, 5)
-        raw.request(codec.CMD_BLOCK_STATUS, 6, 0, OBJ)  # our own write is data at once
+        raw.request(codec.CMD_BLOCK_STATUS, 6, 0, OBJ, flags=codec.CMD_FLAG_FUA)  # (FUA: fine)
+        # our own write is data at once
         assert struct.unpack(">3I", raw.chunk()[3]) == (codec.BASE_ALLOCATION_ID, OBJ, 0)
         raw.request(codec.CMD_DISC, 7, 0, 0)
     finally:
@@ -564,7 +565,24 @@ def test_structured_replies_and_block_status_on_the_wire(nbd_cluster, vdi_name):
         assert raw.meta_context(codec.OPT_SET_META_CONTEXT, other, "base:allocation")
         raw.go(vdi_name)
         raw.request(codec.CMD_BLOCK_STATUS, 1, 0, 4096)
-        assert raw.reply() == (codec.EINVAL, 1)
+        f, t, h, body = raw.chunk()  # (errors as ERROR chunks once structured)
+        assert (f, t, h) == (codec.REPLY_FLAG_DONE, codec.REPLY_TYPE_ERROR, 1)
+        assert struct.unpack(">I", body[:4])[0] == codec.EINVAL
+        raw.request(codec.CMD_READ, 2, 0, 0)  # no bytes: a NONE chunk, never empty data
+        assert raw.chunk() == (codec.REPLY_FLAG_DONE, codec.REPLY_TYPE_NONE, 2, b"")
+    finally:
+        raw.close()
+    raw = RawNbd(a)  # a failed SET_META_CONTEXT drops the earlier selection too
+    try:
+        raw.greet()
+        raw.structured()
+        assert raw.meta_context(codec.OPT_SET_META_CONTEXT, vdi_name, "base:allocation")
+        raw.option(codec.OPT_SET_META_CONTEXT, struct.pack(">I", 5) + b"nosuc" + bytes(4))
+        assert raw.rep()[:2] == (codec.OPT_SET_META_CONTEXT, codec.REP_ERR_UNKNOWN)
+        raw.go(vdi_name)
+        raw.request(codec.CMD_BLOCK_STATUS, 1, 0, 4096, flags=codec.CMD_FLAG_FUA)
+        f, t, h, body = raw.chunk()
+        assert t == codec.REPLY_TYPE_ERROR and struct.unpack(">I", body[:4])[0] == codec.EINVAL
     finally:
         raw.close()
     daemon_fine(nbd_cluster, vdi_name)

@@ -142,7 +142,8 @@ def test_which_request_is_refused_with_which_errno(r, size, ro, err):
     (req(nbd.CMD_BLOCK_STATUS), True, False, nbd.EINVAL),   # base:allocation not selected
     (req(nbd.CMD_BLOCK_STATUS, length=0), True, True, nbd.EINVAL),
     (req(nbd.CMD_BLOCK_STATUS, offset=4000), True, True, nbd.EINVAL),  # past the end
-    (req(nbd.CMD_BLOCK_STATUS, flags=nbd.CMD_FLAG_FUA), True, True, nbd.EINVAL),
+    (req(nbd.CMD_BLOCK_STATUS, flags=nbd.CMD_FLAG_FUA), True, True, 0),  # FUA: any command
+    (req(nbd.CMD_BLOCK_STATUS, flags=nbd.CMD_FLAG_NO_HOLE), True, True, nbd.EINVAL),
     (req(nbd.CMD_READ, flags=nbd.CMD_FLAG_DF), True, False, 0),
     (req(nbd.CMD_READ, flags=nbd.CMD_FLAG_DF), False, False, nbd.EINVAL),  # DF not advertised
     (req(nbd.CMD_WRITE, flags=nbd.CMD_FLAG_DF), True, False, nbd.EINVAL),
@@ -185,6 +186,10 @@ def test_structured_chunks_byte_for_byte():
         "668e33ef" "0001" "0001" "00000000000000aa" "0000000b" "0000000000001000")
     assert nbd.structured_error(0xAA, 5, "bad") == bytes.fromhex(
         "668e33ef" "0001" "8001" "00000000000000aa" "00000009" "00000005" "0003") + b"bad"
+    assert nbd.structured_done(0xAA) == bytes.fromhex(
+        "668e33ef" "0001" "0000" "00000000000000aa" "00000000")
+    long = nbd.structured_error(1, 5, "é" * 3000)  # 6000 bytes of UTF-8: cut, still UTF-8
+    assert len(long) == 20 + 6 + 4096 and long[26:].decode() == "é" * 2048
     assert nbd.block_status_reply(7, [(4096, 3), (512, 0)]) == bytes.fromhex(
         "668e33ef" "0001" "0005" "0000000000000007" "00000014" "00000001"
         "00001000" "00000003" "00000200" "00000000")

@@ -176,6 +176,22 @@ async def test_zeros_from_the_cache_only_while_the_lock_is_confirmed(cluster, mo
     await vdi.close()
 
 
+async def test_allocation_reports_holes_only_while_the_lock_is_confirmed(cluster, monkeypatch):
+    monkeypatch.setattr(fenced_calls, "CONFIRM_WINDOW", 0.0)
+    vdi = await open_vdi(cluster)
+    await vdi.pwrite(2 * OBJ, b"d")
+    index = await vdi.allocation_index(0, 4 * OBJ)
+    assert [bool(v) for v in index[:4]] == [False, False, True, False]
+    assert await vdi.allocation_index(2 * OBJ, 10) == index  # all data: nothing to confirm
+    cluster.take_over()  # the new holder may have written into our holes
+    assert await vdi.allocation_index(2 * OBJ, OBJ) == index  # data stays data
+    with pytest.raises(FencedError):  # a hole we can no longer vouch for
+        await vdi.allocation_index(0, 3 * OBJ)
+    await vdi.close()
+    with pytest.raises(ConnectionError):
+        await vdi.allocation_index(0, 1)
+
+
 async def test_inactive_open_allows_no_io_until_activated(cluster):
     vdi = await open_vdi(cluster, inactive=True)
     with pytest.raises(SdError, match="inactive"):

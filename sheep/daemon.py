@@ -67,7 +67,10 @@ class Sheep:
         taking the same arguments that raises :class:`WouldBlock` instead of
         waiting on the disk or a lock, such as ``store.read_cached``) is tried
         inline first for such a call: a read of cached data costs no thread
-        hop.  A failing disk (not a damaged object) takes the
+        hop (it opens only objects whose record is cached, so their directory
+        entries are hot; a disk that hangs even those opens stalls the loop,
+        and with it the heartbeats: the node is then taken out of the
+        cluster, as a node that cannot serve should be).  A failing disk (not a damaged object) takes the
         node out of the cluster, so that its objects are recovered elsewhere:
         see :meth:`disk_failed`."""
         try:

@@ -1,9 +1,12 @@
 """A throw-away local sheep cluster for benchmarks.
 
-Reuses ``tests/harness.py`` (real daemons on free ports >= 7000, each with its
-own store under one temporary directory).  :class:`BenchCluster` is a context
-manager: whatever happens (errors, Ctrl-C, SIGTERM turned into SystemExit by
-``__main__``) every daemon it started is killed and the directory removed.
+Reuses ``tests/harness.py`` (real daemons on free ports, 7000-7999 unless
+``base_port`` says otherwise, claimed machine-wide like the tests' ports, each
+with its own store under one temporary directory), so the benchmarks run from
+a checkout or an editable install (``pip install -e``), whatever the current
+directory.  :class:`BenchCluster` is a context manager: whatever happens
+(errors, Ctrl-C, SIGTERM turned into SystemExit by ``__main__``) every daemon
+it started is killed and the directory removed.
 """
 
 from __future__ import annotations
@@ -18,7 +21,17 @@ _TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
 if str(_TESTS) not in sys.path:
     sys.path.insert(0, str(_TESTS))
 
-from harness import Client, Cluster
+try:
+    from harness import Client, Cluster, free_port
+except ImportError as e:  # a wheel install: bench/ without the repository's tests/
+    if e.name != "harness":
+        raise
+    raise ImportError(f"the benchmarks start their cluster with the repository's "
+                      f"tests/harness.py, not found at {_TESTS}: run them from a checkout "
+                      f"or an editable install (pip install -e .)") from e
+
+#: how many ports above ``base_port`` the daemons may take
+PORT_SPAN = 100
 
 
 def _cpu_ticks(pid: int) -> int:
@@ -36,8 +49,14 @@ def machine_busy_ticks() -> int:
 
 
 class BenchCluster:
-    def __init__(self, nodes: int = 3, copies: int = 3, root: str | None = None):
-        self.n, self.copies = nodes, copies
+    """``nodes`` sheep daemons, formatted with ``copies``; ``nosync`` (the
+    default) starts them with ``-n`` (no sync of each write), False in the
+    default durable mode.  With ``base_port`` they listen on free ports in
+    [base_port, base_port + PORT_SPAN), otherwise anywhere in 7000-7999."""
+
+    def __init__(self, nodes: int = 3, copies: int = 3, root: str | None = None,
+                 nosync: bool = True, base_port: int | None = None):
+        self.n, self.copies, self.nosync, self.base_port = nodes, copies, nosync, base_port
         self.root = root or tempfile.mkdtemp(prefix="sheepbench-")
         self.cluster: Cluster | None = None
 
@@ -56,9 +75,13 @@ class BenchCluster:
 
     def start(self) -> None:
         # n=0 then add_node(): a node failing to start must not leak the others.
-        self.cluster = Cluster(os.path.join(self.root, "cluster"), 0, nosync=True)
-        for _ in range(self.n):
-            self.cluster.add_node()
+        self.cluster = Cluster(os.path.join(self.root, "cluster"), 0, nosync=self.nosync)
+        ports: list[int | None] = [None] * self.n
+        if self.base_port is not None:  # ascending, as harness.Cluster picks them
+            hi = min(self.base_port + PORT_SPAN, 65536)
+            ports = sorted(free_port(self.base_port, hi) for _ in range(self.n))
+        for port in ports:
+            self.cluster.add_node(port=port)
         self.cluster.format(self.copies)
 
     def close(self) -> None:

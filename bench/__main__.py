@@ -17,12 +17,11 @@ import json
 import os
 import pathlib
 import platform
-import signal
 import sys
 import time
 
 from bench import workloads as W
-from bench.cluster import BenchCluster, machine_busy_ticks
+from bench.cluster import BenchCluster, SignalUnwind, machine_busy_ticks
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TARGETS = {  # the project's goals on a 2-core reference machine (unit, minimum)
@@ -194,20 +193,9 @@ def run_baseline(ns, root: str, size: int) -> dict:
         ft.close()
 
 
-_signalled = 0
-
-
-def _on_signal(signum, frame):
-    """SIGINT/SIGTERM: unwind through the ``with BenchCluster`` (kills the daemons)."""
-    global _signalled
-    _signalled = signum
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     ns = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM):  # also if started with SIGINT ignored
-        signal.signal(sig, _on_signal)
+    signals = SignalUnwind()
     try:
         import uvloop
         runner = uvloop.run
@@ -226,7 +214,7 @@ def main(argv=None) -> int:
             try:
                 sheep_res = runner(run_cluster(ns, bc, vid, size))
             except (TimeoutError, W.SheepError, ConnectionError, OSError, RuntimeError) as e:
-                if _signalled:  # the loop was stopped by our signal handler
+                if signals.signum:  # the loop was stopped by our signal handler
                     raise KeyboardInterrupt from None
                 error = f"cluster failed: {e}"
                 log(error)
@@ -235,7 +223,7 @@ def main(argv=None) -> int:
                 base_res = run_baseline(ns, bc.root, size)
     except KeyboardInterrupt:
         log("interrupted; daemons killed, directories removed")
-        return 128 + (_signalled or signal.SIGINT)
+        return signals.exit_code()
     except (RuntimeError, AssertionError, OSError) as e:
         log(f"cluster failed: {e}")
         return 1

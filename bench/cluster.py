@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -32,6 +33,24 @@ except ImportError as e:  # a wheel install: bench/ without the repository's tes
 
 #: how many ports above ``base_port`` the daemons may take
 PORT_SPAN = 100
+
+
+class SignalUnwind:
+    """SIGINT/SIGTERM raise KeyboardInterrupt, so they unwind through the
+    ``with BenchCluster`` (which kills the daemons); :attr:`signum` says which
+    arrived (0: none), :meth:`exit_code` the status to exit with."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):  # also if started with SIGINT ignored
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
 
 
 def _cpu_ticks(pid: int) -> int:

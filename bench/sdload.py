@@ -55,7 +55,6 @@ import os
 import pathlib
 import platform
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -66,7 +65,7 @@ from sheep import proto
 from sheep.proto.connection import AsyncConnection
 
 try:
-    from bench.cluster import PORT_SPAN, BenchCluster
+    from bench.cluster import PORT_SPAN, BenchCluster, SignalUnwind
 except ImportError as e:  # installed from a wheel: no tests/harness.py to start daemons
     sys.exit(f"python -m bench.sdload: {e}")
 
@@ -292,20 +291,9 @@ def write_json(doc: dict, path: str | None, started: str) -> pathlib.Path:
     return target
 
 
-_signalled = 0
-
-
-def _on_signal(signum, frame):
-    """SIGINT/SIGTERM: unwind through the ``with BenchCluster`` (kills the daemons)."""
-    global _signalled
-    _signalled = signum
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     ns = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, _on_signal)
+    signals = SignalUnwind()
     started = time.strftime("%Y%m%dT%H%M%S")
     info = machine()
     binary, runner = None, run_python
@@ -324,14 +312,14 @@ def main(argv=None) -> int:
             try:
                 run_round(ns, runner, binary, rnd, sync, runs)
             except (RuntimeError, AssertionError, OSError, TimeoutError) as e:
-                if _signalled:
+                if signals.signum:
                     raise KeyboardInterrupt from None
                 failures.append(f"round {rnd + 1} {sync}: {e}")
                 log(f"round {rnd + 1} {sync} failed: {e}")
                 break
     except KeyboardInterrupt:
         log("interrupted; daemons killed, directories removed")
-        return 128 + (_signalled or signal.SIGINT)
+        return signals.exit_code()
     info["loadavg_end"] = os.getloadavg()
     doc = {
         "tool": "bench.sdload", "started": started, "machine": info, "git_commit": git_commit(),

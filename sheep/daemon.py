@@ -70,9 +70,9 @@ class Sheep:
         hop (it opens only objects whose record is cached, so their directory
         entries are hot; a disk that hangs even those opens stalls the loop,
         and with it the heartbeats: the node is then taken out of the
-        cluster, as a node that cannot serve should be).  A failing disk (not a damaged object) takes the
-        node out of the cluster, so that its objects are recovered elsewhere:
-        see :meth:`disk_failed`."""
+        cluster, as a node that cannot serve should be).  A failing disk (not
+        a damaged object) takes the node out of the cluster, so that its
+        objects are recovered elsewhere: see :meth:`disk_failed`."""
         try:
             if size is not None and size <= INLINE_MAX:
                 if self.cfg.nosync:

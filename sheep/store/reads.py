@@ -28,9 +28,8 @@ class _Retry(Exception):
 
 class ObjectReads:
     """Needs the plain store's ``_open_obj``, ``_lock_for``, ``_paths``,
-    record cache (``_cache``, ``_cache_lock``, ``_cached``, ``_entry_locked``,
+    record cache (``_cache``, ``_cached``, ``_entry_locked``,
     ``_load_meta``), ``_check_range``, ``_verify`` and ``_noatime``."""
-
 
     def _read_once(self, oid: int, offset: int, length: int, locked: bool,
                    nowait: bool = False) -> bytes:
@@ -86,9 +85,8 @@ class ObjectReads:
         An object whose record is not cached is not even opened (its
         directory entry may not be cached either); reads do not update the
         access time (``O_NOATIME``: an atime update can wait on the journal)."""
-        with self._cache_lock:
-            if oid not in self._cache:
-                raise WouldBlock
+        if oid not in self._cache:  # a hint, read without the lock: _cached decides
+            raise WouldBlock
         try:
             return self._read_once(oid, offset, length, locked=False, nowait=True)
         except _Retry:

@@ -212,7 +212,6 @@ class NbdConnection:
         self.readonly = False
         self.structured = False  # NBD_OPT_STRUCTURED_REPLY negotiated
         self.meta_export: str | None = None  # base:allocation selected for this export
-        self.block_status = False  # ... and it is the export in use
         self.tasks: set[asyncio.Task] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.buffered = 0  # bytes taken by requests in progress
@@ -290,7 +289,6 @@ class NbdConnection:
                 except (nbd.Refused, SdError) as e:
                     log.info("%s: NBD_OPT_EXPORT_NAME %r refused: %s", self, data[:256], e)
                     return False  # no way to report an error here: hang up
-                self.block_status = self.meta_export == self.export
                 w.write(nbd.export_name_reply(self.vdi.size, self._tflags(), no_zeroes))
                 return True
             if opt == nbd.OPT_ABORT:
@@ -343,7 +341,6 @@ class NbdConnection:
         name, requested = nbd.info_request(data)
         if opt == nbd.OPT_GO:
             await self._open(name)
-            self.block_status = self.meta_export == name
             size, ro, desc = self.vdi.size, self.readonly, self._description()
         else:
             vname, _snap, vid = await self._resolve(name)
@@ -391,6 +388,11 @@ class NbdConnection:
         log.info("%s opened VDI %s (vid %#x, %d bytes, %s, lock generation %d)", self, name,
                  self.vdi.vid, self.vdi.size, "read-only" if self.readonly else "read-write",
                  getattr(self.vdi, "generation", 0))
+
+    @property
+    def block_status(self) -> bool:
+        """``base:allocation`` was selected for the export in use."""
+        return self.meta_export is not None and self.meta_export == self.export
 
     def _description(self) -> str:
         return f"sheepdog VDI {self.vdi.name} (vid {self.vdi.vid:#x})"

@@ -53,6 +53,42 @@ RETRY_CODES = EPOCH_CODES | PAUSE_CODES
 SKIP_ON_READ = {CODES["NO_OBJ"], CODES["EIO"]}
 
 
+class _Attempts:
+    """The attempts of one object operation within ``RETRY_WINDOW``:
+    :meth:`current` gives (epoch, ring, replica nodes) of the epoch now in
+    force; :meth:`wait` of the error that ended an attempt waits before the
+    next (an epoch change for epoch-like errors, a growing pause otherwise)
+    and raises NETWORK_ERROR once the window is spent.  The first attempt
+    costs no await."""
+
+    __slots__ = ("group", "oid", "copies", "deadline", "pause", "epoch")
+
+    def __init__(self, group, oid: int, copies: int):
+        self.group, self.oid, self.copies = group, oid, copies
+        self.deadline = time.monotonic() + RETRY_WINDOW
+        self.pause = 0.05
+        self.epoch = 0  # of the last attempt: an epoch change is waited for from there
+
+    def current(self) -> tuple:
+        group = self.group
+        self.epoch = epoch = group.epoch
+        ring = group.ring
+        nodes = ring.replicas(self.oid, self.copies)
+        if not nodes:
+            raise error_for(CODES["HALT"], "no node in the cluster stores objects")
+        return epoch, ring, nodes
+
+    async def wait(self, why: int) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise error_for(CODES["NETWORK_ERROR"], f"replicas of {self.oid:016x} unreachable")
+        if why in EPOCH_CODES:
+            await self.group.wait_epoch_change(self.epoch, min(left, 5.0))
+        else:
+            await asyncio.sleep(min(self.pause, left))
+            self.pause = min(self.pause * 2, 1.0)
+
+
 class PeerPool:
     """One pipelined connection per peer sheep, opened on first use."""
 
@@ -124,26 +160,8 @@ class Gateway:
     def obj_size(self, oid: int) -> int:
         return self.vdis.obj_size(oid)
 
-    async def _attempts(self, oid: int, copies: int):
-        """Yield (epoch, ring, replica nodes) per attempt; ``asend(code)`` of
-        the error that ended an attempt chooses the wait before the next."""
-        group = self.group
-        deadline = time.monotonic() + RETRY_WINDOW
-        pause = 0.05
-        while True:
-            epoch, ring = group.epoch, group.ring
-            nodes = ring.replicas(oid, copies)
-            if not nodes:
-                raise error_for(CODES["HALT"], "no node in the cluster stores objects")
-            why = yield epoch, ring, nodes
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise error_for(CODES["NETWORK_ERROR"], f"replicas of {oid:016x} unreachable")
-            if why in EPOCH_CODES:
-                await group.wait_epoch_change(epoch, min(left, 5.0))
-            else:
-                await asyncio.sleep(min(pause, left))
-                pause = min(pause * 2, 1.0)
+    def _attempts(self, oid: int, copies: int) -> "_Attempts":
+        return _Attempts(self.group, oid, copies)
 
     async def _peer(self, node, opcode, oid, epoch, copies, offset=0, payload=b"",
                     length=0, flags=0, fence=None, ring=None):
@@ -180,7 +198,9 @@ class Gateway:
         why = None
         try:
             while True:
-                epoch, ring, nodes = await attempts.asend(why)
+                if why is not None:
+                    await attempts.wait(why)
+                epoch, ring, nodes = attempts.current()
                 self.group.check_op_token()  # a cluster op's work step that lost its turn
                 if why is not None and fence is not None:
                     # a retry: fine while the grant stands or is being drained
@@ -211,8 +231,7 @@ class Gateway:
                 raise next(e for e in errors if e.code not in RETRY_CODES)
         finally:
             if fence is not None:
-                locks.end_write(vid, fence.gen)  # first: nothing below may skip it
-            await attempts.aclose()
+                locks.end_write(vid, fence.gen)
 
     # ------------------------------------------------------------------
     # object operations (used by client requests and internal work steps)
@@ -223,29 +242,28 @@ class Gateway:
         last: SdError | None = None
         attempts = self._attempts(oid, copies)
         why = None
-        try:
-            while True:
-                epoch, _ring, nodes = await attempts.asend(why)
-                order = sorted(nodes, key=lambda n: not group.is_me(n))
-                why = None
-                for node in order:
-                    try:
-                        if group.is_me(node):
-                            return await self.replica.read(oid, offset, length, epoch)
-                        return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
-                                                offset, length=length)
-                    except SdError as e:
-                        last = e
-                        if e.code in RETRY_CODES:
-                            why = why if why in EPOCH_CODES else e.code
-                        elif e.code not in SKIP_ON_READ:
-                            raise
-                        if e.code == CODES["EIO"]:
-                            log.error("replica of %016x on %s is bad: %s", oid, node, e)
-                if why is None:
-                    raise last  # every replica answered NO_OBJ or EIO
-        finally:
-            await attempts.aclose()
+        while True:
+            if why is not None:
+                await attempts.wait(why)
+            epoch, _ring, nodes = attempts.current()
+            order = sorted(nodes, key=lambda n: not group.is_me(n))
+            why = None
+            for node in order:
+                try:
+                    if group.is_me(node):
+                        return await self.replica.read(oid, offset, length, epoch)
+                    return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
+                                            offset, length=length)
+                except SdError as e:
+                    last = e
+                    if e.code in RETRY_CODES:
+                        why = why if why in EPOCH_CODES else e.code
+                    elif e.code not in SKIP_ON_READ:
+                        raise
+                    if e.code == CODES["EIO"]:
+                        log.error("replica of %016x on %s is bad: %s", oid, node, e)
+            if why is None:
+                raise last  # every replica answered NO_OBJ or EIO
 
     async def write(self, oid: int, offset: int, data, copies: int = 0, fence=None) -> None:
         async def local(epoch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, fields
+from operator import attrgetter
 
 from sheep.proto.constants import HDR_SIZE, SD_FLAG_CMD_PIGGYBACK, SD_FLAG_CMD_WRITE
 from sheep.proto.opcodes import Op, proto_ver_for
@@ -51,8 +52,18 @@ class Record:
             type.__setattr__(cls, "_field_names", names)
         return names
 
+    @classmethod
+    def _getter(cls):
+        get = cls.__dict__.get("_values_getter")
+        if get is None:
+            names = cls._names()
+            many = attrgetter(*names) if names else (lambda _r: ())
+            get = many if len(names) != 1 else (lambda r, _g=many: (_g(r),))
+            type.__setattr__(cls, "_values_getter", get)
+        return get
+
     def values(self) -> tuple:
-        return tuple(getattr(self, n) for n in self._names())
+        return self._getter()(self)
 
     def pack(self) -> bytes:
         return self._st.pack(*self.values())

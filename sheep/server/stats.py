@@ -29,19 +29,26 @@ _PEER_COUNT = {Op.READ_PEER: "peer_read", Op.WRITE_PEER: "peer_write",
                Op.CREATE_AND_WRITE_PEER: "peer_write", Op.REMOVE_PEER: "peer_remove"}
 
 
+# per kind: prefix, then the total / active / rx / tx counter names and the per-op table
+_KINDS = {kind: (pre, f"{pre}_total", f"{pre}_active", f"{pre}_rx", f"{pre}_tx", table)
+          for kind, pre, table in (("gateway", "gw", _GW_COUNT), ("peer", "peer", _PEER_COUNT))}
+_ACTIVE = {pre: active for pre, _t, active, *_ in _KINDS.values()}
+
+
 def count_begin(sheep, req, kind: str) -> str | None:
     """Count a gateway or peer request as 1.0's stat_request_begin does: totals,
     in flight, bytes in (writes) or out (the rest: the length asked for) and
     per-op counts.  Returns the prefix whose ``*_active`` to drop at the end."""
-    if kind not in ("gateway", "peer"):
+    names = _KINDS.get(kind)
+    if names is None:
         return None
-    pre = "gw" if kind == "gateway" else "peer"
+    pre, total, active, rx, tx, table = names
     st = counters(sheep)
-    setattr(st, f"{pre}_total", getattr(st, f"{pre}_total") + 1)
-    setattr(st, f"{pre}_active", getattr(st, f"{pre}_active") + 1)
-    way = "rx" if req.flags & proto.SD_FLAG_CMD_WRITE else "tx"
-    setattr(st, f"{pre}_{way}", getattr(st, f"{pre}_{way}") + req.data_length)
-    name = (_GW_COUNT if pre == "gw" else _PEER_COUNT).get(req.opcode)
+    setattr(st, total, getattr(st, total) + 1)
+    setattr(st, active, getattr(st, active) + 1)
+    way = rx if req.flags & proto.SD_FLAG_CMD_WRITE else tx
+    setattr(st, way, getattr(st, way) + req.data_length)
+    name = table.get(req.opcode)
     if name:
         setattr(st, name, getattr(st, name) + 1)
     return pre
@@ -49,4 +56,5 @@ def count_begin(sheep, req, kind: str) -> str | None:
 
 def count_end(sheep, pre: str) -> None:
     st = counters(sheep)
-    setattr(st, f"{pre}_active", getattr(st, f"{pre}_active") - 1)
+    active = _ACTIVE[pre]
+    setattr(st, active, getattr(st, active) - 1)

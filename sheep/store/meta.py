@@ -62,6 +62,7 @@ try:
 except ImportError:  # pragma: no cover - the package is a declared dependency
     crc32c = crcmod_crc32c
 ZERO_CRC = crc32c(bytes(BLOCK))
+_SMALL = 4 * BLOCK  # Meta.first_bad: up to this many bytes, checked without numpy
 
 
 class MetaError(ValueError):
@@ -187,6 +188,24 @@ class Meta:
         neither ``cur`` nor ``prev``."""
         ref = self.crcs[b0:b0 + len(got)]
         return np.flatnonzero((got != ref[:, 0]) & (got != ref[:, 1]))
+
+    def first_bad(self, buf, b0: int) -> int:
+        """Index (relative to ``b0``) of the first block of ``buf`` (blocks
+        ``b0..``, the last one possibly short) that matches neither ``cur``
+        nor ``prev``; -1 if every block matches.  The same verdict as
+        :meth:`bad_blocks` on :func:`block_crcs`; a read of a few blocks is
+        checked with plain integers (numpy costs more than the CRCs there)
+        against one copy of the entries taken up front."""
+        mv = memoryview(buf).cast("B")
+        n = len(mv)
+        if n > _SMALL:
+            bad = self.bad_blocks(block_crcs(mv), b0)
+            return int(bad[0]) if len(bad) else -1
+        for i, (cur, prev) in enumerate(self.crcs[b0:b0 + nblocks(n)].tolist()):
+            c = crc32c(mv[i * BLOCK:(i + 1) * BLOCK])
+            if c != cur and c != prev:
+                return i
+        return -1
 
     def update(self, b0: int, new: np.ndarray, prev: np.ndarray, version: int) -> None:
         """Record new content ``new`` of blocks ``b0..``; ``prev`` are the CRCs

@@ -59,10 +59,9 @@ class ObjectReads:
             raise oserror(ex, f"cannot read object {name}") from ex
         finally:
             os.close(fd)
-        got = M.block_crcs(buf)
         if locked:
-            self._verify(ent.meta, got, b0, f"object {name}")
-        elif len(ent.meta.bad_blocks(got, b0)):
+            self._verify(ent.meta, M.block_crcs(buf), b0, f"object {name}")
+        elif ent.meta.first_bad(buf, b0) >= 0:
             raise _Retry
         if a == offset and e == end:
             return buf

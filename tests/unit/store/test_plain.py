@@ -626,20 +626,21 @@ def test_an_unlocked_read_racing_two_writes_is_not_eio(tmp_path, monkeypatch):
     try:
         s.create_and_write(OID, 2 * BLOCK, pattern(2 * BLOCK), 0, epoch=1)
         s.read(OID, 0, 1)
-        real = meta.Meta.bad_blocks
+        real = meta.Meta.first_bad
         fired = []
 
-        def check_then_two_writes(self, got, b0):  # checked; now two writes land
-            out = real(self, got, b0)
+        def check_then_two_writes(self, buf, b0):  # checked; now two writes land
+            out = real(self, buf, b0)
             if not fired:
                 fired.append(1)
                 s.write(OID, b"\x01" * BLOCK, 0, epoch=1)
                 s.write(OID, b"\x02" * BLOCK, 0, epoch=1)
             return out
-        monkeypatch.setattr(meta.Meta, "bad_blocks", check_then_two_writes)
+        monkeypatch.setattr(meta.Meta, "first_bad", check_then_two_writes)
         # what was read before the writes, verified once: not an EIO
         assert s.read_cached(OID, 0, BLOCK) == pattern(2 * BLOCK)[:BLOCK]
         assert s.read(OID, 0, BLOCK) == b"\x02" * BLOCK
+        assert fired  # the hook ran: the writes landed after the check
     finally:
         s.close()
 

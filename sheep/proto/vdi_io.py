@@ -78,6 +78,43 @@ def parse_snapshot(snapshot, digits: bool = True) -> tuple[int, str]:
     return 0, s
 
 
+
+class _Admitted:
+    """One read or write of a :class:`VdiIo` in progress (see ``VdiIo._io``)."""
+
+    __slots__ = ("vdi", "write")
+
+    def __init__(self, vdi: "VdiIo", write: bool):
+        self.vdi, self.write = vdi, write
+
+    async def __aenter__(self) -> None:
+        v = self.vdi
+        if v.closed:
+            raise ConnectionError(f"VDI {v.name} is closed")
+        if not v.active:
+            raise InactiveError(message=f"VDI {v.name} is inactive: no I/O before activate()")
+        if self.write and v.readonly:
+            raise error_for(CODES["READONLY"], f"VDI {v.name} is open read-only")
+        while not v._gate.is_set():
+            await v._gate.wait()
+        v._ops += 1
+        v._ops_idle.clear()
+        if self.write:
+            v._writes += 1
+            v._idle.clear()
+
+    async def __aexit__(self, *exc) -> bool:
+        v = self.vdi
+        v._ops -= 1
+        if not v._ops:
+            v._ops_idle.set()
+        if self.write:
+            v._writes -= 1
+            if not v._writes:
+                v._idle.set()
+        return False
+
+
 class VdiIo(FencedCalls):
     """An open VDI (asyncio): reads, writes, discard, resize, lock handover.
 
@@ -243,31 +280,10 @@ class VdiIo(FencedCalls):
     # ------------------------------------------------------------------
     # I/O admission: metadata operations run alone
 
-    @contextlib.asynccontextmanager
-    async def _io(self, write: bool):
-        if self.closed:
-            raise ConnectionError(f"VDI {self.name} is closed")
-        if not self.active:
-            raise InactiveError(message=f"VDI {self.name} is inactive: no I/O before activate()")
-        if write and self.readonly:
-            raise error_for(CODES["READONLY"], f"VDI {self.name} is open read-only")
-        while not self._gate.is_set():
-            await self._gate.wait()
-        self._ops += 1
-        self._ops_idle.clear()
-        if write:
-            self._writes += 1
-            self._idle.clear()
-        try:
-            yield
-        finally:
-            self._ops -= 1
-            if not self._ops:
-                self._ops_idle.set()
-            if write:
-                self._writes -= 1
-                if not self._writes:
-                    self._idle.set()
+    def _io(self, write: bool) -> "_Admitted":
+        """``async with``: one read or write, admitted once no metadata
+        operation holds the gate, counted until it ends."""
+        return _Admitted(self, write)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self):
@@ -287,6 +303,16 @@ class VdiIo(FencedCalls):
         """Read ``length`` bytes at ``offset``; never-written ranges read as zeros."""
         async with self._io(False):
             self._check(offset, length)
+            parts = list(self._split(offset, length))
+            if len(parts) == 1 and self.index[parts[0][0]]:  # one written object
+                idx, o, _pos, n = parts[0]
+                _, data = await self._call(
+                    proto.Op.READ_OBJ, proto.ObjArgs(oid=proto.vid_to_data_oid(self.index[idx], idx),
+                                                     offset=o, copies=self.inode.nr_copies),
+                    data_length=n, fenced=True)
+                if len(data) == n:
+                    return bytes(data)
+                return bytes(data[:n]).ljust(n, b"\0")  # a reply of another length: still n bytes
             out = bytearray(length)
 
             async def part(idx, o, pos, n):
@@ -299,7 +325,7 @@ class VdiIo(FencedCalls):
                     out[pos:pos + n] = data
                 else:  # never written, says our cache: true only while we hold the lock
                     await self._confirm_lock()
-            await asyncio.gather(*(part(*p) for p in self._split(offset, length)))
+            await asyncio.gather(*(part(*p) for p in parts))
             return bytes(out)
 
     async def allocation_index(self, offset: int, length: int) -> list[int]:
@@ -322,8 +348,13 @@ class VdiIo(FencedCalls):
         async with self._io(True):
             data = bytes(data)
             self._check(offset, len(data))
+            parts = list(self._split(offset, len(data)))
+            if len(parts) == 1:  # within one object: no gather
+                idx, o, _pos, _n = parts[0]
+                await self._write_retry(idx, o, data)
+                return
             await asyncio.gather(*(self._write_retry(idx, o, data[pos:pos + n])
-                                   for idx, o, pos, n in self._split(offset, len(data))))
+                                   for idx, o, pos, n in parts))
 
     async def flush(self) -> None:
         """Wait until every write in progress has been acknowledged.

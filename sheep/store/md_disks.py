@@ -222,6 +222,8 @@ class MdDisks:
         for lk in self._locks:
             lk.acquire()
         try:
+            # with several disks writes are not journaled: none may replay over them
+            self._checkpoint()
             with self._stale_lock:
                 self.obj_dirs = list(dirs)
                 self.meta_dirs = [self._meta_dir_of(d) for d in dirs]

@@ -128,6 +128,20 @@ def zero_crcs(size: int) -> np.ndarray:
     return out
 
 
+def header(count: int, version: int) -> bytes:
+    """The 32-byte record header of a copy of ``count`` blocks at ``version``."""
+    head = HDR.pack(MAGIC, FORMAT, HDR_LEN, BLOCK, count, version, 0, 0)
+    return head[:28] + struct.pack("<I", crc32c(head[:28]))
+
+
+def pairs(cur: np.ndarray, prev: np.ndarray) -> bytes:
+    """Raw (cur, prev) entries of consecutive blocks, as a record holds them."""
+    out = np.empty((len(cur), 2), dtype="<u4")
+    out[:, 0] = cur
+    out[:, 1] = prev
+    return out.tobytes()
+
+
 class Meta:
     """One copy's version and checksums; ``crcs`` is an (n, 2) uint32 array
     of (cur, prev) per block."""
@@ -150,8 +164,7 @@ class Meta:
         return len(self.crcs)
 
     def header(self) -> bytes:
-        head = HDR.pack(MAGIC, FORMAT, HDR_LEN, BLOCK, len(self.crcs), self.version, 0, 0)
-        return head[:28] + struct.pack("<I", crc32c(head[:28]))
+        return header(len(self.crcs), self.version)
 
     def pack(self) -> bytes:
         return self.header() + np.ascontiguousarray(self.crcs, dtype="<u4").tobytes()

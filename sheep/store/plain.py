@@ -70,6 +70,7 @@ from sheep.store.basedir import (
     unlink,
 )
 from sheep.store.inventory import Inventory
+from sheep.store.journaled import JournaledWrites
 from sheep.store.md_disks import MdDisks
 from sheep.store.reads import ObjectReads
 from sheep.store.stale import StaleCopies
@@ -93,7 +94,8 @@ class _Entry:
         self.meta = meta
 
 
-class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, BaseDir, Store):
+class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, JournaledWrites, BaseDir,
+                 Store):
     """File-per-object store; see the module docstring for the format."""
 
     def __init__(self, base_dir: str, extra_dirs: Sequence[str] = (), nosync: bool = False):
@@ -121,11 +123,13 @@ class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, BaseDir, Store):
                 os.makedirs(os.path.join(self.meta_dirs[d], "stale"), exist_ok=True)
                 self._tidy(d)
             self._md_open()
+            self._journal_open()  # replays what a crash left before anything reads
         except OSError as e:
             raise oserror(e, f"cannot set up store in {self.base_dir}") from e
 
     def close(self) -> None:
-        """Release the daemon lock and drop the record cache."""
+        """Checkpoint the journal, release the daemon lock and drop the record cache."""
+        self._journal_close()
         with self._cache_lock:
             self._cache.clear()
         self._unlock_base()
@@ -348,6 +352,7 @@ class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, BaseDir, Store):
 
     def _put_files(self, oid: int, d: int, name: str, size: int, mv, offset: int,
                    sparse: bool, meta: M.Meta, record_first: bool) -> None:
+        self._settle(oid)  # no journaled write may replay over this copy
         path, mpath = self._paths(d, name)
         tmp, mtmp = path + ".tmp", mpath + ".tmp"
         try:
@@ -441,6 +446,11 @@ class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, BaseDir, Store):
                     buf[offset - a:end - a] = mv
                 new = M.block_crcs(buf)
                 version = M.bump(ent.meta.version, epoch)
+                j = self._journal_for_write(oid, len(mv))
+                if j is not None:  # sheep.store.journaled: one shared sync, not two
+                    self._write_journaled(j, oid, fd, self._paths(d, name), ent, b0, buf,
+                                          new, prev, version, mv, offset)
+                    return version
                 ent.meta.update(b0, new, prev, version)
                 mfd = os.open(self._paths(d, name)[1], os.O_WRONLY)
                 try:
@@ -474,6 +484,7 @@ class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, BaseDir, Store):
                 check()
             self._cache_drop(oid)
             try:
+                self._settle(oid)
                 for i in range(len(self.obj_dirs)):
                     path, mpath = self._paths(i, name)
                     if unlink(path):

@@ -83,6 +83,7 @@ class StaleCopies:
             found = self._find(oid)
             if found is None:
                 return False
+            self._settle(oid)  # the stale copy holds every journaled write, synced
             d = found[0]
             self._cache_drop(oid)
             path, mpath = self._paths(d, name)

@@ -120,7 +120,7 @@ CHILD = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 from sheep.store.plain import PlainStore
-s = PlainStore({base!r})
+s = PlainStore({base!r}, {extra!r})
 s.open()
 calls = {{"n": 0}}
 real = getattr(os, {fn!r})
@@ -136,30 +136,34 @@ print("survived")
 """
 
 
-def crash(base: str, fn: str, nth: int, op: str) -> None:
-    """Run ``op`` on the store at ``base`` in a child that SIGKILLs itself
-    right after the ``nth`` call of ``os.<fn>`` returned."""
-    code = CHILD.format(repo=REPO, base=base, fn=fn, nth=nth, op=textwrap.dedent(op))
+def crash(base: str, fn: str, nth: int, op: str, extra: tuple = ()) -> None:
+    """Run ``op`` on the store at ``base`` (durable; ``extra`` object disks)
+    in a child that SIGKILLs itself right after the ``nth`` call of
+    ``os.<fn>`` returned."""
+    code = CHILD.format(repo=REPO, base=base, extra=list(extra), fn=fn, nth=nth,
+                        op=textwrap.dedent(op))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == -signal.SIGKILL, (r.stdout, r.stderr)
 
 
-def reopen(base: str) -> PlainStore:
-    s = PlainStore(base, nosync=True)
+def reopen(base: str, extra: tuple = ()) -> PlainStore:
+    s = PlainStore(base, extra, nosync=True)
     s.open()
     return s
 
 
 def test_crash_between_record_and_data_of_a_write(tmp_path):
+    """The write path without the journal (several disks): record, sync, data."""
     base = str(tmp_path / "base")
-    s = reopen(base)
+    disks = (str(tmp_path / "d1"), str(tmp_path / "d2"))
+    s = reopen(base, disks)
     s.create_and_write(OID, 4 * BLOCK, b"A" * (4 * BLOCK), epoch=3)
     s.close()
     # durable mode: the first fdatasync of a write is the record's; die right
     # after it, before the data is written
     crash(base, "fdatasync", 1,
-          f"s.write({OID}, b'B' * (2 * {BLOCK} + 10), {BLOCK} - 5, 3)")
-    s = reopen(base)
+          f"s.write({OID}, b'B' * (2 * {BLOCK} + 10), {BLOCK} - 5, 3)", disks)
+    s = reopen(base, disks)
     try:
         # every block is readable and holds its old content (matches prev) ...
         assert s.read(OID, 0, 4 * BLOCK) == b"A" * (4 * BLOCK)

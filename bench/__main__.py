@@ -1,12 +1,18 @@
 """``python -m bench``: pysheepdog over the Sheepdog protocol vs. a local file.
 
-Starts a throw-away cluster of real ``sheep -n`` daemons, formats it (copies 3
-by default), creates a VDI, writes the whole working set once, then runs each
-workload for ``--seconds`` against the cluster and against a plain local file
-(same block sizes and queue depths, no sync).  Prints a Markdown table and
-writes the JSON results (default ``bench/results/<timestamp>.json``).  The
-daemons are killed and their directories removed at the end, also on errors
-and Ctrl-C.  Exit status: 0 on success, 1 if the cluster failed, 130 on Ctrl-C.
+Starts a throw-away cluster of real ``sheep`` daemons (``-n`` with the
+default ``--sync nosync``, the durable default of sheep with ``--sync
+durable``), formats it (copies 3 by default), creates a VDI, writes the
+whole working set once, then runs each workload for ``--seconds`` against the
+cluster and against a plain local file (same block sizes and queue depths).
+The file is synced like the cluster: page cache only for ``nosync``,
+``fdatasync`` after every write for ``durable`` (as each durable replica
+does), on the same file system as the daemons' stores.  Prints a Markdown
+table and writes the JSON results (default ``<timestamp>.json`` in
+bench/results of a checkout, else in ./bench-results).  The daemons are
+killed and their directories removed at the end, also on errors and Ctrl-C.
+Exit status: 0 on success, 1 if the cluster failed, 2 on bad arguments,
+130 on Ctrl-C (143 on SIGTERM).
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ import platform
 import sys
 import time
 
+from bench import results_dir
 from bench import workloads as W
-from bench.cluster import BenchCluster, SignalUnwind, machine_busy_ticks
+from bench.cluster import PORT_SPAN, BenchCluster, SignalUnwind, machine_busy_ticks
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 TARGETS = {  # the project's goals on a 2-core reference machine (unit, minimum)
     "seq-write-1m-qd8": ("mib_s", 250.0),
     "rand-read-4k-qd16": ("iops", 10_000.0),
@@ -39,6 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="duration of each workload (default: %(default)s)")
     p.add_argument("--warmup", type=float, default=0.5,
                    help="untimed warm-up before each workload (default: %(default)s)")
+    p.add_argument("--sync", choices=("nosync", "durable"), default="nosync",
+                   help="nosync: sheep -n and the baseline file in the page cache; durable: "
+                        "sheep's default and the file fdatasync'ed after every write "
+                        "(default: %(default)s)")
+    p.add_argument("--base-port", type=int, metavar="PORT",
+                   help=f"the daemons listen on free ports in [PORT, PORT+{PORT_SPAN}) "
+                        "(default: anywhere in 7000-7999)")
     p.add_argument("--nodes", type=int, default=3, help="sheep daemons (default: %(default)s)")
     p.add_argument("--copies", type=int, default=3, help="replicas (default: %(default)s)")
     p.add_argument("--size-mib", type=int, default=1024,
@@ -49,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="run only these workloads (comma-separated names)")
     p.add_argument("--no-baseline", action="store_true", help="skip the local-file baseline")
     p.add_argument("--json", metavar="PATH",
-                   help="write results here (default: bench/results/<timestamp>.json)")
+                   help="write results here (default: <timestamp>.json in bench/results of "
+                        "a checkout, else in ./bench-results)")
     p.add_argument("--profile", metavar="DIR",
                    help="sample every daemon with py-spy during each timed workload and "
                         "write collapsed stacks to DIR/<workload>-sheep<i>.txt "
@@ -57,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ns = p.parse_args(argv)
     if ns.seconds <= 0 or ns.nodes < 1 or ns.copies < 1 or ns.size_mib < 4:
         p.error("--seconds must be > 0, --nodes/--copies >= 1, --size-mib >= 4")
+    if ns.copies > ns.nodes:
+        p.error("--copies must not exceed --nodes")
+    if ns.base_port is not None and not 1024 <= ns.base_port <= 65535 - ns.nodes:
+        p.error("--base-port must be in 1024..65535 with room for --nodes ports")
     ns.workloads = W.WORKLOADS
     if ns.only:
         names = ns.only.split(",")
@@ -79,8 +97,14 @@ def _metric(wl: W.Workload, r: W.Result) -> float:
     return r.mib_s if wl.bs >= W.MiB else r.iops
 
 
-def table(rows) -> str:
-    out = ["| workload | pysheepdog | baseline (local file) | ratio |",
+def baseline_label(sync: str) -> str:
+    """The baseline's column title: how its writes are synced."""
+    return ("local file, fdatasync per write" if sync == "durable"
+            else "local file, page cache")
+
+
+def table(rows, sync: str = "nosync") -> str:
+    out = [f"| workload | pysheepdog ({sync}) | baseline ({baseline_label(sync)}) | ratio |",
            "|---|---:|---:|---:|"]
     for wl, rs, rb in rows:
         ratio = (f"{_metric(wl, rs) / _metric(wl, rb):.3f}"
@@ -179,8 +203,20 @@ def start_profilers(ns, bc: BenchCluster, wl: W.Workload) -> list:
     return procs
 
 
+def bench_cluster(ns) -> BenchCluster:
+    """The cluster of a run: ``sheep -n`` for ``--sync nosync``, durable otherwise."""
+    return BenchCluster(ns.nodes, ns.copies, nosync=ns.sync == "nosync", base_port=ns.base_port)
+
+
+def baseline_target(ns, root: str, size: int) -> W.FileTarget:
+    """The baseline file of a run, synced like :func:`bench_cluster`'s cluster
+    (``fdatasync`` per write exactly when the cluster is durable), in ``root``
+    (the cluster's directory: the same file system as the stores)."""
+    return W.FileTarget(os.path.join(root, "baseline.img"), size, sync=ns.sync == "durable")
+
+
 def run_baseline(ns, root: str, size: int) -> dict:
-    ft = W.FileTarget(os.path.join(root, "baseline.img"), size)
+    ft = baseline_target(ns, root, size)
     try:
         ft.prepare()
         out = {}
@@ -207,8 +243,9 @@ def main(argv=None) -> int:
     base_res: dict = {}
     error = None
     try:
-        log(f"starting {ns.nodes} sheep daemons (-n), copies {ns.copies}")
-        with BenchCluster(ns.nodes, ns.copies) as bc:
+        log(f"starting {ns.nodes} sheep daemons ({'-n' if ns.sync == 'nosync' else 'durable'})"
+            f", copies {ns.copies}")
+        with bench_cluster(ns) as bc:
             log(f"cluster up in {bc.root}, ports {bc.ports}")
             vid = bc.new_vdi("bench", size)
             try:
@@ -228,7 +265,7 @@ def main(argv=None) -> int:
         log(f"cluster failed: {e}")
         return 1
     rows = [(wl, sheep_res.get(wl.name), base_res.get(wl.name)) for wl in ns.workloads]
-    print(table(rows))
+    print(table(rows, ns.sync))
     print()
     print(cpu_table(rows))
     tg = targets(rows)
@@ -243,7 +280,8 @@ def main(argv=None) -> int:
         "python": platform.python_version(),
         "config": {"seconds": ns.seconds, "warmup": ns.warmup, "nodes": ns.nodes,
                    "copies": ns.copies, "size_mib": ns.size_mib,
-                   "conns_per_node": ns.conns_per_node, "nosync": True},
+                   "conns_per_node": ns.conns_per_node, "sync": ns.sync,
+                   "nosync": ns.sync == "nosync", "baseline": baseline_label(ns.sync)},
         "workloads": {wl.name: {"label": wl.label, "op": wl.op, "bs": wl.bs, "qd": wl.qd,
                                 "seq": wl.seq,
                                 "pysheepdog": rs.as_dict() if rs else None,
@@ -253,7 +291,7 @@ def main(argv=None) -> int:
                       for wl, rs, rb in rows},
         "targets": tg, "error": error,
     }
-    path = pathlib.Path(ns.json) if ns.json else RESULTS / f"{started}.json"
+    path = pathlib.Path(ns.json) if ns.json else results_dir() / f"{started}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=2) + "\n")
     log(f"results written to {path}")

@@ -1,35 +1,25 @@
 """A throw-away local sheep cluster for benchmarks.
 
-Reuses ``tests/harness.py`` (real daemons on free ports, 7000-7999 unless
-``base_port`` says otherwise, claimed machine-wide like the tests' ports, each
-with its own store under one temporary directory), so the benchmarks run from
-a checkout or an editable install (``pip install -e``), whatever the current
-directory.  :class:`BenchCluster` is a context manager: whatever happens
-(errors, Ctrl-C, SIGTERM turned into SystemExit by ``__main__``) every daemon
-it started is killed and the directory removed.
+Built on :mod:`bench.daemons` (real ``sheep`` daemons started as
+``python -m sheep``, on free ports in 7000-7999 unless ``base_port`` says
+otherwise, claimed machine-wide like the tests' ports, each with its own
+store under one temporary directory), which is installed with the package:
+the benchmarks run from a checkout, an editable install or a plain
+``pip install 'pysheepdog[server,bench]'``, whatever the current directory.
+:class:`BenchCluster` is a context manager: whatever happens (errors,
+Ctrl-C, SIGTERM turned into KeyboardInterrupt by :class:`SignalUnwind`)
+every daemon it started is killed and the directory removed.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import shutil
 import signal
 import sys
 import tempfile
 
-_TESTS = pathlib.Path(__file__).resolve().parent.parent / "tests"
-if str(_TESTS) not in sys.path:
-    sys.path.insert(0, str(_TESTS))
-
-try:
-    from harness import Client, Cluster, free_port
-except ImportError as e:  # a wheel install: bench/ without the repository's tests/
-    if e.name != "harness":
-        raise
-    raise ImportError(f"the benchmarks start their cluster with the repository's "
-                      f"tests/harness.py, not found at {_TESTS}: run them from a checkout "
-                      f"or an editable install (pip install -e .)") from e
+from bench.daemons import Client, Cluster, free_port
 
 #: how many ports above ``base_port`` the daemons may take
 PORT_SPAN = 100
@@ -71,12 +61,15 @@ class BenchCluster:
     """``nodes`` sheep daemons, formatted with ``copies``; ``nosync`` (the
     default) starts them with ``-n`` (no sync of each write), False in the
     default durable mode.  With ``base_port`` they listen on free ports in
-    [base_port, base_port + PORT_SPAN), otherwise anywhere in 7000-7999."""
+    [base_port, base_port + PORT_SPAN), otherwise anywhere in 7000-7999.
+    Nothing is created before :meth:`start` (``with`` calls it): the
+    directory (``root``, or a fresh ``sheepbench-*`` temporary one) and the
+    daemons exist from then until :meth:`close`."""
 
     def __init__(self, nodes: int = 3, copies: int = 3, root: str | None = None,
                  nosync: bool = True, base_port: int | None = None):
         self.n, self.copies, self.nosync, self.base_port = nodes, copies, nosync, base_port
-        self.root = root or tempfile.mkdtemp(prefix="sheepbench-")
+        self.root = root  # a fresh temporary directory when None, made on start
         self.cluster: Cluster | None = None
 
     # -- life cycle ---------------------------------------------------------
@@ -93,10 +86,12 @@ class BenchCluster:
         self.close()
 
     def start(self) -> None:
+        if self.root is None:
+            self.root = tempfile.mkdtemp(prefix="sheepbench-")
         # n=0 then add_node(): a node failing to start must not leak the others.
         self.cluster = Cluster(os.path.join(self.root, "cluster"), 0, nosync=self.nosync)
         ports: list[int | None] = [None] * self.n
-        if self.base_port is not None:  # ascending, as harness.Cluster picks them
+        if self.base_port is not None:  # ascending, as daemons.Cluster picks them
             hi = min(self.base_port + PORT_SPAN, 65536)
             ports = sorted(free_port(self.base_port, hi) for _ in range(self.n))
         for port in ports:
@@ -109,7 +104,8 @@ class BenchCluster:
                 self.cluster.close()
             except Exception as e:  # noqa: BLE001 - still remove the directory
                 sys.stderr.write(f"bench: cleaning up the cluster: {e}\n")
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
 
     # -- helpers ------------------------------------------------------------
 

@@ -12,10 +12,13 @@ sequential read and write (depth 8).  Both targets are written in full before
 the timed runs, so reads hit allocated data.  By default neither side syncs
 (qemu-nbd's default writeback cache, ``sheep -n``); ``--sync`` runs sheep
 without ``-n`` and qemu-nbd with ``--cache=writethrough``.  Prints a Markdown
-table of ratios (b)/(a) and writes JSON (``bench/results/nbd-<time>.json``).
+table of ratios (b)/(a) and writes JSON (``nbd-<time>.json`` in the results
+directory, see :func:`bench.results_dir`).
 Every process started is killed and the temporary directory removed at the
-end, also on errors and Ctrl-C.  Exit status 0, or 1 if the NBD target
-((b)/(a) >= 0.25 on 4 KiB random read at depth 16) is missed.
+end, also on errors, Ctrl-C and SIGTERM.  Exit status 0, or 1 if the NBD
+target ((b)/(a) >= 0.25 on 4 KiB random read at depth 16) is missed; 130 on
+Ctrl-C, 143 on SIGTERM.  Needs ``fio`` and ``qemu-nbd`` (exits 1 naming
+the missing one).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import os
 import pathlib
 import platform
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -34,15 +36,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench.cluster import BenchCluster, _cpu_ticks  # puts tests/ on sys.path (harness)
+from bench import results_dir
+from bench.cluster import PORT_SPAN, BenchCluster, SignalUnwind, _cpu_ticks
+from bench.daemons import Client, Cluster, free_port, wait_for
 from sheep import proto
 
-# isort: split
-from harness import Client, Cluster, free_port, wait_for
-
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 MiB = 1 << 20
 TARGET = ("randread-4k-qd16", 0.25)
+NBD_PORTS = (10809, 11808)  # [lo, hi) of the NBD ports, unless --nbd-base-port
+NBD_SPAN = 50
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,9 @@ def fill(uri: str, size: int) -> None:
 class QemuNbd:
     """qemu-nbd serving a raw file on a free loopback port."""
 
-    def __init__(self, path: str, size: int, sync: bool):
+    def __init__(self, path: str, size: int, sync: bool, ports: tuple[int, int] = NBD_PORTS):
         self.path, self.size, self.sync = path, size, sync
-        self.port = free_port(10809, 11808)
+        self.port = free_port(*ports)
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self):
@@ -149,15 +151,22 @@ class QemuNbd:
 class NbdCluster(BenchCluster):
     """BenchCluster whose nodes also run ``--nbd`` (and lock enforcement on)."""
 
-    def __init__(self, *a, sync: bool = False, **kw):
+    def __init__(self, *a, sync: bool = False, nbd_ports: tuple[int, int] = NBD_PORTS, **kw):
         super().__init__(*a, **kw)
-        self.sync = sync
+        self.sync, self.nbd_ports = sync, nbd_ports
 
     def start(self) -> None:
+        if self.root is None:
+            self.root = tempfile.mkdtemp(prefix="sheepbench-nbd-")
         self.cluster = Cluster(os.path.join(self.root, "cluster"), 0, nosync=not self.sync,
                                nbd=True)
-        for _ in range(self.n):
-            self.cluster.add_node()
+        self.cluster.nbd_ports = self.nbd_ports
+        ports: list[int | None] = [None] * self.n
+        if self.base_port is not None:  # ascending, as in BenchCluster.start
+            ports = sorted(free_port(self.base_port, min(self.base_port + PORT_SPAN, 65536))
+                           for _ in range(self.n))
+        for port in ports:
+            self.cluster.add_node(port=port)
         self.cluster.wait_members(self.n)
         c = Client(self.ports[0])
         try:
@@ -225,10 +234,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sync", action="store_true",
                    help="durable writes on both sides (sheep without -n, qemu-nbd writethrough)")
     p.add_argument("--only", metavar="NAME[,NAME]", help="run only these jobs")
-    p.add_argument("--json", metavar="PATH", help="default bench/results/nbd-<time>.json")
+    p.add_argument("--base-port", type=int, metavar="PORT",
+                   help=f"the daemons listen on free ports in [PORT, PORT+{PORT_SPAN}) "
+                        "(default: anywhere in 7000-7999)")
+    p.add_argument("--nbd-base-port", type=int, metavar="PORT",
+                   help=f"the NBD servers (sheep --nbd, qemu-nbd) listen on free ports in "
+                        f"[PORT, PORT+{NBD_SPAN}) (default: anywhere in 10809-11807)")
+    p.add_argument("--json", metavar="PATH",
+                   help="default nbd-<time>.json in bench/results of a checkout, else in "
+                        "./bench-results")
     p.add_argument("--profile", metavar="DIR",
                    help="py-spy the serving sheep during each (b) run (collapsed stacks in DIR)")
     ns = p.parse_args(argv)
+    if ns.base_port is not None and not 1024 <= ns.base_port <= 65535 - ns.nodes:
+        p.error("--base-port must be in 1024..65535 with room for --nodes ports")
+    if ns.nbd_base_port is not None and not 1024 <= ns.nbd_base_port <= 65535 - NBD_SPAN:
+        p.error(f"--nbd-base-port must be in 1024..{65535 - NBD_SPAN}")
+    ns.nbd_ports = (NBD_PORTS if ns.nbd_base_port is None
+                    else (ns.nbd_base_port, ns.nbd_base_port + NBD_SPAN))
     ns.jobs = JOBS
     if ns.only:
         want = set(ns.only.split(","))
@@ -238,22 +261,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ns
 
 
-def _on_signal(signum, frame):
-    raise SystemExit(130)
-
-
 def main(argv=None) -> int:
     ns = parse_args(argv)
     for t in ("fio", "qemu-nbd"):
         need(t)
-    signal.signal(signal.SIGTERM, _on_signal)
+    signals = SignalUnwind()
     size = ns.size_mib * MiB
     root = tempfile.mkdtemp(prefix="sheepbench-nbd-")
     rows = []
     try:
         with NbdCluster(ns.nodes, ns.copies, root=os.path.join(root, "sheep"),
-                        sync=ns.sync) as bc, \
-                QemuNbd(os.path.join(root, "raw.img"), size, ns.sync) as qn:
+                        sync=ns.sync, base_port=ns.base_port, nbd_ports=ns.nbd_ports) as bc, \
+                QemuNbd(os.path.join(root, "raw.img"), size, ns.sync, ns.nbd_ports) as qn:
             bc.new_vdi("bench", size)
             ours = bc.uri("bench")
             log(f"filling {ns.size_mib} MiB on both targets")
@@ -281,7 +300,8 @@ def main(argv=None) -> int:
                     f"{rb['gateway_cpu']:.2f} cores")
                 rows.append((job, ra, rb))
     except KeyboardInterrupt:
-        return 130
+        log("interrupted; processes killed, directories removed")
+        return signals.exit_code()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(table(rows))
@@ -291,7 +311,8 @@ def main(argv=None) -> int:
            "results": [{"job": j.name, "qemu_nbd": ra, "sheep_nbd": rb,
                         "ratio": metric(j, rb) / metric(j, ra) if metric(j, ra) else None}
                        for j, ra, rb in rows]}
-    path = pathlib.Path(ns.json) if ns.json else RESULTS / time.strftime("nbd-%Y%m%dT%H%M%S.json")
+    path = (pathlib.Path(ns.json) if ns.json
+            else results_dir() / time.strftime("nbd-%Y%m%dT%H%M%S.json"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=2) + "\n")
     log(f"results written to {path}")

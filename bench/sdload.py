@@ -29,6 +29,15 @@ a decision, alternate baseline and candidate runs yourself and compare
 several pairs; the settings of both documents must match (a warning says
 when client, seconds, nodes, copies or objects differ).
 
+Latency: every run also reports p50, p99 and p99.9 of its requests (µs,
+nearest rank; sdload from a log-linear histogram within 0.8%, the Python
+client exactly), columns of the table; the medians are the medians of the
+runs' percentiles.  ``--plot PATH.png`` writes the throughput chart there and
+the latency chart to ``PATH-latency.png`` (matplotlib, the ``bench`` extra).
+``--sweep qd`` / ``--sweep nodes`` measure scaling with queue depth (1..64
+threads) and node count (1..5 nodes) instead of the six workloads: see
+bench/sweep.py.
+
 Caveats of sdload itself: ``-s`` is whole seconds; a thread whose connection
 breaks stops silently (counted neither as an operation nor as an error), so
 after each workload the harness checks that every daemon is still alive; the
@@ -36,19 +45,22 @@ data written is one constant byte (0x5a), reads are not verified.
 
 Exit status: 0; 1 if a workload reported errors (marked ⚠ in the table), a
 run failed or a daemon died; 2 on bad arguments; 3 if sdload cannot be built
-(no C compiler: install one or use ``--client python``); 130 on Ctrl-C.  A
-failed run stops the benchmark; what was measured is still written.  Every
-daemon and temporary directory is removed on exit, errors and Ctrl-C.  The
-cluster comes from the checkout's ``tests/harness.py``: run from a checkout
-or an editable install (``pip install -e .``, any current directory); a
-wheel install says so and exits 1.  ``--base-port P`` keeps the daemons on
-free ports in [P, P+100), claimed machine-wide like the tests' ports.
+(no C compiler: install one or use ``--client python``); 130 on Ctrl-C
+(143 on SIGTERM).  A failed run stops the benchmark; what was measured is
+still written.  Every daemon and temporary directory is removed on exit,
+errors and Ctrl-C.  The daemons are started by :mod:`bench.daemons`
+(``python -m sheep``), part of the installed package: the benchmark runs
+from a checkout or after ``pip install 'pysheepdog[server,bench]'``, from any
+directory (results then go to ``./bench-results``, see
+:func:`bench.results_dir`).  ``--base-port P`` keeps the daemons on free
+ports in [P, P+100), claimed machine-wide like the tests' ports.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -59,17 +71,14 @@ import subprocess
 import sys
 import time
 
+from bench import PACKAGE, in_checkout, plots, results_dir
 from bench import sdload_build as B
 from bench import sdload_results as R
+from bench import sweep as SW
+from bench.cluster import PORT_SPAN, BenchCluster, SignalUnwind
 from sheep import proto
 from sheep.proto.connection import AsyncConnection
 
-try:
-    from bench.cluster import PORT_SPAN, BenchCluster, SignalUnwind
-except ImportError as e:  # installed from a wheel: no tests/harness.py to start daemons
-    sys.exit(f"python -m bench.sdload: {e}")
-
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 FILL_THREADS = 4
 
 
@@ -79,9 +88,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="The Sheepdog object protocol under the neutral C load client sdload "
                     "(or --client python) on a throw-away local cluster.",
         epilog="workloads: " + ", ".join(w.name for w in R.WORKLOADS) +
+        "; with --sweep: " + ", ".join(w.name for w in SW.WORKLOADS) +
         ". Exit status: 0; 1 errors or a failed run; 2 bad arguments; "
-        "3 sdload cannot be built (no C compiler); 130 Ctrl-C. See the module docstring "
-        "(bench/sdload.py) for how to read the figures.")
+        "3 sdload cannot be built (no C compiler: use --client python); 130 Ctrl-C, "
+        "143 SIGTERM. docs/bench.md says how to read the figures.")
     p.add_argument("--client", choices=("sdload", "python"), default="sdload",
                    help="the load client: the C sdload (default) or our Python client library")
     p.add_argument("--sync", choices=("nosync", "durable", "both"), default="both",
@@ -98,12 +108,34 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"the daemons listen on free ports in [PORT, PORT+{PORT_SPAN}) "
                         "(default: anywhere in 7000-7999, as the tests)")
     p.add_argument("--json", metavar="PATH",
-                   help="write results here (default: bench/results/sdload-<timestamp>.json)")
+                   help="write results here (default: sdload-<timestamp>.json in bench/results "
+                        "of a checkout, else in ./bench-results)")
     p.add_argument("--compare", metavar="OLD.json", help="add old / new / ratio columns")
-    p.add_argument("--plot", metavar="PATH.png", help="bar chart (needs matplotlib)")
+    p.add_argument("--plot", metavar="PATH.png",
+                   help="PNG charts (needs matplotlib): throughput at PATH.png, latency "
+                        "percentiles at PATH-latency.png; with --sweep one line chart")
+    p.add_argument("--sweep", choices=SW.KINDS,
+                   help="instead of the six workloads: 4 KiB random read/write at queue depth "
+                        "1..64 (qd) or on 1..5 nodes, copies min(--copies, nodes) (nodes)")
+    p.add_argument("--points", metavar="N[,N]",
+                   help="the swept values (default qd: 1,2,4,8,16,32,64; nodes: 1,2,3,4,5)")
+    p.add_argument("--threads", type=int,
+                   help=f"threads of each run of --sweep nodes (default: {SW.DEFAULT_THREADS})")
     ns = p.parse_args(argv)
-    if ns.seconds < 1 or ns.repeat < 1 or ns.nodes < 1 or not 1 <= ns.copies <= ns.nodes:
-        p.error("--seconds, --repeat, --nodes must be >= 1 and 1 <= --copies <= --nodes")
+    if ns.seconds < 1 or ns.repeat < 1 or ns.nodes < 1 or ns.copies < 1:
+        p.error("--seconds, --repeat, --nodes, --copies must be >= 1")
+    if ns.sweep != "nodes" and ns.copies > ns.nodes:
+        p.error("1 <= --copies <= --nodes")
+    ns.modes = list(R.SYNC_MODES) if ns.sync == "both" else [ns.sync]
+    if ns.plot:  # before minutes of measurements, not after
+        try:
+            plots.pyplot()
+        except RuntimeError as e:
+            p.error(str(e))
+    if ns.threads is not None and ns.sweep != "nodes":
+        p.error("--threads applies to --sweep nodes only (the workloads have their own)")
+    if ns.sweep or ns.points:
+        return _sweep_args(p, ns)
     if ns.base_port is not None and not 1024 <= ns.base_port <= 65535 - ns.nodes:
         p.error("--base-port must be in 1024..65535 with room for --nodes ports")
     ns.workloads = R.WORKLOADS
@@ -113,13 +145,35 @@ def parse_args(argv=None) -> argparse.Namespace:
         if unknown or not names:
             p.error(f"unknown workload(s): {', '.join(sorted(unknown)) or '(none given)'}")
         ns.workloads = [w for w in R.WORKLOADS if w.name in names]
-    ns.modes = list(R.SYNC_MODES) if ns.sync == "both" else [ns.sync]
     if ns.compare:
         try:
             ns.old = json.loads(pathlib.Path(ns.compare).read_text())
             ns.old["medians"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             p.error(f"--compare {ns.compare}: not a bench.sdload result ({e})")
+    return ns
+
+
+def _sweep_args(p: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.Namespace:
+    """The checks and derived fields of ``--sweep``: ``points``,
+    ``sweep_workloads`` (and ``workloads`` empty)."""
+    if not ns.sweep:
+        p.error("--points needs --sweep qd or --sweep nodes")
+    if ns.compare:
+        p.error("--compare does not apply to --sweep")
+    if ns.threads is None:
+        ns.threads = SW.DEFAULT_THREADS
+    if not 1 <= ns.threads <= SW.MAX_POINT["qd"]:
+        p.error(f"--threads must be in 1..{SW.MAX_POINT['qd']}")
+    try:
+        ns.points = SW.parse_points(ns.sweep, ns.points)
+        ns.sweep_workloads = SW.parse_workloads(ns.only)
+    except ValueError as e:
+        p.error(str(e))
+    most = max(ns.points) if ns.sweep == "nodes" else ns.nodes
+    if ns.base_port is not None and not 1024 <= ns.base_port <= 65535 - most:
+        p.error("--base-port must be in 1024..65535 with room for the nodes' ports")
+    ns.workloads = []
     return ns
 
 
@@ -150,7 +204,8 @@ def run_sdload(binary, port: int, vid: int, mode: str, bs: int, threads: int,
 async def _py_load(port: int, vid: int, mode: str, bs: int, threads: int,
                    seconds: int) -> dict:
     """What sdload does, with AsyncConnection: ``threads`` connections, one
-    request in flight on each, the same offsets, data and output figures.
+    request in flight on each, the same offsets, data and output figures
+    (latency percentiles exact, from every successful request's time).
     Unlike sdload a broken connection counts as an error."""
     fill = mode == "fill"
     seq, write = fill or mode.startswith("seq"), fill or mode.endswith("w")
@@ -161,6 +216,8 @@ async def _py_load(port: int, vid: int, mode: str, bs: int, threads: int,
     buf = b"\x5a" * length
     cursor = itertools.count()
     counts = {"ops": 0, "bytes": 0, "errors": 0}
+    lat: list[float] = []  # seconds, successful requests
+    clock = time.perf_counter
     stop = False
 
     async def worker(conn: AsyncConnection, rng: random.Random) -> None:
@@ -175,6 +232,7 @@ async def _py_load(port: int, vid: int, mode: str, bs: int, threads: int,
             req = proto.Request(opcode, proto.ObjArgs(oid=(vid << 32) | idx, offset=off),
                                 flags=proto.SD_FLAG_CMD_WRITE if write else 0,
                                 data_length=length)
+            t0 = clock()
             try:
                 rsp, body = await conn.request(req, buf if write else b"", timeout=60)
             except (ConnectionError, TimeoutError) as e:
@@ -184,6 +242,7 @@ async def _py_load(port: int, vid: int, mode: str, bs: int, threads: int,
             if rsp.result or (not write and len(body) != length):
                 counts["errors"] += 1
             else:
+                lat.append(clock() - t0)
                 counts["ops"] += 1
                 counts["bytes"] += length
 
@@ -200,8 +259,10 @@ async def _py_load(port: int, vid: int, mode: str, bs: int, threads: int,
         for c in conns:
             c.close()
     dt = time.perf_counter() - t0
+    pct = {k: None if not lat else round(R.nearest_rank(lat, q) * 1e6, 1)
+           for k, q in zip(R.LATENCY_KEYS, (0.5, 0.99, 0.999))}
     return {"ops": counts["ops"], "secs": round(dt, 2), "iops": round(counts["ops"] / dt),
-            "mib_s": round(counts["bytes"] / dt / R.MiB, 1), "errors": counts["errors"]}
+            "mib_s": round(counts["bytes"] / dt / R.MiB, 1), "errors": counts["errors"], **pct}
 
 
 def run_python(_binary, port, vid, mode, bs, threads, seconds) -> dict:
@@ -215,11 +276,15 @@ def run_python(_binary, port, vid, mode, bs, threads, seconds) -> dict:
 
 # -- one round: a fresh cluster, the table once ------------------------------
 
-def run_round(ns, runner, binary, rnd: int, sync: str, runs: list) -> None:
-    log(f"round {rnd + 1}/{ns.repeat}, {sync}: starting {ns.nodes} sheep daemons"
-        f"{' (-n)' if sync == 'nosync' else ''}, copies {ns.copies}")
-    with BenchCluster(ns.nodes, ns.copies, nosync=sync == "nosync",
-                      base_port=ns.base_port) as bc:
+@contextlib.contextmanager
+def filled_cluster(ns, runner, binary, nodes: int, copies: int, sync: str):
+    """A fresh cluster of ``nodes`` daemons (``-n`` for nosync), formatted
+    with ``copies``, holding one VDI whose ``R.NOBJ`` objects were all
+    written (``sdload -m fill``); yields (cluster, gateway port, vid).  The
+    daemons are killed and the directory removed when the block ends."""
+    log(f"  starting {nodes} sheep daemons{' (-n)' if sync == 'nosync' else ''}, "
+        f"copies {copies}")
+    with BenchCluster(nodes, copies, nosync=sync == "nosync", base_port=ns.base_port) as bc:
         port = bc.ports[0]
         vid = bc.new_vdi("sdload", R.NOBJ * R.OBJ_SIZE)
         log(f"  cluster up, ports {bc.ports}; vdi {vid:#x}, filling {R.NOBJ} objects")
@@ -227,6 +292,12 @@ def run_round(ns, runner, binary, rnd: int, sync: str, runs: list) -> None:
         if fill["errors"] or fill["ops"] != R.NOBJ:
             raise RuntimeError(f"fill: {fill['ops']}/{R.NOBJ} objects written, "
                                f"{fill['errors']} errors\n{bc.log_tail()}")
+        yield bc, port, vid
+
+
+def run_round(ns, runner, binary, rnd: int, sync: str, runs: list) -> None:
+    log(f"round {rnd + 1}/{ns.repeat}, {sync}")
+    with filled_cluster(ns, runner, binary, ns.nodes, ns.copies, sync) as (bc, port, vid):
         for wl in ns.workloads:
             rec = {"round": rnd, "sync": sync, "workload": wl.name}
             try:
@@ -241,6 +312,7 @@ def run_round(ns, runner, binary, rnd: int, sync: str, runs: list) -> None:
             runs.append(rec)
             figure = R.fmt(wl.name, rec)
             log(f"  {wl.name} {sync}: {figure}, {rec['ops']} ops in {rec['secs']} s, "
+                f"p50/p99/p99.9 {R.latency_cells(rec).replace(' | ', ' / ')} µs, "
                 f"errors {rec['errors']}{' ⚠' if rec['errors'] else ''}")
 
 
@@ -257,8 +329,11 @@ def machine() -> dict:
 
 
 def git_commit() -> str | None:
+    """The checkout's HEAD; None for an installed package or without git."""
+    if not in_checkout():
+        return None
     try:  # read-only; no optional locks (another process may be committing)
-        r = subprocess.run(["git", "-C", str(RESULTS.parent.parent), "rev-parse", "HEAD"],
+        r = subprocess.run(["git", "-C", str(PACKAGE.parent), "rev-parse", "HEAD"],
                            capture_output=True, text=True, timeout=10,
                            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
     except (OSError, subprocess.TimeoutExpired):
@@ -278,15 +353,16 @@ def compiler_version() -> str | None:
 
 
 def write_json(doc: dict, path: str | None, started: str) -> pathlib.Path:
-    target = pathlib.Path(path) if path else RESULTS / f"sdload-{started}.json"
+    prefix = f"sdload-{doc['sweep']}" if doc.get("sweep") else "sdload"
+    target = pathlib.Path(path) if path else results_dir() / f"{prefix}-{started}.json"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(doc, indent=2) + "\n")
     except OSError as e:
         if path:
             raise
-        target = pathlib.Path.cwd() / target.name  # an installed, read-only bench/
-        log(f"cannot write {RESULTS} ({e}); writing to the current directory")
+        target = pathlib.Path.cwd() / target.name  # a read-only results directory
+        log(f"cannot write {target.parent} ({e}); writing to the current directory")
         target.write_text(json.dumps(doc, indent=2) + "\n")
     return target
 
@@ -308,20 +384,27 @@ def main(argv=None) -> int:
     runs: list[dict] = []
     failures: list[str] = []
     try:
-        for rnd, sync in R.schedule(ns.modes, ns.repeat):
-            try:
-                run_round(ns, runner, binary, rnd, sync, runs)
-            except (RuntimeError, AssertionError, OSError, TimeoutError) as e:
-                if signals.signum:
-                    raise KeyboardInterrupt from None
-                failures.append(f"round {rnd + 1} {sync}: {e}")
-                log(f"round {rnd + 1} {sync} failed: {e}")
-                break
+        if ns.sweep:
+            def open_cluster(nodes, copies, sync):
+                return filled_cluster(ns, runner, binary, nodes, copies, sync)
+            runs, failures = SW.run_sweep(ns, open_cluster, runner, binary, log)
+            if signals.signum:
+                raise KeyboardInterrupt
+        else:
+            for rnd, sync in R.schedule(ns.modes, ns.repeat):
+                try:
+                    run_round(ns, runner, binary, rnd, sync, runs)
+                except (RuntimeError, AssertionError, OSError, TimeoutError) as e:
+                    if signals.signum:
+                        raise KeyboardInterrupt from None
+                    failures.append(f"round {rnd + 1} {sync}: {e}")
+                    log(f"round {rnd + 1} {sync} failed: {e}")
+                    break
     except KeyboardInterrupt:
         log("interrupted; daemons killed, directories removed")
         return signals.exit_code()
     info["loadavg_end"] = os.getloadavg()
-    doc = {
+    common = {
         "tool": "bench.sdload", "started": started, "machine": info, "git_commit": git_commit(),
         "settings": {"client": ns.client, "sync": ns.modes, "seconds": ns.seconds,
                      "repeat": ns.repeat, "nodes": ns.nodes, "copies": ns.copies,
@@ -330,13 +413,19 @@ def main(argv=None) -> int:
                      "workloads": [w.name for w in ns.workloads],
                      "sdload_source_sha256_16": B.source_hash() if binary else None,
                      "compiler": compiler_version() if binary else None},
-        "workloads": {w.name: {"label": w.label, "mode": w.mode, "bs": w.bs,
-                               "threads": w.threads, "metric": w.metric}
-                      for w in ns.workloads},
-        "runs": runs, "medians": R.medians(runs), "failures": failures,
     }
+    if ns.sweep:
+        doc = SW.document(ns, runs, failures, common)
+    else:
+        doc = {**common,
+               "workloads": {w.name: {"label": w.label, "mode": w.mode, "bs": w.bs,
+                                      "threads": w.threads, "metric": w.metric}
+                             for w in ns.workloads},
+               "runs": runs, "medians": R.medians(runs), "failures": failures}
     path = write_json(doc, ns.json, started)
-    if ns.compare:
+    if ns.sweep:
+        print(SW.table(doc))
+    elif ns.compare:
         for d in R.setting_differences(doc, ns.old):
             print(f"> warning: settings differ from {ns.compare}: {d}")
         print(R.compare_table(doc, ns.old))
@@ -345,13 +434,16 @@ def main(argv=None) -> int:
     for f in failures:
         print(f"\n> FAILED: {f.splitlines()[0]}")
     log(f"results written to {path}")
+    status = SW.exit_status(doc) if ns.sweep else R.exit_status(doc)
     if ns.plot:
         try:
-            R.plot(doc, ns.plot)
-            log(f"plot written to {ns.plot}")
-        except RuntimeError as e:
+            written = (plots.plot_sweep(doc, ns.plot) if ns.sweep else
+                       plots.plot_results(doc, ns.plot, getattr(ns, "old", None)))
+        except (RuntimeError, OSError, ValueError) as e:
             log(f"no plot: {e}")
-    return R.exit_status(doc)
+            return status or 1
+        log(f"plot written to {', '.join(written)}")
+    return status
 
 
 if __name__ == "__main__":

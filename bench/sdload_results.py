@@ -1,9 +1,11 @@
 """What ``python -m bench.sdload`` runs and how its figures are read back.
 
-Pure functions, no daemons: the workload table, sdload's output line, the
-order of the runs (modes alternated), medians, the Markdown tables (with
-``--compare``: old / new / ratio) and the optional bar chart.  The tables
-are drawn from the JSON document, so a stored result can be re-read.
+Pure functions, no daemons: the workload table, sdload's output line (with
+its latency percentiles, or without them from an older sdload), the order of
+the runs (modes alternated), medians, the Markdown tables (with
+``--compare``: old / new / ratio).  The tables are drawn from the JSON
+document, so a stored result can be re-read; the charts are in
+:mod:`bench.plots`.
 """
 
 from __future__ import annotations
@@ -49,23 +51,46 @@ WORKLOADS = [
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
 
-_LINE = re.compile(r"^(?P<mode>\w+) ops=(?P<ops>\d+) secs=(?P<secs>\d+(?:\.\d+)?) "
-                   r"iops=(?P<iops>\d+(?:\.\d+)?) MiBps=(?P<mib_s>\d+(?:\.\d+)?) "
-                   r"errors=(?P<errors>\d+)$")
+_NUM = r"\d+(?:\.\d+)?"
+_LINE = re.compile(rf"^(?P<mode>\w+) ops=(?P<ops>\d+) secs=(?P<secs>{_NUM}) "
+                   rf"iops=(?P<iops>{_NUM}) MiBps=(?P<mib_s>{_NUM}) "
+                   rf"errors=(?P<errors>\d+)"
+                   rf"(?: p50us=(?P<p50_us>{_NUM}) p99us=(?P<p99_us>{_NUM}) "
+                   rf"p999us=(?P<p999_us>{_NUM}))?$")
+
+#: the latency percentiles a run may carry (microseconds), in table order
+LATENCY_KEYS = ("p50_us", "p99_us", "p999_us")
+LATENCY_LABELS = {"p50_us": "p50", "p99_us": "p99", "p999_us": "p99.9"}
 
 
 def parse_line(text: str, mode: str | None = None) -> dict:
     """sdload's one line of output (``randr ops=.. secs=.. iops=.. MiBps=..
-    errors=..``) as numbers; ValueError if the output has no such line or
-    it reports another ``mode``."""
+    errors=.. p50us=.. p99us=.. p999us=..``) as numbers; the latency keys
+    (``p50_us``, ``p99_us``, ``p999_us``) only when the line has them (an
+    older sdload printed none), None when no request succeeded.  ValueError if the output has no such line
+    or it reports another ``mode``."""
     lines = [x.strip() for x in text.splitlines() if x.strip()]
     m = _LINE.match(lines[-1]) if lines else None
     if m is None:
         raise ValueError(f"unexpected sdload output: {text.strip()[-200:]!r}")
     if mode is not None and m["mode"] != mode:
         raise ValueError(f"sdload ran mode {m['mode']!r}, not {mode!r}")
-    return {"ops": int(m["ops"]), "secs": float(m["secs"]), "iops": float(m["iops"]),
-            "mib_s": float(m["mib_s"]), "errors": int(m["errors"])}
+    out = {"ops": int(m["ops"]), "secs": float(m["secs"]), "iops": float(m["iops"]),
+           "mib_s": float(m["mib_s"]), "errors": int(m["errors"])}
+    if m["p50_us"] is not None:  # no request succeeded: nothing was measured, not 0 µs
+        out.update({k: float(m[k]) if out["ops"] else None for k in LATENCY_KEYS})
+    return out
+
+
+def nearest_rank(values, q: float) -> float | None:
+    """The nearest-rank ``q`` quantile (0 < q <= 1) of ``values`` (the
+    smallest value with at least ``q`` of them at or below it), as sdload
+    computes its percentiles; None for no values."""
+    vs = sorted(values)
+    if not vs:
+        return None
+    rank = max(1, -(-round(q * 1000) * len(vs) // 1000))  # ceil(q * n) in integers
+    return vs[min(rank, len(vs)) - 1]
 
 
 def schedule(modes, repeat: int) -> list[tuple[int, str]]:
@@ -80,29 +105,56 @@ def schedule(modes, repeat: int) -> list[tuple[int, str]]:
     return out
 
 
+def summarize(name: str, rs: list[dict]) -> dict:
+    """One summary of the runs ``rs`` of workload ``name`` (one mode, one
+    point): median IOPS and MiB/s of the runs that finished, total errors,
+    how many runs failed outright, ``spread`` (max/min of the shown metric)
+    and, for each latency percentile, the median over the finished runs
+    that report it (None when none does)."""
+    ok = [r for r in rs if r.get("failure") is None]
+    key = metric_of(name)
+    out = {
+        "runs": len(rs), "failed": len(rs) - len(ok),
+        "iops": round(statistics.median(r["iops"] for r in ok), 1) if ok else None,
+        "mib_s": round(statistics.median(r["mib_s"] for r in ok), 2) if ok else None,
+        "errors": sum(r.get("errors", 0) for r in rs),
+        "spread": (round(max(r[key] for r in ok) / min(r[key] for r in ok), 3)
+                   if len(ok) > 1 and min(r[key] for r in ok) > 0 else None),
+    }
+    for k in LATENCY_KEYS:
+        vals = [r[k] for r in ok if r.get(k) is not None]
+        out[k] = round(statistics.median(vals), 1) if vals else None
+    return out
+
+
 def medians(runs: list[dict]) -> dict:
-    """{workload: {sync: summary}} over the runs: median IOPS and MiB/s of
-    the runs that finished, total errors, how many runs failed outright."""
+    """{workload: {sync: summary}} over the runs (see :func:`summarize`)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in runs:
         groups.setdefault((r["workload"], r["sync"]), []).append(r)
     out: dict = {}
     for (name, sync), rs in groups.items():
-        ok = [r for r in rs if r.get("failure") is None]
-        out.setdefault(name, {})[sync] = {
-            "runs": len(rs), "failed": len(rs) - len(ok),
-            "iops": round(statistics.median(r["iops"] for r in ok), 1) if ok else None,
-            "mib_s": round(statistics.median(r["mib_s"] for r in ok), 2) if ok else None,
-            "errors": sum(r.get("errors", 0) for r in rs),
-            "spread": (round(max(r[_key(name)] for r in ok) / min(r[_key(name)] for r in ok), 3)
-                       if len(ok) > 1 and min(r[_key(name)] for r in ok) > 0 else None),
-        }
+        out.setdefault(name, {})[sync] = summarize(name, rs)
     return out
 
 
-def _key(name: str) -> str:
+def metric_of(name: str) -> str:
+    """The metric a workload is shown in: MiB/s for 1 MiB blocks, IOPS otherwise
+    (also for names not in :data:`WORKLOADS`, e.g. the sweeps')."""
     w = BY_NAME.get(name)
     return w.metric if w else "iops"
+
+
+def fmt_us(v: float | None) -> str:
+    """A latency in µs for the tables: — when unknown."""
+    if v is None:
+        return "—"
+    return f"{v:,.0f}" if v >= 100 else f"{v:,.1f}"
+
+
+def latency_cells(summary: dict | None) -> str:
+    """`` p50 | p99 | p99.9 `` cells (µs) of a summary, — where unknown."""
+    return " | ".join(fmt_us((summary or {}).get(k)) for k in LATENCY_KEYS)
 
 
 def bad(summary: dict | None) -> bool:
@@ -118,13 +170,13 @@ def exit_status(doc: dict) -> int:
 
 
 def fmt(name: str, summary: dict | None) -> str:
-    if not summary or summary.get(_key(name)) is None:
+    if not summary or summary.get(metric_of(name)) is None:
         return "—"
-    v = summary[_key(name)]
-    return f"{v:,.1f} MiB/s" if _key(name) == "mib_s" else f"{v:,.0f} IOPS"
+    v = summary[metric_of(name)]
+    return f"{v:,.1f} MiB/s" if metric_of(name) == "mib_s" else f"{v:,.0f} IOPS"
 
 
-def _errors(summary: dict | None) -> str:
+def errors_cell(summary: dict | None) -> str:
     if not summary:
         return "—"
     text = str(summary["errors"])
@@ -141,16 +193,19 @@ def _rows(doc: dict):
 
 
 def table(doc: dict) -> str:
-    """| workload | mode | result | errors | — medians of the runs."""
-    out = ["| workload | mode | median | errors |", "|---|---|---:|---:|"]
+    """| workload | mode | median | p50 | p99 | p99.9 | errors | — medians of
+    the runs; latencies in µs (median of the runs' percentiles), — for runs
+    that measured none."""
+    out = ["| workload | mode | median | p50 µs | p99 µs | p99.9 µs | errors |",
+           "|---|---|---:|---:|---:|---:|---:|"]
     for name, sync, s in _rows(doc):
         out.append(f"| {name} | {sync} | {fmt(name, s)}{' ⚠' if bad(s) else ''} "
-                   f"| {_errors(s)} |")
+                   f"| {latency_cells(s)} | {errors_cell(s)} |")
     return "\n".join(out)
 
 
 def ratio(name: str, new: dict | None, old: dict | None) -> float | None:
-    k = _key(name)
+    k = metric_of(name)
     if not new or not old or new.get(k) is None or not old.get(k):
         return None
     return new[k] / old[k]
@@ -167,45 +222,16 @@ def setting_differences(doc: dict, old: dict) -> list[str]:
 
 
 def compare_table(doc: dict, old: dict) -> str:
-    """| workload | mode | old | new | ratio | errors | — ratio = new / old."""
-    out = ["| workload | mode | old | new | ratio (new/old) | errors (new) |",
-           "|---|---|---:|---:|---:|---:|"]
+    """| workload | mode | old | new | ratio | p99 old | p99 new | errors | —
+    ratio = new / old; p99 in µs, — where a document has none."""
+    out = ["| workload | mode | old | new | ratio (new/old) | p99 µs old | p99 µs new "
+           "| errors (new) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, sync, s in _rows(doc):
         o = old.get("medians", {}).get(name, {}).get(sync)
         r = ratio(name, s, o)
         out.append(f"| {name} | {sync} | {fmt(name, o)}{' ⚠' if bad(o) else ''} "
                    f"| {fmt(name, s)}{' ⚠' if bad(s) else ''} "
-                   f"| {'—' if r is None else f'{r:.3f}'} | {_errors(s)} |")
+                   f"| {'—' if r is None else f'{r:.3f}'} | {fmt_us((o or {}).get('p99_us'))} "
+                   f"| {fmt_us((s or {}).get('p99_us'))} | {errors_cell(s)} |")
     return "\n".join(out)
 
-
-def plot(doc: dict, path: str) -> None:
-    """Bar chart: one group per workload, nosync and durable side by side
-    (IOPS and MiB/s workloads in two panels).  RuntimeError without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise RuntimeError("--plot needs matplotlib, which is not installed "
-                           "(pip install matplotlib, or the 'bench' extra)") from e
-    syncs = doc["settings"]["sync"]
-    panels = [(k, [n for n in doc["settings"]["workloads"] if _key(n) == k])
-              for k in ("iops", "mib_s")]
-    panels = [(k, ns) for k, ns in panels if ns]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    width = 0.8 / len(syncs)
-    for ax, (k, names) in zip(axes[0], panels):
-        for j, sync in enumerate(syncs):
-            vals = [(doc["medians"].get(n, {}).get(sync) or {}).get(k) or 0 for n in names]
-            ax.bar([i + j * width for i in range(len(names))], vals, width, label=sync)
-        ax.set_xticks([i + width * (len(syncs) - 1) / 2 for i in range(len(names))])
-        ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("IOPS" if k == "iops" else "MiB/s")
-        ax.legend()
-    s = doc["settings"]
-    fig.suptitle(f"sdload ({s['client']} client), {s['nodes']} nodes, copies {s['copies']}, "
-                 f"median of {s['repeat']} x {s['seconds']} s")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -5,8 +5,12 @@
   ``conns_per_node`` pipelined connections to every node (each node acts as a
   gateway).  Reads are READ_OBJ, writes WRITE_OBJ on objects created by
   :func:`prepare_sheep`.
-* :func:`run_file` — the local baseline: the same offsets on a plain file with
-  ``os.pread``/``os.pwrite`` from ``qd`` threads, no sync.
+* :class:`FileTarget` — the local baseline: the same offsets on a plain file with
+  ``os.pread``/``os.pwrite`` from ``qd`` threads, synced like the cluster it
+  is set beside: ``sync=False`` (a ``sheep -n`` cluster) leaves writes in the
+  page cache; ``sync=True`` (a durable cluster, whose replicas ``fdatasync``
+  each write before acknowledging it) calls ``os.fdatasync`` after every
+  timed write, inside the timed span.
 
 Both run each workload for a fixed time, stop issuing at the deadline, wait
 for what is in flight, and count completed operations.
@@ -240,8 +244,14 @@ class SheepTarget:
 
 
 class FileTarget:
-    def __init__(self, path: str, size: int):
-        self.path, self.size = path, size
+    """A plain file of ``size`` bytes at ``path``.  ``sync``: every timed
+    write is followed by ``os.fdatasync`` (what a durable sheep does per
+    write); without it writes stay in the page cache (``sheep -n``).  The
+    untimed :meth:`prepare` writes the whole file once and, with ``sync``,
+    syncs it once at the end."""
+
+    def __init__(self, path: str, size: int, sync: bool = False):
+        self.path, self.size, self.sync = path, size, sync
         self.fd = -1
 
     def prepare(self) -> None:
@@ -249,6 +259,8 @@ class FileTarget:
         bufs = payloads(OBJ, 2)
         for i in range(-(-self.size // OBJ)):
             os.pwrite(self.fd, bufs[i % 2], i * OBJ)
+        if self.sync:
+            os.fdatasync(self.fd)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -268,7 +280,8 @@ class FileTarget:
         offs = Offsets(wl, self.size, seed=zlib.crc32(wl.name.encode()))
         lock = threading.Lock()  # the sequential cursor / RNG are shared
         bufs = payloads(wl.bs) if wl.op == "write" else None
-        fd, bs, write = self.fd, wl.bs, wl.op == "write"
+        fd, bs, write, sync = self.fd, wl.bs, wl.op == "write", self.sync
+        fdatasync = os.fdatasync
         lats: list[list[float]] = [[] for _ in range(wl.qd)]
         counts = [0] * wl.qd
         clock = time.perf_counter
@@ -286,6 +299,8 @@ class FileTarget:
                         off = offs.next()
                     if write:
                         os.pwrite(fd, bufs[n & 7], off)
+                        if sync:
+                            fdatasync(fd)
                     elif len(os.pread(fd, bs, off)) != bs:
                         raise OSError("short read")
                     ap(clock() - t0)

@@ -11,7 +11,6 @@ import pathlib
 import shutil
 import socket
 import stat
-import sys
 
 import pytest
 
@@ -64,7 +63,8 @@ def test_medians_of_each_workload_and_mode():
     runs += [_run("seq-write-1m-t4", "nosync", 0.0, mib_s=0.0, failure="sheep died")]
     m = R.medians(runs)
     assert m["rand-read-4k-t1"]["nosync"] == {"runs": 3, "failed": 0, "iops": 200.0,
-                                             "mib_s": 1.0, "errors": 0, "spread": 3.0}
+                                             "mib_s": 1.0, "errors": 0, "spread": 3.0,
+                                             "p50_us": None, "p99_us": None, "p999_us": None}
     assert m["rand-read-4k-t1"]["durable"]["iops"] == 20.0  # even count: the mean of two
     assert m["rand-read-4k-t1"]["durable"]["errors"] == 3  # summed over the runs
     sw = m["seq-write-1m-t4"]["nosync"]  # the failed run is not in the median
@@ -81,12 +81,13 @@ def _doc(medians, sync=("nosync", "durable"), names=("rand-read-4k-t1", "seq-wri
     return {"settings": s, "medians": medians, "failures": []}
 
 
-def _m(iops=None, mib_s=None, errors=0, failed=0):
+def _m(iops=None, mib_s=None, errors=0, failed=0, lat=(None, None, None)):
     return {"runs": 1, "failed": failed, "iops": iops, "mib_s": mib_s, "errors": errors,
-            "spread": None}
+            "spread": None, **dict(zip(R.LATENCY_KEYS, lat))}
 
 
-NEW = {"rand-read-4k-t1": {"nosync": _m(2000.0, 7.8), "durable": _m(1500.0, 5.9, errors=4)},
+NEW = {"rand-read-4k-t1": {"nosync": _m(2000.0, 7.8, lat=(450.0, 2100.0, 15234.5)),
+                           "durable": _m(1500.0, 5.9, errors=4)},
        "seq-write-1m-t4": {"nosync": _m(60.0, 60.0), "durable": _m(30.0, 30.0)}}
 OLD = {"rand-read-4k-t1": {"nosync": _m(1000.0, 3.9), "durable": _m(1500.0, 5.9)},
        "seq-write-1m-t4": {"nosync": _m(40.0, 80.0)}}
@@ -94,18 +95,19 @@ OLD = {"rand-read-4k-t1": {"nosync": _m(1000.0, 3.9), "durable": _m(1500.0, 5.9)
 
 def test_table_shows_iops_or_mib_s_and_marks_errors():
     lines = R.table(_doc(NEW)).splitlines()
-    assert lines[:2] == ["| workload | mode | median | errors |", "|---|---|---:|---:|"]
+    assert lines[:2] == ["| workload | mode | median | p50 µs | p99 µs | p99.9 µs | errors |",
+                         "|---|---|---:|---:|---:|---:|---:|"]
     assert lines[2:] == [
-        "| rand-read-4k-t1 | nosync | 2,000 IOPS | 0 |",
-        "| rand-read-4k-t1 | durable | 1,500 IOPS ⚠ | **4** ⚠ |",
-        "| seq-write-1m-t4 | nosync | 60.0 MiB/s | 0 |",
-        "| seq-write-1m-t4 | durable | 30.0 MiB/s | 0 |"]
+        "| rand-read-4k-t1 | nosync | 2,000 IOPS | 450 | 2,100 | 15,234 | 0 |",
+        "| rand-read-4k-t1 | durable | 1,500 IOPS ⚠ | — | — | — | **4** ⚠ |",  # no latency
+        "| seq-write-1m-t4 | nosync | 60.0 MiB/s | — | — | — | 0 |",
+        "| seq-write-1m-t4 | durable | 30.0 MiB/s | — | — | — | 0 |"]
     assert R.exit_status(_doc(NEW)) == 1
     assert R.exit_status(_doc(OLD, sync=("nosync",))) == 0
     failed = _doc({"rand-read-4k-t1": {"nosync": _m(failed=1)}}, sync=("nosync",),
                   names=("rand-read-4k-t1",))
     assert R.table(failed).splitlines()[2] == (
-        "| rand-read-4k-t1 | nosync | — ⚠ | **0, 1 run(s) failed** ⚠ |")
+        "| rand-read-4k-t1 | nosync | — ⚠ | — | — | — | **0, 1 run(s) failed** ⚠ |")
     assert R.exit_status(failed) == 1
     assert R.exit_status({**_doc(OLD, sync=("nosync",)), "failures": ["round 1"]}) == 1
 
@@ -113,10 +115,10 @@ def test_table_shows_iops_or_mib_s_and_marks_errors():
 def test_compare_ratios_new_over_old_on_the_shown_metric():
     lines = R.compare_table(_doc(NEW), _doc(OLD)).splitlines()
     assert lines[2:] == [
-        "| rand-read-4k-t1 | nosync | 1,000 IOPS | 2,000 IOPS | 2.000 | 0 |",
-        "| rand-read-4k-t1 | durable | 1,500 IOPS | 1,500 IOPS ⚠ | 1.000 | **4** ⚠ |",
-        "| seq-write-1m-t4 | nosync | 80.0 MiB/s | 60.0 MiB/s | 0.750 | 0 |",  # MiB/s, not IOPS
-        "| seq-write-1m-t4 | durable | — | 30.0 MiB/s | — | 0 |"]  # not in the old document
+        "| rand-read-4k-t1 | nosync | 1,000 IOPS | 2,000 IOPS | 2.000 | — | 2,100 | 0 |",
+        "| rand-read-4k-t1 | durable | 1,500 IOPS | 1,500 IOPS ⚠ | 1.000 | — | — | **4** ⚠ |",
+        "| seq-write-1m-t4 | nosync | 80.0 MiB/s | 60.0 MiB/s | 0.750 | — | — | 0 |",  # MiB/s
+        "| seq-write-1m-t4 | durable | — | 30.0 MiB/s | — | — | — | 0 |"]  # not in the old one
     assert R.ratio("rand-read-4k-t1", _m(5.0), _m(0.0)) is None
 
 
@@ -124,12 +126,6 @@ def test_compare_warns_when_settings_differ():
     assert R.setting_differences(_doc(NEW), _doc(OLD)) == []
     assert R.setting_differences(_doc(NEW, client="python", seconds=4), _doc(OLD)) == [
         "client: old 'sdload', new 'python'", "seconds: old 1, new 4"]
-
-
-def test_plot_says_clearly_when_matplotlib_is_missing(monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
-    with pytest.raises(RuntimeError, match="--plot needs matplotlib"):
-        R.plot(_doc(NEW), str(tmp_path / "x.png"))
 
 
 def test_command_line_refusals(tmp_path, capsys):

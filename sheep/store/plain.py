@@ -20,10 +20,16 @@ pre-allocated, inode and ledger objects are sparse.
 
 Theory of operation
 -------------------
-* **Record before data.**  A write makes the record durable (new CRCs of the
-  touched blocks, old ones kept as ``prev``, bumped version), then writes and
-  syncs the data: after a crash in between every block still reads, and the
-  version never claims less than the data holds.  A create writes
+* **Journal first** (without ``nosync``, one object directory): a write's
+  blocks, CRC pairs and version are made durable in the write-ahead journal
+  (:mod:`sheep.store.journaled`), then applied in the page cache; replayed
+  after a crash.
+* **Record before data** (other writes: several disks, or a large write to
+  an object without journal entries).  A write makes the record durable (new
+  CRCs of the touched blocks, old ones kept as ``prev``, bumped version),
+  then writes and syncs the data: after a crash in between every block
+  still reads, and the version never claims less than the data holds.  A
+  create writes
   ``<meta>.tmp`` and ``<obj>.tmp``, renames the record first, the object
   second, then syncs both directories.
 * **Installing a fetched copy** (:meth:`install`) renames the object first:

@@ -25,7 +25,8 @@ A lookup is then a binary search plus a row slice (scalar) or a
 skipping order and truncating to ``N`` gives the same prefix for every
 ``N <= W``, so one table serves every copy count.
 
-Pure: no I/O, no asyncio, no global caches.
+Pure: no I/O, no asyncio; one global cache, the memo of the pure
+:func:`sd_hash_oid` (bounded, results never change).
 """
 
 from __future__ import annotations

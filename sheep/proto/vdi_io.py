@@ -78,7 +78,6 @@ def parse_snapshot(snapshot, digits: bool = True) -> tuple[int, str]:
     return 0, s
 
 
-
 class _Admitted:
     """One read or write of a :class:`VdiIo` in progress (see ``VdiIo._io``)."""
 
@@ -310,9 +309,10 @@ class VdiIo(FencedCalls):
                     proto.Op.READ_OBJ, proto.ObjArgs(oid=proto.vid_to_data_oid(self.index[idx], idx),
                                                      offset=o, copies=self.inode.nr_copies),
                     data_length=n, fenced=True)
-                if len(data) == n:
-                    return bytes(data)
-                return bytes(data[:n]).ljust(n, b"\0")  # a reply of another length: still n bytes
+                if len(data) != n:
+                    raise error_for(CODES["EIO"], f"read of {n} bytes at {o} answered with "
+                                                  f"{len(data)}")
+                return data if type(data) is bytes else bytes(data)
             out = bytearray(length)
 
             async def part(idx, o, pos, n):
@@ -322,6 +322,9 @@ class VdiIo(FencedCalls):
                         proto.Op.READ_OBJ, proto.ObjArgs(oid=proto.vid_to_data_oid(owner, idx),
                                                          offset=o, copies=self.inode.nr_copies),
                         data_length=n, fenced=True)
+                    if len(data) != n:
+                        raise error_for(CODES["EIO"], f"read of {n} bytes at {o} answered "
+                                                      f"with {len(data)}")
                     out[pos:pos + n] = data
                 else:  # never written, says our cache: true only while we hold the lock
                     await self._confirm_lock()

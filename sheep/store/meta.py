@@ -214,7 +214,11 @@ class Meta:
         if n > _SMALL:
             bad = self.bad_blocks(block_crcs(mv), b0)
             return int(bad[0]) if len(bad) else -1
-        for i, (cur, prev) in enumerate(self.crcs[b0:b0 + nblocks(n)].tolist()):
+        k = nblocks(n)
+        ents = self.crcs[b0:b0 + k].tolist()
+        if len(ents) != k:  # blocks without an entry: bad (fail closed)
+            return len(ents)
+        for i, (cur, prev) in enumerate(ents):
             c = crc32c(mv[i * BLOCK:(i + 1) * BLOCK])
             if c != cur and c != prev:
                 return i

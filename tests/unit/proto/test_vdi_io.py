@@ -198,3 +198,25 @@ async def test_inactive_open_allows_no_io_until_activated(cluster):
         await vdi.pread(0, 1)
     assert cluster.holder is None  # a migration destination holds no lock
     await vdi.close()
+
+
+async def test_a_reply_of_another_length_is_an_error_never_padding(cluster):
+    """A gateway answering fewer bytes than asked: EIO for a read within one
+    object and for one across two, never zeros passed off as data."""
+    vdi = await open_vdi(cluster)
+    await vdi.pwrite(0, b"A" * (2 * OBJ))
+    real = cluster._object_op
+
+    def short(op, args, payload, data_length, flags):
+        out = real(op, args, payload, data_length, flags)
+        if op == proto.Op.READ_OBJ and proto.is_data_obj(args.oid):
+            return out[:len(out) // 2]
+        return out
+    cluster._object_op = short
+    for off in (0, OBJ - 50):
+        with pytest.raises(SdError) as e:
+            await vdi.pread(off, 100)
+        assert e.value.code == CODES["EIO"]
+    cluster._object_op = real
+    assert await vdi.pread(OBJ - 50, 100) == b"A" * 100
+    await vdi.close()

@@ -36,3 +36,10 @@ def test_first_bad_agrees_with_bad_blocks(size):
             want = M.Meta.bad_blocks(meta, M.block_crcs(piece), b0)
             assert len(want) and meta.first_bad(piece, b0) == int(want[0])
 
+
+
+def test_first_bad_fails_closed_for_blocks_without_an_entry():
+    data = bytes(range(256)) * 32  # 2 blocks
+    meta = _record(data, data)
+    assert meta.first_bad(data + b"x" * BLOCK, 0) == 2
+    assert meta.first_bad(data, 1) == 1

@@ -65,6 +65,7 @@ HDR_SPACE = 4096
 ENT = struct.Struct("<4sIQQQQII")  # magic, length, generation, seq, oid, version, b0, n
 MAGIC_H, MAGIC_E, FORMAT = b"SDJH", b"SDJE", 1
 LIMIT = 64 << 20  # a checkpoint once the journal would grow past this
+GROW = 4 << 20  # the file grows by this much of zeros at a time (see Journal.append)
 
 
 class Entry(NamedTuple):
@@ -122,6 +123,7 @@ class Journal:
         self.limit = LIMIT if limit is None else limit
         self._fd = -1
         self._gen = 0
+        self._allocated = 0    # file size: zeros past the tail, overwritten by entries
         self._tail = HDR_SPACE
         self._seq = 0          # entries appended (pwrite done) in this generation
         self._synced = 0       # of those, durable
@@ -139,12 +141,12 @@ class Journal:
         """Open (create) the file; the valid entries of its generation, in
         order, for the caller to apply before it :meth:`reset` s."""
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = os.fstat(self._fd).st_size
+        size = self._allocated = os.fstat(self._fd).st_size
         buf = os.pread(self._fd, size, 0) if size else b""
         gen = self._read_header(buf)
         if gen is None:  # new, or its header never written whole (see _read_header)
             os.ftruncate(self._fd, 0)  # no older entry may ever match a new generation
-            self._gen = 0
+            self._gen = self._allocated = 0
             return []
         self._gen = gen
         out, off = [], HDR_SPACE
@@ -171,6 +173,7 @@ class Journal:
         os.pwrite(self._fd, _header(gen), 0)
         os.fdatasync(self._fd)
         self._gen, self._tail, self._seq, self._synced = gen, HDR_SPACE, 0, 0
+        self._allocated = max(self._allocated, HDR_SPACE)
         self._pending.clear()
 
     def close(self) -> None:
@@ -192,8 +195,16 @@ class Journal:
         the journal is at its limit and not empty."""
         with self._lock:
             raw = encode(self._gen, self._seq + 1, oid, version, b0, pairs, data)
-            if self._seq and self._tail + len(raw) > self.limit:
+            end = self._tail + len(raw)
+            if self._seq and end > self.limit:
                 raise Full
+            if end > self._allocated:
+                # Entries overwrite zeros written ahead: an append that grows
+                # the file would make every commit a file-system journal
+                # commit (and, in ext4's ordered mode, a flush of other files).
+                grow = max(GROW, end - self._allocated)
+                _pwrite_all(self._fd, bytes(grow), self._allocated)
+                self._allocated += grow
             _pwrite_all(self._fd, raw, self._tail)
             self._tail += len(raw)
             self._seq += 1

@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from sheep.store import meta as M
-from sheep.store.basedir import err, oserror, pread_full, unlink
+from sheep.store.basedir import err, fsync_dir, oserror, pread_full, unlink
 
 log = logging.getLogger("sheep.store")
 
@@ -92,6 +92,11 @@ class StaleCopies:
             had = self._stale_index().get(oid, {}).get(epoch)
             self._index_add(oid, epoch, d)
             try:
+                if unlink(smpath) and not self.nosync:
+                    # an older stale copy of this epoch: its record goes first,
+                    # so a crash between the renames never pairs the new copy
+                    # with it (a copy without a record gets the live one back)
+                    fsync_dir(os.path.dirname(smpath))
                 os.replace(path, spath)
                 if os.path.exists(mpath):
                     os.replace(mpath, smpath)

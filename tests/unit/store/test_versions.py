@@ -276,3 +276,20 @@ def test_meta_record_codec():
     m.update(1, np.array([9], dtype="<u4"), np.array([2], dtype="<u4"), V(7, 4))
     assert m.crcs.tolist() == [[1, 1], [9, 2], [3, 3]]
     assert m.bad_blocks(np.array([1, 2, 5], dtype="<u4"), 0).tolist() == [2]
+
+
+def test_crash_in_a_move_to_stale_over_an_older_stale_copy_of_the_same_epoch(tmp_path):
+    base = str(tmp_path / "base")
+    s = reopen(base)
+    s.create_and_write(OID, BLOCK, b"first", epoch=5)
+    s.move_to_stale(OID, 5)
+    s.create_and_write(OID, BLOCK, b"second", epoch=5)
+    s.close()
+    # the object is renamed over the older stale copy: die before its record follows
+    crash(base, "replace", 1, f"s.move_to_stale({OID}, 5)")
+    s = reopen(base)
+    try:  # never the new copy under the older copy's record (EIO)
+        version, data = s.read_stale(OID, 5)
+        assert data == b"second".ljust(BLOCK, b"\0") and version == V(5, 1)
+    finally:
+        s.close()

@@ -31,13 +31,26 @@ Guarantees
   entries in the journal (:meth:`Journal.pending`), so that no replay ever
   applies an older write over what such a change left.
 
-Layout: a 4 KiB header (``SDJH``, format 1, generation u64, CRC32C of the
-first 16 bytes), then entries back to back::
+* **Failures are final**: once a write, sync or checkpoint of the journal
+  failed, every later call fails (EIO): Linux reports a failed write-back
+  once and may drop the pages, so nothing after it may be acknowledged.
+  The node leaves the cluster as for a failed disk; its restart replays
+  the prefix that is durable.
+* **Entries cannot be forged**: each generation has a random 64-bit key,
+  kept in the header and in every entry; client data that looks like an
+  entry (in the file past the tail) never matches it.
+
+Layout: a 4 KiB header area holding two copies of the header, at 0 and at
+2048 (``SDJH``, format 2, generation u64, key u64, CRC32C of the first 24
+bytes), written one after the other with a sync each: the valid copy with
+the greater generation counts.  If neither is valid and the file holds
+anything past the header area, it refuses to open (EIO) rather than drop
+entries.  Then entries, back to back::
 
     off   size  field
       0      4  magic b"SDJE"
       4      4  entry length, header to trailing CRC inclusive
-      8      8  generation
+      8      8  the generation's key
      16      8  sequence number (1, 2, ... within the generation)
      24      8  oid
      32      8  object version after the write
@@ -53,6 +66,8 @@ is journaled and applies the entries.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import struct
 import threading
@@ -60,11 +75,13 @@ from typing import Callable, NamedTuple
 
 from sheep.store import meta as M
 
-HDR = struct.Struct("<4sIQI")  # magic, format, generation, crc of the first 16 bytes
+HDR = struct.Struct("<4sIQQI")  # magic, format, generation, key, crc of the first 24 bytes
+HDR_COPIES = (0, 2048)
 HDR_SPACE = 4096
-ENT = struct.Struct("<4sIQQQQII")  # magic, length, generation, seq, oid, version, b0, n
-MAGIC_H, MAGIC_E, FORMAT = b"SDJH", b"SDJE", 1
+ENT = struct.Struct("<4sIQQQQII")  # magic, length, key, seq, oid, version, b0, n
+MAGIC_H, MAGIC_E, FORMAT = b"SDJH", b"SDJE", 2
 LIMIT = 64 << 20  # a checkpoint once the journal would grow past this
+MAX_PENDING = 1024  # ... or once this many objects have entries
 GROW = 4 << 20  # the file grows by this much of zeros at a time (see Journal.append)
 
 
@@ -81,29 +98,43 @@ class Full(Exception):
     """The entry does not fit: checkpoint, then append again."""
 
 
-def _header(gen: int) -> bytes:
-    head = HDR.pack(MAGIC_H, FORMAT, gen, 0)[:16]
-    return (head + struct.pack("<I", M.crc32c(head))).ljust(HDR_SPACE, b"\0")
+def _header(gen: int, key: int) -> bytes:
+    head = HDR.pack(MAGIC_H, FORMAT, gen, key, 0)[:24]
+    return head + struct.pack("<I", M.crc32c(head))
 
 
-def encode(gen: int, seq: int, oid: int, version: int, b0: int, pairs: bytes, data) -> bytes:
+def read_header(buf: bytes) -> tuple[int, int] | None:
+    """(generation, key) of the valid header copy with the greater
+    generation; None if neither copy is valid."""
+    best = None
+    for off in HDR_COPIES:
+        if len(buf) < off + HDR.size:
+            continue
+        magic, fmt, gen, key, crc = HDR.unpack_from(buf, off)
+        if magic == MAGIC_H and fmt == FORMAT and M.crc32c(buf[off:off + 24]) == crc:
+            if best is None or gen > best[0]:
+                best = (gen, key)
+    return best
+
+
+def encode(key: int, seq: int, oid: int, version: int, b0: int, pairs: bytes, data) -> bytes:
     n = len(pairs) // 8
     length = ENT.size + len(pairs) + len(data) + 4
-    head = ENT.pack(MAGIC_E, length, gen, seq, oid, version, b0, n)
+    head = ENT.pack(MAGIC_E, length, key, seq, oid, version, b0, n)
     body = b"".join((head, pairs, data))
     return body + struct.pack("<I", M.crc32c(body))
 
 
-def decode(buf: bytes, off: int, gen: int, seq: int) -> tuple[Entry, int] | None:
-    """The entry at ``off`` if it is whole and is number ``seq`` of
-    generation ``gen``, with the offset after it; else None (the end)."""
+def decode(buf: bytes, off: int, key: int, seq: int) -> tuple[Entry, int] | None:
+    """The entry at ``off`` if it is whole and is number ``seq`` of the
+    generation of ``key``, with the offset after it; else None (the end)."""
     if off + ENT.size > len(buf):
         return None
-    magic, length, g, s, oid, version, b0, n = ENT.unpack_from(buf, off)
-    if magic != MAGIC_E or g != gen or s != seq or off + length > len(buf):
+    magic, length, k, s, oid, version, b0, n = ENT.unpack_from(buf, off)
+    if magic != MAGIC_E or k != key or s != seq or n == 0 or off + length > len(buf):
         return None
     dlen = length - ENT.size - 8 * n - 4
-    if dlen < 0 or dlen > n * M.BLOCK or (n and dlen <= (n - 1) * M.BLOCK):
+    if dlen <= (n - 1) * M.BLOCK or dlen > n * M.BLOCK:
         return None
     end = off + length
     if M.crc32c(buf[off:end - 4]) != struct.unpack_from("<I", buf, end - 4)[0]:
@@ -113,25 +144,52 @@ def decode(buf: bytes, off: int, gen: int, seq: int) -> tuple[Entry, int] | None
                  bytes(buf[p0 + 8 * n:end - 4])), end
 
 
+def _syncfs_call():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_SYNCFS = _syncfs_call()
+
+
+def syncfs(fd: int) -> bool:
+    """Sync the whole file system of ``fd`` (Linux ``syncfs``); False where
+    it is not available.  An error (reported since Linux 5.8) is OSError."""
+    if _SYNCFS is None:
+        return False
+    if _SYNCFS(fd) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return True
+
+
 class Journal:
     """One store's journal file; thread-safe.  ``append`` then ``commit``
     (durable on return) then apply, then ``applied``; ``checkpoint`` runs
-    alone."""
+    alone, new appends waiting."""
 
     def __init__(self, path: str, limit: int | None = None):
         self.path = path
         self.limit = LIMIT if limit is None else limit
         self._fd = -1
         self._gen = 0
-        self._allocated = 0    # file size: zeros past the tail, overwritten by entries
+        self._key = 0
+        self._broken: str | None = None  # why the journal failed, if it did
+        self._allocated = 0    # zeros written up to here: overwritten by entries
         self._tail = HDR_SPACE
         self._seq = 0          # entries appended (pwrite done) in this generation
         self._synced = 0       # of those, durable
         self._syncing = False
         self._inflight = 0     # appended, not yet applied
+        self._draining = False  # a checkpoint waits for the writers in flight
         self._pending: dict[int, tuple[str, ...]] = {}  # oid -> files its entries changed
         self._lock = threading.Lock()              # appends, the counters, the pending set
         self._idle = threading.Condition(self._lock)  # _inflight reached 0
+        self._resumed = threading.Condition(self._lock)  # _draining cleared
         self._sync = threading.Condition()          # group commit
         self._checkpointing = threading.Lock()
 
@@ -139,47 +197,72 @@ class Journal:
 
     def open(self) -> list[Entry]:
         """Open (create) the file; the valid entries of its generation, in
-        order, for the caller to apply before it :meth:`reset` s."""
+        order, for the caller to apply before it :meth:`reset` s.  EIO if
+        both headers are damaged and entries may follow."""
+        existed = os.path.exists(self.path)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        size = self._allocated = os.fstat(self._fd).st_size
+        size = os.fstat(self._fd).st_size
         buf = os.pread(self._fd, size, 0) if size else b""
-        gen = self._read_header(buf)
-        if gen is None:  # new, or its header never written whole (see _read_header)
-            os.ftruncate(self._fd, 0)  # no older entry may ever match a new generation
-            self._gen = self._allocated = 0
+        got = read_header(buf)
+        if got is None:
+            if buf[HDR_SPACE:].strip(b"\0"):
+                os.close(self._fd)
+                self._fd = -1
+                raise OSError(errno.EIO, f"journal {self.path}: both headers are damaged "
+                                         "and it holds entries; refusing to drop them")
+            # new, or its first header never written whole: nothing was acknowledged
+            os.ftruncate(self._fd, 0)
+            size = 0
+            existed = False
+        if not existed:
+            _sync_dir(os.path.dirname(self.path) or ".")
+        self._allocated = size
+        if got is None:
             return []
-        self._gen = gen
+        self._gen, self._key = got
         out, off = [], HDR_SPACE
         while True:
-            got = decode(buf, off, gen, len(out) + 1)
-            if got is None:
+            e = decode(buf, off, self._key, len(out) + 1)
+            if e is None:
                 return out
-            out.append(got[0])
-            off = got[1]
-
-    @staticmethod
-    def _read_header(buf: bytes) -> int | None:
-        if len(buf) < HDR.size:
-            return None
-        magic, fmt, gen, crc = HDR.unpack_from(buf)
-        if magic != MAGIC_H or fmt != FORMAT or M.crc32c(buf[:16]) != crc:
-            return None  # never written whole: no entry was ever acknowledged with it
-        return gen
+            out.append(e[0])
+            off = e[1]
 
     def reset(self) -> None:
-        """Start a new, empty generation (durable on return); the caller made
-        every change the old one describes durable."""
-        gen = self._gen + 1
-        os.pwrite(self._fd, _header(gen), 0)
-        os.fdatasync(self._fd)
-        self._gen, self._tail, self._seq, self._synced = gen, HDR_SPACE, 0, 0
-        self._allocated = max(self._allocated, HDR_SPACE)
+        """Start a new, empty generation with a new key (durable on return);
+        the caller made every change the old one describes durable."""
+        self._check()
+        gen, key = self._gen + 1, int.from_bytes(os.urandom(8), "little")
+        try:
+            if self._allocated < HDR_SPACE:  # a new file: the header area, zeros
+                _pwrite_all(self._fd, bytes(HDR_SPACE - self._allocated), self._allocated)
+                self._allocated = HDR_SPACE
+            for off in HDR_COPIES:  # one copy durable before the other is touched
+                _pwrite_all(self._fd, _header(gen, key), off)
+                os.fdatasync(self._fd)
+        except OSError as e:
+            self._fail(e)
+        self._gen, self._key, self._tail, self._seq, self._synced = gen, key, HDR_SPACE, 0, 0
         self._pending.clear()
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            fd, self._fd = self._fd, -1
+            if self._broken is None:
+                self._broken = "closed"
+        if fd >= 0:
+            os.close(fd)
+
+    # -- failures -----------------------------------------------------------------
+
+    def _fail(self, e: OSError):
+        if self._broken is None:
+            self._broken = f"{e.strerror or e}"
+        raise OSError(errno.EIO, f"journal {self.path} failed: {self._broken}") from e
+
+    def _check(self) -> None:
+        if self._broken is not None:
+            raise OSError(errno.EIO, f"journal {self.path} failed earlier: {self._broken}")
 
     # -- writes -------------------------------------------------------------------
 
@@ -192,20 +275,27 @@ class Journal:
                files: tuple[str, ...]) -> int:
         """Write an entry (not durable yet); its sequence number.  ``files``:
         what applying it changes (synced by the next checkpoint).  Full if
-        the journal is at its limit and not empty."""
+        the journal is at its size or object limit and not empty."""
         with self._lock:
-            raw = encode(self._gen, self._seq + 1, oid, version, b0, pairs, data)
+            while self._draining:
+                self._resumed.wait()
+            self._check()
+            raw = encode(self._key, self._seq + 1, oid, version, b0, pairs, data)
             end = self._tail + len(raw)
-            if self._seq and end > self.limit:
+            if self._seq and (end > self.limit or (oid not in self._pending
+                                                   and len(self._pending) >= MAX_PENDING)):
                 raise Full
-            if end > self._allocated:
-                # Entries overwrite zeros written ahead: an append that grows
-                # the file would make every commit a file-system journal
-                # commit (and, in ext4's ordered mode, a flush of other files).
-                grow = max(GROW, end - self._allocated)
-                _pwrite_all(self._fd, bytes(grow), self._allocated)
-                self._allocated += grow
-            _pwrite_all(self._fd, raw, self._tail)
+            try:
+                if end > self._allocated:
+                    # Entries overwrite zeros written ahead: an append that grows
+                    # the file would make every commit a file-system journal
+                    # commit (and, in ext4's ordered mode, a flush of other files).
+                    grow = max(GROW, end - self._allocated)
+                    _pwrite_all(self._fd, bytes(grow), self._allocated)
+                    self._allocated += grow
+                _pwrite_all(self._fd, raw, self._tail)
+            except OSError as e:
+                self._fail(e)
             self._tail += len(raw)
             self._seq += 1
             self._inflight += 1
@@ -214,9 +304,13 @@ class Journal:
 
     def commit(self, seq: int) -> None:
         """Return once entry ``seq`` (and every one before) is durable; one
-        ``fdatasync`` serves every writer waiting meanwhile."""
+        ``fdatasync`` serves every writer waiting meanwhile.  EIO once any
+        sync failed."""
         with self._sync:
-            while self._synced < seq:
+            while True:
+                self._check()
+                if self._synced >= seq:
+                    return
                 if self._syncing:
                     self._sync.wait()
                     continue
@@ -225,11 +319,17 @@ class Journal:
                 self._sync.release()
                 try:
                     os.fdatasync(self._fd)
-                finally:
-                    self._sync.acquire()
-                    self._syncing = False
-                    self._sync.notify_all()
+                except OSError as e:
+                    try:
+                        self._fail(e)
+                    finally:
+                        self._sync.acquire()
+                        self._syncing = False
+                        self._sync.notify_all()
+                self._sync.acquire()
+                self._syncing = False
                 self._synced = max(self._synced, target)
+                self._sync.notify_all()
 
     def applied(self) -> None:
         """The entry this writer appended is applied (or abandoned)."""
@@ -238,21 +338,30 @@ class Journal:
             if not self._inflight:
                 self._idle.notify_all()
 
-    def checkpoint(self, sync_file: Callable[[str], None]) -> None:
-        """Sync every file changed in this generation, then start a new one.
-        Waits for the writers in flight to apply their entries; appends wait
-        meanwhile."""
+    def checkpoint(self, sync_files: Callable[[set[str], int], None]) -> None:
+        """Make every file changed in this generation durable
+        (``sync_files(files, journal_fd)``), then start a new generation.
+        New appends wait from the start; the writers in flight apply
+        their entries first."""
         with self._checkpointing, self._lock:
-            while self._inflight:
-                self._idle.wait()
-            if not self._seq:
-                return
-            files: set[str] = set()
-            for fs in self._pending.values():
-                files.update(fs)
-            for f in sorted(files):
-                sync_file(f)
-            self.reset()
+            self._draining = True
+            try:
+                while self._inflight:
+                    self._idle.wait()
+                self._check()
+                if not self._seq:
+                    return
+                files: set[str] = set()
+                for fs in self._pending.values():
+                    files.update(fs)
+                try:
+                    sync_files(files, self._fd)
+                except OSError as e:
+                    self._fail(e)
+                self.reset()
+            finally:
+                self._draining = False
+                self._resumed.notify_all()
 
     @property
     def size(self) -> int:
@@ -268,3 +377,10 @@ def _pwrite_all(fd: int, data: bytes, off: int) -> None:
         n = os.pwrite(fd, mv, off)
         mv, off = mv[n:], off + n
 
+
+def _sync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

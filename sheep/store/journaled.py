@@ -28,8 +28,8 @@ import os
 
 from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
-from sheep.store.basedir import pwrite_full
-from sheep.store.journal import Entry, Full, Journal
+from sheep.store.basedir import oserror, pwrite_full
+from sheep.store.journal import Entry, Full, Journal, syncfs
 
 log = logging.getLogger("sheep.store")
 
@@ -70,7 +70,7 @@ class JournaledWrites:
         j, self._journal = self._journal, None
         if j is not None:
             try:
-                j.checkpoint(self._sync_file)
+                j.checkpoint(self._sync_files)
             finally:
                 j.close()
 
@@ -98,8 +98,7 @@ class JournaledWrites:
                 touched.add(mpath)
             finally:
                 os.close(fd)
-        for f in sorted(touched):
-            self._sync_file(f)
+        self._sync_files(touched, -1)
         log.info("journal: replayed %d write(s) on %d file(s)", len(entries), len(touched))
 
     @staticmethod
@@ -140,7 +139,10 @@ class JournaledWrites:
         lock held): checkpoint if it has entries in the journal."""
         j = self._journal
         if j is not None and j.pending(oid):
-            j.checkpoint(self._sync_file)
+            try:
+                j.checkpoint(self._sync_files)
+            except OSError as e:
+                raise oserror(e, "journal checkpoint") from e
 
     def _checkpoint(self) -> None:
         """Sync every object written since the last checkpoint; empty the
@@ -149,7 +151,10 @@ class JournaledWrites:
         already hold theirs."""
         j = self._journal
         if j is not None:
-            j.checkpoint(self._sync_file)
+            try:
+                j.checkpoint(self._sync_files)
+            except OSError as e:
+                raise oserror(e, "journal checkpoint") from e
 
     def _write_journaled(self, j: Journal, oid: int, fd: int, paths: tuple[str, str],
                          ent, b0: int, buf, new, prev, version: int, mv, offset: int) -> None:
@@ -160,7 +165,7 @@ class JournaledWrites:
                 seq = j.append(oid, version, b0, pairs, buf, paths)
                 break
             except Full:
-                j.checkpoint(self._sync_file)
+                j.checkpoint(self._sync_files)
         try:
             j.commit(seq)
             ent.meta.update(b0, new, prev, version)
@@ -175,12 +180,24 @@ class JournaledWrites:
             j.applied()
 
     @staticmethod
-    def _sync_file(path: str) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            return  # removed by hand: nothing left to sync
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
+    def _sync_files(paths: set[str], journal_fd: int) -> None:
+        """Make ``paths`` durable: one ``syncfs`` of the journal's file system
+        when they are many and all on it (one call instead of thousands),
+        else an ``fdatasync`` each.  A file removed by hand is skipped."""
+        if len(paths) > 64 and journal_fd >= 0:
+            dev = os.fstat(journal_fd).st_dev
+            try:
+                same = all(os.stat(p).st_dev == dev for p in paths)
+            except FileNotFoundError:
+                same = False
+            if same and syncfs(journal_fd):
+                return
+        for path in sorted(paths):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)

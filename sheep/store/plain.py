@@ -417,7 +417,8 @@ class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, JournaledWrites, 
 
     def write(self, oid: int, data, offset: int, epoch: int = 0, check: Check = None) -> int:
         """Overwrite a range of an existing object; returns its new version.
-        Durable (record, then data) on return unless nosync."""
+        Durable on return unless nosync: in the journal, or record then data
+        (see the module docstring)."""
         mv = memoryview(data).cast("B")
         end = offset + len(mv)
         with self._lock_for(oid):

@@ -9,6 +9,7 @@ store opened on such a copy must read every acknowledged write, with every
 block matching its record.
 """
 
+import errno
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import threading
 
 import pytest
 
+from sheep.proto.errors import CODES, SdError
 from sheep.store import journal as J
 from sheep.store import meta as M
 from sheep.store.plain import BLOCK, PlainStore
@@ -172,27 +174,75 @@ def test_entries_of_an_older_generation_never_replay(tmp_path):
         c.close()
 
 
-def test_a_damaged_header_drops_the_file_and_old_entries_stay_dead(tmp_path):
+def test_one_damaged_header_copy_is_survived_two_refuse_to_start(tmp_path):
     base = tmp_path / "base"
     s = open_store(base)
     s.create_and_write(OID, SIZE, bytes(SIZE), epoch=1)
+    copy_store(base, tmp_path / "before")
     for i in range(4):
         s.write(OID, bytes([i + 1]) * BLOCK, 0, 1)
-    s.close()  # checkpointed: the data is in the object
-    with open(base / "journal", "r+b") as f:  # as if the next header were torn
+    copy_store(base, tmp_path / "after")
+    s.close()
+    one = crashed(tmp_path, tmp_path / "before", tmp_path / "after", "one")
+    with open(one / "journal", "r+b") as f:  # bit rot in the first copy
         f.write(b"junk")
-    s = open_store(base)
-    try:
-        assert s.read(OID, 0, 1) == b"\4"
-        s.write(OID, b"n" * BLOCK, 0, 1)
-        raw = (base / "journal").read_bytes()
-        gen = J.Journal._read_header(raw)
-        first = J.decode(raw, J.HDR_SPACE, gen, 1)
-        assert first is not None and first[0].data == b"n" * BLOCK
-        assert J.decode(raw, first[1], gen, 2) is None  # the old entries are gone
-        assert raw[first[1]:first[1] + 3 * BLOCK] == bytes(3 * BLOCK)
+    c = open_store(one)
+    try:  # the second copy leads to the entries
+        assert c.read(OID, 0, 1) == b"\4" and c.verify(OID) == []
     finally:
-        s.close()
+        c.close()
+    both = crashed(tmp_path, tmp_path / "before", tmp_path / "after", "both")
+    with open(both / "journal", "r+b") as f:
+        for off in J.HDR_COPIES:
+            f.seek(off)
+            f.write(b"junk")
+    with pytest.raises(SdError) as e:  # never drop entries that may be acknowledged
+        open_store(both)
+    assert e.value.code == CODES["EIO"] and "headers are damaged" in str(e.value)
+
+
+def test_an_entry_made_of_client_data_never_replays(tmp_path):
+    """Client data may hold bytes shaped like an entry; without the
+    generation's random key it never counts (nor does an entry of no block)."""
+    base = tmp_path / "base"
+    s = open_store(base)
+    s.create_and_write(OID, SIZE, bytes(SIZE), epoch=1)
+    s.write(OID, b"real" * 1024, 0, 1)
+    raw = (base / "journal").read_bytes()
+    gen, key = J.read_header(raw)
+    first = J.decode(raw, J.HDR_SPACE, key, 1)
+    assert first is not None
+    for k in (key + 1, gen, gen + 1):  # a guessed key
+        forged = J.encode(k, 2, OID + 1, 1 << 48, 0, M.pairs([0], [0]), b"x" * BLOCK)
+        assert J.decode(raw[:first[1]] + forged, first[1], key, 2) is None
+    empty = J.encode(key, 2, OID, 1 << 48, 0, b"", b"")
+    assert J.decode(raw[:first[1]] + empty, first[1], key, 2) is None
+    s.close()
+
+
+def test_a_failed_sync_fails_every_later_write(tmp_path, monkeypatch):
+    s = open_store(tmp_path / "base")
+    s.create_and_write(OID, SIZE, bytes(SIZE), epoch=1)
+    real = os.fdatasync
+    fails = [1]
+
+    def flaky(fd):
+        if fails:
+            fails.pop()
+            raise OSError(errno.ENOSPC, "no space")
+        real(fd)
+    monkeypatch.setattr(os, "fdatasync", flaky)
+    with pytest.raises(SdError) as e:
+        s.write(OID, b"a" * BLOCK, 0, 1)
+    assert e.value.code == CODES["EIO"]
+    # the kernel may have dropped the failed pages: nothing after may be acknowledged
+    with pytest.raises(SdError) as e:
+        s.write(OID, b"b" * BLOCK, BLOCK, 1)
+    assert e.value.code == CODES["EIO"] and "failed earlier" in str(e.value)
+    monkeypatch.undo()
+    j, s._journal = s._journal, None  # (the daemon leaves, restarts, replays)
+    j.close()
+    s.close()
 
 
 @pytest.mark.parametrize("change", ["move_to_stale", "remove", "create", "install"])

@@ -26,6 +26,7 @@ import signal
 import sys
 
 from sheep import config, deps
+from sheep.proto.errors import SdError
 from sheep.store.base import StoreLockedError
 
 
@@ -80,14 +81,24 @@ def main(argv: list[str] | None = None) -> int:
     from sheep.daemon import Sheep
 
     sheep = Sheep(cfg)
+    # what opening the store finds (a journal replayed after a crash, records
+    # rebuilt) is said on stderr: the log is not set up yet
+    early = logging.StreamHandler(sys.stderr)
+    early.setFormatter(logging.Formatter("sheep: %(message)s"))
+    store_log = logging.getLogger("sheep.store")
+    store_log.addHandler(early)
+    store_log.setLevel(logging.INFO)
     try:
         sheep.open_store()
     except StoreLockedError as e:
         sys.stderr.write(f"sheep: {e}\n")
         return 1
-    except OSError as e:
+    except (OSError, SdError) as e:
         sys.stderr.write(f"sheep: cannot open store {cfg.base_dir}: {e}\n")
         return 1
+    finally:
+        store_log.removeHandler(early)
+        store_log.setLevel(logging.NOTSET)
 
     pipe_w = None
     if not cfg.foreground:
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe_w = _daemonize()
         try:
             sheep.open_store()
-        except (StoreLockedError, OSError) as e:
+        except (StoreLockedError, OSError, SdError) as e:
             os.write(pipe_w, f"sheep: {e}".encode())
             os._exit(1)
     from sheep import logs

@@ -36,6 +36,14 @@ Guarantees
   once and may drop the pages, so nothing after it may be acknowledged.
   The node leaves the cluster as for a failed disk; its restart replays
   the prefix that is durable.
+* **A full disk is not a failure**: the file's space (``LIMIT`` plus one
+  ``GROW`` step) is reserved when it opens (``fallocate`` keeping its size,
+  so the zeros written ahead still turn reserved blocks into written ones 4
+  MiB at a time).  Where that cannot be reserved (a disk already nearly
+  full), a growth step that finds no space raises :class:`NoRoom` and
+  changes nothing: the writer goes the store's own way (record, sync, data,
+  sync: an overwrite in place needs no new block), and the journal stays
+  usable.
 * **Entries cannot be forged**: each generation has a random 64-bit key,
   kept in the header and in every entry; client data that looks like an
   entry (in the file past the tail) never matches it.
@@ -98,6 +106,14 @@ class Full(Exception):
     """The entry does not fit: checkpoint, then append again."""
 
 
+class NoRoom(Exception):
+    """The file could not grow for this entry (disk full): nothing was
+    appended and the journal is intact; write without it."""
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _header(gen: int, key: int) -> bytes:
     head = HDR.pack(MAGIC_H, FORMAT, gen, key, 0)[:24]
     return head + struct.pack("<I", M.crc32c(head))
@@ -156,6 +172,33 @@ def _syncfs_call():
 _SYNCFS = _syncfs_call()
 
 
+def _fallocate_call():
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+    return fn
+
+
+_FALLOCATE = _fallocate_call()
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve(fd: int, length: int) -> bool:
+    """Reserve the blocks of ``fd``'s first ``length`` bytes without changing
+    its size (Linux ``fallocate`` with ``FALLOC_FL_KEEP_SIZE``); False if the
+    system or file system cannot, OSError (ENOSPC...) if the disk is full."""
+    if _FALLOCATE is None:
+        return False
+    if _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, length) != 0:
+        e = ctypes.get_errno()
+        if e in (errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise OSError(e, os.strerror(e))
+    return True
+
+
 def syncfs(fd: int) -> bool:
     """Sync the whole file system of ``fd`` (Linux ``syncfs``); False where
     it is not available.  An error (reported since Linux 5.8) is OSError."""
@@ -180,6 +223,7 @@ class Journal:
         self._key = 0
         self._broken: str | None = None  # why the journal failed, if it did
         self._allocated = 0    # zeros written up to here: overwritten by entries
+        self.reserved = False  # the file's blocks up to limit + GROW are reserved
         self._tail = HDR_SPACE
         self._seq = 0          # entries appended (pwrite done) in this generation
         self._synced = 0       # of those, durable
@@ -217,6 +261,10 @@ class Journal:
         if not existed:
             _sync_dir(os.path.dirname(self.path) or ".")
         self._allocated = size
+        try:
+            self.reserved = reserve(self._fd, max(self.limit, HDR_SPACE) + GROW)
+        except OSError:
+            self.reserved = False  # a full disk: growth steps may meet NoRoom
         if got is None:
             return []
         self._gen, self._key = got
@@ -275,7 +323,8 @@ class Journal:
                files: tuple[str, ...]) -> int:
         """Write an entry (not durable yet); its sequence number.  ``files``:
         what applying it changes (synced by the next checkpoint).  Full if
-        the journal is at its size or object limit and not empty."""
+        the journal is at its size or object limit and not empty; NoRoom
+        if the file must grow and the disk is full (nothing appended)."""
         with self._lock:
             while self._draining:
                 self._resumed.wait()
@@ -285,14 +334,19 @@ class Journal:
             if self._seq and (end > self.limit or (oid not in self._pending
                                                    and len(self._pending) >= MAX_PENDING)):
                 raise Full
-            try:
-                if end > self._allocated:
-                    # Entries overwrite zeros written ahead: an append that grows
-                    # the file would make every commit a file-system journal
-                    # commit (and, in ext4's ordered mode, a flush of other files).
-                    grow = max(GROW, end - self._allocated)
+            if end > self._allocated:
+                # Entries overwrite zeros written ahead: an append that grows
+                # the file would make every commit a file-system journal
+                # commit (and, in ext4's ordered mode, a flush of other files).
+                grow = max(GROW, end - self._allocated)
+                try:
                     _pwrite_all(self._fd, bytes(grow), self._allocated)
-                    self._allocated += grow
+                except OSError as e:
+                    if e.errno in _NO_SPACE:  # zeros past the tail: nothing changed
+                        raise NoRoom(str(e)) from e
+                    self._fail(e)
+                self._allocated += grow
+            try:
                 _pwrite_all(self._fd, raw, self._tail)
             except OSError as e:
                 self._fail(e)

@@ -29,7 +29,7 @@ import os
 from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
 from sheep.store.basedir import oserror, pwrite_full
-from sheep.store.journal import Entry, Full, Journal, syncfs
+from sheep.store.journal import Entry, Full, Journal, NoRoom, syncfs
 
 log = logging.getLogger("sheep.store")
 
@@ -157,8 +157,11 @@ class JournaledWrites:
                 raise oserror(e, "journal checkpoint") from e
 
     def _write_journaled(self, j: Journal, oid: int, fd: int, paths: tuple[str, str],
-                         ent, b0: int, buf, new, prev, version: int, mv, offset: int) -> None:
-        """Journal, wait for it to be durable, then apply (object lock held)."""
+                         ent, b0: int, buf, new, prev, version: int, mv, offset: int) -> bool:
+        """Journal, wait for it to be durable, then apply (object lock held);
+        True once done.  False, with nothing changed, if the journal cannot
+        grow (disk full): the object's own entries are then checkpointed and
+        the caller writes without the journal (record, sync, data, sync)."""
         pairs = M.pairs(new, prev)
         while True:
             try:
@@ -166,6 +169,10 @@ class JournaledWrites:
                 break
             except Full:
                 j.checkpoint(self._sync_files)
+            except NoRoom as e:
+                log.warning("journal: no space to grow (%s); writing %016x without it", e, oid)
+                self._settle(oid)
+                return False
         try:
             j.commit(seq)
             ent.meta.update(b0, new, prev, version)
@@ -178,6 +185,7 @@ class JournaledWrites:
             pwrite_full(fd, mv, offset)
         finally:
             j.applied()
+        return True
 
     @staticmethod
     def _sync_files(paths: set[str], journal_fd: int) -> None:

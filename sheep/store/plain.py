@@ -454,9 +454,9 @@ class PlainStore(Inventory, MdDisks, StaleCopies, ObjectReads, JournaledWrites, 
                 new = M.block_crcs(buf)
                 version = M.bump(ent.meta.version, epoch)
                 j = self._journal_for_write(oid, len(mv))
-                if j is not None:  # sheep.store.journaled: one shared sync, not two
-                    self._write_journaled(j, oid, fd, self._paths(d, name), ent, b0, buf,
-                                          new, prev, version, mv, offset)
+                if j is not None and self._write_journaled(  # one shared sync, not two
+                        j, oid, fd, self._paths(d, name), ent, b0, buf, new, prev, version,
+                        mv, offset):
                     return version
                 ent.meta.update(b0, new, prev, version)
                 mfd = os.open(self._paths(d, name)[1], os.O_WRONLY)

@@ -11,6 +11,7 @@ errors=remount-ro.  EIO itself would need a failing block device (dm-error is
 not available in the CI containers); the daemon handles every device errno
 (EIO, EROFS, ENODEV, ...) on the same path (``Sheep.disk_failed``)."""
 
+import errno
 import os
 import shutil
 import subprocess
@@ -63,6 +64,53 @@ def test_full_disk_gives_no_space(make_cluster, small_fs):
         assert v.pread(0, 4 * MiB) == first  # earlier data intact
     assert c.nodes[0].alive()
     with qemu_client.open("big", port=c.nodes[0].port) as v:  # still serving
+        assert v.pread(0, 4 * MiB) == first
+
+
+def _fill(path) -> None:
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(64 * 1024))
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+
+
+def test_a_full_disk_keeps_durable_overwrites_working(make_cluster, small_fs):
+    """Durable (journaled) store on a disk too small for the journal's
+    reservation: once the disk is full, new objects get NO_SPACE but
+    overwrites of existing blocks still succeed (they need no new block),
+    the node stays in, and every acknowledged overwrite survives kill -9."""
+    c = make_cluster(1, store_root=str(small_fs), nosync=False)
+    c.format(copies=1)
+    c.nodes[0].client().new_vdi("big", 64 * MiB)
+    first = bytearray(os.urandom(4 * MiB))
+    with qemu_client.open("big", port=c.nodes[0].port) as v:
+        v.pwrite(0, bytes(first))
+        with pytest.raises(SdError) as e:
+            for i in range(1, 16):
+                v.pwrite(i * 4 * MiB, os.urandom(4 * MiB))
+        assert e.value.code == 0x15  # NO_SPACE
+        assert os.path.getsize(os.path.join(c.nodes[0].store, "journal")) <= 8 * MiB
+        _fill(small_fs / "filler")  # not a byte left for the journal to grow into
+        for k in range(256):  # overwrites of the first object, each acknowledged,
+            off = (k * 37 % 1000) * 4096 + k  # more than the journal's zeros hold
+            data = os.urandom(16384 + k)
+            v.pwrite(off, data)
+            first[off:off + len(data)] = data
+        assert v.pread(0, 4 * MiB) == first
+    assert c.nodes[0].alive()
+    assert "without it" in c.nodes[0].log()  # the journal could not grow: direct writes
+    c.nodes[0].kill()
+    os.unlink(small_fs / "filler")  # (a start rewrites small files: give it room)
+    c.nodes[0].start()
+    c.wait_running()
+    with qemu_client.open("big", port=c.nodes[0].port) as v:
         assert v.pread(0, 4 * MiB) == first
 
 

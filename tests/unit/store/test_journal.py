@@ -369,3 +369,59 @@ def test_a_large_write_goes_direct_unless_the_object_has_entries(tmp_path):
         assert c.read(OID, 0, big // 2) == b"M" * (big // 2) and c.verify(OID) == []
     finally:
         c.close()
+
+
+# -- a full disk ------------------------------------------------------------------
+
+
+def test_the_journal_reserves_its_space_without_growing(tmp_path):
+    s = open_store(tmp_path / "base")
+    try:
+        st = os.stat(tmp_path / "base" / "journal")
+        assert s._journal.reserved
+        assert st.st_blocks * 512 >= J.LIMIT + J.GROW  # blocks held for the whole journal
+        assert st.st_size < J.LIMIT  # ... while the zeros are still written 4 MiB at a time
+    finally:
+        s.close()
+
+
+def test_a_journal_that_cannot_grow_leaves_writes_to_the_direct_path(tmp_path, monkeypatch):
+    """A disk that fills up before the journal could reserve its space: a
+    write needing a growth step goes direct (an overwrite needs no new
+    block), the journal stays healthy, nothing is lost across a crash."""
+    base = tmp_path / "base"
+    s = open_store(base)
+    s.create_and_write(OID, SIZE, bytes(SIZE), epoch=1)
+    other = OID + 1
+    s.create_and_write(other, SIZE, bytes(SIZE), epoch=1)
+    s.write(OID, b"j" * BLOCK, 0, 1)  # journaled: OID has an entry
+    assert s._journal.pending(OID)
+    real = J._pwrite_all
+
+    def full(fd, data, off):
+        if len(data) >= J.GROW and not any(data[:4096]):  # a growth step's zeros
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, off)
+    monkeypatch.setattr(J, "_pwrite_all", full)
+    s._journal._allocated = s._journal.size  # the next entry must grow the file
+    model, model2 = bytearray(SIZE), bytearray(SIZE)
+    model_write(model, 0, b"j" * BLOCK)
+    v = s.write(OID, b"d" * (BLOCK + 7), 3, 1)  # has entries: settled first, then direct
+    model_write(model, 3, b"d" * (BLOCK + 7))
+    assert not s._journal.pending(OID)
+    s._journal._allocated = s._journal.size  # (the checkpoint emptied it: full again)
+    s.write(other, b"e" * 100, BLOCK, 1)
+    model_write(model2, BLOCK, b"e" * 100)
+    assert s._journal.entries_since_checkpoint() == 0  # nothing went into the journal
+    monkeypatch.undo()
+    s.write(other, b"f" * BLOCK, 2 * BLOCK, 1)  # space again: journaled, no failure left
+    model_write(model2, 2 * BLOCK, b"f" * BLOCK)
+    assert s._journal.pending(other)
+    copy_store(base, tmp_path / "after")  # a crash now
+    s.close()
+    c = open_store(tmp_path / "after")
+    try:
+        assert c.read(OID, 0, SIZE) == model and c.read(other, 0, SIZE) == model2
+        assert c.verify(OID) == [] and c.verify(other) == [] and c.version(OID) == v
+    finally:
+        c.close()

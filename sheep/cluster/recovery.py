@@ -29,7 +29,9 @@ version (``sheep.store.meta``), so copies can always be told old from new.
   never from a copy older than one a missing former holder may have, and a
   fetch that spans an epoch change is redone.  Concurrent requests for one
   object share one attempt, which runs in its own task (a cancelled requester
-  never cancels it).
+  never cancels it).  A gateway's read that finds its local copy missing
+  does not wait for it when other holders may serve it
+  (:meth:`Recovery.recover_soon` starts it; the read goes on to them).
 * **Completion**: a node announces an epoch recovered only when every object
   it must hold is there; once every member announced it, stale copies are
   purged on every node.
@@ -75,6 +77,7 @@ class Recovery:
         self._kick = asyncio.Event()
         self.completed: dict[int, set[str]] = {}
         self._repairing: set[int] = set()
+        self._soon: set[int] = set()  # recover_soon: started, not finished
         self.handled_total = 0  # objects handled by recovery passes since start (metrics)
 
     def holds(self, oid: int, ring=None) -> bool:
@@ -310,6 +313,16 @@ class Recovery:
                 return outcome
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def recover_soon(self, oid: int) -> None:
+        """Start recovering ``oid`` in the background, ahead of the pass (a
+        read that found it missing here is served by another holder
+        meanwhile); at most one such start per object at a time."""
+        if oid in self._soon or oid in self._inflight:
+            return
+        self._soon.add(oid)
+        task = asyncio.get_running_loop().create_task(self.recover_object(oid, wait=0.0))
+        task.add_done_callback(lambda _t, oid=oid: self._soon.discard(oid))
 
     def repair_later(self, oid: int) -> None:
         """The live copy here failed its checksum: fetch a good one from

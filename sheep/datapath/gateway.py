@@ -8,7 +8,10 @@ Guarantees:
   fencing checks as a peer's).
 * Reads try the local copy first, then the other replicas; a replica that
   answers NO_OBJ, EIO or a checksum error is skipped, so corruption on one
-  disk is never returned while a good copy exists.
+  disk is never returned while a good copy exists.  A local copy that is
+  missing because recovery has not brought it yet is not waited for: its
+  recovery starts and the other replicas are asked; only if none of them
+  serves the read does it wait for that recovery, as before.
 * Placement uses the ring snapshot of one epoch per attempt.  A replica that
   is unreachable or answers with an epoch error makes the gateway wait for
   the next epoch and retry the whole operation on the new ring; HALT and
@@ -247,14 +250,20 @@ class Gateway:
                 await attempts.wait(why)
             epoch, _ring, nodes = attempts.current()
             order = sorted(nodes, key=lambda n: not group.is_me(n))
+            if len(order) > 1 and group.is_me(order[0]):
+                order.append(order[0])  # (last again: if no other holder served it)
             why = None
-            for node in order:
+            for i, node in enumerate(order):
                 try:
                     if group.is_me(node):
-                        return await self.replica.read(oid, offset, length, epoch)
+                        # missing here (recovery not there yet)? the others first
+                        return await self.replica.read(oid, offset, length, epoch,
+                                                       wait=i == len(order) - 1)
                     return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
                                             offset, length=length)
                 except SdError as e:
+                    if getattr(e, "recovering", False):
+                        continue
                     last = e
                     if e.code in RETRY_CODES:
                         why = why if why in EPOCH_CODES else e.code

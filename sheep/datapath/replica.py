@@ -102,11 +102,12 @@ class Replica:
                         f"epoch moved from {epoch} to {g.epoch} during a write")
 
     async def _with_recovery(self, oid: int, call, size: int, repair_later: bool = True,
-                             cached=None):
+                             cached=None, wait: bool = True):
         """Run ``call()`` (a store call on ``size`` bytes; ``cached()`` its
         variant that never waits, tried inline first, see ``Sheep.io``); on
-        NO_OBJ recover the object first; on a damaged copy schedule its repair
-        (``repair_later``)."""
+        NO_OBJ recover the object first (or, without ``wait``, start its
+        recovery in the background and raise NO_OBJ marked ``recovering``);
+        on a damaged copy schedule its repair (``repair_later``)."""
         try:
             return await self.io(call, size=size, cached=cached)
         except SdError as e:
@@ -114,6 +115,10 @@ class Replica:
                 if (repair_later and e.code == CODES["EIO"]
                         and not getattr(e, "disk_failure", False)):
                     self.recovery.repair_later(oid)
+                raise
+            if not wait and self.recovery.holds(oid):
+                self.recovery.recover_soon(oid)
+                e.recovering = True
                 raise
         outcome = await self.recovery.recover_object(oid)
         if outcome is Outcome.ABSENT:
@@ -172,7 +177,12 @@ class Replica:
             if e.code != CODES["NO_OBJ"]:  # gone already: what a remove wants
                 raise
 
-    async def read(self, oid: int, offset: int, length: int, epoch: int) -> bytes:
+    async def read(self, oid: int, offset: int, length: int, epoch: int,
+                   wait: bool = True) -> bytes:
+        """The bytes of this node's live copy.  A copy this node should hold
+        but lacks is recovered first; without ``wait`` (a gateway that can
+        ask the other holders) its recovery only starts, and NO_OBJ marked
+        ``recovering`` is raised."""
         await self.admit_epoch(epoch)
         store, group = self.store, self.group
 
@@ -184,7 +194,7 @@ class Replica:
 
         def cached():  # page-cached data, no lock: inline (WouldBlock: on a thread)
             return call(store.read_cached)
-        return await self._with_recovery(oid, call, length, cached=cached)
+        return await self._with_recovery(oid, call, length, cached=cached, wait=wait)
 
     def fence_of(self, req: proto.Request) -> Fence | None:
         """Fencing credentials a gateway forwarded (SD_FLAG_CMD_SESSION): the

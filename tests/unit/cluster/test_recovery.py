@@ -486,3 +486,21 @@ async def test_a_damaged_copy_is_repaired_once_at_a_time(sheep, rec):
     await until(lambda: not rec._repairing)  # the failure is swallowed, the slot freed
     rec.repair_later(7)
     await until(lambda: len(f.repairs) == 3)
+
+
+async def test_recover_soon_starts_one_background_attempt_per_object(sheep, rec):
+    f = rec.fetcher
+    f.gate = asyncio.Event()
+    for _ in range(4):  # many reads finding it missing at once
+        rec.recover_soon(7)
+    rec.recover_soon(8)
+    await until(lambda: len(f.calls) == 2)
+    assert sorted(f.calls) == [7, 8]
+    waiter = asyncio.ensure_future(rec.recover_object(7))  # a later waiting request joins it
+    f.gate.set()
+    assert await waiter is Outcome.PRESENT and f.calls.count(7) == 1
+    await until(lambda: not rec._soon)
+    assert sheep.store.exists(7) and sheep.store.exists(8)
+    rec.recover_soon(7)  # present now: nothing to do, nothing started
+    await asyncio.sleep(0)
+    assert f.calls.count(7) == 1

@@ -314,6 +314,7 @@ class FakeRecovery:
         self.undecided = False
         self.recovered: list[int] = []
         self.later: list[int] = []  # repairs scheduled in the background
+        self.soon: list[int] = []  # recoveries started in the background (recover_soon)
         self.fetcher = types.SimpleNamespace(repair=self._repair)
         self.repaired: list[int] = []
 
@@ -335,6 +336,9 @@ class FakeRecovery:
 
     def repair_later(self, oid: int) -> None:
         self.later.append(oid)
+
+    def recover_soon(self, oid: int) -> None:
+        self.soon.append(oid)
 
     async def _repair(self, oid: int) -> bool:
         self.repaired.append(oid)

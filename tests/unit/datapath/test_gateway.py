@@ -325,6 +325,33 @@ async def test_a_read_skips_damaged_and_missing_copies_in_ring_order(tagged):
     assert tagged.net.sent("READ_PEER") == [1, 2, 3]
 
 
+async def test_a_local_copy_recovery_has_not_brought_yet_is_read_elsewhere(tagged):
+    del tagged.sheep[0].store.objs[OID]  # node 0 holds it, recovery is not there yet
+    tagged.sheep[0].recovery.elsewhere[OID] = b"r" * 8
+    assert await tagged.gw.read(OID, 0, 4) == b"1111"  # the next holder, without waiting
+    assert tagged.net.sent("READ_PEER") == [1]
+    assert tagged.sheep[0].recovery.soon == [OID]  # ... while its recovery starts
+    assert tagged.sheep[0].recovery.recovered == []
+
+
+async def test_a_missing_local_copy_no_other_holder_serves_is_waited_for(tagged):
+    del tagged.sheep[0].store.objs[OID]
+    tagged.sheep[0].recovery.elsewhere[OID] = b"r" * 8
+    for i in (1, 2):
+        tagged.sheep[i].store.damaged.add(OID)
+    assert await tagged.gw.read(OID, 0, 4) == b"rrrr"  # recovered here, then read
+    assert tagged.net.sent("READ_PEER") == [1, 2]
+    assert tagged.sheep[0].recovery.recovered == [OID]
+
+
+async def test_a_missing_local_copy_of_a_single_copy_object_is_waited_for(tagged):
+    tagged.order(0)
+    del tagged.sheep[0].store.objs[OID]
+    tagged.sheep[0].recovery.elsewhere[OID] = b"r" * 8
+    assert await tagged.gw.read(OID, 0, 4) == b"rrrr"
+    assert tagged.net.log == [] and tagged.sheep[0].recovery.soon == []
+
+
 async def test_a_read_with_no_good_copy_fails_without_retrying(tagged):
     for i in (0, 1, 2):
         tagged.sheep[i].store.damaged.add(OID)

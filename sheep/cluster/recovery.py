@@ -56,6 +56,7 @@ log = logging.getLogger("sheep.cluster.recovery")
 DEFAULT_MAX_EXEC = 8
 RETRY_DELAY = 1.0  # s before an incomplete pass is redone
 ON_ACCESS_WAIT = 5.0  # s a request waits for the object it needs
+MAX_SOON = 16  # background recoveries started by reads at once (recover_soon)
 
 
 class Recovery:
@@ -317,8 +318,10 @@ class Recovery:
     def recover_soon(self, oid: int) -> None:
         """Start recovering ``oid`` in the background, ahead of the pass (a
         read that found it missing here is served by another holder
-        meanwhile); at most one such start per object at a time."""
-        if oid in self._soon or oid in self._inflight:
+        meanwhile); at most one such start per object at a time, and at most
+        ``MAX_SOON`` at once (beyond that the pass, or a read that must wait,
+        gets there)."""
+        if oid in self._soon or oid in self._inflight or len(self._soon) >= MAX_SOON:
             return
         self._soon.add(oid)
         task = asyncio.get_running_loop().create_task(self.recover_object(oid, wait=0.0))

@@ -250,19 +250,21 @@ class Gateway:
                 await attempts.wait(why)
             epoch, _ring, nodes = attempts.current()
             order = sorted(nodes, key=lambda n: not group.is_me(n))
-            if len(order) > 1 and group.is_me(order[0]):
-                order.append(order[0])  # (last again: if no other holder served it)
             why = None
-            for i, node in enumerate(order):
+            i = 0
+            while i < len(order):
+                node = order[i]
+                i += 1
                 try:
                     if group.is_me(node):
                         # missing here (recovery not there yet)? the others first
                         return await self.replica.read(oid, offset, length, epoch,
-                                                       wait=i == len(order) - 1)
+                                                       wait=i == len(order))
                     return await self._peer(node, proto.Op.READ_PEER, oid, epoch, copies,
                                             offset, length=length)
                 except SdError as e:
                     if getattr(e, "recovering", False):
+                        order.append(node)  # last, waiting: if no other holder serves it
                         continue
                     last = e
                     if e.code in RETRY_CODES:

@@ -23,6 +23,10 @@ Guarantees:
 * **Missing objects.**  A holder that lacks the object recovers it first
   (``sheep.cluster.recovery``); NO_OBJ only if no copy exists anywhere, AGAIN if that
   cannot be decided now — never NO_OBJ because recovery was not done yet.
+  The one exception is the gateway's own leg of a read (``wait=False``):
+  the recovery only starts and NO_OBJ marked ``recovering`` sends the
+  gateway to the other holders first (safe: a missing copy here means no
+  write was acknowledged at this epoch, see docs/data-safety.md).
 * **Damage.**  A live copy that fails its checksum answers EIO to reads
   (the gateway reads another replica) and is repaired from another holder in
   the background; a write that must merge with a damaged block repairs the

@@ -504,3 +504,18 @@ async def test_recover_soon_starts_one_background_attempt_per_object(sheep, rec)
     rec.recover_soon(7)  # present now: nothing to do, nothing started
     await asyncio.sleep(0)
     assert f.calls.count(7) == 1
+
+
+async def test_recover_soon_starts_at_most_max_soon_at_once(sheep, rec, monkeypatch):
+    from sheep.cluster import recovery as R
+    monkeypatch.setattr(R, "MAX_SOON", 3)
+    f = rec.fetcher
+    f.gate = asyncio.Event()
+    for oid in range(10, 20):
+        rec.recover_soon(oid)
+    await until(lambda: len(f.calls) == 3)
+    assert f.calls == [10, 11, 12] and len(rec._soon) == 3
+    f.gate.set()
+    await until(lambda: not rec._soon)
+    rec.recover_soon(19)  # room again
+    await until(lambda: 19 in f.calls)

@@ -344,6 +344,16 @@ async def test_a_missing_local_copy_no_other_holder_serves_is_waited_for(tagged)
     assert tagged.sheep[0].recovery.recovered == [OID]
 
 
+async def test_a_damaged_local_copy_is_read_once_only(tagged):
+    tagged.sheep[0].store.damaged.add(OID)
+    for i in (1, 2):
+        tagged.sheep[i].store.damaged.add(OID)
+    with pytest.raises(SdError) as e:
+        await tagged.gw.read(OID, 0, 4)
+    assert code_of(e) == "EIO" and tagged.sheep[0].recovery.later == [OID]
+    assert tagged.sheep[0].recovery.soon == []
+
+
 async def test_a_missing_local_copy_of_a_single_copy_object_is_waited_for(tagged):
     tagged.order(0)
     del tagged.sheep[0].store.objs[OID]

@@ -39,11 +39,14 @@ Guarantees
 * **A full disk is not a failure**: the file's space (``LIMIT`` plus one
   ``GROW`` step) is reserved when it opens (``fallocate`` keeping its size,
   so the zeros written ahead still turn reserved blocks into written ones 4
-  MiB at a time).  Where that cannot be reserved (a disk already nearly
-  full), a growth step that finds no space raises :class:`NoRoom` and
-  changes nothing: the writer goes the store's own way (record, sync, data,
-  sync: an overwrite in place needs no new block), and the journal stays
-  usable.
+  MiB at a time), unless that would take more than half the free space.
+  Without it, a growth step that finds no space raises :class:`NoRoom` and
+  changes nothing: the writer checkpoints (the zeros already written are
+  then free again) and appends again, and only if the journal is empty and
+  still too small goes the store's own way (record, sync, data, sync: an
+  overwrite in place needs no new block).  The journal stays usable.  (No
+  space for an entry *inside* the zeros, possible only on copy-on-write
+  file systems, remains a failure like any other.)
 * **Entries cannot be forged**: each generation has a random 64-bit key,
   kept in the header and in every entry; client data that looks like an
   entry (in the file past the tail) never matches it.
@@ -185,18 +188,33 @@ _FALLOCATE = _fallocate_call()
 FALLOC_FL_KEEP_SIZE = 1
 
 
+FALLOC_FL_PUNCH_HOLE = 2
+
+
 def reserve(fd: int, length: int) -> bool:
     """Reserve the blocks of ``fd``'s first ``length`` bytes without changing
-    its size (Linux ``fallocate`` with ``FALLOC_FL_KEEP_SIZE``); False if the
-    system or file system cannot, OSError (ENOSPC...) if the disk is full."""
+    its size (Linux ``fallocate`` with ``FALLOC_FL_KEEP_SIZE``); True if
+    they are.  Only when the missing part is at most half the space free to
+    unprivileged users: a journal never takes a nearly full disk's last
+    blocks (nor root's reserve).  A reservation that fails half-way (ext4
+    keeps what it allocated) is given back: nothing past the file's end
+    stays allocated.  False if the system, the file system or the free
+    space does not allow it."""
     if _FALLOCATE is None:
         return False
-    if _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, length) != 0:
-        e = ctypes.get_errno()
-        if e in (errno.EOPNOTSUPP, errno.ENOSYS):
-            return False
-        raise OSError(e, os.strerror(e))
-    return True
+    st = os.fstat(fd)
+    missing = length - st.st_blocks * 512
+    if missing <= 0:
+        return True
+    vfs = os.fstatvfs(fd)
+    if missing * 2 > vfs.f_bavail * vfs.f_frsize:
+        return False
+    if _FALLOCATE(fd, FALLOC_FL_KEEP_SIZE, 0, length) == 0:
+        return True
+    if st.st_size < length:  # give back whatever it allocated past the end
+        _FALLOCATE(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, st.st_size,
+                   length - st.st_size)
+    return False
 
 
 def syncfs(fd: int) -> bool:
@@ -261,10 +279,8 @@ class Journal:
         if not existed:
             _sync_dir(os.path.dirname(self.path) or ".")
         self._allocated = size
-        try:
-            self.reserved = reserve(self._fd, max(self.limit, HDR_SPACE) + GROW)
-        except OSError:
-            self.reserved = False  # a full disk: growth steps may meet NoRoom
+        # (not reserved on a nearly full disk: growth steps may then meet NoRoom)
+        self.reserved = reserve(self._fd, max(self.limit, HDR_SPACE) + GROW)
         if got is None:
             return []
         self._gen, self._key = got

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from sheep.proto.errors import CODES, SdError
 from sheep.store import meta as M
@@ -42,6 +43,7 @@ class JournaledWrites:
     ``_open_obj``, ``_paths`` and ``_cache_drop``."""
 
     _journal: Journal | None = None
+    _noroom_logged = -1e9  # when "no space to grow" was last logged (once a minute)
 
     # -- life cycle -----------------------------------------------------------------
 
@@ -163,6 +165,7 @@ class JournaledWrites:
         grow (disk full): the object's own entries are then checkpointed and
         the caller writes without the journal (record, sync, data, sync)."""
         pairs = M.pairs(new, prev)
+        tries = 0
         while True:
             try:
                 seq = j.append(oid, version, b0, pairs, buf, paths)
@@ -170,7 +173,15 @@ class JournaledWrites:
             except Full:
                 j.checkpoint(self._sync_files)
             except NoRoom as e:
-                log.warning("journal: no space to grow (%s); writing %016x without it", e, oid)
+                tries += 1
+                if j.entries_since_checkpoint() and tries <= 2:
+                    j.checkpoint(self._sync_files)  # its zeros are reusable then
+                    continue
+                now = time.monotonic()
+                if now - self._noroom_logged > 60:
+                    self._noroom_logged = now
+                    log.warning("journal: no space to grow (%s); writes that do not fit "
+                                "go without it (record, sync, data, sync)", e)
                 self._settle(oid)
                 return False
         try:

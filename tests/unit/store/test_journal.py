@@ -385,43 +385,62 @@ def test_the_journal_reserves_its_space_without_growing(tmp_path):
         s.close()
 
 
-def test_a_journal_that_cannot_grow_leaves_writes_to_the_direct_path(tmp_path, monkeypatch):
-    """A disk that fills up before the journal could reserve its space: a
-    write needing a growth step goes direct (an overwrite needs no new
-    block), the journal stays healthy, nothing is lost across a crash."""
+def test_a_journal_that_cannot_grow_checkpoints_or_goes_direct(tmp_path, monkeypatch):
+    """A disk full before the journal could reserve its space: a write
+    needing a growth step checkpoints and reuses the zeros already written;
+    with none written (a new journal), it goes direct (an overwrite needs no
+    new block).  The journal stays healthy, nothing is lost across a crash."""
+    monkeypatch.setattr(J, "reserve", lambda fd, length: False)  # the disk was nearly full
+    real = J._pwrite_all
+    full = [True]
+
+    def pwrite(fd, data, off):
+        if full[0] and len(data) >= J.GROW and not any(data[:4096]):  # a growth step's zeros
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data, off)
+    monkeypatch.setattr(J, "_pwrite_all", pwrite)
     base = tmp_path / "base"
     s = open_store(base)
+    j = s._journal
+    assert not j.reserved
     s.create_and_write(OID, SIZE, bytes(SIZE), epoch=1)
     other = OID + 1
     s.create_and_write(other, SIZE, bytes(SIZE), epoch=1)
-    s.write(OID, b"j" * BLOCK, 0, 1)  # journaled: OID has an entry
-    assert s._journal.pending(OID)
-    real = J._pwrite_all
-
-    def full(fd, data, off):
-        if len(data) >= J.GROW and not any(data[:4096]):  # a growth step's zeros
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data, off)
-    monkeypatch.setattr(J, "_pwrite_all", full)
-    s._journal._allocated = s._journal.size  # the next entry must grow the file
     model, model2 = bytearray(SIZE), bytearray(SIZE)
-    model_write(model, 0, b"j" * BLOCK)
-    v = s.write(OID, b"d" * (BLOCK + 7), 3, 1)  # has entries: settled first, then direct
+    # a new journal holds no zeros: the write goes direct
+    s.write(OID, b"d" * (BLOCK + 7), 3, 1)
     model_write(model, 3, b"d" * (BLOCK + 7))
-    assert not s._journal.pending(OID)
-    s._journal._allocated = s._journal.size  # (the checkpoint emptied it: full again)
-    s.write(other, b"e" * 100, BLOCK, 1)
+    assert j.entries_since_checkpoint() == 0 and not j.pending(OID)
+    full[0] = False  # room for one growth step, then full again
+    s.write(OID, b"j" * BLOCK, 0, 1)
+    model_write(model, 0, b"j" * BLOCK)
+    assert j.pending(OID)
+    full[0] = True
+    j._allocated = j.size  # its zeros used up: the next write checkpoints and reuses them
+    v = s.write(other, b"e" * 100, BLOCK, 1)
     model_write(model2, BLOCK, b"e" * 100)
-    assert s._journal.entries_since_checkpoint() == 0  # nothing went into the journal
-    monkeypatch.undo()
-    s.write(other, b"f" * BLOCK, 2 * BLOCK, 1)  # space again: journaled, no failure left
-    model_write(model2, 2 * BLOCK, b"f" * BLOCK)
-    assert s._journal.pending(other)
+    assert not j.pending(OID) and j.pending(other) and j.entries_since_checkpoint() == 1
+    s.write(OID, b"f" * BLOCK, 2 * BLOCK, 1)
+    model_write(model, 2 * BLOCK, b"f" * BLOCK)
+    assert j.pending(OID)
     copy_store(base, tmp_path / "after")  # a crash now
     s.close()
+    monkeypatch.undo()
     c = open_store(tmp_path / "after")
     try:
         assert c.read(OID, 0, SIZE) == model and c.read(other, 0, SIZE) == model2
-        assert c.verify(OID) == [] and c.verify(other) == [] and c.version(OID) == v
+        assert c.verify(OID) == [] and c.verify(other) == [] and c.version(other) == v
     finally:
         c.close()
+
+
+def test_no_reservation_takes_a_nearly_full_disks_last_blocks(tmp_path, monkeypatch):
+    fd = os.open(tmp_path / "j", os.O_RDWR | os.O_CREAT)
+    try:
+        vfs = os.fstatvfs(fd)
+        free = vfs.f_bavail * vfs.f_frsize
+        assert not J.reserve(fd, free)  # more than half the free space: not even tried
+        assert os.fstat(fd).st_blocks == 0
+        assert J.reserve(fd, 1 << 20) and os.fstat(fd).st_blocks * 512 >= 1 << 20
+    finally:
+        os.close(fd)

@@ -19,13 +19,18 @@ foreground.  SIGTERM and SIGINT stop the daemon; SIGHUP reopens the log file
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
-import signal
-import sys
 
-from sheep import config, deps
+# numpy's OpenBLAS would start a spinning worker thread per core; the daemon
+# does no linear algebra, and those threads took ~5% of the CPU under load.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+from sheep import config, deps  # noqa: E402
 from sheep.proto.errors import SdError
 from sheep.store.base import StoreLockedError
 

@@ -14,6 +14,7 @@ helpers, collie runs, tmpfs mounts, the client-only import blocker.
 from __future__ import annotations
 
 import contextlib
+import errno
 import pathlib
 import shlex
 import socket
@@ -137,6 +138,18 @@ def tmpfs(path: pathlib.Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(path) -> None:
+    """Write ``path`` until its filesystem has no block left, the last partial
+    block included (a full disk for the store next to it)."""
+    with open(path, "ab", buffering=0) as f:
+        for chunk in (b"\0" * (1 << 20), b"\0" * 512):
+            try:
+                while True:
+                    f.write(chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
 
 
 def vdi_ids(port: int) -> dict[str, list[int]]:

@@ -11,14 +11,13 @@ errors=remount-ro.  EIO itself would need a failing block device (dm-error is
 not available in the CI containers); the daemon handles every device errno
 (EIO, EROFS, ENODEV, ...) on the same path (``Sheep.disk_failed``)."""
 
-import errno
 import os
 import shutil
 import subprocess
 import threading
 
 import pytest
-from harness import placement_ok, tmpfs, vdi_oids, wait_for
+from harness import fill_disk, placement_ok, tmpfs, vdi_oids, wait_for
 
 import qemu_client
 from sheep.proto.errors import SdError
@@ -67,20 +66,6 @@ def test_full_disk_gives_no_space(make_cluster, small_fs):
         assert v.pread(0, 4 * MiB) == first
 
 
-def _fill(path) -> None:
-    with open(path, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(bytes(64 * 1024))
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-        try:
-            while True:
-                f.write(b"\0" * 512)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-
-
 def test_a_full_disk_keeps_durable_overwrites_working(make_cluster, small_fs):
     """Durable (journaled) store on a disk too small for the journal's
     reservation: once the disk is full, new objects get NO_SPACE but
@@ -99,7 +84,7 @@ def test_a_full_disk_keeps_durable_overwrites_working(make_cluster, small_fs):
         assert e.value.code == 0x15  # NO_SPACE
         grown = os.path.getsize(os.path.join(c.nodes[0].store, "journal"))
         assert grown <= 8 * MiB
-        _fill(small_fs / "filler")  # not a byte left for the journal to grow into
+        fill_disk(small_fs / "filler")  # not a byte left for the journal to grow into
         for k in range(256):  # overwrites of the first object, each acknowledged,
             off = (k * 37 % 1000) * 4096 + k  # more than the journal's zeros hold
             data = os.urandom(16384 + k)

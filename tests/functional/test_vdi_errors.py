@@ -4,13 +4,12 @@ daemon answers VDI_WRITE and collie prints dog's "Failed to create VDI NAME:
 Failed to write to requested VDI" with exit code 1, for a create, a snapshot
 and a clone alike; nothing of the failed VDI is left behind."""
 
-import errno
 import os
 import subprocess
 import sys
 
 import pytest
-from harness import tmpfs
+from harness import fill_disk, tmpfs
 
 from sheep import proto
 
@@ -29,23 +28,6 @@ def collie(port, *argv):
                           capture_output=True, text=True, timeout=120)
 
 
-def fill(path) -> None:
-    """Write ``path`` until the filesystem has no block left."""
-    chunk = b"\0" * MiB
-    with open(path, "wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(chunk)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-    with open(path, "ab", buffering=0) as f:  # the last partial block too
-        try:
-            while True:
-                f.write(b"\0" * 512)
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-
-
 def test_full_disk_create_snapshot_clone_report_vdi_write(make_cluster, small_fs):
     c = make_cluster(1, store_root=str(small_fs))
     c.format(copies=1)
@@ -53,7 +35,7 @@ def test_full_disk_create_snapshot_clone_report_vdi_write(make_cluster, small_fs
     assert collie(port, "vdi", "create", "base", "8M").returncode == 0
     assert collie(port, "vdi", "snapshot", "-s", "s1", "base").returncode == 0
     filler = small_fs / "filler"
-    fill(filler)
+    fill_disk(filler)
     for argv, name in ((("vdi", "create", "newvdi", "1G"), "newvdi"),
                        (("vdi", "snapshot", "-s", "s2", "base"), "base"),
                        (("vdi", "clone", "-s", "s1", "base", "cl"), "cl")):

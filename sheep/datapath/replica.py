@@ -35,11 +35,14 @@ Guarantees:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from sheep import proto
 from sheep.cluster.fetch import LIVE, Outcome, best_local, probe_reply
 from sheep.proto.errors import CODES, SdError, error_for
+
+log = logging.getLogger("sheep.datapath.replica")
 
 EPOCH_WAIT = 10.0
 
@@ -152,8 +155,13 @@ class Replica:
             # the data; the client must not fail for one bad disk block)
             if e.code != CODES["EIO"] or getattr(e, "disk_failure", False):
                 raise
-            if not await self.recovery.fetcher.repair(oid):
-                raise
+            try:
+                await self.recovery.fetcher.repair(oid)
+            except Exception as ex:  # noqa: BLE001 - the write below decides
+                log.warning("repairing the damaged copy of %016x before a write: %s", oid, ex)
+            # Written again whether this repair replaced the copy or not: another
+            # one (a concurrent write's, a read's) may have; still damaged, the
+            # write's own check fails it with EIO as before, nothing merged.
             await self.io(call, size=len(data))
 
     async def create(self, oid: int, data, offset: int, epoch: int,

@@ -380,3 +380,31 @@ async def test_a_read_uses_the_page_cache_inline_and_the_disk_only_when_it_must(
     s.store.cold.add(OID)
     assert await s.replica.read(OID, 4, 4, EPOCH) == b"oooo"
     assert s.store.waited == [OID]  # the blocking read answered it
+
+
+async def test_a_write_over_a_copy_another_repair_just_fixed_succeeds(s):
+    """Two legs (a write's and a retry's, or a read's repair) meet the same
+    damaged copy: the repair that finds it already replaced gives up, and the
+    write then goes through on the good copy instead of failing."""
+    s.store.damaged.add(OID)
+    s.recovery.elsewhere[OID] = b"g" * OBJ
+
+    async def repaired_by_someone_else(oid):
+        s.recovery.repaired.append(oid)
+        s.store.objs[oid] = bytearray(s.recovery.elsewhere[oid])
+        s.store.damaged.discard(oid)
+        return False  # this repair found nothing left to replace
+    s.recovery.fetcher.repair = repaired_by_someone_else
+    await CHANGES["write"](s, EPOCH)
+    assert bytes(s.store.objs[OID]) == b"g" * 10 + b"new" + b"g" * (OBJ - 13)
+
+
+async def test_a_repair_that_fails_outright_leaves_the_write_eio(s):
+    s.store.damaged.add(OID)
+
+    async def broken(oid):
+        raise RuntimeError("peer vanished")
+    s.recovery.fetcher.repair = broken
+    with pytest.raises(SdError) as e:
+        await CHANGES["write"](s, EPOCH)
+    assert code_of(e) == "EIO" and untouched(s)

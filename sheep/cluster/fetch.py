@@ -296,7 +296,9 @@ class Fetcher:
 
     async def repair(self, oid: int) -> bool:
         """Replace this node's damaged live copy of ``oid`` by the newest live
-        copy of another current holder; True if replaced."""
+        copy of another current holder; True if replaced, False if there is
+        nothing to replace it with (every other holder answered) or nothing
+        to replace; Retry if a holder did not answer or no fetch succeeded."""
         g = self.group
         await g.settled()
         epoch, ring = g.epoch, g.ring
@@ -307,6 +309,9 @@ class Fetcher:
         live = sorted(((a[0], i) for i, a in enumerate(answers)
                        if a is not None and a[0] is not None), reverse=True)
         if not live:
+            silent = [replicas[i] for i, a in enumerate(answers) if a is None]
+            if silent:  # undecided: one of them may well have a good copy
+                raise Retry(f"holder(s) {', '.join(map(str, silent))} did not answer")
             return False
         size = self.vdis.obj_size(oid)
         version, data = await self._first_good([(replicas[i], None) for _v, i in live],

@@ -39,10 +39,14 @@ import logging
 from dataclasses import dataclass
 
 from sheep import proto
-from sheep.cluster.fetch import LIVE, Outcome, best_local, probe_reply
+from sheep.cluster.fetch import LIVE, Outcome, Retry, best_local, probe_reply
 from sheep.proto.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.datapath.replica")
+
+# errors of a repair that the gateway handles by redoing the write
+RETRYABLE = {CODES[c] for c in ("OLD_NODE_VER", "NEW_NODE_VER", "NETWORK_ERROR", "HALT",
+                                "AGAIN", "WAIT_FOR_JOIN", "KILLED", "SHUTDOWN")}
 
 EPOCH_WAIT = 10.0
 
@@ -155,14 +159,30 @@ class Replica:
             # the data; the client must not fail for one bad disk block)
             if e.code != CODES["EIO"] or getattr(e, "disk_failure", False):
                 raise
+            undecided = None
             try:
                 await self.recovery.fetcher.repair(oid)
-            except Exception as ex:  # noqa: BLE001 - the write below decides
-                log.warning("repairing the damaged copy of %016x before a write: %s", oid, ex)
+            except SdError as ex:
+                if ex.code in RETRYABLE:
+                    raise  # (an epoch change, a halt: the gateway redoes the write)
+                undecided = ex
+            except Retry as ex:  # a holder did not answer, or no fetch succeeded
+                undecided = ex
+            if undecided is not None:
+                log.warning("repairing the damaged copy of %016x before a write: %s",
+                            oid, undecided)
             # Written again whether this repair replaced the copy or not: another
             # one (a concurrent write's, a read's) may have; still damaged, the
-            # write's own check fails it with EIO as before, nothing merged.
-            await self.io(call, size=len(data))
+            # write's own check fails it with EIO as before, nothing merged, or
+            # with AGAIN (the gateway retries) if the repair could not decide.
+            try:
+                await self.io(call, size=len(data))
+            except SdError as ex:
+                if undecided is None or ex.code != CODES["EIO"] or getattr(
+                        ex, "disk_failure", False):
+                    raise
+                raise error_for(CODES["AGAIN"], f"object {oid:016x} has a damaged block "
+                                                f"not repaired yet: {undecided}") from ex
 
     async def create(self, oid: int, data, offset: int, epoch: int,
                      fence: Fence | None = None) -> None:

@@ -305,3 +305,26 @@ def test_the_epoch_history_rule_runs_off_the_loop_and_builds_few_rings(world, mo
     assert "_lost_epochs" in in_thread
     assert 1 <= len(built) <= 2  # two member lists in the whole history
     assert sheep.store.read(oid, 0, 3) == b"old"
+
+
+def _damage(sheep, oid):
+    path = sheep.store._paths(0, "%016x" % oid)[0]
+    with open(path, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff")
+
+
+def test_a_repair_whose_holders_do_not_answer_is_undecided_not_hopeless(world):
+    sheep, oid, (h1, h2) = world
+    sheep.store.create_and_write(oid, SIZE, data(b"mine"), epoch=10)
+    _damage(sheep, oid)
+    sheep.peers.copies[key(h1)]["error"] = CODES["NETWORK_ERROR"]
+    sheep.peers.copies[key(h2)]["error"] = CODES["HALT"]
+    with pytest.raises(fetch.Retry, match="did not answer"):
+        asyncio.run(make_fetcher(sheep).repair(oid))
+    sheep.peers.copies[key(h1)]["error"] = None  # answers: no live copy there
+    sheep.peers.copies[key(h2)]["error"] = None
+    assert asyncio.run(make_fetcher(sheep).repair(oid)) is False  # nothing to repair it with
+    sheep.peers.copies[key(h2)]["live"] = (V(10, 1), data(b"good"))
+    assert asyncio.run(make_fetcher(sheep).repair(oid)) is True
+    assert sheep.store.read(oid, 0, 4) == b"good"

@@ -399,12 +399,28 @@ async def test_a_write_over_a_copy_another_repair_just_fixed_succeeds(s):
     assert bytes(s.store.objs[OID]) == b"g" * 10 + b"new" + b"g" * (OBJ - 13)
 
 
-async def test_a_repair_that_fails_outright_leaves_the_write_eio(s):
+async def test_a_repair_that_cannot_decide_makes_the_write_again_not_eio(s):
+    """A holder did not answer the repair's probe (load, a stall): the write
+    is answered AGAIN, which the gateway retries, not EIO, which it gives
+    the client; nothing is written."""
+    from sheep.cluster.fetch import Retry
     s.store.damaged.add(OID)
 
-    async def broken(oid):
-        raise RuntimeError("peer vanished")
-    s.recovery.fetcher.repair = broken
+    async def silent(oid):
+        raise Retry("holder(s) 127.0.0.1:7001 did not answer")
+    s.recovery.fetcher.repair = silent
     with pytest.raises(SdError) as e:
         await CHANGES["write"](s, EPOCH)
-    assert code_of(e) == "EIO" and untouched(s)
+    assert code_of(e) == "AGAIN" and untouched(s)
+
+
+@pytest.mark.parametrize("code", ["OLD_NODE_VER", "HALT"])
+async def test_a_repair_cut_by_an_epoch_change_or_a_halt_passes_it_on(s, code):
+    s.store.damaged.add(OID)
+
+    async def cut(oid):
+        raise error_for(CODES[code], "during the repair")
+    s.recovery.fetcher.repair = cut
+    with pytest.raises(SdError) as e:
+        await CHANGES["write"](s, EPOCH)
+    assert code_of(e) == code and untouched(s)

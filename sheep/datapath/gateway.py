@@ -33,7 +33,7 @@ import logging
 import time
 
 from sheep import proto
-from sheep.datapath.replica import Fence
+from sheep.datapath.replica import EPOCH_CODES, RETRY_CODES, Fence
 from sheep.proto.connection import AsyncConnection
 from sheep.proto.errors import CODES, SdError, error_for
 
@@ -46,13 +46,6 @@ RETRY_WINDOW = 30.0
 # peer-side epoch wait (replica.EPOCH_WAIT).
 PEER_STALL_TIMEOUT = 15.0
 
-# retried once the epoch changed (or after at most 5 s)
-EPOCH_CODES = {CODES["OLD_NODE_VER"], CODES["NEW_NODE_VER"], CODES["NETWORK_ERROR"],
-               CODES["WAIT_FOR_JOIN"], CODES["WAIT_FOR_FORMAT"], CODES["KILLED"],
-               CODES["SHUTDOWN"]}
-# retried after a short pause, the epoch may stay
-PAUSE_CODES = {CODES["HALT"], CODES["AGAIN"]}
-RETRY_CODES = EPOCH_CODES | PAUSE_CODES
 SKIP_ON_READ = {CODES["NO_OBJ"], CODES["EIO"]}
 
 

@@ -44,9 +44,14 @@ from sheep.proto.errors import CODES, SdError, error_for
 
 log = logging.getLogger("sheep.datapath.replica")
 
-# errors of a repair that the gateway handles by redoing the write
-RETRYABLE = {CODES[c] for c in ("OLD_NODE_VER", "NEW_NODE_VER", "NETWORK_ERROR", "HALT",
-                                "AGAIN", "WAIT_FOR_JOIN", "KILLED", "SHUTDOWN")}
+# What the gateway (sheep.datapath.gateway, which imports them from here)
+# retries: once the epoch changed (or after at most 5 s) ...
+EPOCH_CODES = {CODES["OLD_NODE_VER"], CODES["NEW_NODE_VER"], CODES["NETWORK_ERROR"],
+               CODES["WAIT_FOR_JOIN"], CODES["WAIT_FOR_FORMAT"], CODES["KILLED"],
+               CODES["SHUTDOWN"]}
+# ... or after a short pause, the epoch may stay
+PAUSE_CODES = {CODES["HALT"], CODES["AGAIN"]}
+RETRY_CODES = EPOCH_CODES | PAUSE_CODES
 
 EPOCH_WAIT = 10.0
 
@@ -163,7 +168,7 @@ class Replica:
             try:
                 await self.recovery.fetcher.repair(oid)
             except SdError as ex:
-                if ex.code in RETRYABLE:
+                if ex.code in RETRY_CODES:
                     raise  # (an epoch change, a halt: the gateway redoes the write)
                 undecided = ex
             except Retry as ex:  # a holder did not answer, or no fetch succeeded

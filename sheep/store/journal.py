@@ -185,10 +185,7 @@ def _fallocate_call():
 
 
 _FALLOCATE = _fallocate_call()
-FALLOC_FL_KEEP_SIZE = 1
-
-
-FALLOC_FL_PUNCH_HOLE = 2
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
 def reserve(fd: int, length: int) -> bool:
